@@ -1,0 +1,440 @@
+"""One HTTP/1.1 connection: an ``asyncio.Protocol`` that feeds the sans-I/O session and
+writes what it returns with ``writelines``.
+
+Time is a handful of ``loop.call_at`` handles, armed on changes of phase, never per byte
+or per token: the read deadline (head, body or keep-alive, whichever phase we are in), the
+write-stall deadline (armed while the transport is paused) and the SSE heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from ..app import EventStream, Request, Response, Route, to_response
+from ..errors import FellBehind, ProtocolError, RequestError
+from ..proto import http
+from ..proto.http import HTTPSession, Phase
+from ..proto.openai import error_body
+from ..proto.pipe import Cursor
+from .stream import Stream
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger("streamcore")
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    # Intermediaries must neither cache nor buffer an event stream (WHATWG HTML 9.2;
+    # X-Accel-Buffering is nginx's switch for its proxy buffer).
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+class SSEReader:
+    """Writes one stream to one HTTP response as chunks of ``id:``/``data:`` events."""
+
+    __slots__ = (
+        "chunked",
+        "conn",
+        "cursor",
+        "done",
+        "end",
+        "hb_seen",
+        "id_prefix",
+        "scheduled",
+        "stream",
+    )
+
+    def __init__(self, conn: HTTPConnection, stream: Stream, end: bytes, chunked: bool,
+                 start_seq: int | None = None) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.cursor = Cursor(stream.log, start_seq)
+        self.scheduled = False
+        self.id_prefix = stream.id.encode() + b"-"
+        self.chunked = chunked
+        self.end = end
+        self.done = False
+        self.hb_seen = -1
+
+    @property
+    def writable(self) -> bool:
+        return not self.conn.write_paused
+
+    def wake(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            self.conn.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        conn = self.conn
+        if self.done or conn.write_paused or conn.transport is None:
+            return
+        cursor = self.cursor
+        log_ = cursor.log
+        bufs: list[bytes] = []
+        if cursor.next_seq < log_.next_seq:
+            try:
+                seq, frames, size = cursor.take()
+            except FellBehind as exc:
+                self._finish(_error_event(str(exc), "fell_behind"))
+                return
+            bufs.append(b"")  # the chunk-size line, once the size is known
+            prefix = self.id_prefix
+            multiline = self.stream.multiline
+            total = size + 2 * len(frames)
+            for frame in frames:
+                head = b"id: %b%d\ndata: " % (prefix, seq)
+                total += len(head)
+                bufs.append(head)
+                if multiline and seq in multiline:
+                    # WHATWG HTML 9.2.6: one data field per line of the payload.
+                    data = _LINE_BREAK.sub(b"\ndata: ", b"".join(frame))
+                    total += len(data) - sum(map(len, frame))
+                    bufs.append(data)
+                else:
+                    bufs.extend(frame)
+                bufs.append(b"\n\n")
+                seq += 1
+            if self.chunked:
+                bufs[0] = b"%x\r\n" % total
+                bufs.append(b"\r\n")
+        if log_.closed and cursor.next_seq >= log_.next_seq:
+            self._finish(None, bufs)
+            return
+        if bufs:
+            conn.transport.writelines(bufs)
+        if self.stream.origin is self:
+            self.stream.writable_changed()
+
+    def _finish(self, error: bytes | None, bufs: list[bytes] | None = None) -> None:
+        """The end of the stream: the route's end marker, the last chunk, next request."""
+        bufs = bufs if bufs is not None else []
+        tail = error + self.end if error else self.end
+        if tail:
+            bufs.extend(self._chunk(tail))
+        self.done = True
+        conn = self.conn
+        if conn.transport is not None:
+            bufs.append(conn.session.end_response())
+            conn.transport.writelines(bufs)
+        self.stream.detach(self)
+        conn.stream_done(self)
+
+    def _chunk(self, data: bytes) -> list[bytes]:
+        return [b"%x\r\n" % len(data), data, b"\r\n"] if self.chunked else [data]
+
+    def heartbeat(self) -> None:
+        """An SSE comment if nothing was written since the last heartbeat: keeps proxies
+        from cutting a silent stream.  A bare comment line, never a blank line: some
+        clients dispatch an empty event on a blank line once an id has been seen."""
+        seen = self.cursor.next_seq
+        if seen == self.hb_seen and not self.conn.write_paused and not self.done:
+            transport = self.conn.transport
+            if transport is not None:
+                transport.writelines(self._chunk(b":\n"))
+        self.hb_seen = seen
+
+
+def _error_event(message: str, code: str) -> bytes:
+    body = error_body(message, "stream_error", None, code)
+    return b"data: " + body + b"\n\n"
+
+
+class HTTPConnection(asyncio.Protocol):
+    """HTTP/1.1 server connection.  Hands itself over to a WebSocket connection on
+    upgrade (see :mod:`streamcore.aio.websocket`)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.app = server.app
+        self.limits = server.limits
+        self.loop = server.loop
+        self.session = HTTPSession(self.limits)
+        self.transport: asyncio.Transport | None = None
+        self.peer: Any = None
+        #: One record per direction of "paused".
+        self.write_paused = False
+        self.read_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_phase: Phase | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._hb_timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.sse: SSEReader | None = None
+        self._method = "GET"
+        self.close_after_response = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.peer = transport.get_extra_info("peername")
+        limits = self.limits
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            limits.write_high_water_bytes, limits.write_low_water_bytes)
+        if not self.server.register(self):
+            self._refuse()
+            return
+        self._arm_read_timer()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            request = self.session.receive(data)
+        except ProtocolError as exc:
+            self.fail(exc.status, str(exc), getattr(exc, "code", None) or "protocol_error")
+            return
+        except Exception:  # a bug of ours: never a traceback to the client
+            log.exception("HTTP session failed")
+            self.fail(500, "internal error", "internal_error")
+            return
+        session = self.session
+        if session.outbox:
+            assert self.transport is not None
+            self.transport.writelines(session.outbox)
+            session.outbox.clear()
+        if (session.phase is Phase.HANDLING and not self.read_paused
+                and session.pipelined_bytes > self.limits.max_pipelined_bytes):
+            self.pause_reading()
+        if request is not None:
+            self.handle(request)
+        elif session.phase is not self._timer_phase:
+            self._arm_read_timer()
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes mid-response is treated as gone (as uvicorn does):
+        # returning None lets the transport close, which runs connection_lost.
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._cancel_timers()
+        sse = self.sse
+        if sse is not None:
+            self.sse = None
+            sse.done = True
+            sse.stream.detach(sse)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self.server.unregister(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.server.paused_bytes += self.limits.write_high_water_bytes
+        self._stall_timer = self.loop.call_later(self.limits.write_stall_timeout_s,
+                                                 self._write_stalled)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.server.paused_bytes -= self.limits.write_high_water_bytes
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if self.sse is not None:
+            self.sse.flush()
+
+    # -- requests ----------------------------------------------------------------------
+
+    def handle(self, raw: http.Request) -> None:
+        """Dispatch one complete request."""
+        self._set_timer(None)
+        self._method = raw.method
+        try:
+            route, params = self.app.resolve(raw.method, raw.path)
+            if route.method == "GET" and b"websocket" in raw.header_tokens(b"upgrade"):
+                self.server.upgrade_websocket(self, raw, route, params)
+                return
+            if self.server.overloaded():
+                raise RequestError("the server is at capacity; retry shortly", status=503,
+                                   type="server_error", code="overloaded",
+                                   headers=[(b"retry-after",
+                                             str(self.limits.retry_after_s).encode())])
+        except RequestError as exc:
+            self.respond(Response.error(exc))
+            return
+        request = Request(raw, params, self.peer, self.app)
+        if route.streaming:
+            self._start_stream(route.handler(request), route.sse_end)
+        else:
+            self._task = self.loop.create_task(self._run_plain(route, request))
+
+    async def _run_plain(self, route: Route, request: Request) -> None:
+        try:
+            result = await route.handler(request)
+            if isinstance(result, EventStream):
+                self._task = None
+                if self.transport is not None:
+                    self._start_stream(result.items, result.sse_end)
+                return
+            response = to_response(result)
+        except RequestError as exc:
+            response = Response.error(exc)
+        except Exception:
+            log.exception("handler for %s %s failed", request.method, request.path)
+            response = Response(error_body("internal server error", "server_error", None,
+                                           "internal_error"), 500)
+        self._task = None
+        if self.transport is not None:
+            self.respond(response)
+
+    def respond(self, response: Response) -> None:
+        """Write a complete response, then go on to the next request (or close)."""
+        transport = self.transport
+        if transport is None:
+            return
+        session = self.session
+        headers = [(b"content-type", response.content_type),
+                   (b"content-length", b"%d" % len(response.body)), *response.headers]
+        if self.close_after_response:
+            headers.append((b"connection", b"close"))
+        try:
+            head = session.response_head(response.status, headers, method=self._method)
+            transport.writelines([head, session.response_body(response.body),
+                                  session.end_response()])
+        except Exception:
+            log.exception("could not send a response")
+            transport.abort()
+            return
+        self.response_done()
+
+    def _start_stream(self, items: AsyncIterator[Any], sse_end: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        session = self.session
+        stream = Stream(items, log_bytes=self.limits.stream_log_bytes,
+                        high_water=self.limits.write_high_water_bytes,
+                        low_water=self.limits.write_low_water_bytes)
+        headers = [*SSE_HEADERS, (b"x-stream-id", stream.id.encode())]
+        if self.close_after_response:
+            headers.append((b"connection", b"close"))
+        head = session.response_head(200, headers, stream=True, method=self._method)
+        if self._method == "HEAD":
+            transport.writelines([head, session.end_response()])
+            self.response_done()
+            return
+        reader = SSEReader(self, stream, sse_end, session.chunked)
+        stream.attach(reader, origin=True)
+        self.sse = reader
+        transport.write(head)  # the client sees 200 before the first token
+        self.server.streams_started += 1
+        stream.start()
+        self._hb_timer = self.loop.call_later(self.limits.heartbeat_interval_s,
+                                              self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        if self.sse is not None:
+            self.sse.heartbeat()
+            self._hb_timer = self.loop.call_later(self.limits.heartbeat_interval_s,
+                                                  self._heartbeat)
+
+    def stream_done(self, reader: SSEReader) -> None:
+        if self.sse is reader:
+            self.sse = None
+            if self._hb_timer is not None:
+                self._hb_timer.cancel()
+                self._hb_timer = None
+            if self.transport is not None:
+                self.response_done()
+
+    def response_done(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        keep_open, pipelined = self.session.next_cycle()
+        if not keep_open or self.close_after_response:
+            transport.close()
+            return
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+        self._arm_read_timer()
+        if pipelined is not None:
+            # Next turn of the loop: a long pipeline must not recurse.
+            self.loop.call_soon(self._handle_if_open, pipelined)
+
+    def _handle_if_open(self, raw: http.Request) -> None:
+        if self.transport is not None:
+            self.handle(raw)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    # -- failure and time -------------------------------------------------------------
+
+    def fail(self, status: int, message: str, code: str) -> None:
+        """Answer a protocol error and close; nothing after it is parsed."""
+        transport = self.transport
+        if transport is None:
+            return
+        self.session.phase = Phase.CLOSED
+        body = error_body(message, "invalid_request_error", None, code)
+        transport.write(http.error_response(status, body))
+        transport.close()
+
+    def _refuse(self) -> None:
+        assert self.transport is not None
+        body = error_body("too many connections; retry shortly", "server_error", None,
+                          "overloaded")
+        retry = str(self.limits.retry_after_s).encode()
+        self.transport.write(http.error_response(503, body, ((b"retry-after", retry),)))
+        self.transport.close()
+
+    def _arm_read_timer(self) -> None:
+        phase = self.session.phase
+        limits = self.limits
+        timeout = {Phase.IDLE: limits.keepalive_timeout_s, Phase.HEAD: limits.head_timeout_s,
+                   Phase.BODY: limits.body_timeout_s}.get(phase)
+        self._set_timer(timeout)
+        self._timer_phase = phase
+
+    def _set_timer(self, timeout: float | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_phase = None
+        if timeout is not None:
+            self._timer = self.loop.call_later(timeout, self._read_timed_out)
+
+    def _read_timed_out(self) -> None:
+        self._timer = None
+        phase = self.session.phase
+        if phase is Phase.IDLE:
+            if self.transport is not None:
+                self.transport.close()
+        elif phase in (Phase.HEAD, Phase.BODY):
+            what = "request head" if phase is Phase.HEAD else "request body"
+            self.fail(408, f"the {what} was not received in time", "timeout")
+
+    def _write_stalled(self) -> None:
+        """The client read nothing for write_stall_timeout_s: nothing more can reach it."""
+        self._stall_timer = None
+        if self.transport is not None:
+            log.info("closing %s: write stalled", self.peer)
+            self.transport.abort()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._stall_timer, self._hb_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._stall_timer = self._hb_timer = None
+        if self.write_paused:
+            self.write_paused = False
+            self.server.paused_bytes -= self.limits.write_high_water_bytes
+
+    def close_idle(self) -> bool:
+        """For a drain: close now if between requests; else close after the response."""
+        self.close_after_response = True
+        if self.transport is not None and self.session.phase in (Phase.IDLE, Phase.CLOSED):
+            self.transport.close()
+            return True
+        return False

@@ -1,0 +1,141 @@
+"""Listening sockets, the connection registry, admission and graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from typing import TYPE_CHECKING, Any
+
+from ..limits import Limits
+from ..proto import http
+from .connection import HTTPConnection
+
+if TYPE_CHECKING:
+    from ..app import App, Route
+
+log = logging.getLogger("streamcore")
+
+
+class Server:
+    """One listening socket serving one :class:`~streamcore.App`.  Several servers (and
+    apps) can live in one process and one loop: nothing here is global."""
+
+    def __init__(self, app: App, limits: Limits | None = None) -> None:
+        self.app = app
+        self.limits = limits or app.limits
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[Any] = set()
+        #: Estimated output bytes held by paused transports (high-water mark each).
+        self.paused_bytes = 0
+        self.streams_started = 0
+        self.draining = False
+        self._server: asyncio.Server | None = None
+        self._closed = asyncio.Event()
+
+    # -- admission ------------------------------------------------------------------
+
+    def register(self, conn: Any) -> bool:
+        """Admit a new connection, or refuse it (the caller answers 503)."""
+        if self.draining or len(self.connections) >= self.limits.max_connections:
+            return False
+        self.connections.add(conn)
+        return True
+
+    def unregister(self, conn: Any) -> None:
+        self.connections.discard(conn)
+        if self.draining and not self.connections:
+            self._closed.set()
+
+    def overloaded(self) -> bool:
+        """New work is refused (503) when buffered output passes the global budget."""
+        return self.paused_bytes > self.limits.max_buffered_bytes_total
+
+    def upgrade_websocket(self, conn: HTTPConnection, raw: http.Request, route: Route,
+                          params: dict[str, str]) -> None:
+        from .websocket import upgrade
+
+        upgrade(self, conn, raw, route, params)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def listen(self, host: str = "127.0.0.1", port: int = 8000, *,
+                     sock: socket.socket | None = None, backlog: int = 2048) -> None:
+        if sock is not None:
+            self._server = await self.loop.create_server(
+                lambda: HTTPConnection(self), sock=sock, backlog=backlog)
+        else:
+            self._server = await self.loop.create_server(
+                lambda: HTTPConnection(self), host, port, backlog=backlog, reuse_address=True)
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return list(self._server.sockets) if self._server else []
+
+    @property
+    def port(self) -> int:
+        port: int = self.sockets[0].getsockname()[1]
+        return port
+
+    async def close(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting; let in-flight responses finish for up to ``drain_timeout``
+        seconds (default: the limit ``drain_timeout_s``); then close what is left."""
+        timeout = self.limits.drain_timeout_s if drain_timeout is None else drain_timeout
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close_idle()
+        if self.connections:
+            try:
+                await asyncio.wait_for(self._closed.wait(), timeout)
+            except TimeoutError:
+                log.warning("drain timeout: closing %d connections", len(self.connections))
+        for conn in list(self.connections):
+            transport = conn.transport
+            if transport is not None:
+                transport.abort()
+        self.connections.clear()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+async def start(app: App, host: str = "127.0.0.1", port: int = 8000, *,
+                limits: Limits | None = None, sock: socket.socket | None = None) -> Server:
+    """Serve ``app`` from the running event loop; returns the :class:`Server`.
+
+    ``await server.close(drain_timeout)`` stops it.
+    """
+    server = Server(app, limits)
+    await server.listen(host, port, sock=sock)
+    return server
+
+
+def run(app: App, host: str = "127.0.0.1", port: int = 8000, *,
+        limits: Limits | None = None, on_ready: Any = None) -> None:
+    """Serve ``app`` on a new uvloop event loop until SIGTERM (drain, then exit) or SIGINT
+    (stop now)."""
+    import uvloop
+
+    async def main() -> None:
+        server = await start(app, host, port, limits=limits)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        drain: dict[str, float] = {}
+
+        def on_signal(signum: int) -> None:
+            drain["timeout"] = (server.limits.drain_timeout_s if signum == signal.SIGTERM
+                                else 0.0)
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        log.info("streamcore listening on http://%s:%d", host, server.port)
+        if on_ready is not None:
+            on_ready(server)
+        await stop.wait()
+        log.info("shutting down (drain %.1fs)", drain["timeout"])
+        await server.close(drain["timeout"])
+
+    uvloop.run(main())

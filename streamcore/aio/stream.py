@@ -1,0 +1,198 @@
+"""A stream: one handler generator producing into a token log, read by one or more readers.
+
+The producer is one task per stream (never per token).  Per token it encodes the frame,
+appends it to the log, and tells the readers there is something new; a reader gathers
+everything that arrived during one loop iteration into one ``writelines`` (scheduled once per
+iteration with ``call_soon``), so a fast source costs one syscall per batch rather than per
+token, while a sparse source still gets each token out in the iteration that produced it.
+
+Backpressure follows the *origin* reader (the request that started the generation): when
+its backlog passes the high-water mark the producer stops pulling the generator until the
+backlog is back at the low-water mark.  Other readers (resumed clients) are carried by the
+log; one that falls behind its tail is told so and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import orjson
+
+from ..errors import FellBehind
+from ..proto.pipe import Cursor, Flow, Frame, TokenLog
+
+log = logging.getLogger("streamcore")
+
+#: A producer that has this many bytes not yet taken by its origin reader, within one loop
+#: iteration, flushes them at once and yields the loop to other streams (fairness).
+FLUSH_BYTES = 32 * 1024
+
+
+class Reader(Protocol):
+    """What a stream needs of a reader (an SSE response or a WebSocket request)."""
+
+    cursor: Cursor
+
+    def wake(self) -> None:
+        """New frames (or the end) are in the log: write them soon."""
+
+    def flush(self) -> None:
+        """Write what is pending now, if the transport takes it."""
+
+    @property
+    def writable(self) -> bool: ...
+
+
+def to_frame(item: Any) -> tuple[Frame, bool]:
+    """A handler's item as a pipe frame, and whether it is a single line (SSE-safe as is)."""
+    if type(item) is tuple:
+        return item, True
+    if type(item) is str:
+        data = item.encode()
+    elif type(item) is bytes:
+        data = item
+    elif isinstance(item, dict | list):
+        return (orjson.dumps(item),), True
+    else:
+        data = bytes(item) if isinstance(item, bytes | bytearray | memoryview) else str(
+            item).encode()
+    return (data,), b"\n" not in data and b"\r" not in data
+
+
+def error_payload(message: str, type: str = "server_error", code: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type, "param": None,
+                                   "code": code}})
+
+
+class Stream:
+    """One generation: its log, its producer task and its readers."""
+
+    __slots__ = (
+        "__weakref__",
+        "_agen",
+        "_resume",
+        "end_frames",
+        "error",
+        "finished",
+        "flow",
+        "id",
+        "log",
+        "multiline",
+        "on_end",
+        "origin",
+        "readers",
+        "task",
+    )
+
+    def __init__(
+        self,
+        agen: AsyncIterator[Any],
+        *,
+        log_bytes: int,
+        high_water: int,
+        low_water: int,
+        stream_id: str | None = None,
+        on_end: Callable[[Stream], None] | None = None,
+    ) -> None:
+        self.id = stream_id or os.urandom(8).hex()
+        self.log = TokenLog(log_bytes)
+        self.readers: list[Reader] = []
+        self.origin: Reader | None = None
+        self.flow = Flow(high_water, low_water)
+        self.task: asyncio.Task[None] | None = None
+        self._resume: asyncio.Future[None] | None = None
+        #: Seq numbers of frames that hold CR or LF (SSE must split their data lines).
+        self.multiline: set[int] = set()
+        self.on_end = on_end
+        #: The error payload if the handler failed mid-stream.
+        self.error: bytes | None = None
+        self._agen = agen
+        self.finished = False
+        self.end_frames: list[Frame] = []
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._produce())
+
+    def attach(self, reader: Reader, *, origin: bool = False) -> None:
+        self.readers.append(reader)
+        if origin or self.origin is None:
+            self.origin = reader
+
+    def detach(self, reader: Reader) -> None:
+        """A reader left (client gone, cancelled).  With no reader left the generation is
+        cancelled at once: the handler's ``finally`` runs now, not at its next token."""
+        if reader in self.readers:
+            self.readers.remove(reader)
+        if self.origin is reader:
+            self.origin = self.readers[0] if self.readers else None
+            self.writable_changed()
+        if not self.readers and self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def cancel(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def writable_changed(self) -> None:
+        """The origin reader's backlog fell (it wrote, or it left): maybe resume."""
+        fut = self._resume
+        if fut is None:
+            return
+        origin = self.origin
+        if origin is None or not self.flow.update(origin.cursor.backlog_bytes):
+            self._resume = None
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _produce(self) -> None:
+        log_ = self.log
+        agen = self._agen
+        try:
+            async for item in agen:
+                frame, single_line = to_frame(item)
+                if not single_line:
+                    self.multiline.add(log_.next_seq)
+                log_.append(frame, sum(map(len, frame)))
+                origin = self.origin
+                if origin is None:
+                    continue
+                for reader in self.readers:
+                    reader.wake()
+                backlog = origin.cursor.backlog_bytes
+                if backlog > FLUSH_BYTES:
+                    origin.flush()
+                    if self.flow.update(origin.cursor.backlog_bytes):
+                        self._resume = asyncio.get_running_loop().create_future()
+                        await self._resume
+                    else:
+                        await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the handler failed: the stream says so and ends cleanly
+            log.exception("stream %s: handler failed", self.id)
+            self.error = error_payload(f"the stream failed: {type(exc).__name__}")
+            log_.append((self.error,), len(self.error))
+        finally:
+            self.finished = True
+            log_.close()
+            await _aclose(agen)
+            for reader in list(self.readers):
+                reader.wake()
+            if self.on_end is not None:
+                self.on_end(self)
+
+
+async def _aclose(agen: AsyncIterator[Any]) -> None:
+    aclose = getattr(agen, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            log.exception("closing a stream handler failed")
+
+
+__all__ = ["FellBehind", "Reader", "Stream", "to_frame"]

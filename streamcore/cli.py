@@ -1,0 +1,102 @@
+"""``streamcore serve``: the OpenAI-compatible gateway on the embedded synthetic model.
+
+Every option can also be set by an environment variable: ``--token-rate`` is
+``STREAMCORE_TOKEN_RATE``; a flag on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .limits import Limits, field_docs
+
+ENV_PREFIX = "STREAMCORE_"
+
+
+def _env_default(name: str, default: object) -> object:
+    value = os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
+    return default if value is None else value
+
+
+def _add(parser: argparse._ActionsContainer, flag: str, kind: type, default: object,
+         help: str) -> None:
+    env = ENV_PREFIX + flag.upper().replace("-", "_")
+    parser.add_argument(f"--{flag}", type=kind, default=_env_default(flag, default),
+                        metavar=kind.__name__.upper(), help=f"{help} [env {env}; %(default)s]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamcore",
+        description="A protocol-level LLM token streaming server (HTTP/1.1 SSE and "
+                    "WebSocket on asyncio + uvloop).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="run the OpenAI-compatible streaming gateway",
+        description="Serve POST /v1/chat/completions (stream true/false), GET /v1/models and "
+                    "GET /healthz, answered by the embedded synthetic model. SIGTERM drains "
+                    "in-flight streams (up to --drain-timeout-s) and exits 0; SIGINT stops.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    where = serve.add_argument_group("listening")
+    _add(where, "host", str, "127.0.0.1", "address to listen on")
+    _add(where, "port", int, 8000, "TCP port (0: any free port)")
+    _add(where, "log-level", str, "info", "debug, info, warning or error")
+    model = serve.add_argument_group("synthetic model")
+    _add(model, "model", str, "synthetic", "the model name clients ask for")
+    _add(model, "first-token-delay", float, 0.0, "seconds before the first token")
+    _add(model, "token-rate", float, 50.0, "tokens per second; 0 = unpaced")
+    _add(model, "default-tokens", int, 64,
+         "answer length (tokens, +0..16 by prompt) when a request sets no max_tokens")
+    limits = serve.add_argument_group("limits (every bound, with units)")
+    docs = field_docs()
+    for field in dataclasses.fields(Limits):
+        kind = float if field.type in ("float", float) else int
+        _add(limits, field.name.replace("_", "-"), kind, field.default,
+             docs.get(field.name, ""))
+    return parser
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(Limits)}
+    return Limits(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(parser, args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .aio.server import run
+    from .gateway import build_app
+    from .sources.synthetic import SyntheticModel
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        limits = limits_from(args)
+        model = SyntheticModel(name=args.model, first_token_delay_s=args.first_token_delay,
+                               tokens_per_s=args.token_rate,
+                               default_tokens=args.default_tokens)
+    except ValueError as exc:
+        parser.error(str(exc))
+    app = build_app([model], limits)
+    try:
+        run(app, args.host, args.port, limits=limits)
+    except OSError as exc:
+        print(f"streamcore: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

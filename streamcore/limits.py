@@ -1,0 +1,105 @@
+"""Every byte and time bound of streamcore, in one place.
+
+Each field carries its unit in its name (``_bytes``, ``_s``, ``_count``), a default, and a
+line on why that default.  The CLI exposes every field as ``--kebab-case-name`` and as the
+environment variable ``STREAMCORE_UPPER_CASE_NAME`` (see :func:`Limits.fields_help`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    # --- HTTP request (per connection) ---------------------------------------------------
+    #: Request line plus headers.  Browsers send 1-4 KiB; nginx's default buffers take 8 KiB
+    #: per line; 16 KiB leaves room for large cookies and still bounds a hostile head.
+    max_head_bytes: int = 16 * KiB
+    #: Header fields per request: a cheap bound on parsing work (Apache's default is 100).
+    max_header_count: int = 100
+    #: Request body.  A long chat history with a 128k-token context is a few MiB of JSON.
+    max_body_bytes: int = 4 * MiB
+    #: From the first byte of a request head to its end (slowloris): 10 s is far beyond any
+    #: real client on any network, and short enough that idle sockets cannot pile up.
+    head_timeout_s: float = 10.0
+    #: From the end of the head to the end of the body: a 4 MiB body at 1 Mbit/s takes ~32 s.
+    body_timeout_s: float = 60.0
+    #: Idle keep-alive connection between requests (uvicorn uses 5 s; nginx 75 s).
+    keepalive_timeout_s: float = 15.0
+    #: Pipelined bytes buffered while a response is in progress, before we stop reading.
+    max_pipelined_bytes: int = 64 * KiB
+
+    # --- Output and backpressure (per connection) --------------------------------------
+    #: Transport write buffer high-water mark: above it the transport pauses us and the
+    #: stream's producer stops being pulled.  64 KiB is the asyncio default.
+    write_high_water_bytes: int = 64 * KiB
+    #: ... and the low-water mark at which writing (and producing) resumes.
+    write_low_water_bytes: int = 16 * KiB
+    #: A client that has read nothing for this long while we have bytes to send is closed.
+    write_stall_timeout_s: float = 30.0
+
+    # --- Streams -------------------------------------------------------------------------
+    #: Replay log per stream (the token pipe ring).  ~4000 OpenAI chunks of ~250 bytes: a
+    #: whole long answer, so that a reconnecting reader can resume from the start.
+    stream_log_bytes: int = 1 * MiB
+    #: SSE comment heartbeat while a stream is silent (waiting for its first token, or a
+    #: slow model): proxies commonly cut idle responses after 30-60 s.
+    heartbeat_interval_s: float = 15.0
+
+    # --- Server-wide ---------------------------------------------------------------------
+    #: Open connections; above it, new connections get 503 with Retry-After.
+    max_connections: int = 10_000
+    #: Sum of buffered output bytes over all connections; above it new requests get 503.
+    max_buffered_bytes_total: int = 512 * MiB
+    #: Retry-After seconds sent with 503.
+    retry_after_s: int = 1
+    #: On shutdown, how long in-flight streams may run to completion before they are cut.
+    drain_timeout_s: float = 30.0
+
+    # --- WebSocket -----------------------------------------------------------------------
+    #: Largest message (after reassembly and decompression): 1009 above it (RFC 6455 7.4.1).
+    ws_max_message_bytes: int = 4 * MiB
+    #: Largest single frame payload, checked from the frame header before reading it.
+    ws_max_frame_bytes: int = 4 * MiB
+    #: Ping the peer after this much silence from it.
+    ws_ping_interval_s: float = 20.0
+    #: A peer silent (no byte at all, pong or otherwise) this long after our ping is dead.
+    ws_ping_timeout_s: float = 20.0
+    #: How long we wait for the peer's Close after sending ours (RFC 6455 7.1.1).
+    ws_close_timeout_s: float = 5.0
+    #: Concurrent requests multiplexed on one gateway WebSocket.
+    ws_max_concurrent_requests: int = 16
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value < 0:
+                raise ValueError(f"{field.name} must be >= 0, got {value}")
+        if self.write_low_water_bytes > self.write_high_water_bytes:
+            raise ValueError("write_low_water_bytes must not exceed write_high_water_bytes")
+
+    def replace(self, **changes: float) -> Limits:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def field_docs() -> dict[str, str]:
+    """The comment above each field, for ``--help`` and the README table."""
+    import inspect
+
+    docs: dict[str, str] = {}
+    pending: list[str] = []
+    for raw in inspect.getsource(Limits).splitlines():
+        line = raw.strip()
+        if line.startswith("#:"):
+            pending.append(line[2:].strip())
+        elif pending and ":" in line and not line.startswith("#"):
+            docs[line.split(":", 1)[0].strip()] = " ".join(pending)
+            pending = []
+        elif not line.startswith("#:"):
+            pending = []
+    return docs

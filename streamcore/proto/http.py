@@ -1,0 +1,298 @@
+"""Server side of one HTTP/1.1 connection, on h11, sans-I/O.
+
+h11 parses request heads and bodies and keeps the connection's state; we add what it leaves
+to its user:
+
+* the head size bound whatever the segmentation (h11's ``max_incomplete_event_size`` only
+  applies while a head is incomplete, so a large head that arrives in one read passes it);
+* request smuggling: RFC 9112 section 6.3 makes a message with both Transfer-Encoding and
+  Content-Length, or with an invalid or duplicated Content-Length, unrecoverable for a server
+  ("MUST respond with 400 and then close"); h11 reconciles identical duplicates and lets
+  Transfer-Encoding win, and would go on to parse whatever followed;
+* body size and header count bounds, checked as soon as the number is known;
+* chunked framing of streamed bodies done here, not through ``h11.Connection.send(Data)``
+  per token (about 2 us each): h11 is told the response head and its end, and its state
+  stays exact because chunked framing carries no length for h11 to check.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from enum import Enum
+from typing import Any
+
+import h11
+
+from ..errors import BodyTooLarge, HeadTooLarge, ProtocolError
+from ..limits import Limits
+
+CRLF = b"\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+REASONS = {
+    200: b"OK", 101: b"Switching Protocols", 204: b"No Content", 400: b"Bad Request",
+    403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 413: b"Content Too Large", 415: b"Unsupported Media Type",
+    422: b"Unprocessable Content", 426: b"Upgrade Required",
+    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
+    504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
+}
+
+
+@dataclass(slots=True)
+class Request:
+    """One complete request: head and (bounded) body."""
+
+    method: str
+    target: bytes
+    path: str
+    query: str
+    #: Header names lowercased, in received order.
+    headers: list[tuple[bytes, bytes]]
+    body: bytes = b""
+    http_version: bytes = b"1.1"
+    #: The raw request head, as received (the WebSocket handshake re-reads it).
+    raw_head: bytes = b""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lowercase), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_tokens(self, name: bytes) -> list[bytes]:
+        """The comma-separated tokens of every ``name`` header, lowercased."""
+        return [
+            token.strip().lower()
+            for key, value in self.headers
+            if key == name
+            for token in value.split(b",")
+            if token.strip()
+        ]
+
+
+class Phase(Enum):
+    """Where the connection is; the I/O layer arms the matching timer."""
+
+    IDLE = "idle"  # between requests: keep-alive timer
+    HEAD = "head"  # some bytes of a head received: head timer (slowloris)
+    BODY = "body"  # head complete, body incomplete: body timer
+    HANDLING = "handling"  # request complete, response not finished: no read timer
+    CLOSED = "closed"
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """RFC 9110 section 6.6.1: an origin server with a clock sends Date.  Cached per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode())
+    return _date_cache[1]
+
+
+class HTTPSession:
+    """Requests in, response bytes out, for one connection."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
+        self.phase = Phase.IDLE
+        #: Raw bytes of the head being received (and of anything after it, until parsed).
+        self._head_bytes = bytearray()
+        self._request: Request | None = None
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._buffered = 0  # bytes handed to h11 while HANDLING (pipelined)
+        #: Bytes to send that the session produced on its own (100 Continue).
+        self.outbox: list[bytes] = []
+        #: Whether the current response is framed chunked by us (False for HTTP/1.0
+        #: clients, whose bodies are delimited by closing the connection).
+        self.chunked = False
+        self.head_only = False
+
+    # -- receiving -------------------------------------------------------------------
+
+    @property
+    def pipelined_bytes(self) -> int:
+        return self._buffered
+
+    def receive(self, data: bytes) -> Request | None:
+        """Feed bytes (``b""`` for end of input); returns a complete request, if one is.
+
+        Only one request is returned at a time: the bytes of a pipelined next request stay
+        buffered until :meth:`end_response` (RFC 9112 section 9.3.2: responses in order).
+        Raises :class:`ProtocolError` with the status to answer with.
+        """
+        if self.phase is Phase.CLOSED:
+            return None
+        if self.phase is Phase.HANDLING:
+            self._buffered += len(data)
+            self._conn.receive_data(data)
+            return None
+        if self.phase in (Phase.IDLE, Phase.HEAD):
+            self._head_bytes += data
+            if data and self.phase is Phase.IDLE:
+                self.phase = Phase.HEAD
+        self._conn.receive_data(data)
+        return self._advance()
+
+    def _advance(self) -> Request | None:
+        conn = self._conn
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    if conn.they_are_waiting_for_100_continue and self.phase is Phase.BODY:
+                        self.outbox.append(self._informational(100))
+                    return None
+                if event is h11.PAUSED:
+                    return None
+                if isinstance(event, h11.Request):
+                    self._on_head(event)
+                elif isinstance(event, h11.Data):
+                    self._body_size += len(event.data)
+                    if self._body_size > self.limits.max_body_bytes:
+                        raise BodyTooLarge(self._body_size, self.limits.max_body_bytes)
+                    self._body.append(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    request = self._request
+                    assert request is not None
+                    request.body = b"".join(self._body)
+                    self._body = []
+                    self.phase = Phase.HANDLING
+                    self._buffered = len(conn.trailing_data[0])
+                    return request
+                elif isinstance(event, h11.ConnectionClosed):
+                    self.phase = Phase.CLOSED
+                    return None
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            raise ProtocolError(f"malformed request: {exc}", status=status) from None
+
+    def _on_head(self, event: h11.Request) -> None:
+        limits = self.limits
+        unparsed = len(self._conn.trailing_data[0])
+        head_size = len(self._head_bytes) - unparsed
+        raw_head = bytes(self._head_bytes[:head_size])
+        self._head_bytes = bytearray()
+        if head_size > limits.max_head_bytes:
+            raise HeadTooLarge(head_size, limits.max_head_bytes)
+        headers = [(name, value) for name, value in event.headers]
+        if len(headers) > limits.max_header_count:
+            raise HeadTooLarge(len(headers), limits.max_header_count, "header count")
+        _check_framing(raw_head, headers, event.http_version)
+        target = event.target
+        path, _, query = target.partition(b"?")
+        self._request = Request(
+            method=event.method.decode("ascii"),
+            target=target,
+            path=path.decode("latin-1"),
+            query=query.decode("latin-1"),
+            headers=headers,
+            http_version=event.http_version,
+            raw_head=raw_head,
+        )
+        self._body_size = 0
+        length = self._request.header(b"content-length")
+        if length is not None and int(length) > limits.max_body_bytes:
+            # Refused before a byte of it is read (RFC 9110 section 15.5.14).
+            raise BodyTooLarge(int(length), limits.max_body_bytes)
+        self.phase = Phase.BODY
+
+    # -- responding ------------------------------------------------------------------
+
+    def response_head(
+        self, status: int, headers: list[tuple[bytes, bytes]], *, stream: bool = False,
+        method: str = "GET",
+    ) -> bytes:
+        """The response head.  ``stream=True``: a body of unknown length follows, framed by
+        :meth:`frame_chunk` (chunked, or close-delimited for an HTTP/1.0 client)."""
+        all_headers = [(b"date", http_date()), *headers]
+        out = self._conn.send(h11.Response(status_code=status, headers=all_headers,
+                                           reason=REASONS.get(status, b"")))
+        self.head_only = method == "HEAD"
+        # h11 chose the framing from the headers and the client's version.
+        self.chunked = stream and self._conn.their_http_version != b"1.0" and not self.head_only
+        return out or b""
+
+    def response_body(self, body: bytes) -> bytes:
+        """A whole (Content-Length) body, through h11: once per response, not per token."""
+        out = self._conn.send(h11.Data(data=body)) if body and not self.head_only else b""
+        return out or b""
+
+    def end_response(self) -> bytes:
+        """The end of the response body (``0\\r\\n\\r\\n`` when chunked)."""
+        out = self._conn.send(h11.EndOfMessage())
+        return out or b""
+
+    def next_cycle(self) -> tuple[bool, Request | None]:
+        """After a response has been written: ``(keep_open, pipelined_request)``."""
+        conn = self._conn
+        if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+            self.phase = Phase.CLOSED
+            return False, None
+        conn.start_next_cycle()
+        leftover = conn.trailing_data[0]
+        self._head_bytes = bytearray(leftover)
+        self._buffered = 0
+        self.phase = Phase.HEAD if leftover else Phase.IDLE
+        return True, self._advance() if leftover else None
+
+    def take_upgrade_tail(self) -> bytes:
+        """Bytes received after an upgrade request's head (the peer's first frames)."""
+        self.phase = Phase.CLOSED
+        return self._conn.trailing_data[0]
+
+    @property
+    def keep_alive(self) -> bool:
+        return self._conn.our_state is not h11.MUST_CLOSE
+
+    def _informational(self, status: int) -> bytes:
+        return self._conn.send(h11.InformationalResponse(status_code=status, headers=[])) or b""
+
+
+def frame_chunk(size: int) -> bytes:
+    """The chunk-size line of a chunk of ``size`` bytes (RFC 9112 section 7.1)."""
+    return b"%x\r\n" % size
+
+
+def _check_framing(raw_head: bytes, headers: list[tuple[bytes, bytes]], version: bytes) -> None:
+    """Reject what makes a request's length ambiguous (RFC 9112 section 6.3, 6.1) or its
+    target authority ambiguous (RFC 9112 section 3.2: exactly one Host)."""
+    names = [name for name, _ in headers]
+    if b"transfer-encoding" in names and b"content-length" in names:
+        raise ProtocolError("both Transfer-Encoding and Content-Length")
+    lowered = raw_head.lower()
+    # h11 folds identical duplicates ("5" twice, or "5, 5") into one; we refuse them.
+    if lowered.count(b"\ncontent-length:") > 1:
+        raise ProtocolError("duplicate Content-Length")
+    for name, value in headers:
+        if name == b"content-length" and not value.isdigit():
+            raise ProtocolError("malformed Content-Length")
+    hosts = lowered.count(b"\nhost:")
+    if hosts > 1 or (hosts == 0 and version != b"1.0"):
+        raise ProtocolError("a request must carry exactly one Host header")
+
+
+def error_response(
+    status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> bytes:
+    """A complete response that closes the connection, built without h11 (whose state may
+    be ERROR by now)."""
+    reason = REASONS.get(status, b"Error")
+    lines = [
+        b"HTTP/1.1 %d %s" % (status, reason),
+        b"date: " + http_date(),
+        b"content-type: application/json",
+        b"content-length: %d" % len(body),
+        b"connection: close",
+        *(name + b": " + value for name, value in extra),
+    ]
+    return CRLF.join(lines) + CRLF + CRLF + body

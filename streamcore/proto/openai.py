@@ -1,0 +1,212 @@
+"""The OpenAI chat-completions wire format: request validation, chunk templates, errors.
+
+A streamed token costs one ``orjson.dumps(token)``: the rest of its chunk is the stream's
+prefix and suffix, encoded once when the stream starts (:class:`ChunkTemplate`), and the
+three buffers travel together as one pipe frame.  The shapes follow the OpenAI API
+reference for ``POST /v1/chat/completions`` (``chat.completion`` and
+``chat.completion.chunk`` objects).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..errors import RequestError
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls"})
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A validated chat-completion request."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    stream: bool = False
+    max_tokens: int | None = None
+    include_usage: bool = False
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def prompt_text(self) -> str:
+        """The text of every message, for sources that derive output from the prompt."""
+        parts: list[str] = []
+        for message in self.messages:
+            content = message.get("content")
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts.extend(
+                    p["text"] for p in content if isinstance(p, dict) and
+                    isinstance(p.get("text"), str)
+                )
+        return "\n".join(parts)
+
+
+def _bad(message: str, param: str | None, code: str | None = None) -> RequestError:
+    return RequestError(message, status=400, param=param, code=code)
+
+
+def _int_param(body: dict[str, Any], name: str, low: int, high: int | None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    # bool is an int subclass in Python; JSON true is not an integer.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _bad(f"'{name}' must be an integer, got {type(value).__name__}", name,
+                   "invalid_type")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"between {low} and {high}"
+        raise _bad(f"'{name}' must be {bound}, got {value}", name, "invalid_value")
+    return value
+
+
+def _number_param(body: dict[str, Any], name: str, low: float, high: float) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _bad(f"'{name}' must be a number", name, "invalid_type")
+    if not low <= value <= high:
+        raise _bad(f"'{name}' must be between {low} and {high}, got {value}", name,
+                   "invalid_value")
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    """Validate a request body; raises :class:`RequestError` naming the offending param."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _bad(f"the request body is not valid JSON: {exc}", None, "invalid_json") from None
+    if not isinstance(data, dict):
+        raise _bad("the request body must be a JSON object", None, "invalid_type")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("'model' is required and must be a non-empty string", "model",
+                   "missing_required_parameter" if model is None else "invalid_type")
+    messages = data.get("messages")
+    if messages is None:
+        raise _bad("'messages' is required", "messages", "missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' must be a non-empty array", "messages", "invalid_type")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _bad(f"'messages[{i}]' must be an object", f"messages[{i}]", "invalid_type")
+        role = message.get("role")
+        if role not in ROLES:
+            raise _bad(f"'messages[{i}].role' must be one of {sorted(ROLES)}, got {role!r}",
+                       f"messages[{i}].role", "invalid_value")
+        content = message.get("content")
+        if not (content is None or isinstance(content, str | list)):
+            raise _bad(f"'messages[{i}].content' must be a string or an array of parts",
+                       f"messages[{i}].content", "invalid_type")
+        if content is None and role not in ("assistant", "function"):
+            raise _bad(f"'messages[{i}].content' is required", f"messages[{i}].content",
+                       "missing_required_parameter")
+    stream = data.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise _bad("'stream' must be a boolean", "stream", "invalid_type")
+    n = _int_param(data, "n", 1, 128)
+    if n is not None and n != 1:
+        raise _bad("only n=1 is supported", "n", "unsupported_value")
+    max_tokens = _int_param(data, "max_completion_tokens", 1, None)
+    if max_tokens is None:
+        max_tokens = _int_param(data, "max_tokens", 1, None)
+    _number_param(data, "temperature", 0.0, 2.0)
+    _number_param(data, "top_p", 0.0, 1.0)
+    include_usage = False
+    options = data.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise _bad("'stream_options' is only allowed when 'stream' is true",
+                       "stream_options", "invalid_value")
+        if not isinstance(options, dict):
+            raise _bad("'stream_options' must be an object", "stream_options", "invalid_type")
+        usage = options.get("include_usage", False)
+        if not isinstance(usage, bool):
+            raise _bad("'stream_options.include_usage' must be a boolean",
+                       "stream_options.include_usage", "invalid_type")
+        include_usage = usage
+    return ChatRequest(model=model, messages=messages, stream=stream, max_tokens=max_tokens,
+                       include_usage=include_usage, raw=data)
+
+
+def new_completion_id() -> str:
+    return "chatcmpl-" + os.urandom(12).hex()
+
+
+class ChunkTemplate:
+    """The bytes of one stream's chunks, made once; a token adds only its own JSON string."""
+
+    __slots__ = ("completion_id", "created", "include_usage", "model", "prefix", "suffix")
+
+    def __init__(self, completion_id: str, model: str, *, include_usage: bool = False,
+                 created: int | None = None) -> None:
+        self.completion_id = completion_id
+        self.model = model
+        self.created = int(time.time()) if created is None else created
+        self.include_usage = include_usage
+        head = orjson.dumps({"id": completion_id, "object": "chat.completion.chunk",
+                             "created": self.created, "model": model})[:-1]
+        self.prefix = head + b',"choices":[{"index":0,"delta":{"content":'
+        usage = b',"usage":null' if include_usage else b""
+        self.suffix = b'},"logprobs":null,"finish_reason":null}]' + usage + b"}"
+
+    def token(self, text: str) -> tuple[bytes, bytes, bytes]:
+        """The frame of one content token: three buffers, two of them shared."""
+        return (self.prefix, orjson.dumps(text), self.suffix)
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        body: dict[str, Any] = {"id": self.completion_id, "object": "chat.completion.chunk",
+                                "created": self.created, "model": self.model,
+                                "choices": choices}
+        if self.include_usage:
+            body["usage"] = None
+        body.update(extra)
+        return orjson.dumps(body)
+
+    def role(self) -> bytes:
+        """The first chunk: the assistant role with empty content, as OpenAI sends it."""
+        return self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                             "logprobs": None, "finish_reason": None}])
+
+    def finish(self, reason: str) -> bytes:
+        """The last choice chunk: an empty delta and the finish reason."""
+        return self._chunk([{"index": 0, "delta": {}, "logprobs": None,
+                             "finish_reason": reason}])
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        """The ``stream_options.include_usage`` chunk: no choices, the usage totals."""
+        return self._chunk([], usage=usage_object(prompt_tokens, completion_tokens))
+
+
+def usage_object(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_body(completion_id: str, model: str, text: str, finish_reason: str,
+                    prompt_tokens: int, completion_tokens: int) -> bytes:
+    """The ``stream: false`` response: one ``chat.completion`` object."""
+    return orjson.dumps({
+        "id": completion_id, "object": "chat.completion", "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text,
+                                             "refusal": None},
+                     "logprobs": None, "finish_reason": finish_reason}],
+        "usage": usage_object(prompt_tokens, completion_tokens),
+    })
+
+
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> bytes:
+    """``{"error": {"message", "type", "param", "code"}}``: the OpenAI error envelope."""
+    return orjson.dumps({"error": {"message": message, "type": type, "param": param,
+                                   "code": code}})

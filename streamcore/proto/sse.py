@@ -1,0 +1,289 @@
+"""Server-sent events (``text/event-stream``): encoder and incremental decoder, sans-I/O.
+
+Spec: WHATWG HTML, section "Server-sent events" -- "Parsing an event stream" (9.2.5) and
+"Interpreting an event stream" (9.2.6).  Section references below are to those two.
+
+The decoder works on *bytes* and decodes UTF-8 per value, not per stream.  This gives the
+same text as running a streaming UTF-8 decoder (``errors="replace"``) over the whole input,
+because every byte the parser splits on (CR, LF, ``:``, space) is ASCII, and in UTF-8 an
+ASCII byte never occurs inside a multibyte sequence: a character cut across two ``feed()``
+calls is simply re-joined with the rest of its line, and an invalid sequence ends at the
+ASCII byte either way.  Working on bytes also makes the memory limits exact byte counts and
+skips decoding comments and unknown fields altogether.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "Decoder",
+    "Event",
+    "SSEDecodeError",
+    "encode_comment",
+    "encode_event",
+    "frame_data",
+]
+
+# 9.2.5: "Lines must be separated by either a U+000D CARRIAGE RETURN U+000A LINE FEED (CRLF)
+# character pair, a single U+000A LINE FEED (LF) character, or a single U+000D CARRIAGE
+# RETURN (CR) character."  Only these three: str.splitlines() would also split on U+2028,
+# U+0085, VT, FF, ... which are ordinary characters in an event stream.
+_BREAK = re.compile(r"\r\n|\r|\n")
+_BREAK_B = re.compile(rb"\r\n|\r|\n")
+
+_BOM = b"\xef\xbb\xbf"  # U+FEFF encoded in UTF-8
+
+
+# --------------------------------------------------------------------------------- encoder
+
+
+def _check_field(name: str, value: str) -> None:
+    # A CR or LF would end the line and let the value inject fields or dispatch an event;
+    # an id containing NUL is ignored by the receiver (9.2.6, "id"), so refuse both.
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(f"SSE {name} must not contain CR, LF or NUL: {value!r}")
+
+
+def encode_event(
+    data: str, *, event: str | None = None, id: str | None = None, retry: int | None = None
+) -> bytes:
+    """One complete event: ``id``, ``event``, ``retry`` lines (those given), one ``data:``
+    line per line of ``data``, and the blank line that dispatches it.
+
+    ``data`` is split on CRLF, CR and LF; the receiver joins the lines with LF, so CR and
+    CRLF in ``data`` arrive as LF.  An empty ``data`` still yields one ``data:`` line, so
+    the event is dispatched (with data ``""``) rather than dropped (9.2.6, dispatch step 2).
+    """
+    parts: list[str] = []
+    if id is not None:
+        _check_field("id", id)
+        parts.append(f"id: {id}\n")
+    if event is not None:
+        _check_field("event", event)
+        parts.append(f"event: {event}\n")
+    if retry is not None:
+        if isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
+            raise ValueError(f"SSE retry must be a non-negative int: {retry!r}")
+        parts.append(f"retry: {retry}\n")
+    for line in _BREAK.split(data):
+        parts.append(f"data: {line}\n")
+    parts.append("\n")
+    return "".join(parts).encode("utf-8")
+
+
+def encode_comment(text: str = "") -> bytes:
+    """Comment lines (``:`` + one line of ``text`` each), e.g. for heartbeats.  Receivers
+    ignore them (9.2.6: a line starting with ``:``).  ``encode_comment()`` is ``b":\\n"``."""
+    return "".join(f":{line}\n" for line in _BREAK.split(text)).encode("utf-8")
+
+
+def frame_data(payload: bytes) -> list[bytes]:
+    """The ``data:`` lines for an already encoded UTF-8 ``payload``, as buffers for
+    ``writelines`` (without the blank line that dispatches the event).
+
+    Hot path: when ``payload`` holds no CR and no LF (e.g. compact JSON) the result is
+    ``[b"data: ", payload, b"\\n"]`` with ``payload`` itself, not a copy.
+    """
+    if b"\n" not in payload and b"\r" not in payload:
+        return [b"data: ", payload, b"\n"]
+    out: list[bytes] = []
+    for line in _BREAK_B.split(payload):
+        out += (b"data: ", line, b"\n")
+    return out
+
+
+# --------------------------------------------------------------------------------- decoder
+
+
+class SSEDecodeError(ValueError):
+    """The event stream exceeded a decoder limit (line or event data size)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A dispatched event (9.2.6, "dispatch the event").
+
+    ``id`` is the last event ID in effect at dispatch (the browser's ``lastEventId``);
+    ``retry`` is the reconnection time set by a valid ``retry`` field in this event's own
+    block, or ``None``.
+    """
+
+    data: str
+    event: str = "message"
+    id: str = ""
+    retry: int | None = None
+
+
+def _decode(b: bytes) -> str:
+    return b.decode("utf-8", "replace")
+
+
+class Decoder:
+    """Incremental ``text/event-stream`` parser: ``feed()`` bytes as they arrive (cut
+    anywhere), get back the events completed so far.
+
+    Limits (for untrusted upstreams): a line longer than ``max_line_bytes`` or an event
+    whose data buffer grows past ``max_event_bytes`` raises :class:`SSEDecodeError`; the
+    decoder must not be used after that.
+    """
+
+    __slots__ = (
+        "_at_start",
+        "_data",
+        "_data_len",
+        "_event_retry",
+        "_event_type",
+        "_id_buffer",
+        "_last_event_id",
+        "_pending",
+        "_pending_len",
+        "_skip_lf",
+        "max_event_bytes",
+        "max_line_bytes",
+        "retry",
+    )
+
+    def __init__(self, *, max_line_bytes: int = 1 << 20, max_event_bytes: int = 1 << 20) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.max_event_bytes = max_event_bytes
+        #: Reconnection time (ms) last set by a valid ``retry`` field, or None.
+        self.retry: int | None = None
+        self._at_start = True  # no line completed yet: a leading BOM may still come
+        self._skip_lf = False  # the last byte seen was a CR ending a line: eat one LF next
+        self._pending: list[bytes] = []  # the current, unterminated line, in pieces
+        self._pending_len = 0
+        # 9.2.6: "a data buffer, an event type buffer, and a last event ID buffer ...
+        # must be initialized to the empty string".  Data lines are kept as a list and
+        # joined with LF at dispatch, which is the buffer minus its final LF (step 3).
+        self._data: list[bytes] = []
+        self._data_len = 0
+        self._event_type = b""
+        self._id_buffer = ""
+        self._last_event_id = ""
+        self._event_retry: int | None = None
+
+    @property
+    def last_event_id(self) -> str:
+        """The last event ID string: set from the id buffer at every blank line, whether or
+        not an event is dispatched (9.2.6, dispatch step 1); what to send as
+        ``Last-Event-ID`` when reconnecting."""
+        return self._last_event_id
+
+    def feed(self, data: bytes) -> list[Event]:
+        if not data:
+            return []
+        if self._skip_lf:
+            # A CR ended the previous feed; an LF right after it completes a CRLF pair,
+            # one line break, not an empty line (9.2.5).
+            self._skip_lf = False
+            if data[0] == 0x0A:
+                data = data[1:]
+                if not data:
+                    return []
+        has_cr = b"\r" in data
+        if not has_cr and b"\n" not in data:
+            self._pending.append(data)
+            self._pending_len += len(data)
+            if self._pending_len > self.max_line_bytes:
+                raise SSEDecodeError(f"SSE line exceeds {self.max_line_bytes} bytes")
+            return []
+        if self._pending:
+            self._pending.append(data)
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_len = 0
+        lines = _BREAK_B.split(data) if has_cr else data.split(b"\n")
+        tail = lines.pop()  # after the last line break: the start of an unfinished line
+        if tail:
+            self._pending.append(tail)
+            self._pending_len = len(tail)
+            if self._pending_len > self.max_line_bytes:
+                raise SSEDecodeError(f"SSE line exceeds {self.max_line_bytes} bytes")
+        elif has_cr and data[-1] == 0x0D:
+            self._skip_lf = True
+        if self._at_start:
+            # 9.2.5: "One leading U+FEFF BYTE ORDER MARK character must be ignored if any
+            # are present." -- only at the very start of the stream, and only one.
+            self._at_start = False
+            if lines[0].startswith(_BOM):
+                lines[0] = lines[0][3:]
+        events: list[Event] = []
+        for line in lines:
+            self._line(line, events)
+        return events
+
+    def close(self) -> list[Event]:
+        """End of stream.  Always returns ``[]``: 9.2.6, "Once the end of the file is
+        reached, any pending data must be discarded" -- a final block not followed by a
+        blank line is never dispatched.  ``last_event_id`` and ``retry`` stay readable (what
+        a reconnecting client needs); parse the next connection with a new ``Decoder``."""
+        self._pending.clear()
+        self._pending_len = 0
+        self._data.clear()
+        self._data_len = 0
+        self._event_type = b""
+        self._event_retry = None
+        return []
+
+    def _line(self, line: bytes, events: list[Event]) -> None:
+        if len(line) > self.max_line_bytes:
+            raise SSEDecodeError(f"SSE line exceeds {self.max_line_bytes} bytes")
+        # 9.2.6: "If the line is empty (a blank line): Dispatch the event".
+        if not line:
+            self._dispatch(events)
+            return
+        # "If the line starts with a U+003A COLON character (:): Ignore the line."
+        if line[0] == 0x3A:
+            return
+        # "If the line contains a U+003A COLON character": field name before the first
+        # colon, value after it minus one leading space.  "Otherwise": the whole line is
+        # the field name and the value is the empty string.
+        name, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            # "Append the field value to the data buffer, then append a single U+000A
+            # LINE FEED (LF) character to the data buffer."
+            self._data_len += len(value) + 1
+            if self._data_len > self.max_event_bytes:
+                raise SSEDecodeError(f"SSE event data exceeds {self.max_event_bytes} bytes")
+            self._data.append(value)
+        elif name == b"event":
+            self._event_type = value
+        elif name == b"id":
+            # "If the field value does not contain U+0000 NULL, then set the last event ID
+            # buffer to the field value.  Otherwise, ignore the field."
+            if b"\0" not in value:
+                self._id_buffer = _decode(value)
+        elif name == b"retry" and value.isdigit():
+            # "If the field value consists of only ASCII digits, then interpret the field
+            # value as an integer in base ten, and set the event stream's reconnection time
+            # to that integer.  Otherwise, ignore the field."  (bytes.isdigit() is ASCII
+            # only and false for b"".  A value too long for int() is ignored too.)
+            try:
+                ms = int(value)
+            except ValueError:  # more digits than sys.get_int_max_str_digits()
+                return
+            self.retry = self._event_retry = ms
+        # "Otherwise: The field is ignored."
+
+    def _dispatch(self, events: list[Event]) -> None:
+        # Step 1: "Set the last event ID string of the event source to the value of the
+        # last event ID buffer.  The buffer does not get reset".
+        self._last_event_id = self._id_buffer
+        retry, self._event_retry = self._event_retry, None
+        # Step 2: "If the data buffer is an empty string, set the data buffer and the event
+        # type buffer to the empty string and return."
+        if not self._data:
+            self._event_type = b""
+            return
+        # Steps 3-4: drop the data buffer's final LF; the type defaults to "message".
+        data = _decode(b"\n".join(self._data))
+        event = _decode(self._event_type) if self._event_type else "message"
+        events.append(Event(data, event, self._last_event_id, retry))
+        # Step 5: "Set the data buffer and the event type buffer to the empty string."
+        self._data.clear()
+        self._data_len = 0
+        self._event_type = b""

@@ -1,0 +1,483 @@
+"""Tests for streamcore.proto.sse (WHATWG HTML, "Server-sent events", 9.2.5 and 9.2.6)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamcore.proto.sse import (
+    Decoder,
+    Event,
+    SSEDecodeError,
+    encode_comment,
+    encode_event,
+    frame_data,
+)
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def reference(stream: bytes) -> tuple[list[Event], str, int | None]:
+    """The spec algorithm transcribed literally, on the whole stream decoded at once:
+    (events, last event ID string, reconnection time)."""
+    text = stream.decode("utf-8", "replace")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = re.split(r"\r\n|\r|\n", text)
+    lines.pop()  # not terminated by a line break: discarded at EOF
+    data = event = id_buffer = last_id = ""
+    retry: int | None = None
+    block_retry: int | None = None
+    events: list[Event] = []
+    for line in lines:
+        if line == "":
+            last_id = id_buffer
+            r, block_retry = block_retry, None
+            if data == "":
+                event = ""
+                continue
+            if data.endswith("\n"):
+                data = data[:-1]
+            events.append(Event(data, event or "message", last_id, r))
+            data = event = ""
+            continue
+        if line.startswith(":"):
+            continue
+        if ":" in line:
+            name, value = line.split(":", 1)
+            if value.startswith(" "):
+                value = value[1:]
+        else:
+            name, value = line, ""
+        if name == "data":
+            data += value + "\n"
+        elif name == "event":
+            event = value
+        elif name == "id":
+            if "\0" not in value:
+                id_buffer = value
+        elif name == "retry" and value and all(c in "0123456789" for c in value):
+            retry = block_retry = int(value)
+    return events, last_id, retry
+
+
+def decode_chunks(chunks: list[bytes]) -> tuple[list[Event], str, int | None]:
+    d = Decoder()
+    events: list[Event] = []
+    for chunk in chunks:
+        events += d.feed(chunk)
+    assert d.close() == []
+    return events, d.last_event_id, d.retry
+
+
+def decode(stream: bytes) -> list[Event]:
+    return decode_chunks([stream])[0]
+
+
+def cut(stream: bytes, points: list[int]) -> list[bytes]:
+    bounds = [0, *sorted(points), len(stream)]
+    return [stream[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def normalised(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+# ---------------------------------------------------------------------------- strategies
+
+NO_BREAK = st.characters(codec="utf-8", exclude_characters="\r\n")
+FIXED_LINES = [
+    b"",
+    b"",
+    b"",
+    b"data",
+    b"data:",
+    b"data: x",
+    b"data:x",
+    b"data:  two spaces",
+    b"event: add",
+    b"event:",
+    b"event",
+    b"id: 7",
+    b"id:",
+    b"id",
+    b"id: a\x00b",
+    b"retry: 1500",
+    b"retry:15",
+    b"retry: 1x",
+    b"retry: -1",
+    b"retry:",
+    b"retry",
+    b"retry: 0015",
+    "retry: \u0663".encode(),
+    b": comment",
+    b":",
+    b"::data: no",
+    b"unknown: field",
+    b"DATA: upper",
+    b"data : space",
+    b" data: lead",
+    b"data:\xef\xbb\xbf",
+    b"\xef\xbb\xbf",
+    b"\xef\xbb\xbfdata: after bom",
+    b"data: \xff\xfe bad",
+    b"data: \xe2\x82",
+    "data: h\u00e9llo \U0001f600 \u4e2d".encode(),
+    "data: \u2028\x0b\x0c\x85 x".encode(),
+]
+LINE = st.one_of(
+    st.sampled_from(FIXED_LINES),
+    st.builds(
+        lambda name, value: name + value.encode(),
+        st.sampled_from([b"data:", b"data: ", b"id: ", b"event:", b"retry:", b":", b""]),
+        st.text(NO_BREAK, max_size=6),
+    ),
+    st.binary(max_size=6).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+)
+EOL = st.sampled_from([b"\n", b"\r", b"\r\n"])
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> bytes:
+    bom = draw(st.sampled_from([b"", b"", b"\xef\xbb\xbf", b"\xef\xbb\xbf\xef\xbb\xbf"]))
+    body = b"".join(line + eol for line, eol in draw(st.lists(st.tuples(LINE, EOL))))
+    tail = draw(st.sampled_from([b"", b"", b"data: unterminated", b"data: x\n", b"\xf0\x9f"]))
+    return bom + body + tail
+
+
+FIELD_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\r\n\0"))
+
+# ------------------------------------------------------------------- decoder: chunking
+
+
+@given(streams(), st.data())
+def test_decoder_independent_of_chunking(stream: bytes, data: st.DataObject) -> None:
+    expected = reference(stream)
+    assert decode_chunks([stream]) == expected
+    assert decode_chunks([stream[i : i + 1] for i in range(len(stream))]) == expected
+    points = data.draw(st.lists(st.integers(0, len(stream))))
+    assert decode_chunks(cut(stream, points)) == expected
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"data: a\r", b"\n\r\n"],  # CR | LF across feeds is one CRLF line break
+        [b"data: a\r", b"\n", b"\r\n"],
+        [b"data: a\r", b"", b"\n", b"", b"\n"],
+        [b"data: a\r\n", b"\n"],
+    ],
+)
+def test_crlf_across_feeds(chunks: list[bytes]) -> None:
+    events, _, _ = decode_chunks(chunks)
+    assert events == [Event("a")]
+
+
+def test_cr_then_cr_is_blank_line() -> None:
+    d = Decoder()
+    assert d.feed(b"data: a\r") == []
+    assert d.feed(b"\r") == [Event("a")]
+    assert d.feed(b"\ndata: b\n\n") == [Event("b")]  # that LF follows a blank line: one more
+
+
+def test_multibyte_character_cut_anywhere() -> None:
+    stream = "data: h\u00e9 \U0001f600 \u4e2d\n\n".encode()
+    for i in range(len(stream) + 1):
+        assert decode_chunks([stream[:i], stream[i:]])[0] == [Event("h\u00e9 \U0001f600 \u4e2d")]
+
+
+def test_invalid_utf8_is_replaced() -> None:
+    assert decode(b"data: a\xffb\xe2\x82\n\n") == [Event("a\ufffdb\ufffd")]
+
+
+def test_only_cr_lf_crlf_break_lines() -> None:
+    # U+2028, VT, FF, NEL (what str.splitlines() would split on) are ordinary characters.
+    text = "a\u2028b\x0bc\x0cd\x85e\x1cf"
+    assert decode(f"data: {text}\n\n".encode()) == [Event(text)]
+
+
+# ------------------------------------------------------------------------------ BOM
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"\xef\xbb\xbfdata: x\n\n"],
+        [b"\xef", b"\xbb", b"\xbfdata: x\n\n"],
+        [b"\xef\xbb\xbf\ndata: x\n\n"],
+    ],
+)
+def test_leading_bom_ignored(chunks: list[bytes]) -> None:
+    assert decode_chunks(chunks)[0] == [Event("x")]
+
+
+def test_only_one_bom_and_only_at_start() -> None:
+    # A second BOM becomes part of the field name "\ufeffdata": an unknown field.
+    assert decode(b"\xef\xbb\xbf\xef\xbb\xbfdata: x\n\n") == []
+    assert decode(b"\n\xef\xbb\xbfdata: x\n\n") == []
+    assert decode(b"data: x\n\n\xef\xbb\xbfdata: y\n\n") == [Event("x")]
+    assert decode_chunks([b"data: x\n\n", b"\xef\xbb\xbfdata: y\n\n"])[0] == [Event("x")]
+    assert decode_chunks([b"\n", b"\xef\xbb\xbfdata: y\n\n"])[0] == []
+
+
+# ---------------------------------------------------------------------- field semantics
+
+
+def test_spec_example_simple_messages() -> None:
+    stream = (
+        b"data: This is the first message.\n\n"
+        b"data: This is the second message, it\n"
+        b"data: has two lines.\n\n"
+        b"data: This is the third message.\n\n"
+    )
+    assert decode(stream) == [
+        Event("This is the first message."),
+        Event("This is the second message, it\nhas two lines."),
+        Event("This is the third message."),
+    ]
+
+
+def test_spec_example_event_types() -> None:
+    stream = (
+        b"event: add\ndata: 73857293\n\nevent: remove\ndata: 2153\n\nevent: add\ndata: 113411\n\n"
+    )
+    assert decode(stream) == [
+        Event("73857293", "add"),
+        Event("2153", "remove"),
+        Event("113411", "add"),
+    ]
+
+
+def test_spec_example_multiline_data() -> None:
+    assert decode(b"data: YHOO\ndata: +2\ndata: 10\n\n") == [Event("YHOO\n+2\n10")]
+
+
+def test_spec_example_four_blocks() -> None:
+    stream = (
+        b": test stream\n\n"
+        b"data: first event\nid: 1\n\n"
+        b"data:second event\nid\n\n"
+        b"data:  third event\n\n"
+    )
+    assert decode(stream) == [
+        Event("first event", id="1"),
+        Event("second event", id=""),  # "id" with no value resets the last event ID
+        Event(" third event", id=""),  # only one leading space is stripped
+    ]
+
+
+def test_spec_example_empty_data_and_eof() -> None:
+    # The first block dispatches data "", the second "\n"; the last block is not followed
+    # by a blank line and is discarded at EOF.
+    d = Decoder()
+    assert d.feed(b"data\n\ndata\ndata\n\ndata:") == [Event(""), Event("\n")]
+    assert d.close() == []
+
+
+def test_spec_example_space_after_colon_optional() -> None:
+    assert decode(b"data:test\n\ndata: test\n\n") == [Event("test"), Event("test")]
+
+
+def test_final_block_without_blank_line_discarded() -> None:
+    # WPT eventsource/format-data-before-final-empty-line
+    events, last_id, retry = decode_chunks([b"retry:1000\ndata:test1\n\nid:test\ndata:test2"])
+    assert events == [Event("test1", retry=1000)]
+    assert last_id == ""
+    assert retry == 1000
+
+
+def test_no_data_no_event_but_id_and_event_type_reset() -> None:
+    d = Decoder()
+    assert d.feed(b"event: x\nid: 5\n\n") == []
+    assert d.last_event_id == "5"  # set at the blank line even without an event
+    assert d.feed(b"data: y\n\n") == [Event("y", "message", "5")]
+
+
+def test_last_event_id_set_at_dispatch_and_persists() -> None:
+    d = Decoder()
+    d.feed(b"id: 1\n")
+    assert d.last_event_id == ""  # the id buffer only becomes the last event ID at dispatch
+    assert d.feed(b"data: a\n\n") == [Event("a", id="1")]
+    assert d.feed(b"data: b\n\n") == [Event("b", id="1")]
+    assert d.feed(b"id: 2\ndata: c\n\nid:\ndata: d\n\n") == [Event("c", id="2"), Event("d")]
+    assert d.last_event_id == ""
+
+
+def test_id_with_nul_ignored() -> None:
+    assert decode(b"id: 1\n\nid: a\x00b\ndata: x\n\n") == [Event("x", id="1")]
+
+
+@pytest.mark.parametrize(
+    ("line", "retry"),
+    [
+        (b"retry: 1500", 1500),
+        (b"retry:0", 0),
+        (b"retry: 0015", 15),
+        (b"retry: 1x", None),
+        (b"retry: -1", None),
+        (b"retry: +1", None),
+        (b"retry:  1", None),
+        (b"retry: 1.5", None),
+        (b"retry:", None),
+        (b"retry", None),
+        ("retry: \u0663".encode(), None),  # non-ASCII digit
+        (b"retry: " + b"9" * 5000, None),  # past int()'s digit limit: ignored, no crash
+    ],
+)
+def test_retry(line: bytes, retry: int | None) -> None:
+    d = Decoder()
+    assert d.feed(line + b"\ndata: x\n\n") == [Event("x", retry=retry)]
+    assert d.retry == retry
+    assert d.feed(b"data: y\n\n") == [Event("y")]  # Event.retry is per block
+    assert d.retry == retry  # the reconnection time persists
+
+
+def test_retry_without_data_sets_reconnection_time() -> None:
+    d = Decoder()
+    assert d.feed(b"retry: 300\n\ndata: x\n\n") == [Event("x")]
+    assert d.retry == 300
+
+
+def test_fields_without_colon_and_unknown_fields() -> None:
+    assert decode(b"data\nevent\nfoo\nfoo: bar\ndata\n\n") == [Event("\n")]
+    assert decode(b"Data: x\ndata : y\n data: z\n\n") == []
+
+
+def test_comments_ignored() -> None:
+    assert decode(b":\n: hi\n:data: x\ndata: y\n:\n\n") == [Event("y")]
+
+
+def test_event_type_empty_defaults_to_message() -> None:
+    assert decode(b"event:\ndata: x\n\n") == [Event("x", "message")]
+    assert decode(b"event: a\ndata: x\n\ndata: y\n\n") == [Event("x", "a"), Event("y")]
+
+
+def test_close_discards_pending() -> None:
+    d = Decoder()
+    assert d.feed(b"id: 3\ndata: a\n\ndata: partial\nid: 4\n") == [Event("a", id="3")]
+    assert d.close() == []
+    assert d.last_event_id == "3"
+
+
+# ---------------------------------------------------------------------------- limits
+
+
+def test_line_limit_pending() -> None:
+    d = Decoder(max_line_bytes=10)
+    d.feed(b"data: ")
+    d.feed(b"1234")  # exactly 10 bytes: fine
+    with pytest.raises(SSEDecodeError):
+        d.feed(b"5")
+
+
+def test_line_limit_complete_line() -> None:
+    assert Decoder(max_line_bytes=10).feed(b"data: 1234\n\n") == [Event("1234")]
+    with pytest.raises(SSEDecodeError):
+        Decoder(max_line_bytes=10).feed(b"data: 12345\n\n")
+    with pytest.raises(SSEDecodeError):
+        Decoder(max_line_bytes=10).feed(b"data: 1\ndata: 12345")
+    with pytest.raises(SSEDecodeError):
+        Decoder(max_line_bytes=10).feed(b": a long comment\n")
+
+
+def test_event_limit() -> None:
+    d = Decoder(max_event_bytes=10)
+    # counted as the spec's data buffer: each value plus its LF
+    assert d.feed(b"data: 12345\ndata: 678\n\n") == [Event("12345\n678")]
+    assert d.feed(b"data: 12345\n\n" * 100) == [Event("12345")] * 100  # reset per event
+    d.feed(b"data: 12345\n")
+    with pytest.raises(SSEDecodeError):
+        d.feed(b"data: 6789\n")
+    with pytest.raises(SSEDecodeError):
+        Decoder(max_event_bytes=10).feed(b"data\n" * 11)
+
+
+def test_limit_error_is_value_error() -> None:
+    assert issubclass(SSEDecodeError, ValueError)
+
+
+def test_comments_do_not_count_toward_event_limit() -> None:
+    d = Decoder(max_event_bytes=10)
+    assert d.feed(b": heartbeat\n" * 1000 + b"data: x\n\n") == [Event("x")]
+
+
+# ------------------------------------------------------------------------------ encoder
+
+
+def test_encode_event_layout() -> None:
+    assert encode_event("a\r\nb\rc\nd", event="e", id="7", retry=100) == (
+        b"id: 7\nevent: e\nretry: 100\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+    )
+    assert encode_event("") == b"data: \n\n"
+    assert encode_event("x\n") == b"data: x\ndata: \n\n"
+    assert encode_event("\u00e9") == "data: \u00e9\n\n".encode()
+
+
+@pytest.mark.parametrize("bad", ["a\rb", "a\nb", "a\r\nb", "a\0b", "\n", "\r", "\0"])
+def test_encode_event_rejects_breaks_and_nul(bad: str) -> None:
+    with pytest.raises(ValueError):
+        encode_event("x", id=bad)
+    with pytest.raises(ValueError):
+        encode_event("x", event=bad)
+
+
+@pytest.mark.parametrize("bad", [-1, True, 1.5, "5"])
+def test_encode_event_rejects_bad_retry(bad: object) -> None:
+    with pytest.raises(ValueError):
+        encode_event("x", retry=bad)  # type: ignore[arg-type]
+
+
+@given(
+    st.text(),
+    st.none() | FIELD_TEXT,
+    st.none() | FIELD_TEXT,
+    st.none() | st.integers(0, 10**15),
+)
+def test_round_trip(text: str, event: str | None, id: str | None, retry: int | None) -> None:
+    d = Decoder()
+    assert d.feed(encode_event(text, event=event, id=id, retry=retry)) == [
+        Event(normalised(text), event or "message", id or "", retry)
+    ]
+    assert d.last_event_id == (id or "")
+
+
+@given(st.lists(st.text()), st.text(), st.data())
+def test_round_trip_many_with_comments_and_cuts(
+    texts: list[str], comment: str, data: st.DataObject
+) -> None:
+    stream = encode_comment(comment) + b"".join(
+        encode_event(t) + encode_comment(comment) for t in texts
+    )
+    points = data.draw(st.lists(st.integers(0, len(stream))))
+    events, _, _ = decode_chunks(cut(stream, points))
+    assert events == [Event(normalised(t)) for t in texts]
+
+
+def test_encode_comment() -> None:
+    assert encode_comment() == b":\n"
+    assert encode_comment("") == b":\n"
+    assert encode_comment("ping") == b":ping\n"
+    assert encode_comment("a\r\nb\rc\nd") == b":a\n:b\n:c\n:d\n"
+    assert encode_comment("x\n") == b":x\n:\n"
+
+
+def test_frame_data_zero_copy() -> None:
+    payload = b'{"choices":[{"delta":{"content":"hi"}}]}'
+    framed = frame_data(payload)
+    assert framed == [b"data: ", payload, b"\n"]
+    assert framed[1] is payload
+    empty = b""
+    assert frame_data(empty) == [b"data: ", b"", b"\n"]
+
+
+def test_frame_data_splits_lines() -> None:
+    assert b"".join(frame_data(b"a\r\nb\rc\nd")) == b"data: a\ndata: b\ndata: c\ndata: d\n"
+
+
+@given(st.text())
+def test_frame_data_matches_encode_event(text: str) -> None:
+    assert b"".join(frame_data(text.encode())) + b"\n" == encode_event(text)
