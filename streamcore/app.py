@@ -31,6 +31,7 @@ from .proto import http
 
 StreamHandler = Callable[["Request"], AsyncIterator[Any]]
 PlainHandler = Callable[["Request"], Awaitable[Any]]
+WebSocketHandler = Callable[[Any], Awaitable[None]]
 
 
 class Request:
@@ -141,6 +142,8 @@ class Route:
     #: Bytes an SSE stream ends with (the gateway's ``data: [DONE]``).
     sse_end: bytes = b""
     pattern: re.Pattern[str] | None = None
+    #: A WebSocket handler (``@app.websocket``): reachable only by an upgrade.
+    websocket: bool = False
 
 
 class App:
@@ -152,14 +155,29 @@ class App:
         self.name = name
         self._exact: dict[str, dict[str, Route]] = {}
         self._patterns: list[Route] = []
-        #: Called with a WebSocket request's raw head to allow or refuse its Origin.
+        #: Browser origins allowed to open a WebSocket (None: any).  A cross-site page can
+        #: open a WebSocket with the user's cookies (RFC 6455 section 10.2), so a server that
+        #: trusts cookies sets this; a refused origin gets 403 at the handshake.
         self.ws_origins: frozenset[str] | None = None
+        #: Subprotocols we speak, in order of preference (Sec-WebSocket-Protocol).
+        self.ws_subprotocols: tuple[str, ...] = ()
+        #: Offer-accept permessage-deflate (RFC 7692).  Off by default: compression costs
+        #: CPU per message and memory per socket, and streamed tokens compress poorly.
+        self.ws_deflate = False
 
     def stream(self, method: str, path: str, *, sse_end: bytes = b"") -> Callable[
             [StreamHandler], StreamHandler]:
         """Register an async-generator handler: its items become events of an SSE stream."""
         def register(handler: StreamHandler) -> StreamHandler:
             self._add(Route(method.upper(), path, handler, True, sse_end))
+            return handler
+        return register
+
+    def websocket(self, path: str) -> Callable[[WebSocketHandler], WebSocketHandler]:
+        """Register a WebSocket handler: ``async def handler(ws)``, with ``ws`` a
+        :class:`streamcore.aio.websocket.WebSocket`."""
+        def register(handler: WebSocketHandler) -> WebSocketHandler:
+            self._add(Route("GET", path, handler, False, websocket=True))
             return handler
         return register
 
@@ -178,8 +196,19 @@ class App:
         else:
             self._exact.setdefault(route.path, {})[route.method] = route
 
-    def resolve(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
-        """The route for a request; :class:`RequestError` 404 or 405 (with Allow) if none."""
+    def resolve_upgrade(self, path: str) -> tuple[Route, dict[str, str]]:
+        """The route a WebSocket upgrade reaches: a WebSocket route, else a stream route
+        at that path whatever its method (the first message is then the body)."""
+        methods, params = self._methods(path)
+        for route in methods.values():
+            if route.websocket:
+                return route, params
+        for route in methods.values():
+            if route.streaming:
+                return route, params
+        raise RequestError(f"no WebSocket route at {path}", status=404, code="not_found")
+
+    def _methods(self, path: str) -> tuple[dict[str, Route], dict[str, str]]:
         methods = self._exact.get(path)
         params: dict[str, str] = {}
         if methods is None:
@@ -190,6 +219,11 @@ class App:
                 if match:
                     methods[route.method] = route
                     params = match.groupdict()
+        return methods, params
+
+    def resolve(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        """The route for a request; :class:`RequestError` 404 or 405 (with Allow) if none."""
+        methods, params = self._methods(path)
         if not methods:
             raise RequestError(f"no route for {path}", status=404, code="not_found")
         found = methods.get(method) or (methods.get("GET") if method == "HEAD" else None)
@@ -198,4 +232,9 @@ class App:
             raise RequestError(f"method {method} is not allowed on {path}", status=405,
                                code="method_not_allowed",
                                headers=[(b"allow", ", ".join(allow).encode())])
+        if found.websocket:
+            raise RequestError(f"{path} is a WebSocket endpoint", status=426,
+                               code="upgrade_required",
+                               headers=[(b"upgrade", b"websocket"),
+                                        (b"connection", b"Upgrade")])
         return found, params

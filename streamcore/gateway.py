@@ -1,15 +1,20 @@
 """The daemon's app: OpenAI-compatible endpoints wired to a token source.
 
 ``POST /v1/chat/completions`` (``stream: true`` over SSE, ``stream: false`` as one JSON
-body), ``GET /v1/models``, ``GET /healthz``.  Bad input is refused before the stream starts
-with a 4xx and an OpenAI-style error naming the ``param``.
+body), ``GET /v1/ws`` (the same streams over WebSocket, several per socket), ``GET
+/v1/models``, ``GET /healthz``.  Bad input is refused before a stream starts, with a 4xx
+(or a typed WebSocket error message) and an OpenAI-style error naming the ``param``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
+import orjson
+
+from .aio.websocket import WebSocket
 from .app import App, EventStream, Request, Response
 from .errors import RequestError
 from .limits import Limits
@@ -18,30 +23,49 @@ from .proto.openai import (
     ChunkTemplate,
     completion_body,
     new_completion_id,
+    parse_chat_object,
     parse_chat_request,
+    usage_object,
 )
 from .sources.synthetic import Generation, SyntheticModel
 
-#: The end of an OpenAI stream (not JSON: clients compare the data field to it).
+#: The end of an OpenAI SSE stream (not JSON: clients compare the data field to it).
 SSE_DONE = b"data: [DONE]\n\n"
 
 
-def chat_frames(request: ChatRequest, generation: Generation,
-                template: ChunkTemplate) -> AsyncIterator[tuple[bytes, ...]]:
+class ChatStream:
     """The chunk frames of one streamed answer: role, tokens, finish, usage."""
 
-    async def frames() -> AsyncIterator[tuple[bytes, ...]]:
-        yield (template.role(),)
-        count = 0
-        token = template.token
-        async for text in generation:
-            yield token(text)
-            count += 1
-        yield (template.finish(generation.finish_reason),)
-        if request.include_usage:
-            yield (template.usage(generation.prompt_tokens, count),)
+    __slots__ = ("chat", "generation", "template", "count")
 
-    return frames()
+    def __init__(self, chat: ChatRequest, generation: Generation) -> None:
+        self.chat = chat
+        self.generation = generation
+        self.template = ChunkTemplate(new_completion_id(), chat.model,
+                                      include_usage=chat.include_usage)
+        self.count = 0
+
+    async def frames(self) -> AsyncIterator[tuple[bytes, ...]]:
+        template = self.template
+        yield (template.role(),)
+        token = template.token
+        count = 0
+        try:
+            async for text in self.generation:
+                yield token(text)
+                count += 1
+        finally:
+            self.count = count
+        yield (template.finish(self.generation.finish_reason),)
+        if self.chat.include_usage:
+            yield (template.usage(self.generation.prompt_tokens, count),)
+
+    def done_message(self, key: bytes) -> bytes:
+        """The WebSocket gateway's last message for this request."""
+        usage = usage_object(self.generation.prompt_tokens, self.count)
+        return (b'{"type":"done","id":' + key + b',"finish_reason":'
+                + orjson.dumps(self.generation.finish_reason) + b',"usage":'
+                + orjson.dumps(usage) + b"}")
 
 
 def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None = None) -> App:
@@ -50,26 +74,28 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
     registry = {model.name: model for model in (models or [SyntheticModel()])}
     started = int(time.time())
 
-    def model_for(chat: ChatRequest) -> SyntheticModel:
+    def start(chat: ChatRequest) -> Generation:
         model = registry.get(chat.model)
         if model is None:
             raise RequestError(f"The model `{chat.model}` does not exist", status=404,
                                param="model", code="model_not_found")
-        return model
+        return model.start(chat)
 
     @app.route("POST", "/v1/chat/completions")
     async def chat_completions(request: Request) -> Response | EventStream:
         chat = parse_chat_request(request.body)
-        generation = model_for(chat).start(chat)
-        completion_id = new_completion_id()
+        generation = start(chat)
         if chat.stream:
-            template = ChunkTemplate(completion_id, chat.model,
-                                     include_usage=chat.include_usage)
-            return EventStream(chat_frames(chat, generation, template), sse_end=SSE_DONE)
+            return EventStream(ChatStream(chat, generation).frames(), sse_end=SSE_DONE)
         tokens = [token async for token in generation]
-        return Response(completion_body(completion_id, chat.model, "".join(tokens),
+        return Response(completion_body(new_completion_id(), chat.model, "".join(tokens),
                                         generation.finish_reason, generation.prompt_tokens,
                                         len(tokens)))
+
+    @app.websocket("/v1/ws")
+    async def chat_socket(ws: WebSocket) -> None:
+        async for message in ws:
+            await _ws_message(ws, message, start)
 
     @app.route("GET", "/v1/models")
     async def list_models(request: Request) -> dict[str, object]:
@@ -82,3 +108,38 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
         return {"status": "ok"}
 
     return app
+
+
+async def _ws_message(ws: WebSocket, message: str | bytes, start: Any) -> None:
+    """One client message of the ``/v1/ws`` protocol (see the README)."""
+    request_id: Any = None
+    try:
+        try:
+            data = orjson.loads(message)
+        except orjson.JSONDecodeError as exc:
+            raise RequestError(f"the message is not valid JSON: {exc}",
+                               code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise RequestError("a message must be a JSON object", code="invalid_type")
+        request_id = data.get("id")
+        if not isinstance(request_id, str) or not request_id or len(request_id) > 256:
+            request_id = None
+            raise RequestError("'id' must be a non-empty string (at most 256 characters)",
+                               param="id", code="invalid_value")
+        kind = data.get("type")
+        if kind == "request":
+            chat = parse_chat_object(data.get("body"))
+            stream = ChatStream(chat, start(chat))
+            key = orjson.dumps(request_id)
+            ws.stream(request_id, stream.frames(), end=lambda: stream.done_message(key))
+        elif kind == "cancel":
+            if ws.cancel(request_id):
+                await ws.send_json({"type": "cancelled", "id": request_id})
+            else:
+                raise RequestError("no running request with this id", param="id",
+                                   code="not_found")
+        else:
+            raise RequestError("'type' must be 'request' or 'cancel'", param="type",
+                               code="invalid_value")
+    except RequestError as exc:
+        await ws.send_json({"type": "error", "id": request_id, **exc.body()})

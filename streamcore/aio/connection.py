@@ -244,14 +244,22 @@ class HTTPConnection(asyncio.Protocol):
     # -- requests ----------------------------------------------------------------------
 
     def handle(self, raw: http.Request) -> None:
-        """Dispatch one complete request."""
+        """Dispatch one complete request; a failure of ours is a 500, never a traceback."""
+        try:
+            self._dispatch(raw)
+        except Exception:
+            log.exception("dispatching %s %s failed", raw.method, raw.path)
+            self.fail(500, "internal server error", "internal_error")
+
+    def _dispatch(self, raw: http.Request) -> None:
         self._set_timer(None)
         self._method = raw.method
         try:
-            route, params = self.app.resolve(raw.method, raw.path)
-            if route.method == "GET" and b"websocket" in raw.header_tokens(b"upgrade"):
+            if b"websocket" in raw.header_tokens(b"upgrade"):
+                route, params = self.app.resolve_upgrade(raw.path)
                 self.server.upgrade_websocket(self, raw, route, params)
                 return
+            route, params = self.app.resolve(raw.method, raw.path)
             if self.server.overloaded():
                 raise RequestError("the server is at capacity; retry shortly", status=503,
                                    type="server_error", code="overloaded",
@@ -373,13 +381,29 @@ class HTTPConnection(asyncio.Protocol):
 
     def fail(self, status: int, message: str, code: str) -> None:
         """Answer a protocol error and close; nothing after it is parsed."""
+        self.reject(status, message, code)
+
+    def reject(self, status: int, message: str, code: str,
+               extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        """Refuse a request with a complete error response and close."""
         transport = self.transport
         if transport is None:
             return
         self.session.phase = Phase.CLOSED
         body = error_body(message, "invalid_request_error", None, code)
-        transport.write(http.error_response(status, body))
+        transport.write(http.error_response(status, body, extra))
         transport.close()
+
+    def hand_over(self) -> None:
+        """The transport now belongs to another protocol (WebSocket): let go of it."""
+        self._cancel_timers_keep_pause()
+        self.transport = None
+
+    def _cancel_timers_keep_pause(self) -> None:
+        for timer in (self._timer, self._stall_timer, self._hb_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._stall_timer = self._hb_timer = None
 
     def _refuse(self) -> None:
         assert self.transport is not None
@@ -423,10 +447,7 @@ class HTTPConnection(asyncio.Protocol):
             self.transport.abort()
 
     def _cancel_timers(self) -> None:
-        for timer in (self._timer, self._stall_timer, self._hb_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._stall_timer = self._hb_timer = None
+        self._cancel_timers_keep_pause()
         if self.write_paused:
             self.write_paused = False
             self.server.paused_bytes -= self.limits.write_high_water_bytes

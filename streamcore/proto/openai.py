@@ -83,6 +83,11 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise _bad(f"the request body is not valid JSON: {exc}", None, "invalid_json") from None
+    return parse_chat_object(data)
+
+
+def parse_chat_object(data: Any) -> ChatRequest:
+    """Validate an already-decoded request (the WebSocket gateway's ``body``)."""
     if not isinstance(data, dict):
         raise _bad("the request body must be a JSON object", None, "invalid_type")
     model = data.get("model")

@@ -1,0 +1,316 @@
+"""WebSocket (RFC 6455, RFC 7692) server session on wsproto, sans-I/O.
+
+wsproto parses frames, validates UTF-8, answers pings and runs the close handshake and the
+permessage-deflate codec.  We add what a server facing the internet needs:
+
+* the opening handshake checked against our parsed HTTP request (section 4.2.1), with an
+  ``Origin`` allow-list (section 10.2: cross-site WebSocket hijacking) and subprotocol and
+  extension negotiation;
+* size limits checked from each frame *header*, before its payload is read (a wsproto
+  extension hook sees the declared length first): frame and message size, 1009;
+* a permessage-deflate whose inflater never produces more than the message limit
+  (``zlib`` ``max_length``): a decompression bomb ends in 1009, not in memory growth;
+* data frames for streamed tokens built here as a 2-10 byte header in front of payload
+  buffers the token pipe already holds (no copy, no compression: RFC 7692 section 6 lets
+  any message go uncompressed, and an uncompressed message does not touch the
+  compression context).  wsproto's state is consulted before every such frame, and only
+  whole (FIN) messages are written this way, so its outbound fragmentation state is
+  never entered behind its back.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+import zlib
+from dataclasses import dataclass
+
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    Pong,
+    TextMessage,
+)
+from wsproto.extensions import Extension, PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, Opcode, RsvBits
+from wsproto.utilities import generate_accept_token
+
+from ..errors import ProtocolError
+from .http import CRLF, Request, http_date
+
+OPEN = ConnectionState.OPEN
+
+# RFC 6455 section 7.4.1 status codes.
+NORMAL = 1000
+GOING_AWAY = 1001
+PROTOCOL_ERROR = 1002
+INVALID_DATA = 1007
+POLICY = 1008
+TOO_BIG = 1009
+INTERNAL_ERROR = 1011
+
+
+class _Limits(Extension):  # type: ignore[misc]
+    """Not negotiated: an inbound hook that sees each frame's declared payload length
+    before the payload is read (RFC 6455 section 5.2), so that oversize frames and
+    messages are refused with 1009 without buffering them."""
+
+    name = "streamcore-limits"
+
+    def __init__(self, max_frame: int, max_message: int) -> None:
+        self.max_frame = max_frame
+        self.max_message = max_message
+        self._message = 0
+
+    def enabled(self) -> bool:
+        return True
+
+    def offer(self) -> bool:
+        return False  # never negotiated: a local hook only
+
+    def frame_inbound_header(self, proto: object, opcode: Opcode, rsv: RsvBits,
+                             payload_length: int) -> CloseReason | RsvBits:
+        if payload_length > self.max_frame:
+            return CloseReason.MESSAGE_TOO_BIG
+        if not opcode.iscontrol():
+            if opcode is not Opcode.CONTINUATION:
+                self._message = 0
+            self._message += payload_length
+            if self._message > self.max_message:
+                return CloseReason.MESSAGE_TOO_BIG
+        return RsvBits(False, False, False)
+
+
+class BoundedDeflate(PerMessageDeflate):  # type: ignore[misc]
+    """permessage-deflate whose inflated messages never exceed ``max_message`` bytes."""
+
+    def __init__(self, max_message: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.max_message = max_message
+        self._inflated = 0
+
+    def frame_inbound_payload_data(self, proto: object, data: bytes) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        return self._inflate(bytes(data))
+
+    def _inflate(self, data: bytes) -> bytes | CloseReason:
+        room = self.max_message - self._inflated + 1  # max_length=0 would mean unbounded
+        try:
+            out: bytes = self._decompressor.decompress(data, room)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._inflated += len(out)
+        if self._inflated > self.max_message or self._decompressor.unconsumed_tail:
+            return CloseReason.MESSAGE_TOO_BIG
+        return out
+
+    def frame_inbound_complete(self, proto: object, fin: bool) -> bytes | CloseReason | None:
+        if not fin:
+            return None
+        if not (self._inbound_is_compressible and self._inbound_compressed):
+            self._inbound_compressed = None
+            self._inflated = 0
+            return None
+        # RFC 7692 section 7.2.2: append 00 00 ff ff to the message, then inflate.
+        out = self._inflate(b"\x00\x00\xff\xff")
+        self._inflated = 0
+        self._inbound_compressed = None
+        if isinstance(out, CloseReason):
+            return out
+        no_takeover = self.client_no_context_takeover
+        if no_takeover:
+            self._decompressor = None
+        return out
+
+
+@dataclass(slots=True)
+class Accepted:
+    """A handshake we accept: the 101 response and the negotiated options."""
+
+    response: bytes
+    subprotocol: str | None
+    extensions: list[Extension]
+
+
+def accept(request: Request, *, subprotocols: tuple[str, ...] = (), deflate: bool = False,
+           origins: frozenset[str] | None = None, max_message: int = 1 << 22) -> Accepted:
+    """Check an upgrade request (RFC 6455 section 4.2.1) and build the 101 response.
+
+    Raises :class:`ProtocolError`: 400 for a malformed handshake, 426 (with the version we
+    speak) for another protocol version, 403 for an Origin not in ``origins``.
+    """
+    if request.method != "GET" or request.http_version != b"1.1":
+        raise ProtocolError("a WebSocket handshake is an HTTP/1.1 GET")
+    if b"upgrade" not in request.header_tokens(b"connection"):
+        raise ProtocolError("missing 'Connection: Upgrade'")
+    if request.header_tokens(b"sec-websocket-version") != [b"13"]:
+        raise ProtocolError("unsupported WebSocket version (13 only)", status=426)
+    key = request.header(b"sec-websocket-key")
+    try:
+        if key is None or len(base64.b64decode(key, validate=True)) != 16:
+            raise ValueError
+    except (ValueError, binascii.Error):
+        raise ProtocolError("missing or malformed Sec-WebSocket-Key") from None
+    if origins is not None:
+        origin = (request.header(b"origin") or b"").decode("latin-1")
+        if origin not in origins:
+            raise ProtocolError(f"origin {origin!r} is not allowed", status=403)
+    headers = [
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-accept", generate_accept_token(key)),
+        (b"date", http_date()),
+    ]
+    chosen = None
+    offered = [p.decode("latin-1") for p in request.header_tokens(b"sec-websocket-protocol")]
+    for proto in offered:
+        if proto in subprotocols:
+            chosen = proto
+            headers.append((b"sec-websocket-protocol", proto.encode()))
+            break
+    extensions: list[Extension] = []
+    if deflate:
+        for offer in _extension_offers(request):
+            if offer.split(";", 1)[0].strip() != PerMessageDeflate.name:
+                continue
+            ext = BoundedDeflate(max_message)
+            answer = ext.accept(offer)
+            if answer:
+                extensions.append(ext)
+                # wsproto's accept() returns the parameters only (or True).
+                reply = f"{ext.name}; {answer}" if isinstance(answer, str) and answer else (
+                    ext.name)
+                headers.append((b"sec-websocket-extensions", reply.encode()))
+                break
+    lines = [b"HTTP/1.1 101 Switching Protocols", *(k + b": " + v for k, v in headers)]
+    return Accepted(CRLF.join(lines) + CRLF + CRLF, chosen, extensions)
+
+
+def _extension_offers(request: Request) -> list[str]:
+    offers: list[str] = []
+    for name, value in request.headers:
+        if name == b"sec-websocket-extensions":
+            offers.extend(part.strip() for part in value.decode("latin-1").split(","))
+    return offers
+
+
+# -- events out of the session -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Received:
+    """One complete message from the peer."""
+
+    data: str | bytes
+
+
+@dataclass(slots=True)
+class Closed:
+    """The close handshake finished or failed: ``code`` is why (1005: no status)."""
+
+    code: int
+    reason: str = ""
+
+
+_H16 = struct.Struct("!BBH").pack
+_H64 = struct.Struct("!BBQ").pack
+_SMALL_TEXT = [bytes((0x81, n)) for n in range(126)]
+
+
+def text_header(length: int) -> bytes:
+    """The header of an unmasked, unfragmented text frame (RFC 6455 section 5.2)."""
+    if length < 126:
+        return _SMALL_TEXT[length]
+    if length < 65536:
+        return _H16(0x81, 126, length)
+    return _H64(0x81, 127, length)
+
+
+class WSSession:
+    """An accepted WebSocket connection: bytes in, messages and bytes to send out."""
+
+    def __init__(self, accepted: Accepted, *, max_frame: int, max_message: int,
+                 tail: bytes = b"") -> None:
+        self.subprotocol = accepted.subprotocol
+        self._limits = _Limits(max_frame, max_message)
+        self._conn = Connection(ConnectionType.SERVER,
+                                extensions=[self._limits, *accepted.extensions])
+        self._parts: list[str | bytes] = []
+        #: Bytes the session wants sent (pongs, close replies).
+        self.outbox: list[bytes] = []
+        self.closed: Closed | None = None
+        self._pending_tail = tail
+
+    @property
+    def open(self) -> bool:
+        return self._conn.state is OPEN
+
+    @property
+    def closing(self) -> bool:
+        return self._conn.state is not OPEN
+
+    def receive(self, data: bytes | None) -> list[Received | Closed]:
+        """Feed bytes (``None``: the TCP connection ended); returns complete messages and,
+        at the end, one :class:`Closed`."""
+        if self._pending_tail:
+            tail, self._pending_tail = self._pending_tail, b""
+            data = tail + (data or b"") if data is not None else tail
+            if data is None:
+                return []
+        conn = self._conn
+        if conn.state is ConnectionState.CLOSED:
+            return []
+        conn.receive_data(data)
+        out: list[Received | Closed] = []
+        for event in conn.events():
+            if isinstance(event, Message):
+                self._parts.append(event.data)
+                if event.message_finished:
+                    parts = self._parts
+                    self._parts = []
+                    joined = parts[0] if len(parts) == 1 else (
+                        "".join(parts) if isinstance(event, TextMessage) else b"".join(parts))
+                    out.append(Received(bytes(joined) if isinstance(event, BytesMessage)
+                                        else joined))
+            elif isinstance(event, Ping):
+                self.outbox.append(conn.send(event.response()))
+            elif isinstance(event, Pong):
+                pass  # any byte received already counts as liveness
+            elif isinstance(event, CloseConnection):
+                out.append(self._on_close(event))
+                break
+        return out
+
+    def _on_close(self, event: CloseConnection) -> Closed:
+        conn = self._conn
+        code = int(event.code)
+        if conn.state is ConnectionState.REMOTE_CLOSING:
+            # The peer closed: echo its code (RFC 6455 section 5.5.1; wsproto never puts
+            # 1005/1006 on the wire, section 7.4.1).
+            self.outbox.append(conn.send(event.response()))
+        elif conn.state is OPEN:
+            # wsproto failed to parse: "Fail the WebSocket Connection" (section 7.1.7).
+            self.outbox.append(conn.send(CloseConnection(code=code, reason=event.reason)))
+        self.closed = Closed(code, event.reason or "")
+        return self.closed
+
+    def message(self, data: str | bytes) -> bytes:
+        """A whole message through wsproto (compressed when deflate was negotiated)."""
+        if self._conn.state is not OPEN:
+            return b""
+        return self._conn.send(Message(data=data))
+
+    def close(self, code: int = NORMAL, reason: str = "") -> bytes:
+        """Start the closing handshake (or answer it)."""
+        conn = self._conn
+        if conn.state not in (OPEN, ConnectionState.REMOTE_CLOSING):
+            return b""
+        return conn.send(CloseConnection(code=code, reason=reason))
+
+    def ping(self, payload: bytes = b"") -> bytes:
+        return self._conn.send(Ping(payload=payload)) if self._conn.state is OPEN else b""
