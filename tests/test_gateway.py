@@ -34,6 +34,9 @@ from conftest import (
 
 MESSAGES = [{"role": "system", "content": "be brief"},
             {"role": "user", "content": "tell me about token streams"}]
+#: A prompt of 16 words or more (the synthetic model's vocabulary per answer is 32 words).
+LONG_MESSAGES = [{"role": "user", "content": "please explain in plain words how a server "
+                  "can stream tokens to many readers at once without growing memory"}]
 
 
 @pytest.fixture
@@ -57,6 +60,8 @@ def check_stream(events: list[httpx_sse.ServerSentEvent], *, tokens: int | None,
     """The OpenAI stream shape; returns the content tokens."""
     assert events[-1].data == "[DONE]"
     chunks = [orjson.loads(e.data) for e in events[:-1]]
+    errors = [c["error"] for c in chunks if "error" in c]
+    assert not errors, f"the stream failed mid-way: {errors}"
     for event in events[:-1]:
         assert event.id, "every event carries an id"
     assert len({e.id for e in events[:-1]}) == len(events) - 1
@@ -104,6 +109,25 @@ def test_stream_max_tokens(gateway: Served, max_tokens: int) -> None:
     with httpx.Client(timeout=10) as client:
         events = chat(gateway.url, client, max_tokens=max_tokens)
     check_stream(events, tokens=max_tokens, finish="length", usage=False)
+
+
+def test_long_answers_to_a_short_prompt(gateway: Served) -> None:
+    """More tokens than the prompt has words + 16 (the synthetic model draws from 32 words
+    only for prompts of 16 words or more)."""
+    short = [{"role": "user", "content": "hi"}]
+    with httpx.Client(timeout=10) as client:
+        events = chat(gateway.url, client, messages=short, max_tokens=40)
+        check_stream(events, tokens=40, finish="length", usage=False)
+        response = client.post(f"{gateway.url}/v1/chat/completions",
+                               json={"model": "synthetic", "messages": short,
+                                     "max_tokens": 40})
+        assert response.status_code == 200, response.text
+
+
+def test_long_answers_to_a_long_prompt(gateway: Served) -> None:
+    with httpx.Client(timeout=10) as client:
+        events = chat(gateway.url, client, messages=LONG_MESSAGES, max_tokens=60)
+    check_stream(events, tokens=60, finish="length", usage=False)
 
 
 def test_stream_with_usage(gateway: Served) -> None:
@@ -396,7 +420,8 @@ def test_cli_flag_wins_over_env() -> None:
 
 def test_sigterm_drains_an_in_flight_stream_and_exits_0() -> None:
     with serve_cli("--token-rate", "25", "--log-level", "warning") as cli:
-        payload = {**GOOD, "stream": True, "max_tokens": 25}
+        payload = {"model": "synthetic", "messages": LONG_MESSAGES, "stream": True,
+                   "max_tokens": 25}
         events: list[httpx_sse.ServerSentEvent] = []
         with httpx.Client(timeout=10) as client, httpx_sse.connect_sse(
                 client, "POST", f"{cli.url}/v1/chat/completions", json=payload) as source:

@@ -25,6 +25,7 @@ import binascii
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import (
@@ -54,7 +55,7 @@ TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 
 
-class _Limits(Extension):  # type: ignore[misc]
+class _Limits(Extension):
     """Not negotiated: an inbound hook that sees each frame's declared payload length
     before the payload is read (RFC 6455 section 5.2), so that oversize frames and
     messages are refused with 1009 without buffering them."""
@@ -85,11 +86,11 @@ class _Limits(Extension):  # type: ignore[misc]
         return RsvBits(False, False, False)
 
 
-class BoundedDeflate(PerMessageDeflate):  # type: ignore[misc]
+class BoundedDeflate(PerMessageDeflate):
     """permessage-deflate whose inflated messages never exceed ``max_message`` bytes."""
 
-    def __init__(self, max_message: int, **kwargs: object) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, max_message: int) -> None:
+        super().__init__()
         self.max_message = max_message
         self._inflated = 0
 
@@ -100,12 +101,14 @@ class BoundedDeflate(PerMessageDeflate):  # type: ignore[misc]
 
     def _inflate(self, data: bytes) -> bytes | CloseReason:
         room = self.max_message - self._inflated + 1  # max_length=0 would mean unbounded
+        inflater = self._decompressor
+        assert inflater is not None  # set by frame_inbound_header for compressed messages
         try:
-            out: bytes = self._decompressor.decompress(data, room)
+            out: bytes = inflater.decompress(data, room)
         except zlib.error:
             return CloseReason.INVALID_FRAME_PAYLOAD_DATA
         self._inflated += len(out)
-        if self._inflated > self.max_message or self._decompressor.unconsumed_tail:
+        if self._inflated > self.max_message or inflater.unconsumed_tail:
             return CloseReason.MESSAGE_TOO_BIG
         return out
 
@@ -240,7 +243,7 @@ class WSSession:
         self._limits = _Limits(max_frame, max_message)
         self._conn = Connection(ConnectionType.SERVER,
                                 extensions=[self._limits, *accepted.extensions])
-        self._parts: list[str | bytes] = []
+        self._parts: list[Any] = []
         #: Bytes the session wants sent (pongs, close replies).
         self.outbox: list[bytes] = []
         self.closed: Closed | None = None
@@ -273,10 +276,10 @@ class WSSession:
                 if event.message_finished:
                     parts = self._parts
                     self._parts = []
-                    joined = parts[0] if len(parts) == 1 else (
-                        "".join(parts) if isinstance(event, TextMessage) else b"".join(parts))
-                    out.append(Received(bytes(joined) if isinstance(event, BytesMessage)
-                                        else joined))
+                    if isinstance(event, TextMessage):
+                        out.append(Received("".join(parts)))
+                    else:
+                        out.append(Received(b"".join(parts)))
             elif isinstance(event, Ping):
                 self.outbox.append(conn.send(event.response()))
             elif isinstance(event, Pong):
@@ -303,7 +306,8 @@ class WSSession:
         """A whole message through wsproto (compressed when deflate was negotiated)."""
         if self._conn.state is not OPEN:
             return b""
-        return self._conn.send(Message(data=data))
+        message: Message[Any] = TextMessage(data) if isinstance(data, str) else BytesMessage(data)
+        return self._conn.send(message)
 
     def close(self, code: int = NORMAL, reason: str = "") -> bytes:
         """Start the closing handshake (or answer it)."""

@@ -51,7 +51,8 @@ class Generation:
         prompt = request.prompt_text()
         seed = int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "big")
         rng = random.Random(seed)
-        words = prompt.split()[:16] + rng.sample(_VOCABULARY, 16)
+        words = prompt.split()[:16]
+        words += rng.choices(_VOCABULARY, k=32 - len(words))
         rng.shuffle(words)
         # 32 words, the first capitalised, the rest with a leading space: token-like pieces.
         self._words = [words[0].capitalize()] + [" " + w for w in words[1:32]]
