@@ -645,7 +645,7 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     while stats.first_token_streams < len(clients) and loop.time() < deadline:
         await asyncio.sleep(0.1)
     opened_s = loop.time() - t0
-    await asyncio.sleep(1.0)  # let allocators settle
+    await asyncio.sleep(min(1.0, args.hold))  # let allocators settle
     pids = procstat.tree(pid) if pid else []
     cpu_a = procstat.cpu_seconds(pid, pids) if pid else 0.0
     rss1 = procstat.rss_bytes(pid, pids) if pid else 0

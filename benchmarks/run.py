@@ -502,14 +502,16 @@ def run_workload(workload: str, server: Server, args: argparse.Namespace, use_wr
                     results.append({**base, "proto": proto, "concurrency": args.idle_streams,
                                     "run": i, **r})
                     log_run(log, results[-1])
-                    time.sleep(1.0)  # let the server reap the closed connections
+                    if i + 1 < args.runs:
+                        time.sleep(1.0)  # let the server reap the closed connections
             elif workload == "D":
                 for i in range(args.runs):
                     r = measure_d(srv, proto, args.slow_clients, args.slow_duration)
                     results.append({**base, "proto": proto, "concurrency": args.slow_clients,
                                     "run": i, **r})
                     log_run(log, results[-1])
-                    time.sleep(1.0)
+                    if i + 1 < args.runs:
+                        time.sleep(1.0)
             if srv.proc.poll() is not None:
                 log(f"  {server.name}: the server died:\n{srv.tail()}")
                 break

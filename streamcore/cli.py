@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add(model, "token-rate", float, 50.0, "tokens per second; 0 = unpaced")
     _add(model, "default-tokens", int, 64,
          "answer length (tokens, +0..16 by prompt) when a request sets no max_tokens")
+    sockets = serve.add_argument_group("WebSocket (GET /v1/ws)")
+    _add(sockets, "ws-deflate", int, 0, "1: accept permessage-deflate (RFC 7692)")
+    _add(sockets, "ws-origins", str, "",
+         "comma-separated Origin allow-list (empty: any origin); others get 403")
     limits = serve.add_argument_group("limits (every bound, with units)")
     docs = field_docs()
     for field in dataclasses.fields(Limits):
@@ -90,6 +94,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     app = build_app([model], limits)
+    app.ws_deflate = bool(args.ws_deflate)
+    if args.ws_origins:
+        app.ws_origins = frozenset(o.strip() for o in args.ws_origins.split(",") if o.strip())
     try:
         run(app, args.host, args.port, limits=limits)
     except OSError as exc:

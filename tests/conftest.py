@@ -145,7 +145,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
+            _, err = proc.communicate()
             pytest.fail(f"server exited with {proc.returncode}: {err.decode()[-2000:]}")
         try:
             if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:

@@ -17,11 +17,6 @@ import httpx_sse
 import openai
 import orjson
 import pytest
-
-from streamcore.gateway import build_app
-from streamcore.limits import Limits
-from streamcore.sources.synthetic import SyntheticModel
-
 from conftest import (
     FAST_LIMITS,
     ROOT,
@@ -31,6 +26,10 @@ from conftest import (
     serve_cli,
     wait_for,
 )
+
+from streamcore.gateway import build_app
+from streamcore.limits import Limits
+from streamcore.sources.synthetic import SyntheticModel
 
 MESSAGES = [{"role": "system", "content": "be brief"},
             {"role": "user", "content": "tell me about token streams"}]

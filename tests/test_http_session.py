@@ -3,6 +3,8 @@ however they are cut, and every bound and smuggling shape is refused with its st
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -39,7 +41,7 @@ def run_session(chunks: list[bytes], limits: Limits = LIMITS) -> list[Request]:
 def cut(data: bytes, points: list[int]) -> list[bytes]:
     bounds = [0, *sorted(set(points)), len(data)]
     # No empty chunk: receive(b"") means end of input.
-    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def byte_by_byte(data: bytes) -> list[bytes]:
@@ -205,7 +207,7 @@ def test_head_too_large(size: int, mode: str) -> None:
 def test_head_too_large_at_random_cuts(data: st.DataObject) -> None:
     head = head_of(LIMITS.max_head_bytes + 200)
     points = data.draw(st.lists(st.integers(0, len(head)), max_size=20))
-    exc, fed = feed_expecting_error(cut(head, points))
+    exc, _ = feed_expecting_error(cut(head, points))
     assert exc.status == 431
 
 

@@ -225,10 +225,7 @@ def test_flow_hysteresis(marks: tuple[int, int], backlogs: list[int]) -> None:
     for backlog in backlogs:
         before = flow.paused
         result = flow.update(backlog)
-        if paused:
-            paused = backlog > low
-        else:
-            paused = backlog > high
+        paused = backlog > low if paused else backlog > high
         assert result is paused and flow.paused is paused
         # Between the marks nothing toggles.
         if low < backlog <= high:

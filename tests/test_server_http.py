@@ -14,11 +14,6 @@ import httpx
 import httpx_sse
 import orjson
 import pytest
-
-import streamcore
-from streamcore import App, Limits, Request, Response
-from streamcore.aio.stream import FLUSH_BYTES
-
 from conftest import (
     FAST_LIMITS,
     RawClient,
@@ -29,6 +24,10 @@ from conftest import (
     status_lines,
     wait_for,
 )
+
+import streamcore
+from streamcore import App, Limits, Request, Response
+from streamcore.aio.stream import FLUSH_BYTES
 
 # ---------------------------------------------------------------------------- the test app
 
