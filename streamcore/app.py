@@ -19,7 +19,7 @@ Plain handlers (``@app.route``) return a :class:`Response`, ``dict``/``list`` (J
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +63,8 @@ class Request:
         return self._raw.query
 
     @property
-    def headers(self) -> list[tuple[bytes, bytes]]:
+    def headers(self) -> Sequence[tuple[bytes, bytes]]:
+        """``(name, value)`` pairs, names lowercased, in received order."""
         return self._raw.headers
 
     @property

@@ -18,6 +18,7 @@ from .aio.websocket import WebSocket
 from .app import App, EventStream, Request, Response
 from .errors import RequestError
 from .limits import Limits
+from .proto.jsonbytes import dumps
 from .proto.openai import (
     ChatRequest,
     ChunkTemplate,
@@ -44,6 +45,8 @@ class ChatStream:
         self.template = ChunkTemplate(new_completion_id(), chat.model,
                                       include_usage=chat.include_usage)
         self.count = 0
+        chat.raw = {}  # what a long-lived stream keeps of its request: only what it uses
+        chat.messages = []
 
     async def frames(self) -> AsyncIterator[tuple[bytes, ...]]:
         template = self.template
@@ -64,8 +67,8 @@ class ChatStream:
         """The WebSocket gateway's last message for this request."""
         usage = usage_object(self.generation.prompt_tokens, self.count)
         return (b'{"type":"done","id":' + key + b',"finish_reason":'
-                + orjson.dumps(self.generation.finish_reason) + b',"usage":'
-                + orjson.dumps(usage) + b"}")
+                + dumps(self.generation.finish_reason) + b',"usage":'
+                + dumps(usage) + b"}")
 
 
 def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None = None) -> App:
@@ -130,7 +133,7 @@ async def _ws_message(ws: WebSocket, message: str | bytes, start: Any) -> None:
         if kind == "request":
             chat = parse_chat_object(data.get("body"))
             stream = ChatStream(chat, start(chat))
-            key = orjson.dumps(request_id)
+            key = dumps(request_id)
             ws.stream(request_id, stream.frames(), end=lambda: stream.done_message(key))
         elif kind == "cancel":
             if ws.cancel(request_id):

@@ -1,9 +1,10 @@
 """One HTTP/1.1 connection: an ``asyncio.Protocol`` that feeds the sans-I/O session and
 writes what it returns with ``writelines``.
 
-Time is a handful of ``loop.call_at`` handles, armed on changes of phase, never per byte
-or per token: the read deadline (head, body or keep-alive, whichever phase we are in), the
-write-stall deadline (armed while the transport is paused) and the SSE heartbeat.
+Time is two ``loop.call_later`` handles, armed on changes of phase, never per byte or per
+token: the read deadline (head, body or keep-alive, whichever phase we are in) and the
+write-stall deadline (armed while the transport is paused).  SSE heartbeats come from one
+server-wide ticker (:meth:`Server._heartbeat`), not a timer per connection.
 """
 
 from __future__ import annotations
@@ -133,9 +134,10 @@ class SSEReader:
         return [b"%x\r\n" % len(data), data, b"\r\n"] if self.chunked else [data]
 
     def heartbeat(self) -> None:
-        """An SSE comment if nothing was written since the last heartbeat: keeps proxies
-        from cutting a silent stream.  A bare comment line, never a blank line: some
-        clients dispatch an empty event on a blank line once an id has been seen."""
+        """An SSE comment if nothing was written since the last tick: keeps proxies from
+        cutting a silent stream (a silent stream gets one within two intervals).  A bare
+        comment line, never a blank line: some clients (the OpenAI SDK, httpx-sse)
+        dispatch an empty event on a blank line once an id has been seen."""
         seen = self.cursor.next_seq
         if seen == self.hb_seen and not self.conn.write_paused and not self.done:
             transport = self.conn.transport
@@ -153,6 +155,11 @@ class HTTPConnection(asyncio.Protocol):
     """HTTP/1.1 server connection.  Hands itself over to a WebSocket connection on
     upgrade (see :mod:`streamcore.aio.websocket`)."""
 
+    # An idle stream's connection is mostly this object: slots keep it small.
+    __slots__ = ("_method", "_stall_timer", "_task", "_timer", "_timer_phase", "app",
+                 "close_after_response", "limits", "loop", "peer", "read_paused", "server",
+                 "session", "sse", "transport", "write_paused")
+
     def __init__(self, server: Server) -> None:
         self.server = server
         self.app = server.app
@@ -167,7 +174,6 @@ class HTTPConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_phase: Phase | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
-        self._hb_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.sse: SSEReader | None = None
         self._method = "GET"
@@ -334,21 +340,10 @@ class HTTPConnection(asyncio.Protocol):
         transport.write(head)  # the client sees 200 before the first token
         self.server.streams_started += 1
         stream.start()
-        self._hb_timer = self.loop.call_later(self.limits.heartbeat_interval_s,
-                                              self._heartbeat)
-
-    def _heartbeat(self) -> None:
-        if self.sse is not None:
-            self.sse.heartbeat()
-            self._hb_timer = self.loop.call_later(self.limits.heartbeat_interval_s,
-                                                  self._heartbeat)
 
     def stream_done(self, reader: SSEReader) -> None:
         if self.sse is reader:
             self.sse = None
-            if self._hb_timer is not None:
-                self._hb_timer.cancel()
-                self._hb_timer = None
             if self.transport is not None:
                 self.response_done()
 
@@ -400,10 +395,10 @@ class HTTPConnection(asyncio.Protocol):
         self.transport = None
 
     def _cancel_timers_keep_pause(self) -> None:
-        for timer in (self._timer, self._stall_timer, self._hb_timer):
+        for timer in (self._timer, self._stall_timer):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._stall_timer = self._hb_timer = None
+        self._timer = self._stall_timer = None
 
     def _refuse(self) -> None:
         assert self.transport is not None

@@ -33,6 +33,7 @@ class Server:
         self.draining = False
         self._server: asyncio.Server | None = None
         self._closed = asyncio.Event()
+        self._ticker: asyncio.TimerHandle | None = None
 
     # -- admission ------------------------------------------------------------------
 
@@ -60,8 +61,18 @@ class Server:
 
     # -- lifecycle ------------------------------------------------------------------
 
+    def _heartbeat(self) -> None:
+        """One timer for every SSE stream's heartbeat: a TimerHandle per connection would
+        cost more memory than the rest of an idle stream's connection."""
+        for conn in list(self.connections):
+            sse = getattr(conn, "sse", None)
+            if sse is not None:
+                sse.heartbeat()
+        self._ticker = self.loop.call_later(self.limits.heartbeat_interval_s, self._heartbeat)
+
     async def listen(self, host: str = "127.0.0.1", port: int = 8000, *,
                      sock: socket.socket | None = None, backlog: int = 2048) -> None:
+        self._ticker = self.loop.call_later(self.limits.heartbeat_interval_s, self._heartbeat)
         if sock is not None:
             self._server = await self.loop.create_server(
                 lambda: HTTPConnection(self), sock=sock, backlog=backlog)
@@ -85,6 +96,8 @@ class Server:
         self.draining = True
         if self._server is not None:
             self._server.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
         for conn in list(self.connections):
             conn.close_idle()
         if self.connections:

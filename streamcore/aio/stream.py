@@ -105,8 +105,9 @@ class Stream:
         self.flow = Flow(high_water, low_water)
         self.task: asyncio.Task[None] | None = None
         self._resume: asyncio.Future[None] | None = None
-        #: Seq numbers of frames that hold CR or LF (SSE must split their data lines).
-        self.multiline: set[int] = set()
+        #: Seq numbers of frames that hold CR or LF (SSE must split their data lines);
+        #: made on first use, since most streams (JSON) never have one.
+        self.multiline: set[int] | None = None
         self.on_end = on_end
         #: The error payload if the handler failed mid-stream.
         self.error: bytes | None = None
@@ -155,6 +156,8 @@ class Stream:
             async for item in agen:
                 frame, single_line = to_frame(item)
                 if not single_line:
+                    if self.multiline is None:
+                        self.multiline = set()
                     self.multiline.add(log_.next_seq)
                 log_.append(frame, sum(map(len, frame)))
                 origin = self.origin

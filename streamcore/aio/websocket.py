@@ -20,6 +20,7 @@ import orjson
 from ..app import Request, Route
 from ..errors import FellBehind, ProtocolError, RequestError
 from ..proto import http, ws
+from ..proto.jsonbytes import dumps
 from ..proto.pipe import Cursor
 from .stream import Stream
 
@@ -471,10 +472,10 @@ class WebSocket:
                end: Callable[[], bytes | None] | None = None) -> None:
         """Run ``items`` as a stream on this socket, keyed by ``key`` (JSON-encoded into
         each chunk message); ``end`` makes the final message."""
-        self.conn.start_stream(None if key is None else orjson.dumps(key), items, end)
+        self.conn.start_stream(None if key is None else dumps(key), items, end)
 
     def cancel(self, key: str) -> bool:
-        return self.conn.cancel_stream(orjson.dumps(key))
+        return self.conn.cancel_stream(dumps(key))
 
     @property
     def active(self) -> int:

@@ -18,10 +18,10 @@ to its user:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from email.utils import formatdate
 from enum import Enum
-from typing import Any
 
 import h11
 
@@ -41,7 +41,7 @@ REASONS = {
 }
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Request:
     """One complete request: head and (bounded) body."""
 
@@ -49,13 +49,10 @@ class Request:
     target: bytes
     path: str
     query: str
-    #: Header names lowercased, in received order.
-    headers: list[tuple[bytes, bytes]]
+    #: ``(name, value)`` pairs, names lowercased, in received order (h11's own list).
+    headers: Sequence[tuple[bytes, bytes]]
     body: bytes = b""
     http_version: bytes = b"1.1"
-    #: The raw request head, as received (the WebSocket handshake re-reads it).
-    raw_head: bytes = b""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lowercase), or None."""
@@ -99,6 +96,9 @@ def http_date() -> bytes:
 
 class HTTPSession:
     """Requests in, response bytes out, for one connection."""
+
+    __slots__ = ("_body", "_body_size", "_buffered", "_conn", "_head_bytes", "_request",
+                 "chunked", "head_only", "limits", "outbox", "phase")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -184,7 +184,7 @@ class HTTPSession:
         self._head_bytes = bytearray()
         if head_size > limits.max_head_bytes:
             raise HeadTooLarge(head_size, limits.max_head_bytes)
-        headers = [(name, value) for name, value in event.headers]
+        headers = event.headers
         if len(headers) > limits.max_header_count:
             raise HeadTooLarge(len(headers), limits.max_header_count, "header count")
         _check_framing(raw_head, headers, event.http_version)
@@ -197,7 +197,6 @@ class HTTPSession:
             query=query.decode("latin-1"),
             headers=headers,
             http_version=event.http_version,
-            raw_head=raw_head,
         )
         self._body_size = 0
         length = self._request.header(b"content-length")
@@ -263,7 +262,8 @@ def frame_chunk(size: int) -> bytes:
     return b"%x\r\n" % size
 
 
-def _check_framing(raw_head: bytes, headers: list[tuple[bytes, bytes]], version: bytes) -> None:
+def _check_framing(raw_head: bytes, headers: Sequence[tuple[bytes, bytes]],
+                   version: bytes) -> None:
     """Reject what makes a request's length ambiguous (RFC 9112 section 6.3, 6.1) or its
     target authority ambiguous (RFC 9112 section 3.2: exactly one Host)."""
     names = [name for name, _ in headers]

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from ..errors import RequestError
+from .jsonbytes import dumps, json_string
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls"})
@@ -158,7 +159,7 @@ class ChunkTemplate:
         self.model = model
         self.created = int(time.time()) if created is None else created
         self.include_usage = include_usage
-        head = orjson.dumps({"id": completion_id, "object": "chat.completion.chunk",
+        head = dumps({"id": completion_id, "object": "chat.completion.chunk",
                              "created": self.created, "model": model})[:-1]
         self.prefix = head + b',"choices":[{"index":0,"delta":{"content":'
         usage = b',"usage":null' if include_usage else b""
@@ -166,7 +167,7 @@ class ChunkTemplate:
 
     def token(self, text: str) -> tuple[bytes, bytes, bytes]:
         """The frame of one content token: three buffers, two of them shared."""
-        return (self.prefix, orjson.dumps(text), self.suffix)
+        return (self.prefix, json_string(text), self.suffix)
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         body: dict[str, Any] = {"id": self.completion_id, "object": "chat.completion.chunk",
@@ -175,7 +176,7 @@ class ChunkTemplate:
         if self.include_usage:
             body["usage"] = None
         body.update(extra)
-        return orjson.dumps(body)
+        return dumps(body)
 
     def role(self) -> bytes:
         """The first chunk: the assistant role with empty content, as OpenAI sends it."""

@@ -1,4 +1,4 @@
-"""The embedded synthetic model: deterministic text derived from the prompt.
+"""The embedded synthetic model: deterministic text derived from the prompt (its hash).
 
 It behaves like a real model for demos, tests and benchmarks: a first-token delay, a token
 rate (0 = as fast as the consumer takes them), ``max_tokens`` honoured with
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -19,11 +18,14 @@ from ..proto.openai import ChatRequest
 
 _VOCABULARY = (
     "the", "stream", "of", "tokens", "flows", "through", "a", "bounded", "pipe", "to",
-    "every", "reader", "while", "the", "server", "keeps", "memory", "flat", "and", "time",
-    "honest", "so", "that", "slow", "clients", "never", "grow", "what", "we", "hold", "and",
-    "each", "event", "carries", "its", "id", "for", "resume", "across", "reconnects", "in",
-    "order", "exactly", "once",
+    "every", "reader", "while", "server", "keeps", "memory", "flat", "and", "time", "honest",
+    "so", "that", "slow", "clients", "never", "grow", "what", "we", "hold", "each", "event",
+    "carries", "its", "id", "for", "resume", "across", "reconnects", "in", "order", "exactly",
+    "once", "under", "load", "with", "backpressure", "on", "byte",
 )
+# Token-like pieces, shared by every generation: a stream holds 32 references, not strings.
+_FIRST = tuple(word.capitalize() for word in _VOCABULARY)
+_SPACED = tuple(" " + word for word in _VOCABULARY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,17 +47,17 @@ class SyntheticModel:
 class Generation:
     """One answer: iterate it for tokens; then read ``finish_reason``."""
 
-    __slots__ = ("_natural", "_words", "finish_reason", "limit", "model", "prompt_tokens")
+    __slots__ = ("_first", "_natural", "_words", "finish_reason", "limit", "model",
+                 "prompt_tokens")
 
     def __init__(self, model: SyntheticModel, request: ChatRequest) -> None:
         prompt = request.prompt_text()
-        seed = int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "big")
-        rng = random.Random(seed)
-        words = prompt.split()[:16]
-        words += rng.choices(_VOCABULARY, k=32 - len(words))
-        rng.shuffle(words)
-        # 32 words, the first capitalised, the rest with a leading space: token-like pieces.
-        self._words = [words[0].capitalize()] + [" " + w for w in words[1:32]]
+        digest = hashlib.blake2b(prompt.encode(), digest_size=32).digest()
+        seed = int.from_bytes(digest[:8], "big")
+        # 32 words picked by the prompt's hash: the same prompt, the same text.
+        picks = [byte % len(_VOCABULARY) for byte in digest]
+        self._first = _FIRST[picks[0]]
+        self._words = tuple(_SPACED[i] for i in picks)
         self.model = model
         self.prompt_tokens = max(1, len(prompt.split()))
         self._natural = model.default_tokens + seed % 17
@@ -74,8 +76,11 @@ class Generation:
         words = self._words
         if model.first_token_delay_s > 0:
             await asyncio.sleep(model.first_token_delay_s)
+        if count <= 0:
+            return
         if model.tokens_per_s <= 0:
-            for i in range(count):
+            yield self._first
+            for i in range(1, count):
                 yield words[i & 31]
             return
         loop = asyncio.get_running_loop()
@@ -86,7 +91,7 @@ class Generation:
             delay = start + i * interval - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            yield words[i & 31]
+            yield words[i & 31] if i else self._first
 
     async def text(self) -> str:
         return "".join([token async for token in self])
