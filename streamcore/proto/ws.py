@@ -266,8 +266,8 @@ class WSSession:
             if data is None:
                 return []
         conn = self._conn
-        if conn.state is ConnectionState.CLOSED:
-            return []
+        if self.closed is not None or conn.state is ConnectionState.CLOSED:
+            return []  # one Closed per connection; nothing is parsed after it
         conn.receive_data(data)
         out: list[Received | Closed] = []
         for event in conn.events():
