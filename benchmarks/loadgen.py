@@ -11,7 +11,9 @@ Modes (all print one JSON object, to ``--out`` or stdout):
                parsing (the validator has checked the stream), per-stream time and TTFB.
 ``paced``      workload B: N streams (one per connection, started over ``--ramp`` s), T tokens
                each at ``--rate``/s; every chunk's arrival against the ideal schedule
-               ``t0 + i / rate`` (t0: when the request was sent), TTFB and first token.
+               ``t0 + i / rate`` (t0: when the request was sent; for WebSocket, after the
+               handshake), TTFB and first token; and jitter, the same against the
+               stream's own first token (``t_first + i / rate``).
 ``idle``       workload C: N open streams that receive their first token and then idle;
                the server's RSS before and after, per connection (needs ``--server-pid``).
 ``slow``       workload D: K clients that send a request for a long unpaced stream and then
@@ -33,12 +35,13 @@ import socket
 import sys
 import time
 from array import array
+from time import monotonic
 from typing import Any
 
 import orjson
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import procstat  # noqa: E402
+import procstat
 
 CONTENT = b'"delta":{"content":'  # one per content chunk (the role chunk has "role" first)
 CHUNKED_END = b"\r\n0\r\n\r\n"
@@ -368,6 +371,7 @@ class Stats:
         self.ttfb = array("d")
         self.ttft = array("d")
         self.lateness = array("d")
+        self.jitter = array("d")
         self.errors: dict[str, int] = {}
         self.opened = 0
         self.first_token_streams = 0
@@ -398,6 +402,7 @@ class Client(asyncio.Protocol):
         self.remaining = -1  # content-length left, or -1 (chunked / WS)
         self.got = 0
         self.t0 = 0.0
+        self.t_first = 0.0
         self.first = False
         self.requests = 0
         self.active = False
@@ -430,7 +435,7 @@ class Client(asyncio.Protocol):
         self.first = False
         self.carry = b""
         self.active = True
-        self.t0 = self.loop.time()
+        self.t0 = monotonic()
         if self.ws:
             transport.write(ws_request(f"r{self.requests}", self.tokens))
             self.in_head = False
@@ -440,7 +445,7 @@ class Client(asyncio.Protocol):
             transport.write(sse_request(self.port, self.tokens))
 
     def data_received(self, data: bytes) -> None:
-        now = self.loop.time()
+        now = monotonic()  # not loop.time(): uvloop's clock has millisecond steps
         if self.ws and not self.handshaken:
             self.head += data
             end = self.head.find(b"\r\n\r\n")
@@ -485,12 +490,18 @@ class Client(asyncio.Protocol):
             if got == 0:
                 self.stats.ttft.append(now - self.t0)
                 self.stats.first_token_streams += 1
+                self.t_first = now
             if self.interval:
+                # Against the ideal schedule from the request (t0), and from the stream's
+                # own first token (jitter: what the server's pacing and batching add).
                 lateness = self.stats.lateness
+                jitter = self.stats.jitter
                 base = self.t0 - now
+                base1 = self.t_first - now
                 iv = self.interval
                 for i in range(got, got + n):
                     lateness.append(-(base + i * iv))
+                    jitter.append(-(base1 + i * iv))
             self.got = got + n
             self.stats.tokens += n
         if self.ws:
@@ -572,16 +583,16 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         args.concurrency,
         lambda: Client(stats, args.proto, args.port, args.tokens, repeat_until=1.0, loop=loop),
         args.port, stats)
-    cpu0, t0 = cpu_now(), loop.time()
+    cpu0, t0 = cpu_now(), monotonic()
     deadline = t0 + args.duration
     for c in clients:
         c.repeat_until = deadline
         c.start()
     # Streams in flight at the deadline are cut: their tokens so far still count.
-    remaining = deadline - loop.time()
+    remaining = deadline - monotonic()
     if remaining > 0:
         await asyncio.wait([c.finished for c in clients], timeout=remaining)
-    wall = loop.time() - t0
+    wall = monotonic() - t0
     cpu = cpu_now() - cpu0
     for c in clients:
         c.active = False
@@ -597,11 +608,11 @@ async def run_paced(args: argparse.Namespace) -> dict[str, Any]:
     stats = Stats()
     n = args.concurrency
     clients: list[Client] = []
-    begin = loop.time() + 0.05
+    begin = monotonic() + 0.05
     cpu0 = cpu_now()
 
     async def one(i: int) -> None:
-        await asyncio.sleep(max(0.0, begin + i * args.ramp / n - loop.time()))
+        await asyncio.sleep(max(0.0, begin + i * args.ramp / n - monotonic()))
         for attempt in range(3):
             try:
                 _, client = await loop.create_connection(
@@ -620,13 +631,14 @@ async def run_paced(args: argparse.Namespace) -> dict[str, Any]:
     pending = [c.finished for c in clients]
     if pending:
         await asyncio.wait(pending, timeout=limit)
-    wall = loop.time() - begin
+    wall = monotonic() - begin
     cpu = cpu_now() - cpu0
     for c in clients:
         c.close()
     out = summary(stats, wall, cpu)
     out.update(mode="paced", rate=args.rate, lateness_s=percentiles(stats.lateness),
-               late_samples=len(stats.lateness))
+               jitter_s=percentiles(stats.jitter), late_samples=len(stats.lateness),
+               ramp_s=args.ramp)
     return out
 
 
@@ -636,15 +648,15 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     stats = Stats()
     pid = args.server_pid
     rss0 = procstat.rss_bytes(pid) if pid else 0
-    t0 = loop.time()
+    t0 = monotonic()
     clients = await open_clients(
         args.concurrency,
         lambda: Client(stats, args.proto, args.port, args.tokens, rate=0.0, loop=loop),
         args.port, stats, on_open=lambda c: c.start())
-    deadline = loop.time() + 60
-    while stats.first_token_streams < len(clients) and loop.time() < deadline:
+    deadline = monotonic() + 60
+    while stats.first_token_streams < len(clients) and monotonic() < deadline:
         await asyncio.sleep(0.1)
-    opened_s = loop.time() - t0
+    opened_s = monotonic() - t0
     await asyncio.sleep(min(1.0, args.hold))  # let allocators settle
     pids = procstat.tree(pid) if pid else []
     cpu_a = procstat.cpu_seconds(pid, pids) if pid else 0.0
@@ -671,7 +683,7 @@ def run_slow(args: argparse.Namespace) -> dict[str, Any]:
     rss0 = procstat.rss_bytes(pid, pids)
     cpu0 = procstat.cpu_seconds(pid, pids)
     socks = []
-    for i in range(args.concurrency):
+    for _ in range(args.concurrency):
         if args.proto == "ws":
             s, _ = ws_connect_blocking(args.port)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

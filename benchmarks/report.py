@@ -32,7 +32,7 @@ def _med(values: list[Any]) -> tuple[float, float]:
 def _fmt(value: float, digits: int = 2, scale: float = 1.0, spread: float | None = None,
          thousands: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+        return "-"
     v = value * scale
     text = f"{v:,.0f}" if thousands else f"{v:.{digits}f}"
     if spread is not None and not math.isnan(spread):
@@ -102,15 +102,16 @@ def tables(doc: dict[str, Any]) -> str:
             lines += [f"### B: paced ({g[ks[0]][0].get('rate', 20):g} tokens/s per stream, "
                       f"{g[ks[0]][0].get('tokens_per_stream')} tokens per stream)", "",
                       "| server | proto | streams | tokens delivered | lateness p50 ms | "
-                      "p99 ms | p99.9 ms | TTFB p50 ms | TTFB p99 ms | server CPU µs/token | "
-                      "server CPU | client CPU | runs | flags |",
-                      "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+                      "p99 ms | p99.9 ms | jitter p99 ms | TTFB p50 ms | TTFB p99 ms | "
+                      "server CPU µs/token | server CPU | client CPU | runs | flags |",
+                      "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
             for k in ks:
                 rs = [r for r in g[k] if "error" not in r]
                 deliv, _ = _med([r["tokens"] / r["expected_tokens"] for r in rs])
                 l50, l50s = _med([r["lateness_p50_s"] for r in rs])
                 l99, l99s = _med([r["lateness_p99_s"] for r in rs])
                 l999, _ = _med([r["lateness_p999_s"] for r in rs])
+                j99, _ = _med([r.get("jitter_p99_s") for r in rs])
                 t50, _ = _med([r["ttfb_p50_s"] for r in rs])
                 t99, _ = _med([r["ttfb_p99_s"] for r in rs])
                 cpt, cpt_s = _med([r["server_cpu_us_per_token"] for r in rs])
@@ -118,7 +119,8 @@ def tables(doc: dict[str, Any]) -> str:
                 cu, _ = _med([r["client_cpu_util"] for r in rs])
                 lines.append(f"| {k[1]} | {k[2]} | {k[3]} | {_fmt(deliv, 1, 100)}% | "
                              f"{_fmt(l50, 1, 1000, l50s)} | **{_fmt(l99, 1, 1000, l99s)}** | "
-                             f"{_fmt(l999, 1, 1000)} | {_fmt(t50, 1, 1000)} | "
+                             f"{_fmt(l999, 1, 1000)} | {_fmt(j99, 1, 1000)} | "
+                             f"{_fmt(t50, 1, 1000)} | "
                              f"{_fmt(t99, 1, 1000)} | {_fmt(cpt, 2, spread=cpt_s)} | "
                              f"{_fmt(util, 0, 100)}% | {_fmt(cu, 0, 100)}% | {len(rs)} | "
                              f"{_flags(rs)} |")

@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -141,7 +142,7 @@ def pinned(cmd: list[str], cpu: int | None) -> list[str]:
 
 
 def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -169,7 +170,7 @@ class Running:
         self.log_path = os.path.join(out_dir, f"server-{server.name}.log")
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                    **server.env)
-        self.log = open(self.log_path, "ab")
+        self.log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=ROOT, env=env, start_new_session=True,
                                      preexec_fn=_preexec(cpu))
@@ -182,7 +183,7 @@ class Running:
                 return False
             with contextlib.suppress(OSError), socket.create_connection(
                     ("127.0.0.1", self.port), timeout=0.5):
-                time.sleep(0.3)  # workers (granian, nginx) may come up just after the bind
+                # Listening: workers that come up later find the connections in the backlog.
                 return True
             time.sleep(0.1)
         return False
@@ -366,6 +367,8 @@ def measure_b(srv: Running, proto: str, streams: int, tokens: int, rate: float,
                   expected_tokens=streams * tokens, streams_done=g["streams_done"],
                   lateness_p50_s=late.get("p50"), lateness_p99_s=late.get("p99"),
                   lateness_p999_s=late.get("p99.9"), lateness_max_s=late.get("max"),
+                  jitter_p50_s=g.get("jitter_s", {}).get("p50"),
+                  jitter_p99_s=g.get("jitter_s", {}).get("p99"), ramp_s=ramp,
                   ttfb_p50_s=g["ttfb_s"].get("p50"), ttfb_p99_s=g["ttfb_s"].get("p99"),
                   ttft_p50_s=g["ttft_s"].get("p50"), ttft_p99_s=g["ttft_s"].get("p99"),
                   errors=g["errors"], client_cpu_util=g["client_cpu_util"])
@@ -422,17 +425,45 @@ def validate(srv: Running, proto: str, tokens: int) -> dict[str, Any]:
         return {"ok": False, "error": f"validator exit {status}: {text[-800:]}"}
 
 
+def wait_quiet(args: argparse.Namespace, log: Any) -> float:
+    """Before a run: wait (up to --wait-quiet s) until the machine is quiet, that is the
+    cores' busy time over 0.5 s is below 2 x LOADED_SHARE of one core (our idle server and
+    this runner included).  Returns the seconds waited."""
+    if args.wait_quiet <= 0:
+        return 0.0
+    t0 = time.monotonic()
+    said = False
+    while True:
+        a = procstat.core_times()
+        time.sleep(0.5)
+        busy = sum(procstat.core_delta(a, procstat.core_times())["work"].values()) / 0.5
+        waited = time.monotonic() - t0
+        if busy < 2 * LOADED_SHARE or waited > args.wait_quiet:
+            if said:
+                log(f"      waited {waited:.0f}s for a quiet machine (busy {busy:.0%})")
+            return waited
+        if not said:
+            log(f"      machine busy ({busy:.0%} of a core): waiting up to "
+                f"{args.wait_quiet:.0f}s")
+            said = True
+        time.sleep(1.5)
+
+
 def with_retries(measure: Any, args: argparse.Namespace, log: Any) -> dict[str, Any]:
     """A run that other work disturbed is repeated (up to --retry-loaded times); the
     flagged attempts are kept in the record."""
+    waited = wait_quiet(args, log)
     result = measure()
+    result["waited_for_quiet_s"] = waited
     attempts = [result]
     for _ in range(args.retry_loaded):
         if not result.get("loaded") or "error" in result:
             break
         log(f"      disturbed ({', '.join(result['loaded_why'])}): again")
         time.sleep(1.0)
+        waited = wait_quiet(args, log)
         result = measure()
+        result["waited_for_quiet_s"] = waited
         attempts.append(result)
     if len(attempts) > 1:
         result["disturbed_attempts"] = [
@@ -482,23 +513,26 @@ def run_workload(workload: str, server: Server, args: argparse.Namespace, use_wr
                           args.warmup, use_wrk, v["response_bytes"])
                 for conc in args.concurrency:
                     for i in range(args.runs):
-                        r = with_retries(lambda: measure_a(
-                            srv, proto, conc, args.tokens, args.duration, use_wrk,
+                        r = with_retries(partial(
+                            measure_a, srv, proto, conc, args.tokens, args.duration, use_wrk,
                             v["response_bytes"]), args, log)
                         results.append({**base, "proto": proto, "concurrency": conc,
                                         "tokens_per_stream": args.tokens, "run": i, **r})
                         log_run(log, results[-1])
             elif workload == "B":
                 for n in args.paced_streams:
+                    ramp = args.ramp or min(2.5, n / 1000)
                     for i in range(args.runs):
-                        r = with_retries(lambda: measure_b(
-                            srv, proto, n, args.paced_tokens, args.rate, args.ramp), args, log)
+                        r = with_retries(partial(
+                            measure_b, srv, proto, n, args.paced_tokens, args.rate, ramp),
+                            args, log)
                         results.append({**base, "proto": proto, "concurrency": n,
                                         "tokens_per_stream": args.paced_tokens, "run": i, **r})
                         log_run(log, results[-1])
             elif workload == "C":
                 for i in range(args.runs):
-                    r = measure_c(srv, proto, args.idle_streams, args.hold)
+                    r = with_retries(partial(measure_c, srv, proto, args.idle_streams,
+                                             args.hold), args, log)
                     results.append({**base, "proto": proto, "concurrency": args.idle_streams,
                                     "run": i, **r})
                     log_run(log, results[-1])
@@ -506,7 +540,8 @@ def run_workload(workload: str, server: Server, args: argparse.Namespace, use_wr
                         time.sleep(1.0)  # let the server reap the closed connections
             elif workload == "D":
                 for i in range(args.runs):
-                    r = measure_d(srv, proto, args.slow_clients, args.slow_duration)
+                    r = with_retries(partial(measure_d, srv, proto, args.slow_clients,
+                                             args.slow_duration), args, log)
                     results.append({**base, "proto": proto, "concurrency": args.slow_clients,
                                     "run": i, **r})
                     log_run(log, results[-1])
@@ -608,9 +643,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="A: seconds per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="A: seconds, not measured")
     parser.add_argument("--paced-streams", default="1000,5000", help="B: concurrent streams")
-    parser.add_argument("--paced-tokens", type=int, default=100, help="B: tokens per stream")
+    parser.add_argument("--paced-tokens", type=int, default=200, help="B: tokens per stream")
     parser.add_argument("--rate", type=float, default=20.0, help="B: tokens/s per stream")
-    parser.add_argument("--ramp", type=float, default=1.0, help="B: seconds to open all")
+    parser.add_argument("--ramp", type=float, default=0.0,
+                        help="B: seconds to open all (0: N/1000 s, at most 2.5 s)")
     parser.add_argument("--idle-streams", type=int, default=10000, help="C: open streams")
     parser.add_argument("--hold", type=float, default=3.0, help="C: seconds held idle")
     parser.add_argument("--slow-clients", type=int, default=100, help="D: non-reading clients")
@@ -619,6 +655,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="A over SSE: wrk if installed (auto), or loadgen.py")
     parser.add_argument("--retry-loaded", type=int, default=1,
                         help="repeat a run flagged as disturbed up to this many times")
+    parser.add_argument("--wait-quiet", type=float, default=0.0,
+                        help="before each run, wait up to this many seconds for the machine "
+                             "to be quiet (other work below 10%% of a core)")
     parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
     parser.add_argument("--quick", action="store_true",
                         help="CI smoke: streamcore + raw_asyncio, every workload, tiny sizes")

@@ -29,16 +29,20 @@ from streamcore import App, Request, RequestError
 app = App()
 
 
-@app.stream("POST", "/v1/generate")
+@app.stream("POST", "/v1/generate")  # an async generator handler becomes an SSE stream
 async def generate(request: Request) -> AsyncIterator[str]:
-    """One event per word of the prompt."""
+    """One event per word of the prompt, 50 ms apart."""
     body = request.json()
     prompt = body.get("prompt", "") if isinstance(body, dict) else ""
-    for word in str(prompt).split():
-        yield word + " "
+    try:
+        for word in str(prompt).split():
+            yield word + " "
+            await asyncio.sleep(0.05)
+    finally:
+        print("generation closed", flush=True)  # runs at once when the client goes away
 
 
-@app.route("GET", "/hello")
+@app.route("GET", "/hello")  # a plain handler returns JSON, bytes or str
 async def hello(request: Request) -> dict[str, str]:
     name = parse_qs(request.query).get("name", ["world"])[0]
     if len(name) > 100:

@@ -87,6 +87,19 @@ def make_app(limits: Limits) -> tuple[App, State]:
         finally:
             state.finally_ran.set()
 
+    @app.stream("GET", "/sized")
+    async def sized(request: Request) -> AsyncIterator[str]:
+        """``n`` events of ``size`` bytes, numbered, unpaced."""
+        count, size = int(arg(request, "n", 10)), int(arg(request, "size", 1000))
+        for i in range(count):
+            yield f"{i:06d}".ljust(size, "x")
+
+    @app.stream("POST", "/json-stream")
+    async def json_stream(request: Request) -> AsyncIterator[str]:
+        """Reads its input inside the generator, as the README's embedding example does."""
+        for word in request.json()["prompt"].split():
+            yield word
+
     @app.stream("GET", "/fail")
     async def fail(request: Request) -> AsyncIterator[str]:
         yield "tok0"
@@ -500,6 +513,27 @@ def test_pipelined_requests_are_answered_in_order(served: Served) -> None:
     assert responses[5].header(b"connection") == b"close"
 
 
+def test_many_pipelined_requests_behind_a_stream(serve: Callable[..., Served]) -> None:
+    """Far more pipelined bytes than max_pipelined_bytes behind a slow stream: the server
+    stops reading, then answers every request, in order."""
+    limits = FAST_LIMITS.replace(max_pipelined_bytes=1024)
+    app, _ = make_app(limits)
+    served = serve(app, limits)
+    count = 300
+    data = (get("/stream?n=5&delay=0.05")
+            + b"".join(post("/echo", b"%d" % i) for i in range(count))
+            + get("/healthz", b"Connection: close"))
+    with RawClient(served.port) as client:
+        client.send(data)
+        result = client.read_until_close(10.0)
+    assert result.closed
+    responses = parse_responses(result.data)
+    assert len(responses) == count + 2
+    assert [e["data"] for e in sse_events(responses[0].body)] == [f"tok{i}" for i in range(5)]
+    assert [r.body for r in responses[1:-1]] == [b"%d" % i for i in range(count)]
+    assert responses[-1].json() == {"status": "ok"}
+
+
 def test_pipelined_requests_byte_by_byte(served: Served) -> None:
     data = get("/healthz") + post("/echo", b"x" * 100) + get("/healthz", b"Connection: close")
     with RawClient(served.port) as client:
@@ -556,6 +590,13 @@ def test_expect_100_continue(served: Served) -> None:
     assert responses[1].body == b"hello"
 
 
+def test_expect_100_continue_with_a_body_too_large(served: Served) -> None:
+    result = raw_exchange(served.port, b"POST /echo HTTP/1.1\r\nHost: t\r\n"
+                          b"Expect: 100-continue\r\nContent-Length: 99999999\r\n\r\n")
+    single_error(result.data, 413)  # and no 100 before it
+    assert result.closed
+
+
 # ---------------------------------------------------------------------------- SSE
 
 
@@ -570,10 +611,8 @@ def test_sse_headers_and_ids(served: Served) -> None:
         stream_id = response.headers["x-stream-id"]
         received = list(events.iter_sse())
     assert [e.data for e in received] == [f"tok{i}" for i in range(5)]
-    ids = [e.id for e in received]
-    assert all(ids), ids
-    assert len(set(ids)) == len(ids)
-    assert all(i.startswith(stream_id) for i in ids), (stream_id, ids)
+    # <stream id>-<sequence number>, from 1 (README, "curl").
+    assert [e.id for e in received] == [f"{stream_id}-{seq}" for seq in range(1, 6)]
 
 
 def test_heartbeats_while_waiting_for_the_first_token(served: Served) -> None:
@@ -604,6 +643,53 @@ def test_multiline_items_become_one_data_line_per_line(serve: Callable[..., Serv
             httpx_sse.connect_sse(client, "GET", f"{served.url}/lines") as events:
         data = [e.data for e in events.iter_sse()]
     assert data == ["one\ntwo\nthree", '{"k":"v\\nw"}', "plain"]
+
+
+def test_fast_reader_with_a_small_stream_log_gets_every_event(
+        serve: Callable[..., Served]) -> None:
+    """An unpaced source and a client that reads at once; the log is smaller than what the
+    producer appends before its first flush."""
+    limits = FAST_LIMITS.replace(stream_log_bytes=8 * 1024)
+    app, _ = make_app(limits)
+    served = serve(app, limits)
+    with httpx.Client(timeout=5) as client, httpx_sse.connect_sse(
+            client, "GET", f"{served.url}/sized?n=100&size=1000") as events:
+        data = [e.data[:6] for e in events.iter_sse()]
+    assert data == [f"{i:06d}" for i in range(100)]
+
+
+def test_slow_origin_reader_with_a_small_stream_log_gets_every_event(
+        serve: Callable[..., Served]) -> None:
+    """The origin reader is carried by backpressure, not by the replay log: a reader that
+    is slow (but reads) must get the whole stream even when the log is small."""
+    limits = FAST_LIMITS.replace(stream_log_bytes=8 * 1024, write_stall_timeout_s=5.0)
+    app, _ = make_app(limits)
+    served = serve(app, limits)
+    count = 300
+    with RawClient(served.port, rcvbuf=4096) as client:
+        client.send(get(f"/sized?n={count}&size=1000", b"Connection: close"))
+        time.sleep(0.3)  # let the server fill every buffer on the way
+        result = client.read_until_close(5.0)
+    (response,) = parse_responses(result.data)
+    assert response.complete
+    data = [e["data"] for e in sse_events(response.body)]
+    assert [d[:6] for d in data] == [f"{i:06d}" for i in range(count)], data[-1][:200]
+
+
+def test_stream_handler_refusing_its_input_says_why(served: Served) -> None:
+    """A stream handler that raises RequestError (invalid JSON) before its first item: the
+    client learns the RequestError's own message, type and code -- as a 4xx if the head is
+    not sent yet, or at least in the error event -- not a generic server error."""
+    response = httpx.post(f"{served.url}/json-stream", content=b"{not json", timeout=5)
+    if response.status_code == 200:
+        events = sse_events(response.content)
+        assert events, response.content
+        error = orjson.loads(events[-1]["data"])["error"]
+    else:
+        assert response.status_code == 400
+        error = assert_openai_error(response.content)
+    assert error["type"] == "invalid_request_error", error
+    assert error["code"] == "invalid_json", error
 
 
 # ---------------------------------------------------------------------------- disconnects
@@ -697,6 +783,63 @@ def test_invalid_json_in_a_handler_is_a_400(serve: Callable[..., Served]) -> Non
     assert assert_openai_error(response.content)["code"] == "invalid_json"
     response = httpx.post(f"{served.url}/json", content=b'{"a": [1]}', timeout=5)
     assert response.json() == {"a": [1]}
+
+
+# ---------------------------------------------------------------------------- shutdown
+
+
+def test_close_drains_an_in_flight_stream(served: Served, state: State) -> None:
+    with httpx.Client(timeout=5) as client, httpx_sse.connect_sse(
+            client, "GET", f"{served.url}/stream?n=10&delay=0.03") as events:
+        iterator = events.iter_sse()
+        first = next(iterator).data
+        closing = asyncio.run_coroutine_threadsafe(served.server.close(5.0), served.loop)
+        rest = [e.data for e in iterator]
+        closing.result(5.0)
+    assert [first, *rest] == [f"tok{i}" for i in range(10)]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{served.url}/healthz", timeout=2)
+
+
+def test_heartbeats_go_on_while_draining(served: Served) -> None:
+    """A stream still waiting for its first token during a drain keeps its heartbeats
+    (a proxy would otherwise cut it before it can finish)."""
+    with RawClient(served.port) as client:
+        client.send(get("/stream?n=2&first_delay=0.8"))
+        client.read_until(b"\r\n\r\n")
+        closing = asyncio.run_coroutine_threadsafe(served.server.close(5.0), served.loop)
+        result = client.read_until_close(5.0)
+        closing.result(5.0)
+    (response,) = parse_responses(result.data)
+    assert response.complete
+    assert [e["data"] for e in sse_events(response.body)] == ["tok0", "tok1"]
+    before_first = response.body.split(b"data: tok0")[0]
+    assert before_first.count(b":\n") >= 2, response.chunks
+
+
+def test_close_cuts_streams_after_the_drain_timeout(served: Served, state: State) -> None:
+    with httpx.Client(timeout=5) as client, client.stream(
+            "GET", f"{served.url}/stream?n=1000&delay=0.05") as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data:")) == "data: tok0"
+        started = time.monotonic()
+        served.run(served.server.close(0.3))
+        assert time.monotonic() - started < 3.0
+        assert state.finally_ran.wait(1.0)
+        with pytest.raises(httpx.HTTPError):
+            for _ in lines:
+                pass
+    assert state.produced < 1000
+
+
+def test_close_closes_idle_keepalive_connections_at_once(served: Served) -> None:
+    with RawClient(served.port) as client:
+        client.send(get("/healthz"))
+        client.read_until(b'"ok"}')
+        started = time.monotonic()
+        served.run(served.server.close(5.0))
+        assert time.monotonic() - started < 2.0
+        assert client.read_until_close(2.0).closed
 
 
 # ---------------------------------------------------------------------------- no globals

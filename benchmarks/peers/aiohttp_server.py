@@ -6,10 +6,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
-import uvloop  # noqa: E402
-from aiohttp import WSMsgType, web  # noqa: E402
-from common import DONE, FINISH, ROLE, chunk, parse_args, sse_event, tokens  # noqa: E402
+import common
+import uvloop
+from aiohttp import WSMsgType, web
+from common import DONE, FINISH, ROLE, chunk, parse_args, sse_event, tokens
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -8,8 +8,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
-from common import DONE, FINISH, ROLE, chunk, sse_event, tokens  # noqa: E402
+import common
+from common import DONE, FINISH, ROLE, chunk, sse_event, tokens
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
                (b"cache-control", b"no-cache")]

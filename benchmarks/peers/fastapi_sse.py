@@ -6,11 +6,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
-import uvicorn  # noqa: E402
-from common import DONE, FINISH_S, ROLE_S, chunk_str, parse_args, tokens  # noqa: E402
-from fastapi import FastAPI, Request  # noqa: E402
-from sse_starlette import EventSourceResponse  # noqa: E402
+import common
+import uvicorn
+from common import DONE, FINISH_S, ROLE_S, chunk_str, parse_args, tokens
+from fastapi import FastAPI, Request
+from sse_starlette import EventSourceResponse
 
 app = FastAPI()
 

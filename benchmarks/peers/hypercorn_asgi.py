@@ -6,10 +6,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import uvloop  # noqa: E402
-from common import parse_args  # noqa: E402
-from hypercorn.asyncio import serve  # noqa: E402
-from hypercorn.config import Config  # noqa: E402
+import uvloop
+from common import parse_args
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
 
 if __name__ == "__main__":
     args = parse_args(__doc__)

@@ -19,7 +19,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import DONE, FINISH, ROLE, TOKEN, chunk, sse_event  # noqa: E402
+from common import DONE, FINISH, ROLE, TOKEN, chunk, sse_event
 
 CONF = """\
 worker_processes 1;
@@ -71,6 +71,11 @@ def write_config(directory: str, host: str, port: int, tokens: int) -> str:
     os.makedirs(os.path.join(directory, "www", "sse"), exist_ok=True)
     with open(os.path.join(directory, "www", "sse", f"{tokens}.sse"), "wb") as f:
         f.write(body(tokens))
+    # nginx's worker runs as an unprivileged user: it must be able to read the body.
+    for root, _dirs, files in os.walk(directory):
+        os.chmod(root, 0o755)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o644)
     path = os.path.join(directory, "nginx.conf")
     with open(path, "w") as f:
         f.write(CONF.format(dir=directory, host=host, port=port, tokens=tokens))

@@ -7,10 +7,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
-import uvloop  # noqa: E402
-from common import FINISH, ROLE, chunk, parse_args  # noqa: E402
-from picows import WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server  # noqa: E402,E501
+import common
+import uvloop
+from common import FINISH, ROLE, chunk, parse_args
+from picows import WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 
 class Listener(WSListener):

@@ -19,9 +19,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
-import uvloop  # noqa: E402
-from common import DONE, FINISH, ROLE, TOKEN, chunk, parse_args, sse_event  # noqa: E402
+import common
+import uvloop
+from common import DONE, FINISH, ROLE, TOKEN, chunk, parse_args, sse_event
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 

@@ -6,8 +6,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import uvicorn  # noqa: E402
-from common import parse_args  # noqa: E402
+import uvicorn
+from common import parse_args
 
 if __name__ == "__main__":
     args = parse_args(__doc__)

@@ -1,15 +1,14 @@
 """Peer (WebSocket only): the `websockets` library's asyncio server on uvloop."""
 
-import asyncio
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
-import uvloop  # noqa: E402
-from common import FINISH, ROLE, chunk, parse_args, tokens  # noqa: E402
-from websockets.asyncio.server import serve  # noqa: E402
+import common
+import uvloop
+from common import FINISH, ROLE, chunk, parse_args, tokens
+from websockets.asyncio.server import serve
 
 
 async def handler(sock) -> None:

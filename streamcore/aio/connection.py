@@ -10,8 +10,11 @@ server-wide ticker (:meth:`Server._heartbeat`), not a timer per connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import socket
+import struct
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -38,32 +41,40 @@ SSE_HEADERS = [
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 
+def abort(transport: asyncio.Transport | None) -> None:
+    """Close now, with a reset (SO_LINGER 0): what the kernel still holds for a client that
+    stopped reading is freed at once, not kept until TCP gives up on it."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
 class SSEReader:
     """Writes one stream to one HTTP response as chunks of ``id:``/``data:`` events."""
 
-    __slots__ = (
-        "chunked",
-        "conn",
-        "cursor",
-        "done",
-        "end",
-        "hb_seen",
-        "id_prefix",
-        "scheduled",
-        "stream",
-    )
+    __slots__ = ("chunked", "conn", "cursor", "done", "end", "hb_seen", "head_pending",
+                 "id_prefix", "scheduled", "stream")
 
-    def __init__(self, conn: HTTPConnection, stream: Stream, end: bytes, chunked: bool,
+    def __init__(self, conn: HTTPConnection, stream: Stream, end: bytes,
                  start_seq: int | None = None) -> None:
         self.conn = conn
         self.stream = stream
         self.cursor = Cursor(stream.log, start_seq)
         self.scheduled = False
         self.id_prefix = stream.id.encode() + b"-"
-        self.chunked = chunked
+        #: Whether the body is chunked: known when the head is made.
+        self.chunked = True
         self.end = end
         self.done = False
         self.hb_seen = -1
+        #: The response head goes out with the first flush, one loop iteration after the
+        #: handler started: a handler that refuses its input before its first item (bad
+        #: JSON, say) still gets its 4xx instead of a 200 and an error event.
+        self.head_pending = True
 
     @property
     def writable(self) -> bool:
@@ -79,15 +90,35 @@ class SSEReader:
         conn = self.conn
         if self.done or conn.write_paused or conn.transport is None:
             return
+        try:
+            self._flush(conn)
+        except Exception:  # a bug of ours: this connection ends, the others go on
+            log.exception("writing a stream failed")
+            self.done = True
+            conn.abort()
+
+    def _flush(self, conn: HTTPConnection) -> None:
+        assert conn.transport is not None
+        bufs: list[bytes] = []
+        if self.head_pending:
+            refused = self.stream.refused
+            if refused is not None:
+                self.done = True
+                self.stream.detach(self)
+                conn.sse = None
+                conn.respond(Response.error(refused))
+                return
+            self.head_pending = False
+            bufs.append(conn.stream_head(self))
         cursor = self.cursor
         log_ = cursor.log
-        bufs: list[bytes] = []
         if cursor.next_seq < log_.next_seq:
             try:
                 seq, frames, size = cursor.take()
             except FellBehind as exc:
                 self._finish(_error_event(str(exc), "fell_behind"))
                 return
+            size_at = len(bufs)
             bufs.append(b"")  # the chunk-size line, once the size is known
             prefix = self.id_prefix
             multiline = self.stream.multiline
@@ -106,7 +137,7 @@ class SSEReader:
                 bufs.append(b"\n\n")
                 seq += 1
             if self.chunked:
-                bufs[0] = b"%x\r\n" % total
+                bufs[size_at] = b"%x\r\n" % total
                 bufs.append(b"\r\n")
         if log_.closed and cursor.next_seq >= log_.next_seq:
             self._finish(None, bufs)
@@ -138,6 +169,8 @@ class SSEReader:
         cutting a silent stream (a silent stream gets one within two intervals).  A bare
         comment line, never a blank line: some clients (the OpenAI SDK, httpx-sse)
         dispatch an empty event on a blank line once an id has been seen."""
+        if self.head_pending:
+            self.flush()  # a silent stream commits to its 200 at the first tick
         seen = self.cursor.next_seq
         if seen == self.hb_seen and not self.conn.write_paused and not self.done:
             transport = self.conn.transport
@@ -326,20 +359,24 @@ class HTTPConnection(asyncio.Protocol):
         stream = Stream(items, log_bytes=self.limits.stream_log_bytes,
                         high_water=self.limits.write_high_water_bytes,
                         low_water=self.limits.write_low_water_bytes)
-        headers = [*SSE_HEADERS, (b"x-stream-id", stream.id.encode())]
-        if self.close_after_response:
-            headers.append((b"connection", b"close"))
-        head = session.response_head(200, headers, stream=True, method=self._method)
-        if self._method == "HEAD":
-            transport.writelines([head, session.end_response()])
+        reader = SSEReader(self, stream, sse_end)
+        if self._method == "HEAD":  # the head of the stream, and no generation
+            transport.writelines([self.stream_head(reader), session.end_response()])
             self.response_done()
             return
-        reader = SSEReader(self, stream, sse_end, session.chunked)
         stream.attach(reader, origin=True)
         self.sse = reader
-        transport.write(head)  # the client sees 200 before the first token
         self.server.streams_started += 1
         stream.start()
+        reader.wake()  # after the handler's first step: see SSEReader.head_pending
+
+    def stream_head(self, reader: SSEReader) -> bytes:
+        headers = [*SSE_HEADERS, (b"x-stream-id", reader.stream.id.encode())]
+        if self.close_after_response:
+            headers.append((b"connection", b"close"))
+        head = self.session.response_head(200, headers, stream=True, method=self._method)
+        reader.chunked = self.session.chunked
+        return head
 
     def stream_done(self, reader: SSEReader) -> None:
         if self.sse is reader:
@@ -351,7 +388,11 @@ class HTTPConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        keep_open, pipelined = self.session.next_cycle()
+        try:
+            keep_open, pipelined = self.session.next_cycle()
+        except ProtocolError as exc:  # the pipelined next request is bad: answer and close
+            self.fail(exc.status, str(exc), "protocol_error")
+            return
         if not keep_open or self.close_after_response:
             transport.close()
             return
@@ -437,9 +478,11 @@ class HTTPConnection(asyncio.Protocol):
     def _write_stalled(self) -> None:
         """The client read nothing for write_stall_timeout_s: nothing more can reach it."""
         self._stall_timer = None
-        if self.transport is not None:
-            log.info("closing %s: write stalled", self.peer)
-            self.transport.abort()
+        log.info("closing %s: write stalled", self.peer)
+        self.abort()
+
+    def abort(self) -> None:
+        abort(self.transport)
 
     def _cancel_timers(self) -> None:
         self._cancel_timers_keep_pause()

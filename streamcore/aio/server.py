@@ -96,8 +96,6 @@ class Server:
         self.draining = True
         if self._server is not None:
             self._server.close()
-        if self._ticker is not None:
-            self._ticker.cancel()
         for conn in list(self.connections):
             conn.close_idle()
         if self.connections:
@@ -105,6 +103,8 @@ class Server:
                 await asyncio.wait_for(self._closed.wait(), timeout)
             except TimeoutError:
                 log.warning("drain timeout: closing %d connections", len(self.connections))
+        if self._ticker is not None:  # heartbeats go on while streams drain
+            self._ticker.cancel()
         for conn in list(self.connections):
             transport = conn.transport
             if transport is not None:

@@ -22,7 +22,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..errors import FellBehind
+from ..errors import FellBehind, RequestError
+from ..proto.jsonbytes import dumps
 from ..proto.pipe import Cursor, Flow, Frame, TokenLog
 
 log = logging.getLogger("streamcore")
@@ -64,29 +65,15 @@ def to_frame(item: Any) -> tuple[Frame, bool]:
 
 
 def error_payload(message: str, type: str = "server_error", code: str | None = None) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": type, "param": None,
-                                   "code": code}})
+    return dumps({"error": {"message": message, "type": type, "param": None, "code": code}})
 
 
 class Stream:
     """One generation: its log, its producer task and its readers."""
 
-    __slots__ = (
-        "__weakref__",
-        "_agen",
-        "_resume",
-        "end_frames",
-        "error",
-        "finished",
-        "flow",
-        "id",
-        "log",
-        "multiline",
-        "on_end",
-        "origin",
-        "readers",
-        "task",
-    )
+    __slots__ = ("__weakref__", "_agen", "_resume", "error", "finished", "flow",
+                 "flush_bytes", "id", "log", "multiline", "on_end", "origin", "readers",
+                 "refused", "task")
 
     def __init__(
         self,
@@ -102,7 +89,8 @@ class Stream:
         self.log = TokenLog(log_bytes)
         self.readers: list[Reader] = []
         self.origin: Reader | None = None
-        self.flow = Flow(high_water, low_water)
+        high = min(high_water, log_bytes // 2)
+        self.flow = Flow(high, min(low_water, high // 2))
         self.task: asyncio.Task[None] | None = None
         self._resume: asyncio.Future[None] | None = None
         #: Seq numbers of frames that hold CR or LF (SSE must split their data lines);
@@ -112,8 +100,12 @@ class Stream:
         #: The error payload if the handler failed mid-stream.
         self.error: bytes | None = None
         self._agen = agen
+        #: The handler's RequestError, if it raised one before its first item.
+        self.refused: RequestError | None = None
+        #: Flush at once, and pause, within what the log holds: a reader that keeps up
+        #: must never fall off the log's tail, however small the log is configured.
+        self.flush_bytes = min(FLUSH_BYTES, log_bytes // 4)
         self.finished = False
-        self.end_frames: list[Frame] = []
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._produce())
@@ -166,7 +158,7 @@ class Stream:
                 for reader in self.readers:
                     reader.wake()
                 backlog = origin.cursor.backlog_bytes
-                if backlog > FLUSH_BYTES:
+                if backlog > self.flush_bytes:
                     origin.flush()
                     if self.flow.update(origin.cursor.backlog_bytes):
                         self._resume = asyncio.get_running_loop().create_future()
@@ -175,6 +167,11 @@ class Stream:
                         await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
+        except RequestError as exc:  # the handler refused its input: say why
+            self.error = dumps(exc.body())
+            if log_.next_seq == 1:
+                self.refused = exc  # nothing sent yet: an SSE reader can still answer 4xx
+            log_.append((self.error,), len(self.error))
         except Exception as exc:  # the handler failed: the stream says so and ends cleanly
             log.exception("stream %s: handler failed", self.id)
             self.error = error_payload(f"the stream failed: {type(exc).__name__}")

@@ -88,7 +88,9 @@ class WSReader:
         self.cursor = Cursor(stream.log)
         self.scheduled = False
         self.key = key
-        self.head = b'{"type":"chunk","id":' + key + b',"seq":%d,"chunk":' if key else b""
+        # A %-format with the key inside it: a "%" of the client's id must not format.
+        self.head = (b'{"type":"chunk","id":' + key.replace(b"%", b"%%")
+                     + b',"seq":%d,"chunk":') if key else b""
         self.done = False
         self.end = end
 
@@ -321,7 +323,10 @@ class WebSocketConnection(asyncio.Protocol):
         late = now - due > 0.5 * limits.ws_ping_timeout_s
         silence = now - self._last_rx
         if self._pinged_at is not None:
-            if now - self._pinged_at >= limits.ws_ping_timeout_s and not late:
+            # While we do not read (the handler is behind on its messages), the peer's
+            # pong sits unread: not a dead peer.
+            if now - self._pinged_at >= limits.ws_ping_timeout_s and not late and (
+                    not self.read_paused):
                 log.info("closing WebSocket %s: no answer to ping", self.peer)
                 self._abort()
                 return
@@ -399,7 +404,11 @@ class WebSocketConnection(asyncio.Protocol):
                 bufs += [ws.text_header(len(error)), error]
             self._write(bufs)
             if error is not None:
-                self.close(ws.INTERNAL_ERROR, "stream failed")
+                refused = reader.stream.refused
+                if refused is not None:  # bad input: policy violation (RFC 6455 7.4.1)
+                    self.close(ws.POLICY, refused.message[:120])
+                else:
+                    self.close(ws.INTERNAL_ERROR, "stream failed")
             else:
                 self.close(ws.NORMAL)
             return

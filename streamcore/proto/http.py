@@ -271,7 +271,8 @@ def _check_framing(raw_head: bytes, headers: Sequence[tuple[bytes, bytes]],
         raise ProtocolError("both Transfer-Encoding and Content-Length")
     lowered = raw_head.lower()
     # h11 folds identical duplicates ("5" twice, or "5, 5") into one; we refuse them.
-    if lowered.count(b"\ncontent-length:") > 1:
+    lengths = [line for line in lowered.split(b"\n") if line.startswith(b"content-length:")]
+    if len(lengths) > 1 or (lengths and b"," in lengths[0]):
         raise ProtocolError("duplicate Content-Length")
     for name, value in headers:
         if name == b"content-length" and not value.isdigit():

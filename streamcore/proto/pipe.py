@@ -105,7 +105,8 @@ class Cursor:
     def __init__(self, log: TokenLog, next_seq: int | None = None) -> None:
         self.log = log
         #: The first sequence number this reader has not taken yet.
-        self.next_seq = log.first_seq if next_seq is None else max(next_seq, 1)
+        self.next_seq = log.first_seq if next_seq is None else min(max(next_seq, 1),
+                                                                   log.next_seq)
         #: ``log.appended_bytes`` as of ``next_seq``: the backlog is the difference.
         self.taken_bytes = log.appended_bytes
         if self.next_seq < log.next_seq:  # a reader resuming from the log (O(n), once)

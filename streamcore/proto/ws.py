@@ -65,7 +65,8 @@ class _Limits(Extension):
     def __init__(self, max_frame: int, max_message: int) -> None:
         self.max_frame = max_frame
         self.max_message = max_message
-        self._message = 0
+        self._message = 0  # bytes of the current message's completed frames
+        self._frame = 0  # declared length of the frame being read (0 for control frames)
 
     def enabled(self) -> bool:
         return True
@@ -75,15 +76,23 @@ class _Limits(Extension):
 
     def frame_inbound_header(self, proto: object, opcode: Opcode, rsv: RsvBits,
                              payload_length: int) -> CloseReason | RsvBits:
+        # wsproto calls this again when it re-parses a header whose mask had not fully
+        # arrived, so nothing is added up here: a frame counts once it is complete.
         if payload_length > self.max_frame:
             return CloseReason.MESSAGE_TOO_BIG
-        if not opcode.iscontrol():
+        if opcode.iscontrol():
+            self._frame = 0
+        else:
             if opcode is not Opcode.CONTINUATION:
                 self._message = 0
-            self._message += payload_length
-            if self._message > self.max_message:
+            self._frame = payload_length
+            if self._message + payload_length > self.max_message:
                 return CloseReason.MESSAGE_TOO_BIG
         return RsvBits(False, False, False)
+
+    def frame_inbound_complete(self, proto: object, fin: bool) -> None:
+        self._message += self._frame
+        self._frame = 0
 
 
 class BoundedDeflate(PerMessageDeflate):
@@ -170,7 +179,10 @@ def accept(request: Request, *, subprotocols: tuple[str, ...] = (), deflate: boo
         (b"date", http_date()),
     ]
     chosen = None
-    offered = [p.decode("latin-1") for p in request.header_tokens(b"sec-websocket-protocol")]
+    # Subprotocol names are case-sensitive tokens (RFC 6455 section 4.1): not lowercased.
+    offered = [token.strip().decode("latin-1") for name, value in request.headers
+               if name == b"sec-websocket-protocol" for token in value.split(b",")
+               if token.strip()]
     for proto in offered:
         if proto in subprotocols:
             chosen = proto
@@ -183,13 +195,14 @@ def accept(request: Request, *, subprotocols: tuple[str, ...] = (), deflate: boo
                 continue
             ext = BoundedDeflate(max_message)
             answer = ext.accept(offer)
-            if answer:
-                extensions.append(ext)
-                # wsproto's accept() returns the parameters only (or True).
-                reply = f"{ext.name}; {answer}" if isinstance(answer, str) and answer else (
-                    ext.name)
-                headers.append((b"sec-websocket-extensions", reply.encode()))
-                break
+            # wsproto's accept() gives the parameters to answer with ("" for a bare
+            # offer), True, or None when it cannot accept this offer.
+            if answer is None or answer is False:
+                continue
+            extensions.append(ext)
+            reply = f"{ext.name}; {answer}" if isinstance(answer, str) and answer else ext.name
+            headers.append((b"sec-websocket-extensions", reply.encode()))
+            break
     lines = [b"HTTP/1.1 101 Switching Protocols", *(k + b": " + v for k, v in headers)]
     return Accepted(CRLF.join(lines) + CRLF + CRLF, chosen, extensions)
 

@@ -1,0 +1,711 @@
+"""The sans-I/O WebSocket core (:mod:`streamcore.proto.ws`): bytes in, events out.
+
+Client frames come from wsproto's own client (the reference encoder) or are built by hand
+(:mod:`ws_helpers`) when a test needs a frame no library would send.  Every scenario is fed
+all at once, byte by byte and at random cut points; the events must be the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import tracemalloc
+import zlib
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ws_helpers import (
+    ACCEPT,
+    BINARY,
+    CLOSE,
+    CONT,
+    PING,
+    PONG,
+    TEXT,
+    ServerFrames,
+    close_payload,
+    deflate_raw,
+    frame,
+    frame_header,
+    parse_request_bytes,
+    upgrade_headers,
+    upgrade_request,
+)
+from wsproto import WSConnection
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    Request,
+    TextMessage,
+)
+from wsproto.extensions import PerMessageDeflate
+
+from streamcore.errors import ProtocolError
+from streamcore.proto import ws
+
+MAX_FRAME = 4096
+MAX_MESSAGE = 16384
+
+
+def new_session(*, max_frame: int = MAX_FRAME, max_message: int = MAX_MESSAGE,
+                deflate: bool = False, offer: bytes | None = None) -> ws.WSSession:
+    extra = [(b"sec-websocket-extensions", offer)] if offer else []
+    accepted = ws.accept(upgrade_request(upgrade_headers(extra=extra)), deflate=deflate,
+                         max_message=max_message)
+    return ws.WSSession(accepted, max_frame=max_frame, max_message=max_message)
+
+
+def feed(data: bytes, cuts: list[int] | None = None, **kw: Any) -> tuple[
+        list[ws.Received | ws.Closed], ws.WSSession]:
+    """Feed ``data`` to a new session in pieces split at ``cuts``."""
+    session = new_session(**kw)
+    events: list[ws.Received | ws.Closed] = []
+    points = sorted({c for c in (cuts or []) if 0 < c < len(data)})
+    start = 0
+    for point in [*points, len(data)]:
+        events += session.receive(data[start:point])
+        start = point
+    return events, session
+
+
+def same(events: list[ws.Received | ws.Closed]) -> list[object]:
+    """Events as compared across cut points: a failure's reason text (which says where
+    in the current buffer the parser was) is not compared, its code is."""
+    return [e.code if isinstance(e, ws.Closed) and e.code in (1002, 1007, 1009) else e
+            for e in events]
+
+
+def all_ways(data: bytes, **kw: Any) -> tuple[list[ws.Received | ws.Closed],
+                                                  ws.WSSession]:
+    """Feed at once and byte by byte; both must give the same events (returned)."""
+    whole, session = feed(data, **kw)
+    single, _ = feed(data, list(range(1, len(data))), **kw)
+    assert same(single) == same(whole), "byte-by-byte feeding changed the events"
+    return whole, session
+
+
+def client() -> Connection:
+    return Connection(ConnectionType.CLIENT)
+
+
+def outbox_frames(session: ws.WSSession) -> list[tuple[int, bool, bytes]]:
+    return ServerFrames().feed(b"".join(session.outbox))
+
+
+def closed_code(events: list[ws.Received | ws.Closed]) -> int:
+    closed = [e for e in events if isinstance(e, ws.Closed)]
+    assert len(closed) == 1, events
+    assert events[-1] is closed[0], "nothing may follow Closed"
+    return closed[0].code
+
+
+# -------------------------------------------------------------------- messages and cuts
+
+
+def conversation() -> tuple[bytes, list[ws.Received | ws.Closed]]:
+    """A client conversation: text (multi-byte UTF-8, fragmented), binary, ping, close."""
+    c = client()
+    data = b"".join([
+        c.send(TextMessage("hello")),
+        c.send(TextMessage("h\u00e9llo w\u00f6rld \u2603 \U0001f600", message_finished=False)),
+        c.send(Ping(b"mid-message ping")),  # control frames may interleave (5.4)
+        c.send(TextMessage(" and more \u00fc", message_finished=True)),
+        c.send(BytesMessage(bytes(range(256)) * 3)),
+        c.send(TextMessage("x" * 300)),  # 16-bit length
+        c.send(BytesMessage(b"")),
+        c.send(TextMessage("")),
+        c.send(CloseConnection(1000, "bye")),
+    ])
+    expected: list[ws.Received | ws.Closed] = [
+        ws.Received("hello"),
+        ws.Received("h\u00e9llo w\u00f6rld \u2603 \U0001f600 and more \u00fc"),
+        ws.Received(bytes(range(256)) * 3),
+        ws.Received("x" * 300),
+        ws.Received(b""),
+        ws.Received(""),
+        ws.Closed(1000, "bye"),
+    ]
+    return data, expected
+
+
+def test_conversation_all_at_once_and_byte_by_byte() -> None:
+    data, expected = conversation()
+    events, session = all_ways(data)
+    assert events == expected
+    assert isinstance(events[2].data, bytes)  # type: ignore[union-attr]
+    frames = outbox_frames(session)
+    assert frames == [(PONG, True, b"mid-message ping"),
+                      (CLOSE, True, close_payload(1000, "bye"))]
+    assert session.closed == ws.Closed(1000, "bye")
+    assert session.closing and not session.open
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_conversation_random_cuts(data: st.DataObject) -> None:
+    raw, expected = conversation()
+    cuts = data.draw(st.lists(st.integers(1, len(raw) - 1), max_size=40))
+    events, session = feed(raw, cuts)
+    assert events == expected
+    assert outbox_frames(session)[0] == (PONG, True, b"mid-message ping")
+
+
+MESSAGES = st.lists(st.one_of(
+    st.text(max_size=300),
+    st.binary(max_size=300),
+), min_size=1, max_size=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), MESSAGES)
+def test_random_messages_fragmented_and_cut(data: st.DataObject,
+                                            messages: list[str | bytes]) -> None:
+    """Any messages, split into any fragments (with pings between), fed in any pieces,
+    arrive whole and in order."""
+    wire = b""
+    for message in messages:
+        raw = message.encode() if isinstance(message, str) else message
+        opcode = TEXT if isinstance(message, str) else BINARY
+        splits = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=3)))
+        pieces = [raw[a:b] for a, b in zip([0, *splits], [*splits, len(raw)], strict=True)]
+        for i, piece in enumerate(pieces):
+            wire += frame(opcode if i == 0 else CONT, piece, fin=i == len(pieces) - 1)
+            if data.draw(st.booleans()):
+                wire += frame(PING, b"p%d" % i)
+    wire += frame(CLOSE, close_payload(1000))
+    cuts = data.draw(st.lists(st.integers(1, max(1, len(wire) - 1)), max_size=30))
+    events, _ = feed(wire, cuts)
+    assert events == [ws.Received(m) for m in messages] + [ws.Closed(1000)]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_failures_are_the_same_at_any_cut(data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from(sorted(PROTOCOL_ERRORS)))
+    wire = frame(TEXT, b"fine") + PROTOCOL_ERRORS[name] + frame(TEXT, b"after")
+    cuts = data.draw(st.lists(st.integers(1, len(wire) - 1), max_size=20))
+    events, session = feed(wire, cuts)
+    assert same(events) == [ws.Received("fine"), 1002], name
+    assert outbox_frames(session)[-1][2][:2] == b"\x03\xea"
+
+
+def test_hand_built_fragments_with_handshake_tail() -> None:
+    """Frames that arrived with the handshake (``tail``) are parsed on the first call."""
+    data = (frame(TEXT, b"ab", fin=False) + frame(CONT, b"cd", fin=False)
+            + frame(CONT, b"ef"))
+    accepted = ws.accept(upgrade_request())
+    session = ws.WSSession(accepted, max_frame=MAX_FRAME, max_message=MAX_MESSAGE,
+                           tail=data[:7])
+    events = session.receive(b"")
+    events += session.receive(data[7:])
+    assert events == [ws.Received("abcdef")]
+
+
+# ---------------------------------------------------------------------------- size limits
+
+
+def test_fragmented_message_over_max_message_is_1009() -> None:
+    fragment = b"a" * (MAX_FRAME - 1)  # every frame is under the frame limit
+    count = MAX_MESSAGE // len(fragment) + 2
+    data = frame(TEXT, fragment, fin=False)
+    data += b"".join(frame(CONT, fragment, fin=False) for _ in range(count - 2))
+    data += frame(CONT, fragment)
+    events, session = all_ways(data)
+    assert closed_code(events) == 1009
+    assert not any(isinstance(e, ws.Received) for e in events)
+    assert outbox_frames(session)[-1][:2] == (CLOSE, True)
+    assert outbox_frames(session)[-1][2][:2] == b"\x03\xf1"  # 1009 on the wire
+
+
+def frames_fed_one_by_one(frames: list[bytes], **kw: Any) -> list[ws.Received | ws.Closed]:
+    """Cut at frame boundaries only (byte-by-byte cuts are covered, and fail for another
+    reason, in test_mask_split_across_reads_is_counted_once)."""
+    cuts = [sum(map(len, frames[:i])) for i in range(1, len(frames))]
+    events, _ = feed(b"".join(frames), cuts, **kw)
+    whole, _ = feed(b"".join(frames), **kw)
+    assert events == whole
+    return events
+
+
+def test_message_exactly_at_limit_passes() -> None:
+    fragment = b"b" * (MAX_MESSAGE // 4)
+    frames = [frame(BINARY, fragment, fin=False), frame(CONT, fragment, fin=False),
+              frame(CONT, fragment, fin=False), frame(CONT, fragment)]
+    assert frames_fed_one_by_one(frames) == [ws.Received(fragment * 4)]
+    over = [*frames[:3], frame(CONT, fragment + b"!")]
+    assert closed_code(frames_fed_one_by_one(over)) == 1009
+
+
+def test_frame_header_over_max_frame_is_1009_before_payload() -> None:
+    """Only the header (with its mask) is sent: the verdict must not wait for payload."""
+    for length in (MAX_FRAME + 1, 1 << 16, 1 << 40):
+        session = new_session()
+        events = session.receive(frame_header(BINARY, length, mask=b"abcd"))
+        assert closed_code(events) == 1009, length
+        assert outbox_frames(session) == [(CLOSE, True, outbox_frames(session)[0][2])]
+        assert outbox_frames(session)[0][2][:2] == b"\x03\xf1"
+
+
+def test_mask_split_across_reads_is_counted_once() -> None:
+    """A continuation frame whose 4 mask bytes arrive in two TCP reads: wsproto runs the
+    extension header hook again when it re-parses the header, and the message size must
+    not be counted twice (a 12 KiB message under a 16 KiB limit is not too big)."""
+    part = b"d" * 4000
+    data = frame(BINARY, part, fin=False) + frame(CONT, part, fin=False) + frame(CONT, part)
+    session = new_session()
+    events: list[ws.Received | ws.Closed] = []
+    second = len(frame(BINARY, part, fin=False))
+    # Cut inside the second frame's mask (2 header bytes + 2 length bytes + 2 mask bytes).
+    for piece in (data[:second + 6], data[second + 6:second + 7], data[second + 7:]):
+        events += session.receive(piece)
+    assert events == [ws.Received(part * 3)]
+
+
+def test_frame_at_max_frame_passes() -> None:
+    events, _ = all_ways(frame(BINARY, b"z" * MAX_FRAME))
+    assert events == [ws.Received(b"z" * MAX_FRAME)]
+
+
+def test_control_frames_do_not_count_towards_the_message() -> None:
+    fragment = b"c" * (MAX_MESSAGE // 2)
+    frames = [frame(BINARY, fragment, fin=False), frame(PING, b"p" * 125),
+              frame(CONT, fragment)]
+    events = frames_fed_one_by_one(frames, max_frame=MAX_MESSAGE)
+    assert events == [ws.Received(fragment * 2)]
+    _, session = feed(b"".join(frames), max_frame=MAX_MESSAGE)
+    assert outbox_frames(session) == [(PONG, True, b"p" * 125)]
+
+
+# ---------------------------------------------------------------- invalid data and errors
+
+
+@pytest.mark.parametrize("payload", [
+    b"\xff", b"abc\xc3", b"\xed\xa0\x80",  # lone byte, truncated, a UTF-16 surrogate
+    b"\xf4\x90\x80\x80",  # above U+10FFFF
+    b"ok \xc0\xaf",  # overlong encoding
+])
+def test_invalid_utf8_text_is_1007(payload: bytes) -> None:
+    events, session = all_ways(frame(TEXT, payload))
+    assert closed_code(events) == 1007
+    assert outbox_frames(session)[-1][2][:2] == b"\x03\xef"
+
+
+def test_invalid_utf8_split_across_fragments_is_1007() -> None:
+    data = frame(TEXT, b"ok \xe2\x82", fin=False) + frame(CONT, b"\x28 no")
+    events, _ = all_ways(data)
+    assert closed_code(events) == 1007
+
+
+def test_utf8_character_split_across_fragments_is_fine() -> None:
+    euro = "\u20ac".encode()
+    data = frame(TEXT, b"price " + euro[:1], fin=False) + frame(CONT, euro[1:] + b"5")
+    events, _ = all_ways(data)
+    assert events == [ws.Received("price \u20ac5")]
+
+
+PROTOCOL_ERRORS = {
+    "unmasked client frame": frame(TEXT, b"hello", masked=False),
+    "rsv1 without an extension": frame(TEXT, b"hello", rsv=4),
+    "rsv2": frame(TEXT, b"hello", rsv=2),
+    "rsv3": frame(BINARY, b"hello", rsv=1),
+    "fragmented ping": frame(PING, b"ab", fin=False) + frame(CONT, b"cd"),
+    "fragmented close": frame(CLOSE, close_payload(1000), fin=False),
+    "opcode 3": frame(0x3, b"x"),
+    "opcode 7": frame(0x7, b""),
+    "opcode 0xb": frame(0xB, b""),
+    "opcode 0xf": frame(0xF, b"x"),
+    "ping over 125 bytes": frame(PING, b"p" * 126),
+    "continuation without a message": frame(CONT, b"x"),
+    "new message inside a fragmented one": (frame(TEXT, b"a", fin=False)
+                                            + frame(TEXT, b"b")),
+    "close with a 1-byte payload": frame(CLOSE, b"\x03"),
+    "close code 999": frame(CLOSE, close_payload(999)),
+    "close code 1005 on the wire": frame(CLOSE, close_payload(1005)),
+    "close code 1006 on the wire": frame(CLOSE, close_payload(1006)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOL_ERRORS))
+def test_protocol_errors_are_1002(name: str) -> None:
+    events, session = all_ways(PROTOCOL_ERRORS[name])
+    assert closed_code(events) == 1002, name
+    assert not any(isinstance(e, ws.Received) for e in events)
+    out = outbox_frames(session)
+    assert out and out[-1][0] == CLOSE and out[-1][2][:2] == b"\x03\xea", out
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOL_ERRORS))
+def test_nothing_is_parsed_after_a_protocol_error(name: str) -> None:
+    """Once the connection is failed (RFC 6455 section 7.1.7), bytes after the bad
+    frame are not data: no message and no second Closed, however the bytes are cut."""
+    data = PROTOCOL_ERRORS[name] + frame(TEXT, b"after") + frame(
+        CLOSE, close_payload(1000))
+    events, _ = all_ways(data)
+    assert closed_code(events) == 1002
+    assert events == [events[-1]]
+
+
+def test_close_reason_invalid_utf8_is_1007() -> None:
+    events, _ = all_ways(frame(CLOSE, b"\x03\xe8\xff\xfe"))
+    assert closed_code(events) == 1007
+
+
+# -------------------------------------------------------------------- ping, pong, close
+
+
+def test_ping_gets_a_pong_with_its_payload() -> None:
+    for payload in (b"", b"x", bytes(range(125))):
+        events, session = all_ways(frame(PING, payload))
+        assert events == []
+        assert outbox_frames(session) == [(PONG, True, payload)]
+
+
+def test_unsolicited_pong_is_ignored() -> None:
+    events, session = all_ways(frame(PONG, b"hi") + frame(TEXT, b"after"))
+    assert events == [ws.Received("after")]
+    assert session.outbox == []
+
+
+@pytest.mark.parametrize("code, reason", [(1000, ""), (1001, "going"), (3000, "app"),
+                                          (4999, "\u00e9t\u00e9")])
+def test_peer_close_is_echoed(code: int, reason: str) -> None:
+    events, session = all_ways(frame(CLOSE, close_payload(code, reason)))
+    assert events == [ws.Closed(code, reason)]
+    assert outbox_frames(session) == [(CLOSE, True, close_payload(code, reason))]
+    assert session.close() == b""  # the handshake is over
+    assert session.message("late") == b""
+
+
+def test_empty_close_is_answered_with_an_empty_close() -> None:
+    """1005 means "no status" and must never be put on the wire (RFC 6455 7.4.1)."""
+    events, session = all_ways(frame(CLOSE))
+    assert events == [ws.Closed(1005)]
+    assert outbox_frames(session) == [(CLOSE, True, b"")]
+
+
+def test_server_initiated_close_then_peer_reply() -> None:
+    session = new_session()
+    out = ServerFrames().feed(session.close(1001, "bye"))
+    assert out == [(CLOSE, True, close_payload(1001, "bye"))]
+    assert session.closing
+    # Messages the peer sent before it saw our Close are still delivered (7.1.3).
+    events = session.receive(frame(TEXT, b"late") + frame(CLOSE, close_payload(1001)))
+    assert events == [ws.Received("late"), ws.Closed(1001)]
+    assert session.outbox == []  # nothing to echo: we started it
+    assert session.receive(frame(TEXT, b"more")) == []
+
+
+def test_tcp_end_without_close_is_1006() -> None:
+    session = new_session()
+    assert session.receive(frame(TEXT, b"x")) == [ws.Received("x")]
+    assert session.receive(None) == [ws.Closed(1006)]
+    assert session.closed == ws.Closed(1006)
+    assert session.outbox == []
+
+
+def test_outgoing_messages_are_valid_server_frames() -> None:
+    session = new_session()
+    c = client()
+    c.receive_data(session.message("hi \u2603") + session.message(b"\x00\x01")
+                   + session.ping(b"pp"))
+    events = list(c.events())
+    assert [(type(e).__name__, e.data if isinstance(e, Message) else
+             e.payload if isinstance(e, Ping) else None)
+            for e in events] == [("TextMessage", "hi \u2603"),
+                                 ("BytesMessage", b"\x00\x01"), ("Ping", b"pp")]
+
+
+# -------------------------------------------------------------------------- text_header
+
+
+@pytest.mark.parametrize("n", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_text_header_matches_wsproto(n: int) -> None:
+    server = Connection(ConnectionType.SERVER)
+    payload = "a" * n
+    wire = server.send(TextMessage(payload))
+    header = ws.text_header(n)
+    assert wire == header + payload.encode()
+    assert ServerFrames().feed(header + payload.encode()) == [(TEXT, True, payload.encode())]
+
+
+# ---------------------------------------------------------------------- permessage-deflate
+
+
+def deflate_client_pair(*, max_message: int = MAX_MESSAGE) -> tuple[WSConnection,
+                                                                   ws.WSSession]:
+    """A wsproto client offering permessage-deflate, and our session that accepted it."""
+    c = WSConnection(ConnectionType.CLIENT)
+    request_bytes = c.send(Request(host="127.0.0.1", target="/",
+                                   extensions=[PerMessageDeflate()]))
+    accepted = ws.accept(parse_request_bytes(request_bytes), deflate=True,
+                         max_message=max_message)
+    assert accepted.extensions, "permessage-deflate was not negotiated"
+    c.receive_data(accepted.response)
+    events = list(c.events())
+    assert isinstance(events[0], AcceptConnection)
+    assert [e.name for e in events[0].extensions] == ["permessage-deflate"]
+    return c, ws.WSSession(accepted, max_frame=max_message, max_message=max_message)
+
+
+def test_deflate_negotiated_round_trip() -> None:
+    c, session = deflate_client_pair()
+    text = "compress me " * 500
+    data = c.send(TextMessage(text)) + c.send(BytesMessage(b"\x00" * 10000))
+    assert len(data) < 1000  # it really was compressed
+    assert data[0] & 0x40, "RSV1 (compressed) not set by the client"
+    assert session.receive(data) == [ws.Received(text), ws.Received(b"\x00" * 10000)]
+    # And the other way: our compressed message inflates in the client.
+    c.receive_data(session.message(text))
+    assert [e.data for e in c.events()] == [text]  # type: ignore[attr-defined]
+
+
+def test_deflate_round_trip_byte_by_byte() -> None:
+    c, session = deflate_client_pair()
+    messages = ["first " * 100, "second \u2603 " * 50, "third"]
+    data = b"".join(c.send(TextMessage(m)) for m in messages)
+    events = []
+    for i in range(len(data)):
+        events += session.receive(data[i:i + 1])
+    assert events == [ws.Received(m) for m in messages]
+
+
+def test_deflate_not_negotiated_unless_enabled() -> None:
+    offer = b"permessage-deflate; client_max_window_bits"
+    accepted = ws.accept(upgrade_request(upgrade_headers(
+        extra=[(b"sec-websocket-extensions", offer)])), deflate=False)
+    assert accepted.extensions == []
+    assert b"sec-websocket-extensions" not in accepted.response.lower()
+    session = ws.WSSession(accepted, max_frame=MAX_FRAME, max_message=MAX_MESSAGE)
+    events = session.receive(frame(TEXT, deflate_raw(b"hello"), rsv=4))
+    assert closed_code(events) == 1002
+
+
+@pytest.mark.parametrize("offer", [b"permessage-deflate",
+                                   b"permessage-deflate; client_max_window_bits"])
+def test_deflate_offer_is_accepted(offer: bytes) -> None:
+    """A bare ``permessage-deflate`` offer (Firefox's; RFC 7692 section 7.1: every
+    parameter is optional) is accepted like one with parameters."""
+    accepted = ws.accept(upgrade_request(upgrade_headers(
+        extra=[(b"sec-websocket-extensions", offer)])), deflate=True)
+    assert len(accepted.extensions) == 1
+    lines = [x for x in accepted.response.split(b"\r\n")
+             if x.lower().startswith(b"sec-websocket-extensions:")]
+    assert len(lines) == 1 and lines[0].split(b":", 1)[1].strip().startswith(
+        b"permessage-deflate"), lines
+    session = ws.WSSession(accepted, max_frame=MAX_FRAME, max_message=MAX_MESSAGE)
+    assert session.receive(frame(TEXT, deflate_raw(b"hello " * 10), rsv=4)) == [
+        ws.Received("hello " * 10)]
+
+
+OFFERS = [b"permessage-deflate", b"permessage-deflate; client_max_window_bits"]
+
+
+def bomb(total: int) -> bytes:
+    chunk = b"\x00" * (1 << 20)
+    return deflate_raw([chunk] * (total // len(chunk)))
+
+
+@pytest.mark.parametrize("offer", OFFERS)
+@pytest.mark.parametrize("fragmented", [False, True])
+def test_deflate_bomb_is_1009_in_bounded_memory(fragmented: bool, offer: bytes) -> None:
+    max_message = 1 << 20
+    payload = bomb(50 << 20)  # 50 MiB of zeros in ~50 KiB
+    assert len(payload) < 100_000
+    if fragmented:
+        step = 1000
+        pieces = [payload[i:i + step] for i in range(0, len(payload), step)]
+        data = frame(BINARY, pieces[0], fin=False, rsv=4)
+        data += b"".join(frame(CONT, p, fin=False) for p in pieces[1:-1])
+        data += frame(CONT, pieces[-1])
+    else:
+        data = frame(BINARY, payload, rsv=4)
+    session = new_session(deflate=True, offer=offer, max_message=max_message,
+                          max_frame=max_message)
+    tracemalloc.start()
+    try:
+        events = []
+        for i in range(0, len(data), 4096):
+            events += session.receive(data[i:i + 4096])
+            if session.closed:
+                break
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert closed_code(events) == 1009
+    assert not any(isinstance(e, ws.Received) for e in events)
+    assert peak < 4 * max_message, f"peak {peak} bytes while inflating a bomb"
+
+
+@pytest.mark.parametrize("offer", OFFERS)
+def test_deflate_message_exactly_at_limit_passes(offer: bytes) -> None:
+    max_message = 1 << 16
+    session = new_session(deflate=True, offer=offer, max_message=max_message,
+                          max_frame=max_message)
+    events = session.receive(frame(BINARY, deflate_raw(b"y" * max_message), rsv=4))
+    assert events == [ws.Received(b"y" * max_message)]
+    events = session.receive(frame(BINARY, deflate_raw(b"y" * (max_message + 1)), rsv=4))
+    assert closed_code(events) == 1009
+
+
+def test_deflate_garbage_is_1007() -> None:
+    """Undecodable compressed data is invalid payload data (RFC 7692 section 8.1.2,
+    failing the connection; Autobahn expects 1007 or 1002)."""
+    session = new_session(deflate=True, offer=OFFERS[1])
+    events = session.receive(frame(BINARY, b"\xff\xff\xff\xff garbage", rsv=4))
+    assert closed_code(events) in (1002, 1007)
+
+
+# ------------------------------------------------------------------------------ handshake
+
+
+def test_accept_builds_the_rfc_accept_token() -> None:
+    accepted = ws.accept(upgrade_request())
+    head = accepted.response
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert head.endswith(b"\r\n\r\n")
+    lines = {line.split(b":", 1)[0].lower(): line.split(b":", 1)[1].strip()
+             for line in head.split(b"\r\n")[1:] if line}
+    assert lines[b"sec-websocket-accept"] == ACCEPT
+    assert lines[b"upgrade"].lower() == b"websocket"
+    assert lines[b"connection"].lower() == b"upgrade"
+    assert accepted.subprotocol is None
+    assert b"sec-websocket-protocol" not in lines
+
+
+def test_accept_token_for_random_keys() -> None:
+    for _ in range(20):
+        key = base64.b64encode(os.urandom(16))
+        head = ws.accept(upgrade_request(upgrade_headers(key=key))).response
+        expected = base64.b64encode(hashlib.sha1(
+            key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        assert b"sec-websocket-accept: " + expected + b"\r\n" in head
+
+
+def test_handshake_accepted_by_wsproto_client() -> None:
+    c = WSConnection(ConnectionType.CLIENT)
+    data = c.send(Request(host="127.0.0.1", target="/chat", subprotocols=["v2", "v1"]))
+    accepted = ws.accept(parse_request_bytes(data), subprotocols=("v1", "v2"))
+    c.receive_data(accepted.response)
+    event = next(c.events())
+    assert isinstance(event, AcceptConnection)
+    assert event.subprotocol == "v2"  # the first offered that we speak
+    assert accepted.subprotocol == "v2"
+
+
+def reject(headers: list[tuple[bytes, bytes]], **kw: object) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        ws.accept(upgrade_request(headers), **kw)  # type: ignore[arg-type]
+    return info.value
+
+
+def test_missing_key_is_400() -> None:
+    assert reject(upgrade_headers(key=b"")).status == 400
+
+
+@pytest.mark.parametrize("key", [b"short", b"!!!not base64!!!", base64.b64encode(b"x" * 15),
+                                 base64.b64encode(b"x" * 17)])
+def test_malformed_key_is_400(key: bytes) -> None:
+    assert reject(upgrade_headers(key=key)).status == 400
+
+
+@pytest.mark.parametrize("version", [b"8", b"7", b"14", b"13, 8", b""])
+def test_other_version_is_426(version: bytes) -> None:
+    assert reject(upgrade_headers(version=version)).status == 426
+
+
+def test_missing_version_is_426() -> None:
+    headers = [h for h in upgrade_headers() if h[0] != b"sec-websocket-version"]
+    assert reject(headers).status == 426
+
+
+def test_not_get_or_no_connection_upgrade_is_400() -> None:
+    with pytest.raises(ProtocolError) as info:
+        ws.accept(upgrade_request(method="POST"))
+    assert info.value.status == 400
+    headers = [h for h in upgrade_headers() if h[0] != b"connection"]
+    assert reject(headers).status == 400
+    headers = [(k, b"keep-alive, Upgrade" if k == b"connection" else v)
+               for k, v in upgrade_headers()]
+    assert ws.accept(upgrade_request(headers)).response.startswith(b"HTTP/1.1 101")
+
+
+def test_origin_allow_list() -> None:
+    allowed = frozenset({"https://good.example"})
+    bad = upgrade_headers(extra=[(b"origin", b"https://evil.example")])
+    assert reject(bad, origins=allowed).status == 403
+    assert reject(upgrade_headers(), origins=allowed).status == 403  # no Origin at all
+    good = upgrade_headers(extra=[(b"origin", b"https://good.example")])
+    assert ws.accept(upgrade_request(good), origins=allowed).response.startswith(
+        b"HTTP/1.1 101")
+    # Without an allow-list any origin passes.
+    assert ws.accept(upgrade_request(bad)).response.startswith(b"HTTP/1.1 101")
+
+
+def test_subprotocol_negotiation() -> None:
+    offer = upgrade_headers(extra=[(b"sec-websocket-protocol", b"chat.v1, chat.v2")])
+    accepted = ws.accept(upgrade_request(offer), subprotocols=("chat.v2", "chat.v1"))
+    assert accepted.subprotocol in ("chat.v1", "chat.v2")
+    assert (b"sec-websocket-protocol: " + accepted.subprotocol.encode() + b"\r\n"
+            in accepted.response)
+    session = ws.WSSession(accepted, max_frame=MAX_FRAME, max_message=MAX_MESSAGE)
+    assert session.subprotocol == accepted.subprotocol
+    # Nothing in common: no subprotocol header (RFC 6455 section 4.2.2).
+    none = ws.accept(upgrade_request(offer), subprotocols=("other",))
+    assert none.subprotocol is None
+    assert b"sec-websocket-protocol" not in none.response.lower()
+    # Offered in two header lines.
+    two = upgrade_headers(extra=[(b"sec-websocket-protocol", b"a"),
+                                 (b"sec-websocket-protocol", b"b")])
+    assert ws.accept(upgrade_request(two), subprotocols=("b",)).subprotocol == "b"
+
+
+def test_subprotocol_case_is_preserved() -> None:
+    """Subprotocol names are case-sensitive tokens (RFC 6455 section 4.1, 11.5): a
+    server that speaks ``Chat.V1`` must match and echo it exactly."""
+    offer = upgrade_headers(extra=[(b"sec-websocket-protocol", b"Chat.V1")])
+    accepted = ws.accept(upgrade_request(offer), subprotocols=("Chat.V1",))
+    assert accepted.subprotocol == "Chat.V1"
+    assert b"sec-websocket-protocol: Chat.V1\r\n" in accepted.response
+
+
+def test_deflate_offer_parameters() -> None:
+    offer = (b"permessage-deflate; client_max_window_bits; server_no_context_takeover, "
+             b"permessage-deflate")
+    accepted = ws.accept(upgrade_request(upgrade_headers(
+        extra=[(b"sec-websocket-extensions", offer)])), deflate=True)
+    assert len(accepted.extensions) == 1
+    line = [x for x in accepted.response.split(b"\r\n")
+            if x.lower().startswith(b"sec-websocket-extensions")]
+    assert len(line) == 1 and b"permessage-deflate" in line[0]
+    unknown = ws.accept(upgrade_request(upgrade_headers(
+        extra=[(b"sec-websocket-extensions", b"x-webkit-deflate-frame")])), deflate=True)
+    assert unknown.extensions == []
+    assert b"sec-websocket-extensions" not in unknown.response.lower()
+
+
+def test_compressed_frame_after_no_context_takeover() -> None:
+    """With client_no_context_takeover every message starts a fresh inflater."""
+    c = WSConnection(ConnectionType.CLIENT)
+    data = c.send(Request(host="h", target="/", extensions=[
+        PerMessageDeflate(client_no_context_takeover=True)]))
+    accepted = ws.accept(parse_request_bytes(data), deflate=True)
+    c.receive_data(accepted.response)
+    assert isinstance(next(c.events()), AcceptConnection)
+    session = ws.WSSession(accepted, max_frame=MAX_MESSAGE, max_message=MAX_MESSAGE)
+    messages = ["same text " * 20] * 3
+    out = b"".join(c.send(TextMessage(m)) for m in messages)
+    assert session.receive(out) == [ws.Received(m) for m in messages]
+
+
+def test_zlib_sanity() -> None:
+    # The helper really produces what RFC 7692 says a sender sends.
+    raw = deflate_raw(b"hello")
+    d = zlib.decompressobj(-15)
+    assert d.decompress(raw + b"\x00\x00\xff\xff") == b"hello"
