@@ -22,7 +22,7 @@ from ..errors import FellBehind, ProtocolError, RequestError
 from ..proto import http, ws
 from ..proto.jsonbytes import dumps
 from ..proto.pipe import Cursor
-from .stream import Stream
+from .stream import Stream, error_payload
 
 if TYPE_CHECKING:
     from .connection import HTTPConnection
@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamcore")
 
 #: Complete inbound messages queued for a handler before we stop reading the socket
-#: (and the peer's TCP window closes): the inbound half of backpressure.
+#: (and the peer's TCP window closes): the inbound half of backpressure.  Reading also
+#: stops once the queue holds ws_max_message_bytes, so a socket queues at most about two
+#: largest messages, not 64 of them.
 INBOX_HIGH = 64
 INBOX_LOW = 16
 
@@ -114,7 +116,7 @@ class WSReader:
             try:
                 seq, frames, _ = cursor.take()
             except FellBehind as exc:
-                self._finish(str(exc).encode())
+                self._finish(error_payload(str(exc), "stream_error", "fell_behind"))
                 return
             bufs: list[bytes] = []
             header = ws.text_header
@@ -163,6 +165,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.read_paused = False
         self.readers: dict[bytes | None, WSReader] = {}
         self.inbox: deque[str | bytes] = deque()
+        self.inbox_bytes = 0
         self._inbox_waiter: asyncio.Future[None] | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._last_rx = self.loop.time()
@@ -219,7 +222,10 @@ class WebSocketConnection(asyncio.Protocol):
         for event in events:
             if isinstance(event, ws.Received):
                 self.inbox.append(event.data)
-                if len(self.inbox) >= INBOX_HIGH and not self.read_paused:
+                self.inbox_bytes += len(event.data)
+                if not self.read_paused and (
+                        len(self.inbox) >= INBOX_HIGH
+                        or self.inbox_bytes >= self.limits.ws_max_message_bytes):
                     self.read_paused = True
                     if self.transport is not None:
                         self.transport.pause_reading()
@@ -357,7 +363,9 @@ class WebSocketConnection(asyncio.Protocol):
             self._inbox_waiter = self.loop.create_future()
             await self._inbox_waiter
         data = self.inbox.popleft()
-        if self.read_paused and len(self.inbox) <= INBOX_LOW and self.transport is not None:
+        self.inbox_bytes -= len(data)
+        if self.read_paused and len(self.inbox) <= INBOX_LOW and self.transport is not None \
+                and self.inbox_bytes < self.limits.ws_max_message_bytes // 2:
             self.read_paused = False
             self.transport.resume_reading()
         return data
