@@ -5,7 +5,7 @@ over asyncio + uvloop sockets, with a zero-copy token pipe so that backpressure,
 memory bounds are decided at the byte level.
 """
 
-from .aio.server import Server, run, start
+from .aio.server import Server, run, start, tune_gc
 from .app import App, EventStream, Request, Response
 from .errors import (
     BodyTooLarge,
@@ -37,4 +37,5 @@ __all__ = [
     "__version__",
     "run",
     "start",
+    "tune_gc",
 ]
