@@ -119,7 +119,8 @@ class EventStream:
     """Returned by a plain handler to answer with a stream after validating the request
     (so that bad input still gets a 4xx before any event is sent)."""
 
-    items: AsyncIterator[Any]
+    #: An async iterator of items, or a push source (``streamcore.aio.stream.PushSource``).
+    items: Any
     #: Bytes the SSE stream ends with (the gateway's ``data: [DONE]``).
     sse_end: bytes = b""
 

@@ -9,16 +9,16 @@ body), ``GET /v1/ws`` (the same streams over WebSocket, several per socket), ``G
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
+from .aio.stream import Stream
 from .aio.websocket import WebSocket
 from .app import App, EventStream, Request, Response
 from .errors import RequestError
 from .limits import Limits
-from .proto.jsonbytes import dumps
+from .proto.jsonbytes import dumps, json_string
 from .proto.openai import (
     ChatRequest,
     ChunkTemplate,
@@ -28,16 +28,18 @@ from .proto.openai import (
     parse_chat_request,
     usage_object,
 )
-from .sources.synthetic import Generation, SyntheticModel
+from .sources.synthetic import Generation, Run, SyntheticModel
 
 #: The end of an OpenAI SSE stream (not JSON: clients compare the data field to it).
 SSE_DONE = b"data: [DONE]\n\n"
 
 
 class ChatStream:
-    """The chunk frames of one streamed answer: role, tokens, finish, usage."""
+    """One streamed answer, pushed into its stream: the role chunk, a chunk per token, the
+    finish chunk and, if asked, the usage chunk.  A push source (see
+    :class:`~streamcore.aio.stream.PushSource`): no task and no future per token."""
 
-    __slots__ = ("chat", "generation", "template", "count")
+    __slots__ = ("chat", "count", "generation", "run", "stream", "template")
 
     def __init__(self, chat: ChatRequest, generation: Generation) -> None:
         self.chat = chat
@@ -45,23 +47,37 @@ class ChatStream:
         self.template = ChunkTemplate(new_completion_id(), chat.model,
                                       include_usage=chat.include_usage)
         self.count = 0
+        self.run: Run | None = None
+        self.stream: Stream | None = None
         chat.raw = {}  # what a long-lived stream keeps of its request: only what it uses
         chat.messages = []
 
-    async def frames(self) -> AsyncIterator[tuple[bytes, ...]]:
+    def start_push(self, stream: Stream) -> None:
+        self.stream = stream
+        stream.push((self.template.role(),))
+        prefix, suffix = self.template.prefix, self.template.suffix
+        push = stream.push
+        self.run = self.generation.run(
+            lambda text: push((prefix, json_string(text), suffix)), self._finished)
+
+    def _finished(self) -> None:
+        stream = self.stream
+        assert stream is not None and self.run is not None
+        self.count = self.run.i
         template = self.template
-        yield (template.role(),)
-        token = template.token
-        count = 0
-        try:
-            async for text in self.generation:
-                yield token(text)
-                count += 1
-        finally:
-            self.count = count
-        yield (template.finish(self.generation.finish_reason),)
+        stream.push((template.finish(self.generation.finish_reason),))
         if self.chat.include_usage:
-            yield (template.usage(self.generation.prompt_tokens, count),)
+            stream.push((template.usage(self.generation.prompt_tokens, self.count),))
+        stream.end()
+
+    def resume_push(self) -> None:
+        if self.run is not None:
+            self.run.resume()
+
+    def cancel_push(self) -> None:
+        if self.run is not None:
+            self.count = self.run.i
+            self.run.cancel()
 
     def done_message(self, key: bytes) -> bytes:
         """The WebSocket gateway's last message for this request."""
@@ -89,7 +105,7 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
         chat = parse_chat_request(request.body)
         generation = start(chat)
         if chat.stream:
-            return EventStream(ChatStream(chat, generation).frames(), sse_end=SSE_DONE)
+            return EventStream(ChatStream(chat, generation), sse_end=SSE_DONE)
         tokens = [token async for token in generation]
         return Response(completion_body(new_completion_id(), chat.model, "".join(tokens),
                                         generation.finish_reason, generation.prompt_tokens,
@@ -134,7 +150,7 @@ async def _ws_message(ws: WebSocket, message: str | bytes, start: Any) -> None:
             chat = parse_chat_object(data.get("body"))
             stream = ChatStream(chat, start(chat))
             key = dumps(request_id)
-            ws.stream(request_id, stream.frames(), end=lambda: stream.done_message(key))
+            ws.stream(request_id, stream, end=lambda: stream.done_message(key))
         elif kind == "cancel":
             if ws.cancel(request_id):
                 await ws.send_json({"type": "cancelled", "id": request_id})

@@ -24,7 +24,7 @@ from ..proto import http
 from ..proto.http import HTTPSession, Phase
 from ..proto.openai import error_body
 from ..proto.pipe import Cursor
-from .stream import Stream
+from .stream import PushSource, Stream
 
 if TYPE_CHECKING:
     from .server import Server
@@ -83,7 +83,7 @@ class SSEReader:
     def wake(self) -> None:
         if not self.scheduled:
             self.scheduled = True
-            self.conn.loop.call_soon(self.flush)
+            self.conn.server.flusher.add(self)
 
     def flush(self) -> None:
         self.scheduled = False
@@ -352,7 +352,7 @@ class HTTPConnection(asyncio.Protocol):
             return
         self.response_done()
 
-    def _start_stream(self, items: AsyncIterator[Any], sse_end: bytes) -> None:
+    def _start_stream(self, items: AsyncIterator[Any] | PushSource, sse_end: bytes) -> None:
         transport = self.transport
         assert transport is not None
         session = self.session

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..limits import Limits
 from ..proto import http
 from .connection import HTTPConnection
+from .stream import Flusher
 
 if TYPE_CHECKING:
     from ..app import App, Route
@@ -35,6 +36,8 @@ class Server:
         self._server: asyncio.Server | None = None
         self._closed = asyncio.Event()
         self._ticker: asyncio.TimerHandle | None = None
+        #: Flushes every stream woken during a loop iteration, once, at its end.
+        self.flusher = Flusher(self.loop)
 
     # -- admission ------------------------------------------------------------------
 

@@ -68,16 +68,59 @@ def error_payload(message: str, type: str = "server_error", code: str | None = N
     return dumps({"error": {"message": message, "type": type, "param": None, "code": code}})
 
 
-class Stream:
-    """One generation: its log, its producer task and its readers."""
+class PushSource(Protocol):
+    """A source that calls the stream instead of being pulled (no task, no future per
+    token): an upstream socket's ``data_received``, or the synthetic model's timer wheel.
 
-    __slots__ = ("__weakref__", "_agen", "_resume", "error", "finished", "flow",
-                 "flush_bytes", "id", "log", "multiline", "on_end", "origin", "readers",
-                 "refused", "task")
+    It calls :meth:`Stream.push` per frame (``False`` back means: pause until
+    :meth:`resume_push`), then :meth:`Stream.end` or :meth:`Stream.fail`.
+    """
+
+    def start_push(self, stream: Stream) -> None: ...
+
+    def resume_push(self) -> None: ...
+
+    def cancel_push(self) -> None: ...
+
+
+class Flusher:
+    """Readers woken during one loop iteration, flushed together once it is done: one
+    ``call_soon`` per iteration for all streams, not one per token."""
+
+    __slots__ = ("loop", "pending", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[Reader] = []
+        self.scheduled = False
+
+    def add(self, reader: Reader) -> None:
+        self.pending.append(reader)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.run)
+
+    def run(self) -> None:
+        self.scheduled = False
+        pending, self.pending = self.pending, []
+        for reader in pending:
+            try:
+                reader.flush()
+            except Exception:  # one broken reader must not starve the others
+                log.exception("flushing a stream failed")
+
+
+class Stream:
+    """One generation: its log, its producer (a task pulling a generator, or a push
+    source) and its readers."""
+
+    __slots__ = ("__weakref__", "_agen", "_push", "_push_paused", "_resume", "error",
+                 "finished", "flow", "flush_bytes", "id", "log", "multiline", "on_end",
+                 "origin", "readers", "refused", "task")
 
     def __init__(
         self,
-        agen: AsyncIterator[Any],
+        items: AsyncIterator[Any] | PushSource,
         *,
         log_bytes: int,
         high_water: int,
@@ -99,7 +142,10 @@ class Stream:
         self.on_end = on_end
         #: The error payload if the handler failed mid-stream.
         self.error: bytes | None = None
-        self._agen = agen
+        push = items if hasattr(items, "start_push") else None
+        self._push: PushSource | None = push  # type: ignore[assignment]
+        self._push_paused = False
+        self._agen: AsyncIterator[Any] | None = None if push else items  # type: ignore[assignment]
         #: The handler's RequestError, if it raised one before its first item.
         self.refused: RequestError | None = None
         #: Flush at once, and pause, within what the log holds: a reader that keeps up
@@ -108,7 +154,10 @@ class Stream:
         self.finished = False
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._produce())
+        if self._push is not None:
+            self._push.start_push(self)
+        else:
+            self.task = asyncio.get_running_loop().create_task(self._produce())
 
     def attach(self, reader: Reader, *, origin: bool = False) -> None:
         self.readers.append(reader)
@@ -123,15 +172,27 @@ class Stream:
         if self.origin is reader:
             self.origin = self.readers[0] if self.readers else None
             self.writable_changed()
-        if not self.readers and self.task is not None and not self.task.done():
-            self.task.cancel()
+        if not self.readers:
+            self.cancel()
 
     def cancel(self) -> None:
-        if self.task is not None and not self.task.done():
+        if self._push is not None:
+            if not self.finished:
+                self.finished = True
+                self.log.close()
+                self._push.cancel_push()
+        elif self.task is not None and not self.task.done():
             self.task.cancel()
 
     def writable_changed(self) -> None:
         """The origin reader's backlog fell (it wrote, or it left): maybe resume."""
+        if self._push_paused:
+            origin = self.origin
+            if origin is None or not self.flow.update(origin.cursor.backlog_bytes):
+                self._push_paused = False
+                if self._push is not None and not self.finished:
+                    self._push.resume_push()
+            return
         fut = self._resume
         if fut is None:
             return
@@ -141,9 +202,60 @@ class Stream:
             if not fut.done():
                 fut.set_result(None)
 
+    # -- the push side (PushSource calls these) ---------------------------------------
+
+    def push(self, frame: Frame) -> bool:
+        """Append one single-line frame; ``False``: pause until ``resume_push``."""
+        if self.finished:
+            return False
+        self.log.append(frame, sum(map(len, frame)))
+        origin = self.origin
+        if origin is None:
+            return True
+        for reader in self.readers:
+            reader.wake()
+        if origin.cursor.backlog_bytes > self.flush_bytes:
+            origin.flush()
+            if self.flow.update(origin.cursor.backlog_bytes):
+                self._push_paused = True
+                return False
+        return True
+
+    def end(self) -> None:
+        """The source is done."""
+        if self.finished:
+            return
+        self.finished = True
+        self.log.close()
+        for reader in list(self.readers):
+            reader.wake()
+        if self.on_end is not None:
+            self.on_end(self)
+
+    def fail(self, exc: BaseException) -> None:
+        """The source failed: an error event, then the end."""
+        if self.finished:
+            return
+        self._failed(exc)
+        self.end()
+
+    def _failed(self, exc: BaseException) -> None:
+        log_ = self.log
+        if isinstance(exc, RequestError):  # refused its input: say why
+            self.error = dumps(exc.body())
+            if log_.next_seq == 1:
+                self.refused = exc  # nothing sent yet: an SSE reader can still answer 4xx
+        else:  # the handler failed: the stream says so and ends cleanly
+            log.error("stream %s: handler failed", self.id, exc_info=exc)
+            self.error = error_payload(f"the stream failed: {type(exc).__name__}")
+        log_.append((self.error,), len(self.error))
+
+    # -- the pull side ---------------------------------------------------------------
+
     async def _produce(self) -> None:
         log_ = self.log
         agen = self._agen
+        assert agen is not None
         try:
             async for item in agen:
                 frame, single_line = to_frame(item)
@@ -167,15 +279,8 @@ class Stream:
                         await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
-        except RequestError as exc:  # the handler refused its input: say why
-            self.error = dumps(exc.body())
-            if log_.next_seq == 1:
-                self.refused = exc  # nothing sent yet: an SSE reader can still answer 4xx
-            log_.append((self.error,), len(self.error))
-        except Exception as exc:  # the handler failed: the stream says so and ends cleanly
-            log.exception("stream %s: handler failed", self.id)
-            self.error = error_payload(f"the stream failed: {type(exc).__name__}")
-            log_.append((self.error,), len(self.error))
+        except Exception as exc:
+            self._failed(exc)
         finally:
             self.finished = True
             log_.close()
@@ -195,4 +300,4 @@ async def _aclose(agen: AsyncIterator[Any]) -> None:
             log.exception("closing a stream handler failed")
 
 
-__all__ = ["FellBehind", "Reader", "Stream", "to_frame"]
+__all__ = ["FellBehind", "Flusher", "PushSource", "Reader", "Stream", "to_frame"]

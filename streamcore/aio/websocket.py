@@ -22,7 +22,7 @@ from ..errors import FellBehind, ProtocolError, RequestError
 from ..proto import http, ws
 from ..proto.jsonbytes import dumps
 from ..proto.pipe import Cursor
-from .stream import Stream, error_payload
+from .stream import PushSource, Stream, error_payload
 
 if TYPE_CHECKING:
     from .connection import HTTPConnection
@@ -103,13 +103,22 @@ class WSReader:
     def wake(self) -> None:
         if not self.scheduled:
             self.scheduled = True
-            self.conn.loop.call_soon(self.flush)
+            self.conn.server.flusher.add(self)
 
     def flush(self) -> None:
         self.scheduled = False
         conn = self.conn
         if self.done or conn.write_paused or conn.transport is None or not conn.session.open:
             return
+        try:
+            self._flush(conn)
+        except Exception:  # a bug of ours: this socket ends, the others go on
+            log.exception("writing a stream failed")
+            self.done = True
+            conn._abort()
+
+    def _flush(self, conn: WebSocketConnection) -> None:
+        assert conn.transport is not None
         cursor = self.cursor
         log_ = cursor.log
         if cursor.next_seq < log_.next_seq:
@@ -372,7 +381,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     # -- streams --------------------------------------------------------------------
 
-    def start_stream(self, key: bytes | None, items: AsyncIterator[Any],
+    def start_stream(self, key: bytes | None, items: AsyncIterator[Any] | PushSource,
                      end: Callable[[], bytes | None] | None) -> None:
         if key in self.readers:
             raise RequestError("a request with this id is already running",
@@ -485,7 +494,7 @@ class WebSocket:
     async def send_json(self, obj: Any) -> None:
         await self.send(orjson.dumps(obj).decode())
 
-    def stream(self, key: str | None, items: AsyncIterator[Any], *,
+    def stream(self, key: str | None, items: AsyncIterator[Any] | PushSource, *,
                end: Callable[[], bytes | None] | None = None) -> None:
         """Run ``items`` as a stream on this socket, keyed by ``key`` (JSON-encoded into
         each chunk message); ``end`` makes the final message."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+import math
+import weakref
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ..proto.openai import ChatRequest
@@ -67,12 +69,21 @@ class Generation:
     def __aiter__(self) -> AsyncIterator[str]:
         return self._tokens()
 
-    async def _tokens(self) -> AsyncIterator[str]:
-        model = self.model
+    def planned_tokens(self) -> int:
+        """How many tokens this answer has (and sets ``finish_reason`` accordingly)."""
         count = self._natural
         if self.limit is not None and self.limit < count:
             count = self.limit
             self.finish_reason = "length"
+        return count
+
+    def run(self, emit: Callable[[str], bool], done: Callable[[], None]) -> Run:
+        """Push the tokens instead of being iterated: see :class:`Run`."""
+        return Run(self, emit, done)
+
+    async def _tokens(self) -> AsyncIterator[str]:
+        model = self.model
+        count = self.planned_tokens()
         words = self._words
         if model.first_token_delay_s > 0:
             await asyncio.sleep(model.first_token_delay_s)
@@ -95,3 +106,115 @@ class Generation:
 
     async def text(self) -> str:
         return "".join([token async for token in self])
+
+
+#: Unpaced tokens pushed per loop iteration before yielding to other streams.
+BURST_TOKENS = 256
+
+
+class Pacer:
+    """One timer per millisecond that has tokens due, for every paced generation of a loop.
+
+    A timer (and a task wake-up) per token is what a paced stream costs when each awaits
+    ``asyncio.sleep``; here a token due in a millisecond joins that millisecond's list, and
+    one ``call_at`` fires for all of them.
+    """
+
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pacer] = (
+        weakref.WeakKeyDictionary())
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.due: dict[int, list[Run]] = {}
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> Pacer:
+        pacer = cls._by_loop.get(loop)
+        if pacer is None:
+            pacer = cls._by_loop[loop] = cls(loop)
+        return pacer
+
+    def at(self, when: float, run: Run) -> None:
+        tick = math.ceil(when * 1000.0)
+        runs = self.due.get(tick)
+        if runs is None:
+            self.due[tick] = [run]
+            self.loop.call_at(tick / 1000.0, self._fire, tick)
+        else:
+            runs.append(run)
+
+    def _fire(self, tick: int) -> None:
+        for run in self.due.pop(tick, ()):
+            if run.state is _WAITING:
+                run.state = _RUNNING
+                run.step()
+
+
+_RUNNING, _WAITING, _PAUSED, _DONE = range(4)
+
+
+class Run:
+    """One generation pushed token by token: ``emit(text)`` per token (``False`` back: pause
+    until :meth:`resume`), then ``done()``.  No task and no future per token."""
+
+    __slots__ = ("count", "done", "emit", "generation", "i", "interval", "loop", "start",
+                 "state")
+
+    def __init__(self, generation: Generation, emit: Callable[[str], bool],
+                 done: Callable[[], None]) -> None:
+        self.generation = generation
+        self.emit = emit
+        self.done = done
+        model = generation.model
+        self.count = generation.planned_tokens()
+        self.interval = 1.0 / model.tokens_per_s if model.tokens_per_s > 0 else 0.0
+        self.loop = asyncio.get_running_loop()
+        self.i = 0
+        self.start = 0.0
+        self.state = _WAITING
+        delay = model.first_token_delay_s
+        if delay > 0:
+            Pacer.of(self.loop).at(self.loop.time() + delay, self)
+        else:
+            self.state = _RUNNING
+            self.loop.call_soon(self.step)
+
+    def step(self) -> None:
+        if self.state is not _RUNNING:
+            return
+        if self.i == 0:
+            self.start = self.loop.time()
+        words = self.generation._words
+        emit = self.emit
+        count = self.count
+        burst = BURST_TOKENS if self.interval == 0.0 else 1
+        while burst and self.i < count:
+            i = self.i
+            self.i = i + 1
+            burst -= 1
+            if not emit(words[i & 31] if i else self.generation._first):
+                if self.state is _RUNNING:
+                    self.state = _PAUSED
+                return
+        if self.i >= count:
+            self.state = _DONE
+            self.done()
+        elif self.interval == 0.0:
+            self.loop.call_soon(self.step)  # yield the loop between bursts
+        else:
+            self.state = _WAITING
+            Pacer.of(self.loop).at(self.start + self.i * self.interval, self)
+
+    def resume(self) -> None:
+        if self.state is not _PAUSED:
+            return
+        due = self.start + self.i * self.interval
+        if self.interval and due > self.loop.time():  # not before its time
+            self.state = _WAITING
+            Pacer.of(self.loop).at(due, self)
+        else:
+            self.state = _RUNNING
+            self.step()
+
+    def cancel(self) -> None:
+        self.state = _DONE
