@@ -55,12 +55,14 @@ class ChatStream:
     def start_push(self, stream: Stream) -> None:
         self.stream = stream
         stream.push((self.template.role(),))
-        prefix, suffix = self.template.prefix, self.template.suffix
-        push = stream.push
-        self.run = self.generation.run(
-            lambda text: push((prefix, json_string(text), suffix)), self._finished)
+        self.run = self.generation.run(self)
 
-    def _finished(self) -> None:
+    def emit(self, text: str) -> bool:
+        """One token: one JSON string between the template's shared prefix and suffix."""
+        template = self.template
+        return self.stream.push((template.prefix, json_string(text), template.suffix))  # type: ignore[union-attr]
+
+    def done(self) -> None:
         stream = self.stream
         assert stream is not None and self.run is not None
         self.count = self.run.i

@@ -97,12 +97,17 @@ def http_date() -> bytes:
 class HTTPSession:
     """Requests in, response bytes out, for one connection."""
 
-    __slots__ = ("_body", "_body_size", "_buffered", "_conn", "_head_bytes", "_request",
+    __slots__ = ("_body", "_body_size", "_buffered", "_conn", "_head_bytes", "_keep",
+                 "_parked", "_request",
                  "chunked", "head_only", "limits", "outbox", "phase")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
+        self._conn: h11.Connection | None = self._new_h11()
+        #: While a long response streams, h11's state object (about 1.3 KiB) is let go:
+        #: whether to keep the connection open, and the pipelined bytes, are kept here.
+        self._keep = True
+        self._parked = bytearray()
         self.phase = Phase.IDLE
         #: Raw bytes of the head being received (and of anything after it, until parsed).
         self._head_bytes = bytearray()
@@ -134,17 +139,22 @@ class HTTPSession:
             return None
         if self.phase is Phase.HANDLING:
             self._buffered += len(data)
-            self._conn.receive_data(data)
+            if self._conn is None:
+                self._parked += data
+            else:
+                self._conn.receive_data(data)
             return None
         if self.phase in (Phase.IDLE, Phase.HEAD):
             self._head_bytes += data
             if data and self.phase is Phase.IDLE:
                 self.phase = Phase.HEAD
+        assert self._conn is not None
         self._conn.receive_data(data)
         return self._advance()
 
     def _advance(self) -> Request | None:
         conn = self._conn
+        assert conn is not None
         try:
             while True:
                 event = conn.next_event()
@@ -164,6 +174,7 @@ class HTTPSession:
                 elif isinstance(event, h11.EndOfMessage):
                     request = self._request
                     assert request is not None
+                    self._request = None  # the handler owns it now: a stream may not need it
                     request.body = b"".join(self._body)
                     self._body = []
                     self.phase = Phase.HANDLING
@@ -178,6 +189,7 @@ class HTTPSession:
 
     def _on_head(self, event: h11.Request) -> None:
         limits = self.limits
+        assert self._conn is not None
         unparsed = len(self._conn.trailing_data[0])
         head_size = len(self._head_bytes) - unparsed
         raw_head = bytes(self._head_bytes[:head_size])
@@ -214,31 +226,51 @@ class HTTPSession:
         """The response head.  ``stream=True``: a body of unknown length follows, framed by
         :meth:`frame_chunk` (chunked, or close-delimited for an HTTP/1.0 client)."""
         all_headers = [(b"date", http_date()), *headers]
-        out = self._conn.send(h11.Response(status_code=status, headers=all_headers,
-                                           reason=REASONS.get(status, b"")))
+        conn = self._conn
+        assert conn is not None
+        out = conn.send(h11.Response(status_code=status, headers=all_headers,
+                                     reason=REASONS.get(status, b"")))
         self.head_only = method == "HEAD"
         # h11 chose the framing from the headers and the client's version.
-        self.chunked = stream and self._conn.their_http_version != b"1.0" and not self.head_only
+        self.chunked = stream and conn.their_http_version != b"1.0" and not self.head_only
+        if stream and not self.head_only:
+            # The rest of this response is ours to frame: park h11 until the next request.
+            self._keep = conn.our_state is not h11.MUST_CLOSE and self.chunked
+            self._parked = bytearray(conn.trailing_data[0])
+            self._conn = None
         return out or b""
 
     def response_body(self, body: bytes) -> bytes:
         """A whole (Content-Length) body, through h11: once per response, not per token."""
+        assert self._conn is not None
         out = self._conn.send(h11.Data(data=body)) if body and not self.head_only else b""
         return out or b""
 
     def end_response(self) -> bytes:
         """The end of the response body (``0\\r\\n\\r\\n`` when chunked)."""
+        if self._conn is None:  # a streamed response (RFC 9112 section 7.1: last chunk)
+            return LAST_CHUNK if self.chunked else b""
         out = self._conn.send(h11.EndOfMessage())
         return out or b""
 
     def next_cycle(self) -> tuple[bool, Request | None]:
         """After a response has been written: ``(keep_open, pipelined_request)``."""
         conn = self._conn
-        if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+        if conn is None:  # after a stream: a fresh h11 state for the next request
+            if not self._keep:
+                self.phase = Phase.CLOSED
+                return False, None
+            conn = self._conn = self._new_h11()
+            leftover = bytes(self._parked)
+            self._parked = bytearray()
+            if leftover:  # (b"" would tell h11 the peer closed)
+                conn.receive_data(leftover)
+        elif conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
             self.phase = Phase.CLOSED
             return False, None
-        conn.start_next_cycle()
-        leftover = conn.trailing_data[0]
+        else:
+            conn.start_next_cycle()
+            leftover = conn.trailing_data[0]
         self._head_bytes = bytearray(leftover)
         self._buffered = 0
         self.phase = Phase.HEAD if leftover else Phase.IDLE
@@ -247,13 +279,14 @@ class HTTPSession:
     def take_upgrade_tail(self) -> bytes:
         """Bytes received after an upgrade request's head (the peer's first frames)."""
         self.phase = Phase.CLOSED
+        assert self._conn is not None
         return self._conn.trailing_data[0]
 
-    @property
-    def keep_alive(self) -> bool:
-        return self._conn.our_state is not h11.MUST_CLOSE
+    def _new_h11(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
 
     def _informational(self, status: int) -> bytes:
+        assert self._conn is not None
         return self._conn.send(h11.InformationalResponse(status_code=status, headers=[])) or b""
 
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
+import itertools
 import math
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..proto.openai import ChatRequest
 
@@ -25,9 +28,10 @@ _VOCABULARY = (
     "carries", "its", "id", "for", "resume", "across", "reconnects", "in", "order", "exactly",
     "once", "under", "load", "with", "backpressure", "on", "byte",
 )
-# Token-like pieces, shared by every generation: a stream holds 32 references, not strings.
-_FIRST = tuple(word.capitalize() for word in _VOCABULARY)
-_SPACED = tuple(" " + word for word in _VOCABULARY)
+# Token-like pieces, shared by every generation, indexed by a byte of the prompt's hash: a
+# generation holds its 32-byte digest, not strings.
+_FIRST = tuple(_VOCABULARY[b % len(_VOCABULARY)].capitalize() for b in range(256))
+_SPACED = tuple(" " + _VOCABULARY[b % len(_VOCABULARY)] for b in range(256))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,17 +53,14 @@ class SyntheticModel:
 class Generation:
     """One answer: iterate it for tokens; then read ``finish_reason``."""
 
-    __slots__ = ("_first", "_natural", "_words", "finish_reason", "limit", "model",
-                 "prompt_tokens")
+    __slots__ = ("_natural", "_words", "finish_reason", "limit", "model", "prompt_tokens")
 
     def __init__(self, model: SyntheticModel, request: ChatRequest) -> None:
         prompt = request.prompt_text()
+        # 32 words picked by the prompt's hash: the same prompt, the same text.
         digest = hashlib.blake2b(prompt.encode(), digest_size=32).digest()
         seed = int.from_bytes(digest[:8], "big")
-        # 32 words picked by the prompt's hash: the same prompt, the same text.
-        picks = [byte % len(_VOCABULARY) for byte in digest]
-        self._first = _FIRST[picks[0]]
-        self._words = tuple(_SPACED[i] for i in picks)
+        self._words = digest
         self.model = model
         self.prompt_tokens = max(1, len(prompt.split()))
         self._natural = model.default_tokens + seed % 17
@@ -77,9 +78,9 @@ class Generation:
             self.finish_reason = "length"
         return count
 
-    def run(self, emit: Callable[[str], bool], done: Callable[[], None]) -> Run:
+    def run(self, target: Target) -> Run:
         """Push the tokens instead of being iterated: see :class:`Run`."""
-        return Run(self, emit, done)
+        return Run(self, target)
 
     async def _tokens(self) -> AsyncIterator[str]:
         model = self.model
@@ -90,9 +91,9 @@ class Generation:
         if count <= 0:
             return
         if model.tokens_per_s <= 0:
-            yield self._first
+            yield _FIRST[words[0]]
             for i in range(1, count):
-                yield words[i & 31]
+                yield _SPACED[words[i & 31]]
             return
         loop = asyncio.get_running_loop()
         interval = 1.0 / model.tokens_per_s
@@ -102,7 +103,7 @@ class Generation:
             delay = start + i * interval - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            yield words[i & 31] if i else self._first
+            yield _SPACED[words[i & 31]] if i else _FIRST[words[0]]
 
     async def text(self) -> str:
         return "".join([token async for token in self])
@@ -113,19 +114,27 @@ BURST_TOKENS = 256
 
 
 class Pacer:
-    """One timer per millisecond that has tokens due, for every paced generation of a loop.
+    """One timer for every paced generation of a loop: a heap of due times.
 
     A timer (and a task wake-up) per token is what a paced stream costs when each awaits
-    ``asyncio.sleep``; here a token due in a millisecond joins that millisecond's list, and
-    one ``call_at`` fires for all of them.
+    ``asyncio.sleep``; here a token due joins the heap (a 3-tuple), and one ``call_at``
+    fires for everything due within half a millisecond of it.  A cancelled generation's
+    entry stays until its time comes (it is then skipped): lazy deletion, bounded by one
+    entry per generation.
     """
+
+    #: Entries due this close to a firing are served by it (seconds).
+    SLACK_S = 0.0005
 
     _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pacer] = (
         weakref.WeakKeyDictionary())
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.due: dict[int, list[Run]] = {}
+        self.heap: list[tuple[float, int, Run]] = []
+        self._order = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = math.inf
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> Pacer:
@@ -135,36 +144,52 @@ class Pacer:
         return pacer
 
     def at(self, when: float, run: Run) -> None:
-        tick = math.ceil(when * 1000.0)
-        runs = self.due.get(tick)
-        if runs is None:
-            self.due[tick] = [run]
-            self.loop.call_at(tick / 1000.0, self._fire, tick)
-        else:
-            runs.append(run)
+        heapq.heappush(self.heap, (when, next(self._order), run))
+        if when < self._armed_at:
+            self._arm(when)
 
-    def _fire(self, tick: int) -> None:
-        for run in self.due.pop(tick, ()):
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(when, self._fire)
+        self._armed_at = when
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._armed_at = math.inf
+        heap = self.heap
+        until = self.loop.time() + self.SLACK_S
+        while heap and heap[0][0] <= until:
+            run = heapq.heappop(heap)[2]
             if run.state is _WAITING:
                 run.state = _RUNNING
                 run.step()
+        if heap and heap[0][0] < self._armed_at:
+            self._arm(heap[0][0])
 
 
 _RUNNING, _WAITING, _PAUSED, _DONE = range(4)
 
 
+class Target(Protocol):
+    """Where a :class:`Run` delivers its tokens."""
+
+    def emit(self, text: str) -> bool:
+        """One token; ``False``: pause until :meth:`Run.resume`."""
+
+    def done(self) -> None:
+        """The last token was emitted."""
+
+
 class Run:
-    """One generation pushed token by token: ``emit(text)`` per token (``False`` back: pause
-    until :meth:`resume`), then ``done()``.  No task and no future per token."""
+    """One generation pushed token by token into a :class:`Target`.  No task and no future
+    per token."""
 
-    __slots__ = ("count", "done", "emit", "generation", "i", "interval", "loop", "start",
-                 "state")
+    __slots__ = ("count", "generation", "i", "interval", "loop", "start", "state", "target")
 
-    def __init__(self, generation: Generation, emit: Callable[[str], bool],
-                 done: Callable[[], None]) -> None:
+    def __init__(self, generation: Generation, target: Target) -> None:
         self.generation = generation
-        self.emit = emit
-        self.done = done
+        self.target = target
         model = generation.model
         self.count = generation.planned_tokens()
         self.interval = 1.0 / model.tokens_per_s if model.tokens_per_s > 0 else 0.0
@@ -185,20 +210,20 @@ class Run:
         if self.i == 0:
             self.start = self.loop.time()
         words = self.generation._words
-        emit = self.emit
+        emit = self.target.emit
         count = self.count
         burst = BURST_TOKENS if self.interval == 0.0 else 1
         while burst and self.i < count:
             i = self.i
             self.i = i + 1
             burst -= 1
-            if not emit(words[i & 31] if i else self.generation._first):
+            if not emit(_SPACED[words[i & 31]] if i else _FIRST[words[0]]):
                 if self.state is _RUNNING:
                     self.state = _PAUSED
                 return
         if self.i >= count:
             self.state = _DONE
-            self.done()
+            self.target.done()
         elif self.interval == 0.0:
             self.loop.call_soon(self.step)  # yield the loop between bursts
         else:
