@@ -97,7 +97,8 @@ def http_date() -> bytes:
 class HTTPSession:
     """Requests in, response bytes out, for one connection."""
 
-    __slots__ = ("_body", "_body_size", "_buffered", "_conn", "_head_bytes", "_keep",
+    __slots__ = ("_body", "_body_size", "_buffered", "_client_close", "_conn", "_head_bytes",
+                 "_keep",
                  "_parked", "_request",
                  "chunked", "head_only", "limits", "outbox", "phase")
 
@@ -107,6 +108,7 @@ class HTTPSession:
         #: While a long response streams, h11's state object (about 1.3 KiB) is let go:
         #: whether to keep the connection open, and the pipelined bytes, are kept here.
         self._keep = True
+        self._client_close = False
         self._parked = bytearray()
         self.phase = Phase.IDLE
         #: Raw bytes of the head being received (and of anything after it, until parsed).
@@ -200,6 +202,9 @@ class HTTPSession:
         if len(headers) > limits.max_header_count:
             raise HeadTooLarge(len(headers), limits.max_header_count, "header count")
         _check_framing(raw_head, headers, event.http_version)
+        # RFC 9112 section 9.3: the client asks us to close after this response.
+        self._client_close = any(
+            name == b"connection" and b"close" in value.lower() for name, value in headers)
         target = event.target
         path, _, query = target.partition(b"?")
         self._request = Request(
@@ -225,20 +230,36 @@ class HTTPSession:
     ) -> bytes:
         """The response head.  ``stream=True``: a body of unknown length follows, framed by
         :meth:`frame_chunk` (chunked, or close-delimited for an HTTP/1.0 client)."""
-        all_headers = [(b"date", http_date()), *headers]
         conn = self._conn
         assert conn is not None
+        self.head_only = method == "HEAD"
+        if stream and status == 200:
+            return self._stream_head(conn, headers)
+        all_headers = [(b"date", http_date()), *headers]
         out = conn.send(h11.Response(status_code=status, headers=all_headers,
                                      reason=REASONS.get(status, b"")))
-        self.head_only = method == "HEAD"
-        # h11 chose the framing from the headers and the client's version.
-        self.chunked = stream and conn.their_http_version != b"1.0" and not self.head_only
-        if stream and not self.head_only:
-            # The rest of this response is ours to frame: park h11 until the next request.
-            self._keep = conn.our_state is not h11.MUST_CLOSE and self.chunked
-            self._parked = bytearray(conn.trailing_data[0])
-            self._conn = None
+        self.chunked = False
         return out or b""
+
+    def _stream_head(self, conn: h11.Connection, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """A streamed 200's head, made here: the rest of the response is ours to frame, so
+        h11 is parked (not told) until the next request.  Framing as RFC 9112 section 6.3
+        has it: chunked for an HTTP/1.1 client, close-delimited for HTTP/1.0 (which cannot
+        read chunks)."""
+        http11 = conn.their_http_version != b"1.0"
+        we_close = (b"connection", b"close") in headers
+        self._keep = http11 and not self._client_close and not we_close
+        self.chunked = http11 and not self.head_only
+        lines = [b"HTTP/1.1 200 OK", b"date: " + http_date()]
+        lines += [name + b": " + value for name, value in headers]
+        if http11:
+            lines.append(b"transfer-encoding: chunked")
+        if not self._keep and not we_close:
+            lines.append(b"connection: close")
+        lines.append(CRLF)
+        self._parked = bytearray(conn.trailing_data[0])
+        self._conn = None
+        return CRLF.join(lines)
 
     def response_body(self, body: bytes) -> bytes:
         """A whole (Content-Length) body, through h11: once per response, not per token."""

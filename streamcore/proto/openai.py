@@ -9,6 +9,7 @@ reference for ``POST /v1/chat/completions`` (``chat.completion`` and
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass, field
@@ -144,8 +145,13 @@ def parse_chat_object(data: Any) -> ChatRequest:
                        include_usage=include_usage, raw=data)
 
 
+_ID_PREFIX = "chatcmpl-" + os.urandom(6).hex()
+_id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
 def new_completion_id() -> str:
-    return "chatcmpl-" + os.urandom(12).hex()
+    """Unique per process run (random prefix, counter): no system call per request."""
+    return f"{_ID_PREFIX}{next(_id_counter):012x}"
 
 
 class ChunkTemplate:
