@@ -10,11 +10,8 @@ server-wide ticker (:meth:`Server._heartbeat`), not a timer per connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
-import socket
-import struct
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +21,7 @@ from ..proto import http
 from ..proto.http import HTTPSession, Phase
 from ..proto.openai import error_body
 from ..proto.pipe import Cursor
+from .flow import WriteFlow, abort
 from .stream import PushSource, Stream
 
 if TYPE_CHECKING:
@@ -39,18 +37,6 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
-
-
-def abort(transport: asyncio.Transport | None) -> None:
-    """Close now, with a reset (SO_LINGER 0): what the kernel still holds for a client that
-    stopped reading is freed at once, not kept until TCP gives up on it."""
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
 
 
 class SSEReader:
@@ -184,16 +170,17 @@ def _error_event(message: str, code: str) -> bytes:
     return b"data: " + body + b"\n\n"
 
 
-class HTTPConnection(asyncio.Protocol):
+class HTTPConnection(WriteFlow):
     """HTTP/1.1 server connection.  Hands itself over to a WebSocket connection on
     upgrade (see :mod:`streamcore.aio.websocket`)."""
 
     # An idle stream's connection is mostly this object: slots keep it small.
-    __slots__ = ("_method", "_stall_timer", "_task", "_timer", "_timer_phase", "app",
+    __slots__ = ("_method", "_task", "_timer", "_timer_phase", "app",
                  "close_after_response", "limits", "loop", "peer", "read_paused", "server",
-                 "session", "sse", "transport", "write_paused")
+                 "session", "sse", "transport")
 
     def __init__(self, server: Server) -> None:
+        super().__init__()
         self.server = server
         self.app = server.app
         self.limits = server.limits
@@ -201,12 +188,10 @@ class HTTPConnection(asyncio.Protocol):
         self.session = HTTPSession(self.limits)
         self.transport: asyncio.Transport | None = None
         self.peer: Any = None
-        #: One record per direction of "paused".
-        self.write_paused = False
+        #: One record per direction of "paused" (writing: see WriteFlow).
         self.read_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_phase: Phase | None = None
-        self._stall_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.sse: SSEReader | None = None
         self._method = "GET"
@@ -265,18 +250,7 @@ class HTTPConnection(asyncio.Protocol):
             self._task.cancel()
         self.server.unregister(self)
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        self.server.paused_bytes += self.limits.write_high_water_bytes
-        self._stall_timer = self.loop.call_later(self.limits.write_stall_timeout_s,
-                                                 self._write_stalled)
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self.server.paused_bytes -= self.limits.write_high_water_bytes
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
+    def writable_again(self) -> None:
         if self.sse is not None:
             self.sse.flush()
 
@@ -475,20 +449,12 @@ class HTTPConnection(asyncio.Protocol):
             what = "request head" if phase is Phase.HEAD else "request body"
             self.fail(408, f"the {what} was not received in time", "timeout")
 
-    def _write_stalled(self) -> None:
-        """The client read nothing for write_stall_timeout_s: nothing more can reach it."""
-        self._stall_timer = None
-        log.info("closing %s: write stalled", self.peer)
-        self.abort()
-
     def abort(self) -> None:
         abort(self.transport)
 
     def _cancel_timers(self) -> None:
         self._cancel_timers_keep_pause()
-        if self.write_paused:
-            self.write_paused = False
-            self.server.paused_bytes -= self.limits.write_high_water_bytes
+        self._end_pause()
 
     def close_idle(self) -> bool:
         """For a drain: close now if between requests; else close after the response."""

@@ -22,6 +22,7 @@ from ..errors import FellBehind, ProtocolError, RequestError
 from ..proto import http, ws
 from ..proto.jsonbytes import dumps
 from ..proto.pipe import Cursor
+from .flow import WriteFlow, abort
 from .stream import PushSource, Stream, error_payload
 
 if TYPE_CHECKING:
@@ -159,11 +160,12 @@ class WSReader:
         conn.stream_finished(self, error, bufs or [])
 
 
-class WebSocketConnection(asyncio.Protocol):
+class WebSocketConnection(WriteFlow):
     """One WebSocket: inbound messages to a handler, streams and messages out."""
 
     def __init__(self, server: Server, transport: asyncio.Transport, session: ws.WSSession,
                  write_paused: bool) -> None:
+        super().__init__()
         self.server = server
         self.loop = server.loop
         self.limits = server.limits
@@ -181,7 +183,6 @@ class WebSocketConnection(asyncio.Protocol):
         self._pinged_at: float | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
-        self._stall_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.close_after_stream = False
 
@@ -257,12 +258,10 @@ class WebSocketConnection(asyncio.Protocol):
         self.transport = None
         if self.session.closed is None:
             self.session.receive(None)
-        for timer in (self._ping_timer, self._close_timer, self._stall_timer):
+        for timer in (self._ping_timer, self._close_timer):
             if timer is not None:
                 timer.cancel()
-        if self.write_paused:
-            self.write_paused = False
-            self.server.paused_bytes -= self.limits.write_high_water_bytes
+        self._end_pause()
         self._stop_streams()
         self._wake_inbox()
         for fut in self._drain_waiters:
@@ -273,18 +272,7 @@ class WebSocketConnection(asyncio.Protocol):
             self._task.cancel()
         self.server.unregister(self)
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        self.server.paused_bytes += self.limits.write_high_water_bytes
-        self._stall_timer = self.loop.call_later(self.limits.write_stall_timeout_s,
-                                                 self._write_stalled)
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self.server.paused_bytes -= self.limits.write_high_water_bytes
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
+    def writable_again(self) -> None:
         for reader in list(self.readers.values()):
             reader.flush()
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -292,14 +280,8 @@ class WebSocketConnection(asyncio.Protocol):
             if not fut.done():
                 fut.set_result(None)
 
-    def _write_stalled(self) -> None:
-        self._stall_timer = None
-        log.info("closing WebSocket %s: write stalled", self.peer)
-        self._abort()
-
     def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        abort(self.transport)
 
     def _write(self, bufs: list[bytes]) -> None:
         if self.transport is not None:
