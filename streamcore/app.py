@@ -123,6 +123,9 @@ class EventStream:
     items: Any
     #: Bytes the SSE stream ends with (the gateway's ``data: [DONE]``).
     sse_end: bytes = b""
+    #: Read the existing stream with this id (from the start, or after the request's
+    #: Last-Event-ID) instead of starting ``items``; 404 if it is not (or no longer) known.
+    resume: str | None = None
 
 
 def to_response(result: Any) -> Response:

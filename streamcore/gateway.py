@@ -113,6 +113,13 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
                                         generation.finish_reason, generation.prompt_tokens,
                                         len(tokens)))
 
+    @app.route("GET", "/v1/streams/{stream_id}")
+    async def read_stream(request: Request) -> EventStream:
+        """A streamed completion by its id (the X-Stream-Id header, or the part of an
+        event id before the last '-'): from the start, or after Last-Event-ID.  This is
+        how a browser's EventSource, which can only GET, follows a POSTed stream."""
+        return EventStream(None, sse_end=SSE_DONE, resume=request.path_params["stream_id"])
+
     @app.websocket("/v1/ws")
     async def chat_socket(ws: WebSocket) -> None:
         async for message in ws:

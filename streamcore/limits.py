@@ -51,6 +51,16 @@ class Limits:
     #: slow model): proxies commonly cut idle responses after 30-60 s.
     heartbeat_interval_s: float = 15.0
 
+    #: After its last client left, a stream goes on this long (paused once half its log is
+    #: unread) so that a client reconnecting with Last-Event-ID loses nothing; then it is
+    #: cancelled.  0: cancelled at once (no generation after the client left).
+    resume_grace_s: float = 0.0
+    #: How long a finished (or cancelled) stream's log stays readable for resume.
+    resume_retention_s: float = 60.0
+    #: Bytes of logs kept for resume after their streams ended, over the server: the
+    #: oldest go first above it.
+    resume_budget_bytes: int = 64 * MiB
+
     # --- Server-wide ---------------------------------------------------------------------
     #: Open connections; above it, new connections get 503 with Retry-After.
     max_connections: int = 10_000

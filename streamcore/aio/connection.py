@@ -102,7 +102,7 @@ class SSEReader:
             try:
                 seq, frames, size = cursor.take()
             except FellBehind as exc:
-                self._finish(_error_event(str(exc), "fell_behind"))
+                self._finish(_error_event(str(exc), "fell_behind"), bufs)
                 return
             size_at = len(bufs)
             bufs.append(b"")  # the chunk-size line, once the size is known
@@ -283,7 +283,7 @@ class HTTPConnection(WriteFlow):
             return
         request = Request(raw, params, self.peer, self.app)
         if route.streaming:
-            self._start_stream(route.handler(request), route.sse_end)
+            self._start_stream(route.handler(request), route.sse_end, request)
         else:
             self._task = self.loop.create_task(self._run_plain(route, request))
 
@@ -293,7 +293,7 @@ class HTTPConnection(WriteFlow):
             if isinstance(result, EventStream):
                 self._task = None
                 if self.transport is not None:
-                    self._start_stream(result.items, result.sse_end)
+                    self._start_stream(result.items, result.sse_end, request, result.resume)
                 return
             response = to_response(result)
         except RequestError as exc:
@@ -326,23 +326,50 @@ class HTTPConnection(WriteFlow):
             return
         self.response_done()
 
-    def _start_stream(self, items: AsyncIterator[Any] | PushSource, sse_end: bytes) -> None:
+    def _start_stream(self, items: AsyncIterator[Any] | PushSource, sse_end: bytes,
+                      request: Request, resume: str | None = None) -> None:
         transport = self.transport
         assert transport is not None
-        session = self.session
-        stream = Stream(items, log_bytes=self.limits.stream_log_bytes,
-                        high_water=self.limits.write_high_water_bytes,
-                        low_water=self.limits.write_low_water_bytes)
+        start_seq = 1
+        last_id = request.header("last-event-id")
+        if last_id:  # WHATWG HTML 9.2.4: a reconnecting EventSource sends the last id seen
+            stream_id, _, seq = last_id.rpartition("-")
+            if seq.isdigit() and stream_id and resume in (None, stream_id):
+                resume, start_seq = stream_id, int(seq) + 1
+        if resume is not None:
+            self._resume_stream(resume, start_seq)
+            return
+        limits = self.limits
+        stream = Stream(items, log_bytes=limits.stream_log_bytes,
+                        high_water=limits.write_high_water_bytes,
+                        low_water=limits.write_low_water_bytes,
+                        grace_s=limits.resume_grace_s, sse_end=sse_end)
         reader = SSEReader(self, stream, sse_end)
         if self._method == "HEAD":  # the head of the stream, and no generation
-            transport.writelines([self.stream_head(reader), session.end_response()])
+            transport.writelines([self.stream_head(reader), self.session.end_response()])
             self.response_done()
             return
         stream.attach(reader, origin=True)
         self.sse = reader
         self.server.streams_started += 1
+        self.server.register_stream(stream)
         stream.start()
         reader.wake()  # after the handler's first step: see SSEReader.head_pending
+
+    def _resume_stream(self, stream_id: str, start_seq: int) -> None:
+        """Read a known stream from ``start_seq``: what it missed from the log, then the
+        live tail, exactly once and in order (or, if the log no longer holds
+        ``start_seq``, an error event saying so)."""
+        stream = self.server.find_stream(stream_id)
+        if stream is None:
+            self.respond(Response.error(RequestError(
+                f"no stream {stream_id!r} (unknown, or no longer retained)", status=404,
+                code="stream_not_found")))
+            return
+        reader = SSEReader(self, stream, stream.sse_end, start_seq)
+        stream.attach(reader)
+        self.sse = reader
+        reader.wake()
 
     def stream_head(self, reader: SSEReader) -> bytes:
         headers = [*SSE_HEADERS, (b"x-stream-id", reader.stream.id.encode())]

@@ -7,12 +7,13 @@ import gc
 import logging
 import signal
 import socket
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from ..limits import Limits
 from ..proto import http
 from .connection import HTTPConnection
-from .stream import Flusher
+from .stream import Flusher, Stream
 
 if TYPE_CHECKING:
     from ..app import App, Route
@@ -38,6 +39,10 @@ class Server:
         self._ticker: asyncio.TimerHandle | None = None
         #: Flushes every stream woken during a loop iteration, once, at its end.
         self.flusher = Flusher(self.loop)
+        #: SSE streams by id: live ones, and ended ones kept for resume (oldest first).
+        self.streams: dict[str, Stream] = {}
+        self._retained: OrderedDict[str, tuple[Stream, float]] = OrderedDict()
+        self._retained_bytes = 0
 
     # -- admission ------------------------------------------------------------------
 
@@ -56,6 +61,40 @@ class Server:
     def overloaded(self) -> bool:
         """New work is refused (503) when buffered output passes the global budget."""
         return self.paused_bytes > self.limits.max_buffered_bytes_total
+
+    # -- streams and resume ---------------------------------------------------------
+
+    def register_stream(self, stream: Stream) -> None:
+        """A new SSE stream, findable by id (Last-Event-ID) while it runs and after."""
+        self.streams[stream.id] = stream
+        stream.on_end = self._stream_ended
+
+    def _stream_ended(self, stream: Stream) -> None:
+        self.streams.pop(stream.id, None)
+        limits = self.limits
+        if limits.resume_retention_s > 0 and limits.resume_budget_bytes > 0:
+            self._retained[stream.id] = (stream, self.loop.time() + limits.resume_retention_s)
+            self._retained_bytes += stream.log.held_bytes
+        self._evict()
+
+    def _evict(self) -> None:
+        now = self.loop.time()
+        retained = self._retained
+        while retained:
+            stream, expiry = next(iter(retained.values()))
+            if expiry > now and self._retained_bytes <= self.limits.resume_budget_bytes:
+                break
+            retained.popitem(last=False)
+            self._retained_bytes -= stream.log.held_bytes
+
+    def find_stream(self, stream_id: str) -> Stream | None:
+        """A live stream, or an ended one still retained for resume."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            self._evict()
+            entry = self._retained.get(stream_id)
+            stream = entry[0] if entry is not None else None
+        return stream
 
     def upgrade_websocket(self, conn: HTTPConnection, raw: http.Request, route: Route,
                           params: dict[str, str]) -> None:

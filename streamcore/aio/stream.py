@@ -114,9 +114,9 @@ class Stream:
     """One generation: its log, its producer (a task pulling a generator, or a push
     source) and its readers."""
 
-    __slots__ = ("__weakref__", "_agen", "_push", "_push_paused", "_resume", "error",
-                 "finished", "flow", "flush_bytes", "id", "log", "multiline", "on_end",
-                 "origin", "readers", "refused", "task")
+    __slots__ = ("__weakref__", "_agen", "_grace", "_push", "_push_paused", "_resume",
+                 "error", "finished", "flow", "flush_bytes", "grace_s", "id", "log",
+                 "multiline", "on_end", "origin", "readers", "refused", "sse_end", "task")
 
     def __init__(
         self,
@@ -127,6 +127,8 @@ class Stream:
         low_water: int,
         stream_id: str | None = None,
         on_end: Callable[[Stream], None] | None = None,
+        grace_s: float = 0.0,
+        sse_end: bytes = b"",
     ) -> None:
         self.id = stream_id or os.urandom(8).hex()
         self.log = TokenLog(log_bytes)
@@ -152,6 +154,11 @@ class Stream:
         #: must never fall off the log's tail, however small the log is configured.
         self.flush_bytes = min(FLUSH_BYTES, log_bytes // 4)
         self.finished = False
+        #: How long the stream outlives its last reader (Limits.resume_grace_s).
+        self.grace_s = grace_s
+        self._grace: asyncio.TimerHandle | None = None
+        #: What an SSE reader of this stream ends with (the gateway's ``[DONE]``).
+        self.sse_end = sse_end
 
     def start(self) -> None:
         if self._push is not None:
@@ -161,43 +168,65 @@ class Stream:
 
     def attach(self, reader: Reader, *, origin: bool = False) -> None:
         self.readers.append(reader)
+        if self._grace is not None:  # a client came back in time
+            self._grace.cancel()
+            self._grace = None
         if origin or self.origin is None:
             self.origin = reader
+            self.writable_changed()
 
     def detach(self, reader: Reader) -> None:
         """A reader left (client gone, cancelled).  With no reader left the generation is
-        cancelled at once: the handler's ``finally`` runs now, not at its next token."""
+        cancelled at once (the handler's ``finally`` runs now, not at its next token), or
+        after ``grace_s`` if no reader attaches by then."""
         if reader in self.readers:
             self.readers.remove(reader)
         if self.origin is reader:
             self.origin = self.readers[0] if self.readers else None
             self.writable_changed()
-        if not self.readers:
-            self.cancel()
+        if not self.readers and not self.finished and self._grace is None:
+            if self.grace_s > 0:
+                loop = asyncio.get_running_loop()
+                self._grace = loop.call_later(self.grace_s, self.cancel)
+            else:
+                self.cancel()
 
     def cancel(self) -> None:
+        """Stop the generation now.  The log keeps what was produced, and says at its end
+        that the stream was cancelled (for a reader resuming it later)."""
+        self._grace = None
+        if self.finished:
+            return
+        if not self.log.closed:
+            self.error = error_payload("the stream was cancelled: its client left",
+                                       "stream_error", "cancelled")
+            self.log.append((self.error,), len(self.error))
         if self._push is not None:
-            if not self.finished:
-                self.finished = True
-                self.log.close()
-                self._push.cancel_push()
+            self.finished = True
+            self.log.close()
+            self._push.cancel_push()
+            self._push = None
+            if self.on_end is not None:
+                self.on_end(self)
         elif self.task is not None and not self.task.done():
             self.task.cancel()
 
+    def _may_produce(self) -> bool:
+        origin = self.origin
+        if origin is None:  # no reader (grace): fill at most half the log, never evict
+            return self.log.held_bytes <= self.log.max_bytes // 2
+        return not self.flow.update(origin.cursor.backlog_bytes)
+
     def writable_changed(self) -> None:
-        """The origin reader's backlog fell (it wrote, or it left): maybe resume."""
+        """The origin reader's backlog fell (it wrote, it left, it came): maybe resume."""
         if self._push_paused:
-            origin = self.origin
-            if origin is None or not self.flow.update(origin.cursor.backlog_bytes):
+            if self._may_produce():
                 self._push_paused = False
                 if self._push is not None and not self.finished:
                     self._push.resume_push()
             return
         fut = self._resume
-        if fut is None:
-            return
-        origin = self.origin
-        if origin is None or not self.flow.update(origin.cursor.backlog_bytes):
+        if fut is not None and self._may_produce():
             self._resume = None
             if not fut.done():
                 fut.set_result(None)
@@ -211,7 +240,10 @@ class Stream:
         self.log.append(frame, sum(map(len, frame)))
         origin = self.origin
         if origin is None:
-            return True
+            if self._may_produce():
+                return True
+            self._push_paused = True
+            return False
         for reader in self.readers:
             reader.wake()
         if origin.cursor.backlog_bytes > self.flush_bytes:
@@ -227,6 +259,7 @@ class Stream:
             return
         self.finished = True
         self.log.close()
+        self._push = None
         for reader in list(self.readers):
             reader.wake()
         if self.on_end is not None:
@@ -266,6 +299,9 @@ class Stream:
                 log_.append(frame, sum(map(len, frame)))
                 origin = self.origin
                 if origin is None:
+                    if not self._may_produce():
+                        self._resume = asyncio.get_running_loop().create_future()
+                        await self._resume
                     continue
                 for reader in self.readers:
                     reader.wake()

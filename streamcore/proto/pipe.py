@@ -109,8 +109,9 @@ class Cursor:
                                                                    log.next_seq)
         #: ``log.appended_bytes`` as of ``next_seq``: the backlog is the difference.
         self.taken_bytes = log.appended_bytes
-        if self.next_seq < log.next_seq:  # a reader resuming from the log (O(n), once)
+        if log.first_seq <= self.next_seq < log.next_seq:  # resuming from the log (once)
             self.taken_bytes -= sum(sum(map(len, f)) for f in log.since(self.next_seq))
+        # (a cursor before the log's first frame is behind: take() raises FellBehind)
 
     @property
     def backlog_bytes(self) -> int:
