@@ -667,12 +667,16 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     live = sum(1 for c in clients if c.transport is not None)
     for c in clients:
         c.close()
-    await asyncio.sleep(0.2)
+    # What the server still holds once the streams are gone (freed memory the allocator
+    # keeps, or state retained on purpose, such as logs kept for resume).
+    await asyncio.sleep(1.0)
+    rss3 = procstat.rss_bytes(pid, pids) if pid else 0
     n = max(1, stats.first_token_streams)
     return {"mode": "idle", "requested": args.concurrency, "connections": len(clients),
             "streams_open": stats.first_token_streams, "still_open_after_hold": live,
             "open_s": opened_s, "rss_before": rss0, "rss_open": rss1, "rss_after_hold": rss2,
             "rss_per_conn": (rss2 - rss0) / n, "idle_cpu_util": (cpu_b - cpu_a) / args.hold,
+            "rss_after_close": rss3, "rss_kept_per_closed_conn": (rss3 - rss0) / n,
             "hold_s": args.hold, "errors": stats.errors, "tokens": stats.tokens}
 
 

@@ -127,18 +127,20 @@ def tables(doc: dict[str, Any]) -> str:
         elif workload == "C":
             lines += ["### C: idle streams (open, first token received, then silent)", "",
                       "| server | proto | streams | open | server RSS per stream KiB | "
-                      "RSS total MiB | idle CPU | runs | flags |",
-                      "|---|---|--:|--:|--:|--:|--:|--:|---|"]
+                      "RSS total MiB | still held 1 s after close, KiB per stream | idle CPU | "
+                      "runs | flags |",
+                      "|---|---|--:|--:|--:|--:|--:|--:|--:|---|"]
             for k in ks:
                 rs = [r for r in g[k] if "error" not in r]
                 opened, _ = _med([r["streams_open"] for r in rs])
                 per, per_s = _med([r["rss_per_conn"] for r in rs])
                 total, _ = _med([r["rss_after_hold"] for r in rs])
                 idle, _ = _med([r["idle_cpu_util"] for r in rs])
+                kept, _ = _med([r.get("rss_kept_per_closed_conn") for r in rs])
                 lines.append(f"| {k[1]} | {k[2]} | {k[3]} | {opened:.0f} | "
                              f"**{_fmt(per, 1, 1 / 1024, per_s)}** | "
-                             f"{_fmt(total, 0, 1 / 2**20)} | {_fmt(idle, 1, 100)}% | {len(rs)} "
-                             f"| {_flags(rs)} |")
+                             f"{_fmt(total, 0, 1 / 2**20)} | {_fmt(kept, 1, 1 / 1024)} | "
+                             f"{_fmt(idle, 1, 100)}% | {len(rs)} | {_flags(rs)} |")
         elif workload == "D":
             lines += ["### D: slow readers (ask for 1M tokens, read nothing)", "",
                       "| server | proto | clients | RSS growth MiB | per client KiB | "
@@ -181,8 +183,15 @@ def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def _color(i: int) -> str:
+    palette = ["#d62728", "#7f7f7f", "#2ca02c", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b",
+               "#e377c2", "#17becf", "#bcbd22", "#393b79", "#000000"]
+    return palette[i % len(palette)]
+
+
 def plots(doc: dict[str, Any], directory: str) -> list[str]:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -201,12 +210,13 @@ def plots(doc: dict[str, Any], directory: str) -> list[str]:
         if not keys:
             continue
         protos = sorted({k[2] for k in keys})
-        fig, axes = plt.subplots(1, len(protos), figsize=(6.5 * len(protos), 4.8),
+        fig, axes = plt.subplots(1, len(protos), figsize=(7.5 * len(protos), 4.8),
                                  squeeze=False)
         for ax, proto in zip(axes[0], protos, strict=True):
             servers = sorted({k[1] for k in keys if k[2] == proto},
                              key=lambda s: ORDER.index(s) if s in ORDER else 99)
-            for i, server in enumerate(servers):
+            for server in servers:
+                i = ORDER.index(server) if server in ORDER else len(ORDER)
                 pts = sorted((k[3], g[k]) for k in keys if k[1] == server and k[2] == proto)
                 xs, ys, lo, hi = [], [], [], []
                 for conc, rs in pts:
@@ -215,21 +225,24 @@ def plots(doc: dict[str, Any], directory: str) -> list[str]:
                     if not vals:
                         continue
                     scale = 1000 if metric.endswith("_s") else 1
+                    floor = 0.01 if metric == "lateness_p99_s" else 0.0
                     xs.append(conc)
-                    ys.append(statistics.median(vals) * scale)
-                    lo.append(min(vals) * scale)
-                    hi.append(max(vals) * scale)
+                    ys.append(max(floor, statistics.median(vals) * scale))
+                    lo.append(max(floor, min(vals) * scale))
+                    hi.append(max(floor, max(vals) * scale))
                 if not xs:
                     continue
-                style = dict(marker="o", linewidth=2.4 if server == "streamcore" else 1.4,
-                             color=f"C{i % 10}")
+                style = dict(marker="o", linewidth=2.6 if server == "streamcore" else 1.3,
+                             color=_color(i))
                 ax.plot(xs, ys, label=server, **style)
-                ax.fill_between(xs, lo, hi, alpha=0.15, color=f"C{i % 10}")
+                ax.fill_between(xs, lo, hi, alpha=0.15, color=_color(i))
                 if metric == "lateness_p99_s":
                     p50 = [statistics.median([r["lateness_p50_s"] * 1000 for rs2 in [rs]
                                               for r in rs2 if "error" not in r])
                            for _, rs in pts if any("error" not in r for r in rs)]
-                    ax.plot(xs, p50, linestyle="--", color=f"C{i % 10}", linewidth=1)
+                    # A log axis: clamp at 10 µs (a token can even be "early" by clock noise).
+                    ax.plot(xs, [max(v, 0.01) for v in p50], linestyle="--", color=_color(i),
+                            linewidth=1)
             ax.set_xscale("log")
             if metric == "lateness_p99_s" or workload == "A":
                 ax.set_yscale("log")
@@ -237,7 +250,10 @@ def plots(doc: dict[str, Any], directory: str) -> list[str]:
             ax.set_ylabel(ylabel)
             ax.set_title(f"{proto.upper()}")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.set_xticks(sorted({k[3] for k in keys if k[2] == proto}))
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.suptitle(title)
         fig.tight_layout()
         path = f"{directory.rstrip('/')}/{fname}"

@@ -75,6 +75,8 @@ class Server:
     paced: bool = True
     needs: tuple[str, ...] = ()  # Python modules or executables ("bin:nginx")
     env: dict[str, str] = field(default_factory=dict)
+    #: Working directory (streamcore: the tree to measure, see --streamcore-ref).
+    cwd: str = ROOT
 
 
 def _peer(file: str) -> list[str]:
@@ -168,11 +170,11 @@ class Running:
                   "dir": self.dir}
         self.cmd = pinned([part.format(**values) for part in server.cmd], cpu)
         self.log_path = os.path.join(out_dir, f"server-{server.name}.log")
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                   **server.env)
+        env = dict(os.environ, PYTHONPATH=server.cwd + os.pathsep +
+                   os.environ.get("PYTHONPATH", ""), **server.env)
         self.log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     cwd=ROOT, env=env, start_new_session=True,
+                                     cwd=server.cwd, env=env, start_new_session=True,
                                      preexec_fn=_preexec(cpu))
         self.pid = self.proc.pid
 
@@ -392,7 +394,8 @@ def measure_c(srv: Running, proto: str, streams: int, hold: float) -> dict[str, 
     g = parse_json_out(text)
     result.update({k: g[k] for k in ("connections", "streams_open", "still_open_after_hold",
                                       "open_s", "rss_before", "rss_open", "rss_after_hold",
-                                      "rss_per_conn", "idle_cpu_util", "errors", "tokens")})
+                                      "rss_per_conn", "idle_cpu_util", "errors", "tokens",
+                                      "rss_after_close", "rss_kept_per_closed_conn")})
     result.update(meter.machine(client_cpu))
     return result
 
@@ -530,26 +533,40 @@ def run_workload(workload: str, server: Server, args: argparse.Namespace, use_wr
                                         "tokens_per_stream": args.paced_tokens, "run": i, **r})
                         log_run(log, results[-1])
             elif workload == "C":
+                # Memory is measured on a fresh server each time: what an earlier run left
+                # in the allocator (or retained for resume) would hide the growth.
                 for i in range(args.runs):
-                    r = with_retries(partial(measure_c, srv, proto, args.idle_streams,
-                                             args.hold), args, log)
+                    r = with_retries(partial(on_fresh_server, server, rate, args, measure_c,
+                                             proto, args.idle_streams, args.hold), args, log)
                     results.append({**base, "proto": proto, "concurrency": args.idle_streams,
                                     "run": i, **r})
                     log_run(log, results[-1])
-                    if i + 1 < args.runs:
-                        time.sleep(1.0)  # let the server reap the closed connections
             elif workload == "D":
                 for i in range(args.runs):
-                    r = with_retries(partial(measure_d, srv, proto, args.slow_clients,
-                                             args.slow_duration), args, log)
+                    r = with_retries(partial(on_fresh_server, server, rate, args, measure_d,
+                                             proto, args.slow_clients, args.slow_duration),
+                                     args, log)
                     results.append({**base, "proto": proto, "concurrency": args.slow_clients,
                                     "run": i, **r})
                     log_run(log, results[-1])
-                    if i + 1 < args.runs:
-                        time.sleep(1.0)
             if srv.proc.poll() is not None:
                 log(f"  {server.name}: the server died:\n{srv.tail()}")
                 break
+    finally:
+        srv.stop()
+
+
+def on_fresh_server(server: Server, rate: float, args: argparse.Namespace, measure: Any,
+                    *params: Any) -> dict[str, Any]:
+    """Start a new instance of the server, measure on it, stop it."""
+    srv = Running(server, rate, args.tokens, args.out_dir, SERVER_CPU_PIN)
+    try:
+        if not srv.wait_ready():
+            return {"error": "server did not start", "log": srv.tail()}
+        time.sleep(0.3)
+        result: dict[str, Any] = measure(srv, *params)
+        result["server_alive_after"] = srv.proc.poll() is None
+        return result
     finally:
         srv.stop()
 
@@ -617,7 +634,22 @@ def machine_info() -> dict[str, Any]:
     with contextlib.suppress(Exception):
         info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                      capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "streamcore"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        info["streamcore_tree_dirty"] = bool(dirty)
     return info
+
+
+def snapshot(ref: str) -> tuple[str, str]:
+    """``git archive REF`` of streamcore/ into a temp dir: a fixed tree to measure while
+    others edit the working tree.  Returns (directory, commit)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", ref], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    directory = tempfile.mkdtemp(prefix=f"bench-streamcore-{commit}-")
+    archive = subprocess.run(["git", "archive", ref, "streamcore"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", directory], input=archive, check=True)
+    return directory, commit
 
 
 def csv_ints(text: str) -> list[int]:
@@ -658,6 +690,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-quiet", type=float, default=0.0,
                         help="before each run, wait up to this many seconds for the machine "
                              "to be quiet (other work below 10%% of a core)")
+    parser.add_argument("--streamcore-ref", default=None,
+                        help="measure streamcore as of this git ref (git archive into a temp "
+                             "dir) instead of the working tree")
     parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
     parser.add_argument("--quick", action="store_true",
                         help="CI smoke: streamcore + raw_asyncio, every workload, tiny sizes")
@@ -692,6 +727,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown servers {unknown}; known: {list(SERVERS)}")
 
+    # Stop cleanly on SIGTERM, and on SIGINT even when started in the background (where
+    # the shell leaves SIGINT ignored): the finally blocks stop the servers under test.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.no_pin or (os.cpu_count() or 1) < 2:
         LOAD_CPU_PIN = SERVER_CPU_PIN = None
     else:
@@ -702,6 +741,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.loadgen == "wrk" and not shutil.which("wrk"):
         parser.error("wrk is not installed")
 
+    streamcore_tree = "working tree"
+    if args.streamcore_ref:
+        directory, commit = snapshot(args.streamcore_ref)
+        SERVERS["streamcore"].cwd = directory
+        import atexit
+
+        atexit.register(shutil.rmtree, directory, True)
+        streamcore_tree = f"{args.streamcore_ref} = {commit}"
     args.out_dir = os.path.join(HERE, "out")
     os.makedirs(args.out_dir, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -716,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
                                "server_cpu": SERVER_CPU_PIN, "load_cpu": LOAD_CPU_PIN},
                            "settings": {k: v for k, v in vars(args).items()
                                         if k not in ("out_dir",)},
-                           "skipped": {}, "results": []}
+                           "streamcore_tree": streamcore_tree, "skipped": {}, "results": []}
     results: list[dict[str, Any]] = doc["results"]
     for workload in workloads:
         log(f"== workload {workload}")

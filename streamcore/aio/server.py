@@ -148,6 +148,9 @@ class Server:
                 log.warning("drain timeout: closing %d connections", len(self.connections))
         if self._ticker is not None:  # heartbeats go on while streams drain
             self._ticker.cancel()
+        # Streams without a connection (in their resume grace) end with the server.
+        for stream in list(self.streams.values()):
+            stream.cancel()
         for conn in list(self.connections):
             transport = conn.transport
             if transport is not None:

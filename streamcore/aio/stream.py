@@ -114,7 +114,8 @@ class Stream:
     """One generation: its log, its producer (a task pulling a generator, or a push
     source) and its readers."""
 
-    __slots__ = ("__weakref__", "_agen", "_grace", "_push", "_push_paused", "_resume",
+    __slots__ = ("__weakref__", "_agen", "_grace", "_left_at", "_push", "_push_paused",
+                 "_resume",
                  "error", "finished", "flow", "flush_bytes", "grace_s", "id", "log",
                  "multiline", "on_end", "origin", "readers", "refused", "sse_end", "task")
 
@@ -157,6 +158,8 @@ class Stream:
         #: How long the stream outlives its last reader (Limits.resume_grace_s).
         self.grace_s = grace_s
         self._grace: asyncio.TimerHandle | None = None
+        #: ``log.appended_bytes`` that the last reader to leave had taken.
+        self._left_at = 0
         #: What an SSE reader of this stream ends with (the gateway's ``[DONE]``).
         self.sse_end = sse_end
 
@@ -185,6 +188,7 @@ class Stream:
             self.origin = self.readers[0] if self.readers else None
             self.writable_changed()
         if not self.readers and not self.finished and self._grace is None:
+            self._left_at = reader.cursor.taken_bytes
             if self.grace_s > 0:
                 loop = asyncio.get_running_loop()
                 self._grace = loop.call_later(self.grace_s, self.cancel)
@@ -213,8 +217,8 @@ class Stream:
 
     def _may_produce(self) -> bool:
         origin = self.origin
-        if origin is None:  # no reader (grace): fill at most half the log, never evict
-            return self.log.held_bytes <= self.log.max_bytes // 2
+        if origin is None:  # no reader (grace): at most half the log unread, never evict
+            return self.log.appended_bytes - self._left_at <= self.log.max_bytes // 2
         return not self.flow.update(origin.cursor.backlog_bytes)
 
     def writable_changed(self) -> None:
