@@ -44,9 +44,11 @@ class Limits:
     write_stall_timeout_s: float = 30.0
 
     # --- Streams -------------------------------------------------------------------------
-    #: Replay log per stream (the token pipe ring).  ~4000 OpenAI chunks of ~250 bytes: a
-    #: whole long answer, so that a reconnecting reader can resume from the start.
-    stream_log_bytes: int = 1 * MiB
+    #: Replay log per stream (the token pipe ring), counted in wire bytes.  ~1000 OpenAI
+    #: chunks of ~250 bytes: a long answer can be resumed from its start.  It is also most
+    #: of what a stalled client costs (measured: ~1 MB RSS per stalled long stream at
+    #: 1 MiB), so it is kept modest; raise it for longer replays.
+    stream_log_bytes: int = 256 * KiB
     #: SSE comment heartbeat while a stream is silent (waiting for its first token, or a
     #: slow model): proxies commonly cut idle responses after 30-60 s.
     heartbeat_interval_s: float = 15.0
