@@ -64,6 +64,10 @@ class Limits:
     resume_budget_bytes: int = 64 * MiB
 
     # --- Server-wide ---------------------------------------------------------------------
+    #: Connections the kernel may queue before we accept them (listen(2) backlog; the
+    #: kernel caps it at net.core.somaxconn).  A burst of new streams beyond it is dropped
+    #: and retried by the clients' TCP after 1, 3, 7 s: seconds of time to first byte.
+    listen_backlog: int = 4096
     #: Open connections; above it, new connections get 503 with Retry-After.
     max_connections: int = 10_000
     #: Sum of buffered output bytes over all connections; above it new requests get 503.

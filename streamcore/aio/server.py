@@ -114,7 +114,9 @@ class Server:
         self._ticker = self.loop.call_later(self.limits.heartbeat_interval_s, self._heartbeat)
 
     async def listen(self, host: str = "127.0.0.1", port: int = 8000, *,
-                     sock: socket.socket | None = None, backlog: int = 2048) -> None:
+                     sock: socket.socket | None = None, backlog: int | None = None) -> None:
+        if backlog is None:
+            backlog = self.limits.listen_backlog
         self._ticker = self.loop.call_later(self.limits.heartbeat_interval_s, self._heartbeat)
         if sock is not None:
             self._server = await self.loop.create_server(
