@@ -50,8 +50,8 @@ CARRY = max(len(CONTENT), len(CHUNKED_END), len(WS_DONE)) - 1
 WS_KEY = base64.b64encode(b"streamcore-bench").decode()
 
 
-#: At least 16 words: streamcore's synthetic model (as of this writing) fails after 17 tokens
-#: on a shorter prompt (it indexes a 32-word list built from prompt words + 16 samples).
+#: A prompt of 18 words: streamcore's synthetic model before aa62260 failed after 17 tokens on
+#: a prompt of fewer than 16 words (it indexed a 32-word list built from the prompt).
 PROMPT = ("Write a short story about a token stream that flows through a bounded pipe to "
           "every reader please")
 
@@ -384,7 +384,8 @@ class Client(asyncio.Protocol):
     """One connection running streams one after another (SSE keep-alive or one WS)."""
 
     def __init__(self, stats: Stats, proto: str, port: int, tokens: int, *,
-                 repeat_until: float = 0.0, rate: float = 0.0, loop: Any = None) -> None:
+                 repeat_until: float = 0.0, rate: float = 0.0, loop: Any = None,
+                 t0_connect: bool = False) -> None:
         self.stats = stats
         self.ws = proto == "ws"
         self.port = port
@@ -406,8 +407,14 @@ class Client(asyncio.Protocol):
         self.first = False
         self.requests = 0
         self.active = False
+        #: Measure the first request from the TCP connection (includes the WebSocket
+        #: handshake, and for both protocols the time to be accepted) instead of from the
+        #: moment the request itself is sent.
+        self.t0_connect = t0_connect
+        self.t_conn = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t_conn = monotonic()
         self.transport = transport  # type: ignore[assignment]
         self.stats.opened += 1
         if self.ws:
@@ -435,7 +442,7 @@ class Client(asyncio.Protocol):
         self.first = False
         self.carry = b""
         self.active = True
-        self.t0 = monotonic()
+        self.t0 = self.t_conn if self.t0_connect and self.requests == 1 else monotonic()
         if self.ws:
             transport.write(ws_request(f"r{self.requests}", self.tokens))
             self.in_head = False
@@ -617,7 +624,8 @@ async def run_paced(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 _, client = await loop.create_connection(
                     lambda: Client(stats, args.proto, args.port, args.tokens,
-                                   rate=args.rate, loop=loop), "127.0.0.1", args.port)
+                                   rate=args.rate, loop=loop,
+                                   t0_connect=args.t0 == "connect"), "127.0.0.1", args.port)
                 await client.connected
                 clients.append(client)
                 client.start()
@@ -745,6 +753,9 @@ def main() -> None:
     parser.add_argument("--duration", "-d", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=20.0, help="paced: tokens/s per stream")
     parser.add_argument("--ramp", type=float, default=1.0, help="paced: seconds to start all")
+    parser.add_argument("--t0", choices=["request", "connect"], default="request",
+                        help="paced: the schedule starts when the request is sent (default; "
+                             "for WebSocket after the handshake) or when TCP connected")
     parser.add_argument("--hold", type=float, default=3.0, help="idle: seconds to hold")
     parser.add_argument("--server-pid", type=int, default=0)
     parser.add_argument("--out", default="-")

@@ -177,6 +177,10 @@ def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
         for key, rs in groups(doc).items():
             points[key] = rs
         skipped.update(doc.get("skipped") or {})
+    # A point that failed (an invalid stream, say) and was measured later is no failure.
+    measured = {k[:3] for k, rs in points.items() if any("error" not in r for r in rs)}
+    points = {k: rs for k, rs in points.items()
+              if any("error" not in r for r in rs) or k[:3] not in measured}
     merged = dict(docs[-1])
     merged["results"] = [r for rs in points.values() for r in rs]
     merged["skipped"] = skipped
@@ -252,6 +256,8 @@ def plots(doc: dict[str, Any], directory: str) -> list[str]:
             ax.grid(True, which="both", alpha=0.3)
             ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xticks(sorted({k[3] for k in keys if k[2] == proto}))
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.suptitle(title)

@@ -355,9 +355,9 @@ def measure_a(srv: Running, proto: str, conc: int, tokens: int, duration: float,
 
 
 def measure_b(srv: Running, proto: str, streams: int, tokens: int, rate: float,
-              ramp: float) -> dict[str, Any]:
+              ramp: float, t0: str = "request") -> dict[str, Any]:
     cmd = loadgen_cmd("paced", srv.port, proto, concurrency=streams, tokens=tokens, rate=rate,
-                      ramp=ramp)
+                      ramp=ramp, t0=t0)
     with Meter(srv) as meter:
         status, text, client_cpu, _ = run_child(cmd, tokens / rate + ramp + 90)
     result: dict[str, Any] = {"tool": "loadgen", "load_cmd": shlex.join(cmd)}
@@ -527,7 +527,8 @@ def run_workload(workload: str, server: Server, args: argparse.Namespace, use_wr
                     ramp = args.ramp or min(2.5, n / 1000)
                     for i in range(args.runs):
                         r = with_retries(partial(
-                            measure_b, srv, proto, n, args.paced_tokens, args.rate, ramp),
+                            measure_b, srv, proto, n, args.paced_tokens, args.rate, ramp,
+                            args.paced_t0),
                             args, log)
                         results.append({**base, "proto": proto, "concurrency": n,
                                         "tokens_per_stream": args.paced_tokens, "run": i, **r})
@@ -581,10 +582,12 @@ def log_run(log: Any, r: dict[str, Any]) -> None:
     if r.get("client_bound"):
         flag += "  [CLIENT-BOUND]"
     if r["workload"] == "A":
-        log(f"{head} {r['tokens_per_s']:,.0f} tok/s, {r['server_cpu_us_per_token']:.2f} "
-            f"µs CPU/token, server {r['server_cpu_util']:.0%}, client "
-            f"{r['client_cpu_util']:.0%}, p99 stream {r['stream_p99_s']:.3f}s "
-            f"{r['errors'] or ''}{flag}")
+        cpt = r["server_cpu_us_per_token"]
+        p99 = r.get("stream_p99_s")
+        log(f"{head} {r['tokens_per_s']:,.0f} tok/s, "
+            f"{'-' if cpt is None else f'{cpt:.2f}'} µs CPU/token, server "
+            f"{r['server_cpu_util']:.0%}, client {r['client_cpu_util']:.0%}, p99 stream "
+            f"{'-' if p99 is None else f'{p99:.3f}s'} {r['errors'] or ''}{flag}")
     elif r["workload"] == "B":
         cpt = r["server_cpu_us_per_token"]
         log(f"{head} {r['tokens']}/{r['expected_tokens']} tokens, lateness p50 "
@@ -679,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="B: tokens/s per stream")
     parser.add_argument("--ramp", type=float, default=0.0,
                         help="B: seconds to open all (0: N/1000 s, at most 2.5 s)")
+    parser.add_argument("--paced-t0", choices=["request", "connect"], default="request",
+                        help="B: the ideal schedule starts when the request is sent (for "
+                             "WebSocket: after the handshake) or when TCP connected")
     parser.add_argument("--idle-streams", type=int, default=10000, help="C: open streams")
     parser.add_argument("--hold", type=float, default=3.0, help="C: seconds held idle")
     parser.add_argument("--slow-clients", type=int, default=100, help="D: non-reading clients")
