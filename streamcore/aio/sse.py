@@ -15,7 +15,7 @@ from ..app import Response
 from ..errors import FellBehind
 from ..proto.openai import error_body
 from ..proto.pipe import Cursor
-from .stream import Stream
+from .stream import BaseReader, Stream
 
 if TYPE_CHECKING:
     from .connection import HTTPConnection
@@ -32,14 +32,15 @@ SSE_HEADERS = [
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 
-class SSEReader:
+class SSEReader(BaseReader):
     """Writes one stream to one HTTP response as chunks of ``id:``/``data:`` events."""
 
-    __slots__ = ("chunked", "conn", "cursor", "done", "end", "hb_seen", "head_pending",
-                 "id_prefix", "scheduled", "stream")
+    __slots__ = ("chunked", "conn", "cursor", "end", "hb_seen", "head_pending", "id_prefix",
+                 "stream")
 
     def __init__(self, conn: HTTPConnection, stream: Stream, end: bytes,
                  start_seq: int | None = None) -> None:
+        super().__init__()
         self.conn = conn
         self.stream = stream
         self.cursor = Cursor(stream.log, start_seq)
@@ -54,27 +55,6 @@ class SSEReader:
         #: handler started: a handler that refuses its input before its first item (bad
         #: JSON, say) still gets its 4xx instead of a 200 and an error event.
         self.head_pending = True
-
-    @property
-    def writable(self) -> bool:
-        return not self.conn.write_paused
-
-    def wake(self) -> None:
-        if not self.scheduled:
-            self.scheduled = True
-            self.conn.server.flusher.add(self)
-
-    def flush(self) -> None:
-        self.scheduled = False
-        conn = self.conn
-        if self.done or conn.write_paused or conn.transport is None:
-            return
-        try:
-            self._flush(conn)
-        except Exception:  # a bug of ours: this connection ends, the others go on
-            log.exception("writing a stream failed")
-            self.done = True
-            conn.abort()
 
     def _flush(self, conn: HTTPConnection) -> None:
         assert conn.transport is not None

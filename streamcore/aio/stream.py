@@ -25,6 +25,7 @@ import orjson
 from ..errors import FellBehind, RequestError
 from ..proto.jsonbytes import dumps
 from ..proto.pipe import Cursor, Flow, Frame, TokenLog
+from .flow import abort
 
 log = logging.getLogger("streamcore")
 
@@ -81,6 +82,49 @@ class PushSource(Protocol):
     def resume_push(self) -> None: ...
 
     def cancel_push(self) -> None: ...
+
+
+class BaseReader:
+    """What every reader does the same way: be woken (once per loop iteration, through the
+    server's Flusher) and flush when its transport takes bytes.  Subclasses write
+    ``_flush`` and may refuse in ``_closed``."""
+
+    __slots__ = ("done", "scheduled")
+
+    conn: Any
+
+    def __init__(self) -> None:
+        #: Queued in the Flusher for this loop iteration.
+        self.scheduled = False
+        #: Finished (or failed): writes nothing more.
+        self.done = False
+
+    @property
+    def writable(self) -> bool:
+        return not self.conn.write_paused
+
+    def wake(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            self.conn.server.flusher.add(self)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        conn = self.conn
+        if self.done or conn.write_paused or conn.transport is None or self._closed():
+            return
+        try:
+            self._flush(conn)
+        except Exception:  # a bug of ours: this connection ends, the others go on
+            log.exception("writing a stream failed")
+            self.done = True
+            abort(conn.transport)
+
+    def _closed(self) -> bool:
+        return False
+
+    def _flush(self, conn: Any) -> None:
+        raise NotImplementedError
 
 
 class Flusher:

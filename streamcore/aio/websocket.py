@@ -23,7 +23,7 @@ from ..proto import http, ws
 from ..proto.jsonbytes import dumps
 from ..proto.pipe import Cursor
 from .flow import WriteFlow, abort
-from .stream import PushSource, Stream, error_payload
+from .stream import BaseReader, PushSource, Stream, error_payload
 
 if TYPE_CHECKING:
     from .connection import HTTPConnection
@@ -75,17 +75,18 @@ def upgrade(server: Server, conn: HTTPConnection, raw: http.Request, route: Rout
     wsconn.start(route, request)
 
 
-class WSReader:
+class WSReader(BaseReader):
     """Writes one stream to a WebSocket: one text message per frame.
 
     ``key`` set (the gateway): ``{"type":"chunk","id":<key>,"seq":N,"chunk":<payload>}``.
     ``key`` None (a plain stream route): the payload itself is the message.
     """
 
-    __slots__ = ("conn", "cursor", "done", "end", "head", "key", "scheduled", "stream")
+    __slots__ = ("conn", "cursor", "end", "head", "key", "stream")
 
     def __init__(self, conn: WebSocketConnection, stream: Stream, key: bytes | None,
                  end: Callable[[], bytes | None] | None) -> None:
+        super().__init__()
         self.conn = conn
         self.stream = stream
         self.cursor = Cursor(stream.log)
@@ -97,26 +98,8 @@ class WSReader:
         self.done = False
         self.end = end
 
-    @property
-    def writable(self) -> bool:
-        return not self.conn.write_paused
-
-    def wake(self) -> None:
-        if not self.scheduled:
-            self.scheduled = True
-            self.conn.server.flusher.add(self)
-
-    def flush(self) -> None:
-        self.scheduled = False
-        conn = self.conn
-        if self.done or conn.write_paused or conn.transport is None or not conn.session.open:
-            return
-        try:
-            self._flush(conn)
-        except Exception:  # a bug of ours: this socket ends, the others go on
-            log.exception("writing a stream failed")
-            self.done = True
-            conn._abort()
+    def _closed(self) -> bool:
+        return not self.conn.session.open  # no data frame after our Close (RFC 6455 5.5.1)
 
     def _flush(self, conn: WebSocketConnection) -> None:
         assert conn.transport is not None
