@@ -39,7 +39,7 @@ class ChatStream:
     finish chunk and, if asked, the usage chunk.  A push source (see
     :class:`~streamcore.aio.stream.PushSource`): no task and no future per token."""
 
-    __slots__ = ("chat", "count", "generation", "run", "stream", "template")
+    __slots__ = ("chat", "count", "fixed", "generation", "run", "stream", "template")
 
     def __init__(self, chat: ChatRequest, generation: Generation) -> None:
         self.chat = chat
@@ -47,6 +47,8 @@ class ChatStream:
         self.template = ChunkTemplate(new_completion_id(), chat.model,
                                       include_usage=chat.include_usage)
         self.count = 0
+        #: The bytes every token frame has besides its JSON string.
+        self.fixed = len(self.template.prefix) + len(self.template.suffix)
         self.run: Run | None = None
         self.stream: Stream | None = None
         chat.raw = {}  # what a long-lived stream keeps of its request: only what it uses
@@ -60,7 +62,9 @@ class ChatStream:
     def emit(self, text: str) -> bool:
         """One token: one JSON string between the template's shared prefix and suffix."""
         template = self.template
-        return self.stream.push((template.prefix, json_string(text), template.suffix))  # type: ignore[union-attr]
+        data = json_string(text)
+        return self.stream.push(  # type: ignore[union-attr]
+            (template.prefix, data, template.suffix), self.fixed + len(data))
 
     def done(self) -> None:
         stream = self.stream

@@ -281,11 +281,12 @@ class Stream:
 
     # -- the push side (PushSource calls these) ---------------------------------------
 
-    def push(self, frame: Frame) -> bool:
-        """Append one single-line frame; ``False``: pause until ``resume_push``."""
+    def push(self, frame: Frame, size: int = -1) -> bool:
+        """Append one single-line frame of ``size`` bytes (counted here if not given);
+        ``False``: pause until ``resume_push``."""
         if self.finished:
             return False
-        self.log.append(frame, sum(map(len, frame)))
+        self.log.append(frame, size if size >= 0 else sum(map(len, frame)))
         origin = self.origin
         if origin is None:
             if self._may_produce():
