@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import heapq
-import itertools
 import math
 import weakref
 from collections.abc import AsyncIterator
@@ -114,17 +113,19 @@ BURST_TOKENS = 256
 
 
 class Pacer:
-    """One timer for every paced generation of a loop: a heap of due times.
+    """One timer for every paced generation of a loop: a wheel of millisecond buckets.
 
     A timer (and a task wake-up) per token is what a paced stream costs when each awaits
-    ``asyncio.sleep``; here a token due joins the heap (a 3-tuple), and one ``call_at``
-    fires for everything due within half a millisecond of it.  A cancelled generation's
-    entry stays until its time comes (it is then skipped): lazy deletion, bounded by one
-    entry per generation.
+    ``asyncio.sleep``.  Here a token due joins the list of its millisecond (a dict lookup
+    and a list append: no tuple, no comparison per token), and one ``call_at`` per
+    millisecond that has tokens fires them all.  The loop's clock is libuv's, in whole
+    milliseconds, so the bucket is the resolution the loop had anyway; a token is written
+    at most half a millisecond before its time (rounded to the nearest millisecond).
+
+    A cancelled generation's entry stays until its time comes (then it is skipped): lazy
+    deletion, bounded by one entry per generation.
     """
 
-    #: Entries due this close to a firing are served by it (seconds).
-    SLACK_S = 0.0005
     #: Tokens one firing may emit.  A loop behind schedule (CPU-bound) would otherwise
     #: catch up on every overdue token in one callback and starve the I/O poll: new
     #: requests waited seconds for their first byte at 5000 streams.  The rest goes on in
@@ -134,12 +135,16 @@ class Pacer:
     _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pacer] = (
         weakref.WeakKeyDictionary())
 
+    __slots__ = ("__weakref__", "_armed", "_timer", "buckets", "keys", "loop")
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.heap: list[tuple[float, int, Run]] = []
-        self._order = itertools.count()
+        #: Runs due in each millisecond (``round(loop time * 1000)``), in arrival order.
+        self.buckets: dict[int, list[Run]] = {}
+        #: A heap of the keys of ``buckets``: one push per millisecond, not per token.
+        self.keys: list[int] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._armed_at = math.inf
+        self._armed: float = math.inf  # the key the timer is set for
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> Pacer:
@@ -149,33 +154,49 @@ class Pacer:
         return pacer
 
     def at(self, when: float, run: Run) -> None:
-        heapq.heappush(self.heap, (when, next(self._order), run))
-        if when < self._armed_at:
-            self._arm(when)
+        """Step ``run`` at loop time ``when`` (seconds)."""
+        key = round(when * 1000.0)
+        bucket = self.buckets.get(key)
+        if bucket is not None:
+            bucket.append(run)
+            return
+        self.buckets[key] = [run]
+        heapq.heappush(self.keys, key)
+        if key < self._armed:
+            self._arm(key)
 
-    def _arm(self, when: float) -> None:
+    def _arm(self, key: int) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self.loop.call_at(when, self._fire)
-        self._armed_at = when
+        self._timer = self.loop.call_at(key / 1000.0, self._fire)
+        self._armed = key
 
     def _fire(self) -> None:
         self._timer = None
-        self._armed_at = math.inf
-        heap = self.heap
-        now = self.loop.time()
-        until = now + self.SLACK_S
+        self._armed = math.inf
+        keys = self.keys
+        buckets = self.buckets
+        now = round(self.loop.time() * 1000.0)
         budget = self.MAX_STEPS
-        while heap and heap[0][0] <= until and budget:
-            run = heapq.heappop(heap)[2]
-            if run.state is _WAITING:
-                budget -= 1
-                run.state = _RUNNING
-                run.step()
-        if heap:
-            due = heap[0][0] if budget else now  # over budget: again after the I/O poll
-            if due < self._armed_at:
-                self._arm(due)
+        while keys and keys[0] <= now:
+            key = keys[0]
+            bucket = buckets[key]
+            if len(bucket) > budget:  # the rest of this millisecond after the I/O poll
+                buckets[key] = bucket[budget:]
+                del bucket[budget:]
+            else:
+                heapq.heappop(keys)
+                del buckets[key]
+            budget -= len(bucket)
+            for run in bucket:
+                if run.state is _WAITING:
+                    run.tick()
+            if not budget:
+                break
+        if keys:
+            key = keys[0] if budget else now  # over budget: again after the I/O poll
+            if key < self._armed:
+                self._arm(key)
 
 
 _RUNNING, _WAITING, _PAUSED, _DONE = range(4)
@@ -195,21 +216,25 @@ class Run:
     """One generation pushed token by token into a :class:`Target`.  No task and no future
     per token."""
 
-    __slots__ = ("count", "generation", "i", "interval", "loop", "start", "state", "target")
+    __slots__ = ("count", "emit", "generation", "i", "interval", "loop", "pacer", "start",
+                 "state", "target", "words")
 
     def __init__(self, generation: Generation, target: Target) -> None:
         self.generation = generation
         self.target = target
+        self.emit = target.emit
+        self.words = generation._words
         model = generation.model
         self.count = generation.planned_tokens()
         self.interval = 1.0 / model.tokens_per_s if model.tokens_per_s > 0 else 0.0
         self.loop = asyncio.get_running_loop()
+        self.pacer = Pacer.of(self.loop)
         self.i = 0
         self.start = 0.0
         self.state = _WAITING
         delay = model.first_token_delay_s
-        if delay > 0:
-            Pacer.of(self.loop).at(self.loop.time() + delay, self)
+        if delay > 0 and self.count > 0:
+            self.pacer.at(self.loop.time() + delay, self)
         else:
             self.state = _RUNNING
             self.loop.call_soon(self.step)
@@ -219,10 +244,14 @@ class Run:
             return
         if self.i == 0:
             self.start = self.loop.time()
-        words = self.generation._words
-        emit = self.target.emit
+        if self.interval and self.i < self.count:
+            self.state = _WAITING
+            self.tick()
+            return
+        words = self.words
+        emit = self.emit
         count = self.count
-        burst = BURST_TOKENS if self.interval == 0.0 else 1
+        burst = BURST_TOKENS
         while burst and self.i < count:
             i = self.i
             self.i = i + 1
@@ -234,11 +263,27 @@ class Run:
         if self.i >= count:
             self.state = _DONE
             self.target.done()
-        elif self.interval == 0.0:
-            self.loop.call_soon(self.step)  # yield the loop between bursts
         else:
+            self.loop.call_soon(self.step)  # yield the loop between bursts
+
+    def tick(self) -> None:
+        """One paced token, now: the Pacer's call for a waiting run (the hot path of a
+        paced stream, kept to one emit and one bucket append)."""
+        i = self.i
+        if i == 0:
+            self.start = self.loop.time()
+        self.i = i + 1
+        self.state = _RUNNING
+        if not self.emit(_SPACED[self.words[i & 31]] if i else _FIRST[self.words[0]]):
+            if self.state is _RUNNING:
+                self.state = _PAUSED
+            return
+        if self.i >= self.count:
+            self.state = _DONE
+            self.target.done()
+        elif self.state is _RUNNING:
             self.state = _WAITING
-            Pacer.of(self.loop).at(self.start + self.i * self.interval, self)
+            self.pacer.at(self.start + self.i * self.interval, self)
 
     def resume(self) -> None:
         if self.state is not _PAUSED:
@@ -246,7 +291,7 @@ class Run:
         due = self.start + self.i * self.interval
         if self.interval and due > self.loop.time():  # not before its time
             self.state = _WAITING
-            Pacer.of(self.loop).at(due, self)
+            self.pacer.at(due, self)
         else:
             self.state = _RUNNING
             self.step()
