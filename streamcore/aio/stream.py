@@ -87,13 +87,14 @@ class PushSource(Protocol):
 class BaseReader:
     """What every reader does the same way: be woken (once per loop iteration, through the
     server's Flusher) and flush when its transport takes bytes.  Subclasses write
-    ``_flush`` and may refuse in ``_closed``."""
+    ``_flush``."""
 
-    __slots__ = ("done", "scheduled")
+    __slots__ = ("done", "flusher", "scheduled")
 
     conn: Any
 
-    def __init__(self) -> None:
+    def __init__(self, flusher: Flusher) -> None:
+        self.flusher = flusher
         #: Queued in the Flusher for this loop iteration.
         self.scheduled = False
         #: Finished (or failed): writes nothing more.
@@ -104,14 +105,18 @@ class BaseReader:
         return not self.conn.write_paused
 
     def wake(self) -> None:
-        if not self.scheduled:
+        if not self.scheduled:  # (Flusher.add, inlined: this is once per token)
             self.scheduled = True
-            self.conn.server.flusher.add(self)
+            flusher = self.flusher
+            flusher.pending.append(self)
+            if not flusher.scheduled:
+                flusher.scheduled = True
+                flusher.loop.call_soon(flusher.run)
 
     def flush(self) -> None:
         self.scheduled = False
         conn = self.conn
-        if self.done or conn.write_paused or conn.transport is None or self._closed():
+        if self.done or conn.write_paused or conn.transport is None:
             return
         try:
             self._flush(conn)
@@ -120,29 +125,21 @@ class BaseReader:
             self.done = True
             abort(conn.transport)
 
-    def _closed(self) -> bool:
-        return False
-
     def _flush(self, conn: Any) -> None:
         raise NotImplementedError
 
 
 class Flusher:
     """Readers woken during one loop iteration, flushed together once it is done: one
-    ``call_soon`` per iteration for all streams, not one per token."""
+    ``call_soon`` per iteration for all streams, not one per token.  Readers queue
+    themselves (:meth:`BaseReader.wake`)."""
 
     __slots__ = ("loop", "pending", "scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.pending: list[Reader] = []
+        self.pending: list[BaseReader] = []
         self.scheduled = False
-
-    def add(self, reader: Reader) -> None:
-        self.pending.append(reader)
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self.run)
 
     def run(self) -> None:
         self.scheduled = False
@@ -158,10 +155,10 @@ class Stream:
     """One generation: its log, its producer (a task pulling a generator, or a push
     source) and its readers."""
 
-    __slots__ = ("__weakref__", "_agen", "_grace", "_left_at", "_push", "_push_paused",
-                 "_resume",
+    __slots__ = ("__weakref__", "_agen", "_grace", "_left_at", "_push", "_resume",
                  "error", "finished", "flow", "flush_bytes", "grace_s", "id", "log",
-                 "multiline", "on_end", "origin", "readers", "refused", "sse_end", "task")
+                 "multiline", "on_end", "origin", "paused", "readers", "refused", "sse_end",
+                 "task")
 
     def __init__(
         self,
@@ -191,7 +188,8 @@ class Stream:
         self.error: bytes | None = None
         push = items if hasattr(items, "start_push") else None
         self._push: PushSource | None = push  # type: ignore[assignment]
-        self._push_paused = False
+        #: The producer waits for its origin reader's backlog to fall (push or pull).
+        self.paused = False
         self._agen: AsyncIterator[Any] | None = None if push else items  # type: ignore[assignment]
         #: The handler's RequestError, if it raised one before its first item.
         self.refused: RequestError | None = None
@@ -267,17 +265,16 @@ class Stream:
 
     def writable_changed(self) -> None:
         """The origin reader's backlog fell (it wrote, it left, it came): maybe resume."""
-        if self._push_paused:
-            if self._may_produce():
-                self._push_paused = False
-                if self._push is not None and not self.finished:
-                    self._push.resume_push()
+        if not self.paused or not self._may_produce():
             return
+        self.paused = False
         fut = self._resume
-        if fut is not None and self._may_produce():
+        if fut is not None:
             self._resume = None
             if not fut.done():
                 fut.set_result(None)
+        elif self._push is not None and not self.finished:
+            self._push.resume_push()
 
     # -- the push side (PushSource calls these) ---------------------------------------
 
@@ -286,19 +283,20 @@ class Stream:
         ``False``: pause until ``resume_push``."""
         if self.finished:
             return False
-        self.log.append(frame, size if size >= 0 else sum(map(len, frame)))
+        log_ = self.log
+        log_.append(frame, size if size >= 0 else sum(map(len, frame)))
         origin = self.origin
         if origin is None:
             if self._may_produce():
                 return True
-            self._push_paused = True
+            self.paused = True
             return False
         for reader in self.readers:
             reader.wake()
-        if origin.cursor.backlog_bytes > self.flush_bytes:
+        if log_.appended_bytes - origin.cursor.taken_bytes > self.flush_bytes:  # backlog
             origin.flush()
             if self.flow.update(origin.cursor.backlog_bytes):
-                self._push_paused = True
+                self.paused = True
                 return False
         return True
 
@@ -349,6 +347,7 @@ class Stream:
                 origin = self.origin
                 if origin is None:
                     if not self._may_produce():
+                        self.paused = True
                         self._resume = asyncio.get_running_loop().create_future()
                         await self._resume
                     continue
@@ -358,6 +357,7 @@ class Stream:
                 if backlog > self.flush_bytes:
                     origin.flush()
                     if self.flow.update(origin.cursor.backlog_bytes):
+                        self.paused = True
                         self._resume = asyncio.get_running_loop().create_future()
                         await self._resume
                     else:

@@ -86,7 +86,7 @@ class WSReader(BaseReader):
 
     def __init__(self, conn: WebSocketConnection, stream: Stream, key: bytes | None,
                  end: Callable[[], bytes | None] | None) -> None:
-        super().__init__()
+        super().__init__(conn.server.flusher)
         self.conn = conn
         self.stream = stream
         self.cursor = Cursor(stream.log)
@@ -98,11 +98,10 @@ class WSReader(BaseReader):
         self.done = False
         self.end = end
 
-    def _closed(self) -> bool:
-        return not self.conn.session.open  # no data frame after our Close (RFC 6455 5.5.1)
-
     def _flush(self, conn: WebSocketConnection) -> None:
         assert conn.transport is not None
+        if not conn.session.open:  # no data frame after our Close (RFC 6455 5.5.1)
+            return
         cursor = self.cursor
         log_ = cursor.log
         if cursor.next_seq < log_.next_seq:
@@ -133,7 +132,7 @@ class WSReader(BaseReader):
         if log_.closed and cursor.next_seq >= log_.next_seq:
             self._finish(None)
             return
-        if self.stream.origin is self:
+        if self.stream.paused and self.stream.origin is self:
             self.stream.writable_changed()
 
     def _finish(self, error: bytes | None, bufs: list[bytes] | None = None) -> None:

@@ -136,6 +136,17 @@ class Cursor:
         return first, frames, size
 
 
+    def take_newest(self) -> tuple[Frame, int]:
+        """The one frame pending when it is the log's newest (the caller checked that
+        ``log.next_seq - next_seq == 1``): ``(frame, payload_bytes)``.  The newest frame
+        is always held, so this cannot fall behind."""
+        log = self.log
+        size = log.appended_bytes - self.taken_bytes
+        self.next_seq += 1
+        self.taken_bytes = log.appended_bytes
+        return log._frames[-1], size
+
+
 class Flow:
     """Water marks for one producer, in bytes (one record per direction of "paused").
 
