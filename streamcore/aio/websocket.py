@@ -104,6 +104,17 @@ class WSReader(BaseReader):
             return
         cursor = self.cursor
         log_ = cursor.log
+        if (log_.next_seq - cursor.next_seq == 1 and not log_.closed and self.head
+                and self.stream.error is None):
+            # One message pending (a paced stream's token): one buffer, one write(2).
+            seq = cursor.next_seq
+            frame, size = cursor.take_newest()
+            prefix = self.head % seq
+            conn.transport.write(b"".join((ws.text_header(len(prefix) + size + 1), prefix,
+                                           *frame, b"}")))
+            if self.stream.paused and self.stream.origin is self:
+                self.stream.writable_changed()
+            return
         if cursor.next_seq < log_.next_seq:
             try:
                 seq, frames, _ = cursor.take()
