@@ -19,6 +19,7 @@ from ..errors import ProtocolError, RequestError
 from ..proto import http
 from ..proto.http import HTTPSession, Phase
 from ..proto.openai import error_body
+from .eager import start_eagerly
 from .flow import WriteFlow, abort
 from .sse import SSE_HEADERS, SSEReader
 from .stream import PushSource, Stream
@@ -143,7 +144,10 @@ class HTTPConnection(WriteFlow):
         if route.streaming:
             self._start_stream(route.handler(request), route.sse_end, request)
         else:
-            self._task = self.loop.create_task(self._run_plain(route, request))
+            # Most handlers answer without awaiting (the gateway's does): no task for those.
+            task = start_eagerly(self.loop, self._run_plain(route, request))
+            if task is not None:
+                self._task = task
 
     async def _run_plain(self, route: Route, request: Request) -> None:
         try:

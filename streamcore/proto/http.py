@@ -49,7 +49,7 @@ class Request:
     target: bytes
     path: str
     query: str
-    #: ``(name, value)`` pairs, names lowercased, in received order (h11's own list).
+    #: ``(name, value)`` pairs, names lowercased, in received order.
     headers: Sequence[tuple[bytes, bytes]]
     body: bytes = b""
     http_version: bytes = b"1.1"
@@ -198,7 +198,9 @@ class HTTPSession:
         self._head_bytes = bytearray()
         if head_size > limits.max_head_bytes:
             raise HeadTooLarge(head_size, limits.max_head_bytes)
-        headers = event.headers
+        # A plain list, once: h11's Headers is a Sequence whose iteration goes through
+        # __getitem__ in Python, and a request's headers are looked at several times.
+        headers = list(event.headers)
         if len(headers) > limits.max_header_count:
             raise HeadTooLarge(len(headers), limits.max_header_count, "header count")
         _check_framing(raw_head, headers, event.http_version)
