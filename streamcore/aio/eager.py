@@ -44,5 +44,5 @@ def _go_on(coro: Coroutine[Any, Any, None], waiting_for: Any) -> Generator[Any, 
             except StopIteration:
                 return
             continue
-        yield from coro  # type: ignore[misc]  # resumes coro where it was suspended
+        yield from coro  # resumes coro where it was suspended
         return
