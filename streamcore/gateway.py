@@ -18,7 +18,7 @@ from .aio.websocket import WebSocket
 from .app import App, EventStream, Request, Response
 from .errors import RequestError
 from .limits import Limits
-from .proto.jsonbytes import dumps, encode_basestring, json_string
+from .proto.jsonbytes import dumps, json_string
 from .proto.openai import (
     ChatRequest,
     ChunkTemplate,
@@ -62,10 +62,7 @@ class ChatStream:
     def emit(self, text: str) -> bool:
         """One token: one JSON string between the template's shared prefix and suffix."""
         template = self.template
-        try:
-            data = encode_basestring(text).encode()  # json_string's fast path, inlined
-        except UnicodeEncodeError:
-            data = json_string(text)
+        data = json_string(text)
         return self.stream.push(  # type: ignore[union-attr]
             (template.prefix, data, template.suffix), self.fixed + len(data))
 

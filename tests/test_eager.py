@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-import uvloop
+from loops import LOOPS, run_in
 
 from streamcore.aio.eager import start_eagerly
 
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "uvloop": uvloop.new_event_loop,
-    "asyncio": asyncio.new_event_loop,
-}
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="outside")
-
-
-def run_in(loop_name: str, main: Callable[[], Any]) -> Any:
-    loop = LOOPS[loop_name]()
-    try:
-        return loop.run_until_complete(main())
-    finally:
-        loop.close()
 
 
 @pytest.fixture(params=sorted(LOOPS))

@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
-import uvloop
+from loops import LOOPS, run_in
 
 from streamcore.proto.openai import parse_chat_request
 from streamcore.sources.synthetic import Pacer, Run, SyntheticModel
-
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "uvloop": uvloop.new_event_loop,
-    "asyncio": asyncio.new_event_loop,
-}
 
 
 def chat(max_tokens: int | None = None, prompt: str = "tell me about streams") -> Any:
@@ -49,14 +43,6 @@ class Recorder:
 
     def done(self) -> None:
         self.finished.set_result(len(self.texts))
-
-
-def run_in(loop_name: str, main: Callable[[], Any]) -> Any:
-    loop = LOOPS[loop_name]()
-    try:
-        return loop.run_until_complete(main())
-    finally:
-        loop.close()
 
 
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))

@@ -11,21 +11,20 @@ their exact size.
 from __future__ import annotations
 
 import json.encoder
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 # The C implementation when the _json accelerator is there (it always is in CPython).
-encode_basestring: Callable[[str], str] = json.encoder.encode_basestring
+_encode_basestring = json.encoder.encode_basestring
 
 
 def json_string(text: str) -> bytes:
     """``text`` as a JSON string (RFC 8259 section 7), UTF-8, in an exact-size buffer."""
     try:
-        return encode_basestring(text).encode()
+        return _encode_basestring(text).encode()
     except UnicodeEncodeError:  # lone surrogates cannot be UTF-8: replaced, like orjson's error
-        return encode_basestring(text.encode("utf-8", "replace").decode()).encode()
+        return _encode_basestring(text.encode("utf-8", "replace").decode()).encode()
 
 
 def dumps(obj: Any) -> bytes:

@@ -242,11 +242,8 @@ class Run:
     def step(self) -> None:
         if self.state is not _RUNNING:
             return
-        if self.i == 0:
-            self.start = self.loop.time()
         if self.interval and self.i < self.count:
-            self.state = _WAITING
-            self.tick()
+            self.tick()  # paced: one token now, the next from the Pacer
             return
         words = self.words
         emit = self.emit
