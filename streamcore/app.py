@@ -9,9 +9,10 @@
         for word in request.json()["prompt"].split():
             yield word + " "
 
-Items a stream handler may yield: ``str`` (the event's data), ``bytes`` (UTF-8 data, sent
-as is), ``dict``/``list`` (JSON-encoded), or a tuple of ``bytes`` (one pre-encoded payload
-in several shared buffers, e.g. a chunk template around one token; it must hold no CR/LF).
+Items a stream handler may yield: ``str`` (the event's data), ``bytes`` (UTF-8 data),
+``dict``/``list`` (JSON-encoded), or a tuple of ``bytes`` (one pre-encoded payload in
+several shared buffers, e.g. a chunk template around one token).  An item is one event
+whatever it holds: a line break in it becomes another ``data:`` line of the same event.
 Plain handlers (``@app.route``) return a :class:`Response`, ``dict``/``list`` (JSON),
 ``bytes`` or ``str``.  No global state: every server, stream and limit hangs off its App.
 """
@@ -19,136 +20,18 @@ Plain handlers (``@app.route``) return a :class:`Response`, ``dict``/``list`` (J
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import orjson
-
+from .aio.handler import EventStream, Request, Response, Route
 from .errors import RequestError
 from .limits import Limits
-from .proto import http
 
-StreamHandler = Callable[["Request"], AsyncIterator[Any]]
-PlainHandler = Callable[["Request"], Awaitable[Any]]
+StreamHandler = Callable[[Request], AsyncIterator[Any]]
+PlainHandler = Callable[[Request], Awaitable[Any]]
 WebSocketHandler = Callable[[Any], Awaitable[None]]
 
-
-class Request:
-    """What a handler sees of one request."""
-
-    __slots__ = ("_json", "_messages", "_raw", "app", "client", "path_params", "state")
-
-    def __init__(self, raw: http.Request, path_params: dict[str, str],
-                 client: tuple[str, int] | None = None, app: App | None = None) -> None:
-        self._raw = raw
-        self.path_params = path_params
-        self.client = client
-        self.app = app
-        self._json: Any = _UNSET
-        self._messages: Any = None
-        #: Free for the handler and middleware to use.
-        self.state: dict[str, Any] = {}
-
-    @property
-    def method(self) -> str:
-        return self._raw.method
-
-    @property
-    def path(self) -> str:
-        return self._raw.path
-
-    @property
-    def query(self) -> str:
-        return self._raw.query
-
-    @property
-    def headers(self) -> Sequence[tuple[bytes, bytes]]:
-        """``(name, value)`` pairs, names lowercased, in received order."""
-        return self._raw.headers
-
-    @property
-    def body(self) -> bytes:
-        return self._raw.body
-
-    def header(self, name: str) -> str | None:
-        value = self._raw.header(name.lower().encode("latin-1"))
-        return None if value is None else value.decode("latin-1")
-
-    def json(self) -> Any:
-        """The body as JSON; invalid JSON is the client's fault (400), not a 500."""
-        if self._json is _UNSET:
-            try:
-                self._json = orjson.loads(self._raw.body)
-            except orjson.JSONDecodeError as exc:
-                raise RequestError(f"the request body is not valid JSON: {exc}",
-                                   code="invalid_json") from None
-        return self._json
-
-    def messages(self) -> AsyncIterator[str | bytes]:
-        """Messages the client sends while the stream runs (WebSocket only)."""
-        if self._messages is None:
-            raise RequestError("this request has no message channel (use WebSocket)")
-        iterator: AsyncIterator[str | bytes] = self._messages
-        return iterator
-
-
-_UNSET = object()
-
-
-@dataclass(slots=True)
-class Response:
-    """A complete (non-streamed) response."""
-
-    body: bytes = b""
-    status: int = 200
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    content_type: bytes = b"application/json"
-
-    @classmethod
-    def json(cls, obj: Any, status: int = 200) -> Response:
-        return cls(orjson.dumps(obj), status)
-
-    @classmethod
-    def error(cls, exc: RequestError) -> Response:
-        return cls(orjson.dumps(exc.body()), exc.status, list(exc.headers))
-
-
-@dataclass(slots=True)
-class EventStream:
-    """Returned by a plain handler to answer with a stream after validating the request
-    (so that bad input still gets a 4xx before any event is sent)."""
-
-    #: An async iterator of items, or a push source (``streamcore.aio.stream.PushSource``).
-    items: Any
-    #: Bytes the SSE stream ends with (the gateway's ``data: [DONE]``).
-    sse_end: bytes = b""
-    #: Read the existing stream with this id (from the start, or after the request's
-    #: Last-Event-ID) instead of starting ``items``; 404 if it is not (or no longer) known.
-    resume: str | None = None
-
-
-def to_response(result: Any) -> Response:
-    if isinstance(result, Response):
-        return result
-    if isinstance(result, bytes):
-        return Response(result, content_type=b"application/octet-stream")
-    if isinstance(result, str):
-        return Response(result.encode(), content_type=b"text/plain; charset=utf-8")
-    return Response(orjson.dumps(result))
-
-
-@dataclass(slots=True)
-class Route:
-    method: str
-    path: str
-    handler: Callable[..., Any]
-    streaming: bool
-    #: Bytes an SSE stream ends with (the gateway's ``data: [DONE]``).
-    sse_end: bytes = b""
-    pattern: re.Pattern[str] | None = None
-    #: A WebSocket handler (``@app.websocket``): reachable only by an upgrade.
-    websocket: bool = False
+__all__ = ["App", "EventStream", "Request", "Response"]
 
 
 class App:
@@ -170,9 +53,10 @@ class App:
         #: CPU per message and memory per socket, and streamed tokens compress poorly.
         self.ws_deflate = False
 
-    def stream(self, method: str, path: str, *, sse_end: bytes = b"") -> Callable[
+    def stream(self, method: str, path: str, *, sse_end: bytes | None = None) -> Callable[
             [StreamHandler], StreamHandler]:
-        """Register an async-generator handler: its items become events of an SSE stream."""
+        """Register an async-generator handler: its items become events of an SSE stream
+        (``sse_end``: the data of a last event after a stream that completed)."""
         def register(handler: StreamHandler) -> StreamHandler:
             self._add(Route(method.upper(), path, handler, True, sse_end))
             return handler

@@ -1,86 +1,159 @@
-"""Error types.  Each says who is at fault and what to answer with.
+"""Error types, and the one builder of the OpenAI error envelope.
 
-As in h11 (``RemoteProtocolError.error_status_hint``) and websockets (``PayloadTooBig``), the
-sans-I/O core raises these and the I/O layer turns them into a status line or a close code;
-no other exception type is allowed to reach a client.
+Every error says who is at fault and carries what to answer with: the HTTP ``status``,
+the WebSocket ``close_code`` (RFC 6455 section 7.4.1), and the OpenAI error fields
+``type``, ``code`` and ``param``.  As in h11 (``RemoteProtocolError.error_status_hint``) and
+websockets (``PayloadTooBig``), the core raises these and each connection class turns them
+into bytes at one place, its error boundary; any other exception is a bug of ours and is
+answered as :class:`InternalError` (500 / 1011), never with a traceback.
+
+Who is at fault:
+
+- :class:`ProtocolError`: the peer broke the wire protocol.  Answered (if it still can be)
+  and the connection closed; nothing after it is parsed.
+- :class:`RequestError`: a well-formed request we refuse (bad parameter, unknown route,
+  overloaded).  Answered with its status; the connection is kept.
+- :class:`StreamError`: a stream that cannot go on (its client left, a reader fell off
+  the log's tail, the handler failed).  Told in the stream, as an error event.
+- :class:`InternalError`: ours.
 """
 
 from __future__ import annotations
 
+import orjson
+
+
+def envelope(message: str, type: str = "invalid_request_error", param: str | None = None,
+             code: str | None = None) -> bytes:
+    """``{"error": {"message", "type", "param", "code"}}``, the OpenAI error envelope, in
+    an exact-size buffer (it may be kept in a stream's log).
+
+    A WebSocket error message is the same object with ``type`` and ``id`` members in
+    front (:func:`streamcore.proto.wsapi.error_message`), so it is built from this one.
+    """
+    data = orjson.dumps({"error": {"message": message, "type": type, "param": param,
+                                   "code": code}})
+    return bytes(memoryview(data))
+
 
 class StreamcoreError(Exception):
-    """Base class."""
+    """Base class.  Class attributes are the defaults of each kind; an instance may
+    override them."""
+
+    status: int = 500
+    close_code: int = 1011
+    type: str = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 close_code: int | None = None, type: str | None = None,
+                 code: str | None = None, param: str | None = None,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if close_code is not None:
+            self.close_code = close_code
+        if type is not None:
+            self.type = type
+        if code is not None:
+            self.code = code
+        self.param = param
+        #: Extra response headers (Retry-After, Allow, ...).
+        self.headers = headers or []
+
+    def envelope(self) -> bytes:
+        return envelope(self.message, self.type, self.param, self.code)
 
 
 class ProtocolError(StreamcoreError):
-    """The peer broke the wire protocol.  The connection is answered (if it still can be)
-    with ``status`` (HTTP) or ``close_code`` (WebSocket) and then closed."""
+    """The peer broke the wire protocol: answered with ``status`` (HTTP) or
+    ``close_code`` (WebSocket), then closed."""
 
-    def __init__(self, message: str, *, status: int = 400, close_code: int = 1002) -> None:
-        super().__init__(message)
-        self.status = status
-        self.close_code = close_code
+    status = 400
+    close_code = 1002
+    type = "invalid_request_error"
+    code = "protocol_error"
 
 
 class HeadTooLarge(ProtocolError):
+    status = 431
+
     def __init__(self, size: int, limit: int, what: str = "request head") -> None:
-        super().__init__(f"{what} of {size} bytes exceeds the limit of {limit}", status=431)
+        super().__init__(f"{what} of {size} bytes exceeds the limit of {limit}")
 
 
 class BodyTooLarge(ProtocolError):
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"request body of {size} bytes exceeds the limit of {limit}", status=413)
-
-
-class MessageTooBig(ProtocolError):
-    """WebSocket message or frame over the limit (RFC 6455 7.4.1: 1009)."""
+    status = 413
 
     def __init__(self, size: int, limit: int) -> None:
-        super().__init__(
-            f"message of {size} bytes exceeds the limit of {limit}", status=413, close_code=1009
-        )
+        super().__init__(f"request body of {size} bytes exceeds the limit of {limit}")
 
 
 class RequestError(StreamcoreError):
-    """A well-formed request we refuse: answered with an OpenAI-style error body
-    ``{"error": {"message", "type", "param", "code"}}`` and the connection kept."""
+    """A well-formed request we refuse: answered with an OpenAI-style error body and the
+    connection kept (a WebSocket request: an ``error`` message; a WebSocket handler that
+    raises it: a 1008 close)."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int = 400,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: list[tuple[bytes, bytes]] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.type = type
-        self.param = param
-        self.code = code
-        self.headers = headers or []
-
-    def body(self) -> dict[str, dict[str, str | None]]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+    status = 400
+    close_code = 1008
+    type = "invalid_request_error"
+    code: str | None = None
 
 
-class FellBehind(StreamcoreError):
+class Overloaded(RequestError):
+    """Over a server-wide bound: 503 with Retry-After, new work only."""
+
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, headers=[(b"retry-after", str(retry_after_s).encode())])
+
+
+class StreamError(StreamcoreError):
+    """A stream that cannot go on; told to its readers as an error event."""
+
+    status = 500
+    close_code = 1011
+    type = "stream_error"
+    code = "stream_error"
+
+
+class FellBehind(StreamError):
     """A reader's cursor is older than the oldest frame the stream's log still holds:
     it was too slow for the fan-out, or resumed too late.  It is told and closed."""
 
+    code = "fell_behind"
+
     def __init__(self, wanted_seq: int, first_seq: int) -> None:
         super().__init__(
-            f"event {wanted_seq} is no longer in the replay log (oldest held: {first_seq})"
-        )
+            f"event {wanted_seq} is no longer in the replay log (oldest held: {first_seq})")
         self.wanted_seq = wanted_seq
         self.first_seq = first_seq
+
+
+class Cancelled(StreamError):
+    """The generation was stopped because nobody reads it any more."""
+
+    code = "cancelled"
+
+    def __init__(self) -> None:
+        super().__init__("the stream was cancelled: its client left")
+
+
+class HandlerFailed(StreamError):
+    """A handler raised mid-stream: its readers get an error event naming the exception
+    type (the traceback goes to the log, not to the client)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"the stream failed: {type(exc).__name__}")
+
+
+class InternalError(StreamcoreError):
+    """A bug of ours: 500 or 1011, the details in the log."""
+
+    def __init__(self, message: str = "internal server error") -> None:
+        super().__init__(message)

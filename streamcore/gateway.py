@@ -11,14 +11,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
-
 from .aio.stream import Stream
 from .aio.websocket import WebSocket
 from .app import App, EventStream, Request, Response
 from .errors import RequestError
 from .limits import Limits
-from .proto.jsonbytes import dumps, json_string
+from .proto import wsapi
+from .proto.jsonbytes import json_string
 from .proto.openai import (
     ChatRequest,
     ChunkTemplate,
@@ -30,8 +29,9 @@ from .proto.openai import (
 )
 from .sources.synthetic import Generation, Run, SyntheticModel
 
-#: The end of an OpenAI SSE stream (not JSON: clients compare the data field to it).
-SSE_DONE = b"data: [DONE]\n\n"
+#: The data of the event that ends an OpenAI SSE stream (not JSON: clients compare the
+#: data field to it).
+SSE_DONE = b"[DONE]"
 
 
 class ChatStream:
@@ -87,10 +87,8 @@ class ChatStream:
 
     def done_message(self, key: bytes) -> bytes:
         """The WebSocket gateway's last message for this request."""
-        usage = usage_object(self.generation.prompt_tokens, self.count)
-        return (b'{"type":"done","id":' + key + b',"finish_reason":'
-                + dumps(self.generation.finish_reason) + b',"usage":'
-                + dumps(usage) + b"}")
+        return wsapi.done_message(key, self.generation.finish_reason,
+                                  usage_object(self.generation.prompt_tokens, self.count))
 
 
 def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None = None) -> App:
@@ -144,34 +142,21 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
 
 async def _ws_message(ws: WebSocket, message: str | bytes, start: Any) -> None:
     """One client message of the ``/v1/ws`` protocol (see the README)."""
-    request_id: Any = None
+    request_id: str | None = None
     try:
-        try:
-            data = orjson.loads(message)
-        except orjson.JSONDecodeError as exc:
-            raise RequestError(f"the message is not valid JSON: {exc}",
-                               code="invalid_json") from None
-        if not isinstance(data, dict):
-            raise RequestError("a message must be a JSON object", code="invalid_type")
-        request_id = data.get("id")
-        if not isinstance(request_id, str) or not request_id or len(request_id) > 256:
-            request_id = None
-            raise RequestError("'id' must be a non-empty string (at most 256 characters)",
-                               param="id", code="invalid_value")
-        kind = data.get("type")
-        if kind == "request":
-            chat = parse_chat_object(data.get("body"))
+        command = wsapi.parse_client_message(message)
+        request_id = command.id
+        if isinstance(command, wsapi.Start):
+            chat = parse_chat_object(command.body)
             stream = ChatStream(chat, start(chat))
-            key = dumps(request_id)
+            key = wsapi.key_of(request_id)
             ws.stream(request_id, stream, end=lambda: stream.done_message(key))
-        elif kind == "cancel":
-            if ws.cancel(request_id):
-                await ws.send_json({"type": "cancelled", "id": request_id})
-            else:
-                raise RequestError("no running request with this id", param="id",
-                                   code="not_found")
+        elif ws.cancel(request_id):
+            await ws.send(wsapi.cancelled_message(wsapi.key_of(request_id)).decode())
         else:
-            raise RequestError("'type' must be 'request' or 'cancel'", param="type",
-                               code="invalid_value")
+            raise RequestError("no running request with this id", param="id",
+                               code="not_found")
     except RequestError as exc:
-        await ws.send_json({"type": "error", "id": request_id, **exc.body()})
+        if isinstance(exc, wsapi.BadMessage):
+            request_id = exc.request_id
+        await ws.send(wsapi.error_message(wsapi.key_of(request_id), exc.envelope()).decode())

@@ -124,7 +124,7 @@ def test_eventsource_reconnects_and_gets_every_item_once(
         stream, as a proxy or a network change would."""
         server: streamcore.Server = holder["served"].server
         for conn in list(server.connections):
-            if getattr(conn, "sse", None) is not None and conn.transport is not None:
+            if getattr(conn, "reader", None) is not None and conn.transport is not None:
                 conn.transport.close()
                 holder["cut"] += 1
 

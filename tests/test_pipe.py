@@ -223,23 +223,27 @@ def test_flow_hysteresis(marks: tuple[int, int], backlogs: list[int]) -> None:
     flow = Flow(high, low)
     paused = False
     for backlog in backlogs:
-        before = flow.paused
-        result = flow.update(backlog)
-        paused = backlog > low if paused else backlog > high
-        assert result is paused and flow.paused is paused
+        before = paused
+        result = flow.paused_after(paused, backlog)
+        expected = backlog > low if paused else backlog > high
+        assert result is expected
         # Between the marks nothing toggles.
         if low < backlog <= high:
             assert result is before
+        paused = result
 
 
 def test_flow_marks_concretely() -> None:
     flow = Flow(high=100, low=20)
-    assert flow.update(100) is False  # at the high mark: not above it
-    assert flow.update(101) is True
-    assert flow.update(50) is True  # between: stays paused
-    assert flow.update(21) is True
-    assert flow.update(20) is False  # at the low mark: resumed
-    assert flow.update(99) is False  # between: stays running
+    paused = False
+    for backlog, expected in ((100, False),  # at the high mark: not above it
+                              (101, True),
+                              (50, True),  # between: stays paused
+                              (21, True),
+                              (20, False),  # at the low mark: resumed
+                              (99, False)):  # between: stays running
+        paused = flow.paused_after(paused, backlog)
+        assert paused is expected, backlog
 
 
 def test_flow_rejects_low_above_high() -> None:

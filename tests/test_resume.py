@@ -127,12 +127,13 @@ def stream_state(served: Served, stream_id: str) -> dict[str, Any] | None:
     """What the server holds of a stream: None if it no longer knows it."""
 
     def look(server: streamcore.Server) -> dict[str, Any] | None:
-        stream = server.find_stream(stream_id)
-        if stream is None:
+        entry = server.store.find(stream_id)
+        if entry is None:
             return None
-        return {"readers": len(stream.readers), "finished": stream.finished,
-                "next_seq": stream.log.next_seq, "first_seq": stream.log.first_seq,
-                "held_bytes": stream.log.held_bytes, "live": stream_id in server.streams}
+        return {"readers": len(entry.readers), "finished": entry.log.closed,
+                "next_seq": entry.log.next_seq, "first_seq": entry.log.first_seq,
+                "held_bytes": entry.log.held_bytes,
+                "live": any(e.id == stream_id for e in server.store.live())}
 
     result: dict[str, Any] | None = on_loop(served, look)
     return result
@@ -194,10 +195,13 @@ async def _cancel_live_streams(server: streamcore.Server) -> None:
     a task left pending on a loop that is then closed is finalised by the garbage
     collector at some later point of the test session, running the handler's code there."""
     tasks = []
-    for stream in list(server.streams.values()):
+    for entry in server.store.live():
+        stream = entry.owner
+        assert stream is not None
+        task = getattr(getattr(stream, "source", None), "task", None)
         stream.cancel()
-        if stream.task is not None:
-            tasks.append(stream.task)
+        if task is not None:
+            tasks.append(task)
     if tasks:
         await asyncio.wait(tasks, timeout=2)
 

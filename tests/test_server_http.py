@@ -28,6 +28,7 @@ from conftest import (
 import streamcore
 from streamcore import App, Limits, Request, Response
 from streamcore.aio.stream import FLUSH_BYTES
+from streamcore.proto.pipe import PAUSED
 
 # ---------------------------------------------------------------------------- the test app
 
@@ -364,13 +365,14 @@ def test_over_buffered_bytes_budget_new_requests_get_503(serve: Callable[..., Se
     served = serve(app, limits)
     with RawClient(served.port, rcvbuf=4096) as stalled:
         stalled.send(get("/forever"))
-        wait_for(lambda: served.call(lambda: served.server.paused_bytes > 0))
+        wait_for(lambda: served.call(lambda: served.server.admission.paused_bytes > 0))
         response = httpx.get(f"{served.url}/healthz", timeout=5)
         assert response.status_code == 503
         assert response.headers["retry-after"] == str(limits.retry_after_s)
         assert assert_openai_error(response.content)["code"] == "overloaded"
         # Once the stalled client is cut, the budget is free again.
-        wait_for(lambda: served.call(lambda: served.server.paused_bytes) == 0, timeout=5)
+        wait_for(lambda: served.call(lambda: served.server.admission.paused_bytes) == 0,
+                 timeout=5)
     assert httpx.get(f"{served.url}/healthz", timeout=5).status_code == 200
 
 
@@ -419,7 +421,7 @@ def stall_served(serve: Callable[..., Served]) -> tuple[Served, State]:
 
 def stalled_connection(served: Served) -> object:
     """The server's connection that is streaming (there is only one in these tests)."""
-    conns = [c for c in served.server.connections if getattr(c, "sse", None) is not None]
+    conns = [c for c in served.server.connections if getattr(c, "reader", None) is not None]
     return conns[0] if conns else None
 
 
@@ -432,14 +434,15 @@ def test_client_that_stops_reading_is_bounded_then_cut(
 
         def paused() -> bool:
             conn = stalled_connection(served)
-            return conn is not None and conn.write_paused and conn.sse.stream.flow.paused
+            return (conn is not None and conn.write_paused
+                    and conn.reader.entry.owner.state is PAUSED)
 
         wait_for(lambda: served.call(paused), timeout=3.0)
 
         def sample() -> tuple[int, int, int, int]:
             conn = stalled_connection(served)
-            stream = conn.sse.stream
-            return (stream.log.held_bytes, conn.sse.cursor.backlog_bytes,
+            log = conn.reader.entry.log
+            return (log.held_bytes, conn.reader.cursor.backlog_bytes,
                     conn.transport.get_write_buffer_size(), state.produced)
 
         held, backlog, buffered, produced = served.call(sample)
@@ -454,7 +457,7 @@ def test_client_that_stops_reading_is_bounded_then_cut(
         # Cut after write_stall_timeout_s; the handler's finally runs.
         assert state.finally_ran.wait(limits.write_stall_timeout_s + 3.0)
         wait_for(lambda: served.call(lambda: len(served.server.connections)) == 0)
-        assert served.call(lambda: served.server.paused_bytes) == 0
+        assert served.call(lambda: served.server.admission.paused_bytes) == 0
         result = client.read_until_close(3.0)
     assert result.closed
 

@@ -144,7 +144,7 @@ def test_conversation_all_at_once_and_byte_by_byte() -> None:
     assert frames == [(PONG, True, b"mid-message ping"),
                       (CLOSE, True, close_payload(1000, "bye"))]
     assert session.closed == ws.Closed(1000, "bye")
-    assert session.closing and not session.open
+    assert session.state is ws.CLOSED and not session.open
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -394,7 +394,7 @@ def test_server_initiated_close_then_peer_reply() -> None:
     session = new_session()
     out = ServerFrames().feed(session.close(1001, "bye"))
     assert out == [(CLOSE, True, close_payload(1001, "bye"))]
-    assert session.closing
+    assert session.state is ws.CLOSING
     # Messages the peer sent before it saw our Close are still delivered (7.1.3).
     events = session.receive(frame(TEXT, b"late") + frame(CLOSE, close_payload(1001)))
     assert events == [ws.Received("late"), ws.Closed(1001)]

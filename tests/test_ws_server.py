@@ -488,13 +488,14 @@ def test_client_that_stops_reading_is_closed_and_memory_stays_bounded(
     served = serve(app, limits)
     with RawWS(served.port, "/fast", rcvbuf=4096) as raw:
         # The server fills the socket, then its transport buffer, then pauses.
-        wait_for(lambda: served.call(lambda: served.server.paused_bytes > 0), timeout=5)
+        wait_for(lambda: served.call(lambda: served.server.admission.paused_bytes > 0), timeout=5)
 
         def snapshot() -> tuple[int, int, int, list[int]]:
             server = served.server
-            logs = [r.stream.log.held_bytes for c in server.connections
+            logs = [r.entry.log.held_bytes for c in server.connections
                     for r in getattr(c, "readers", {}).values()]
-            return produced["count"], server.paused_bytes, len(server.connections), logs
+            return (produced["count"], server.admission.paused_bytes, len(server.connections),
+                    logs)
 
         count1, paused, conns, held = served.call(snapshot)
         time.sleep(0.2)
@@ -509,7 +510,7 @@ def test_client_that_stops_reading_is_closed_and_memory_stays_bounded(
         # After write_stall_timeout_s the server gives up on it, and lets everything go.
         wait_for(lambda: served.call(lambda: not served.server.connections), timeout=10)
         wait_for(lambda: produced["closed"], timeout=5)
-        assert served.call(lambda: served.server.paused_bytes) == 0
+        assert served.call(lambda: served.server.admission.paused_bytes) == 0
         assert raw.wait_closed(5), "the server did not close the stalled socket"
     assert produced["count"] < total // 20
 

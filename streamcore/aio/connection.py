@@ -1,95 +1,84 @@
 """One HTTP/1.1 connection: an ``asyncio.Protocol`` that feeds the sans-I/O session and
-writes what it returns with ``writelines``.
+writes what the core frames through its one write path (:class:`~.output.Output`).
 
-Time is two ``loop.call_later`` handles, armed on changes of phase, never per byte or per
-token: the read deadline (head, body or keep-alive, whichever phase we are in) and the
-write-stall deadline (armed while the transport is paused).  SSE heartbeats come from one
-server-wide ticker (:meth:`Server._heartbeat`), not a timer per connection.
+Time is ``loop.call_later`` handles armed on changes of phase, never per byte or per
+token: the read deadline of the phase (head, body or keep-alive), and the output side's
+write-stall and close deadlines.  SSE heartbeats come from one server-wide ticker
+(:class:`~.sse.Heartbeat`).  Every exception on this connection becomes bytes in one
+place, :meth:`HTTPConnection._fail`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..app import EventStream, Request, Response, Route, to_response
-from ..errors import ProtocolError, RequestError
-from ..proto import http
+from ..errors import InternalError, ProtocolError, RequestError, StreamcoreError
+from ..proto import http, ws
+from ..proto.cursor import parse_event_id
 from ..proto.http import HTTPSession, Phase
-from ..proto.openai import error_body
-from .eager import start_eagerly
-from .flow import WriteFlow, abort
+from ..store.base import Entry
+from .context import Context
+from .handler import EventStream, Request, Response, Route, to_response
+from .output import Output
 from .sse import SSE_HEADERS, SSEReader
-from .stream import PushSource, Stream
-
-if TYPE_CHECKING:
-    from .server import Server
+from .websocket import WebSocketConnection
 
 log = logging.getLogger("streamcore")
 
-class HTTPConnection(WriteFlow):
-    """HTTP/1.1 server connection.  Hands itself over to a WebSocket connection on
-    upgrade (see :mod:`streamcore.aio.websocket`)."""
+
+class HTTPConnection(Output):
+    """HTTP/1.1 server connection.  Hands its transport to a
+    :class:`~.websocket.WebSocketConnection` on upgrade."""
 
     # An idle stream's connection is mostly this object: slots keep it small.
-    __slots__ = ("_method", "_task", "_timer", "_timer_phase", "app",
-                 "close_after_response", "limits", "loop", "peer", "read_paused", "server",
-                 "session", "sse", "transport")
+    __slots__ = ("_method", "_task", "_timer", "close_after_response", "ctx", "read_paused",
+                 "reader", "session")
 
-    def __init__(self, server: Server) -> None:
-        super().__init__()
-        self.server = server
-        self.app = server.app
-        self.limits = server.limits
-        self.loop = server.loop
-        self.session = HTTPSession(self.limits)
-        self.transport: asyncio.Transport | None = None
-        self.peer: Any = None
-        #: One record per direction of "paused" (writing: see WriteFlow).
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx.loop, ctx.limits, ctx.admission)
+        self.ctx = ctx
+        self.session = HTTPSession(ctx.limits)
+        #: One record per direction of "paused" (writing: see Output).
         self.read_paused = False
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_phase: Phase | None = None
         self._task: asyncio.Task[None] | None = None
-        self.sse: SSEReader | None = None
+        #: The SSE response being written, if any.
+        self.reader: SSEReader | None = None
         self._method = "GET"
         self.close_after_response = False
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.transport = transport
         self.peer = transport.get_extra_info("peername")
         limits = self.limits
         transport.set_write_buffer_limits(  # type: ignore[attr-defined]
             limits.write_high_water_bytes, limits.write_low_water_bytes)
-        if not self.server.register(self):
-            self._refuse()
+        if not self.admission.admit(self):
+            self._close_with(self.admission.refusal())
             return
         self._arm_read_timer()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            request = self.session.receive(data)
-        except ProtocolError as exc:
-            self.fail(exc.status, str(exc), getattr(exc, "code", None) or "protocol_error")
-            return
-        except Exception:  # a bug of ours: never a traceback to the client
-            log.exception("HTTP session failed")
-            self.fail(500, "internal error", "internal_error")
-            return
         session = self.session
-        if session.outbox:
-            assert self.transport is not None
-            self.transport.writelines(session.outbox)
-            session.outbox.clear()
+        phase = session.phase
+        try:
+            request = session.receive(data)
+        except Exception as exc:
+            self._fail(exc)
+            return
+        if session.outbox:  # 100 Continue
+            self.sendv(session.outbox)
+            session.outbox = []
         if (session.phase is Phase.HANDLING and not self.read_paused
                 and session.pipelined_bytes > self.limits.max_pipelined_bytes):
             self.pause_reading()
         if request is not None:
             self.handle(request)
-        elif session.phase is not self._timer_phase:
+        elif session.phase is not phase:
             self._arm_read_timer()
 
     def eof_received(self) -> bool | None:
@@ -98,80 +87,67 @@ class HTTPConnection(WriteFlow):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self._cancel_timers()
-        sse = self.sse
-        if sse is not None:
-            self.sse = None
-            sse.done = True
-            sse.stream.detach(sse)
+        self._set_timer(None)
+        self._output_lost()
+        reader = self.reader
+        if reader is not None:
+            self.reader = None
+            reader.gone()
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        self.server.unregister(self)
+        self.session.close()
+        self.admission.release(self)
 
     def writable_again(self) -> None:
-        if self.sse is not None:
-            self.sse.flush()
+        if self.reader is not None:
+            self.reader.flush()
 
     # -- requests ----------------------------------------------------------------------
 
     def handle(self, raw: http.Request) -> None:
-        """Dispatch one complete request; a failure of ours is a 500, never a traceback."""
-        try:
-            self._dispatch(raw)
-        except Exception:
-            log.exception("dispatching %s %s failed", raw.method, raw.path)
-            self.fail(500, "internal server error", "internal_error")
-
-    def _dispatch(self, raw: http.Request) -> None:
+        """Dispatch one complete request."""
         self._set_timer(None)
         self._method = raw.method
         try:
-            if b"websocket" in raw.header_tokens(b"upgrade"):
-                route, params = self.app.resolve_upgrade(raw.path)
-                self.server.upgrade_websocket(self, raw, route, params)
-                return
-            route, params = self.app.resolve(raw.method, raw.path)
-            if self.server.overloaded():
-                raise RequestError("the server is at capacity; retry shortly", status=503,
-                                   type="server_error", code="overloaded",
-                                   headers=[(b"retry-after",
-                                             str(self.limits.retry_after_s).encode())])
-        except RequestError as exc:
-            self.respond(Response.error(exc))
+            self._dispatch(raw)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _dispatch(self, raw: http.Request) -> None:
+        router = self.ctx.router
+        if b"websocket" in raw.header_tokens(b"upgrade"):
+            route, params = router.resolve_upgrade(raw.path)
+            self._upgrade(raw, route, params)
             return
-        request = Request(raw, params, self.peer, self.app)
+        route, params = router.resolve(raw.method, raw.path)
+        self.admission.check_new_work()
+        request = Request(raw, params, self.peer, router)
         if route.streaming:
             self._start_stream(route.handler(request), route.sse_end, request)
         else:
-            # Most handlers answer without awaiting (the gateway's does): no task for those.
-            task = start_eagerly(self.loop, self._run_plain(route, request))
-            if task is not None:
-                self._task = task
+            # A real task: the handler may use asyncio.timeout(), anyio, httpx, ...
+            self._task = self.loop.create_task(self._run_plain(route, request))
 
     async def _run_plain(self, route: Route, request: Request) -> None:
         try:
             result = await route.handler(request)
-            if isinstance(result, EventStream):
-                self._task = None
-                if self.transport is not None:
-                    self._start_stream(result.items, result.sse_end, request, result.resume)
+            self._task = None
+            if self.transport is None:
                 return
-            response = to_response(result)
-        except RequestError as exc:
-            response = Response.error(exc)
-        except Exception:
-            log.exception("handler for %s %s failed", request.method, request.path)
-            response = Response(error_body("internal server error", "server_error", None,
-                                           "internal_error"), 500)
-        self._task = None
-        if self.transport is not None:
-            self.respond(response)
+            if isinstance(result, EventStream):
+                self._start_stream(result.items, result.sse_end, request, result.resume)
+            else:
+                self.respond(to_response(result))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._task = None
+            if self.transport is not None:
+                self._fail(exc)
 
     def respond(self, response: Response) -> None:
         """Write a complete response, then go on to the next request (or close)."""
-        transport = self.transport
-        if transport is None:
+        if self.transport is None:
             return
         session = self.session
         headers = [(b"content-type", response.content_type),
@@ -179,89 +155,80 @@ class HTTPConnection(WriteFlow):
         if self.close_after_response:
             headers.append((b"connection", b"close"))
         try:
-            head = session.response_head(response.status, headers, method=self._method)
-            transport.writelines([head, session.response_body(response.body),
-                                  session.end_response()])
-        except Exception:
-            log.exception("could not send a response")
-            transport.abort()
+            bufs = [session.response_head(response.status, headers, method=self._method),
+                    session.response_body(response.body), session.end_response()]
+        except Exception:  # e.g. a header h11 refuses: nothing sensible can follow
+            log.exception("could not make a response")
+            self.abort()
             return
+        self.sendv(bufs)
         self.response_done()
 
-    def _start_stream(self, items: AsyncIterator[Any] | PushSource, sse_end: bytes,
-                      request: Request, resume: str | None = None) -> None:
-        transport = self.transport
-        assert transport is not None
+    # -- streams ---------------------------------------------------------------------
+
+    def _start_stream(self, items: Any, sse_end: bytes | None, request: Request,
+                      resume: str | None = None) -> None:
         start_seq = 1
         last_id = request.header("last-event-id")
-        if last_id:  # WHATWG HTML 9.2.4: a reconnecting EventSource sends the last id seen
-            stream_id, _, seq = last_id.rpartition("-")
-            if seq.isdigit() and stream_id and resume in (None, stream_id):
-                resume, start_seq = stream_id, int(seq) + 1
+        # WHATWG HTML 9.2.4: a reconnecting EventSource sends the last id it saw.  One that
+        # is not ours, or names another stream than the path, is not a cursor: ignored.
+        cursor = parse_event_id(last_id) if last_id else None
+        if cursor is not None and resume in (None, cursor[0]):
+            resume, start_seq = cursor[0], cursor[1] + 1
+        ctx = self.ctx
         if resume is not None:
-            self._resume_stream(resume, start_seq)
+            entry = ctx.store.find(resume)
+            if entry is None:
+                raise RequestError(f"no stream {resume!r} (unknown, or no longer retained)",
+                                   status=404, code="stream_not_found")
+            self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, entry, start_seq)
+            self.reader.start(origin=False)
+            self.reader.wake()
             return
-        limits = self.limits
-        stream = Stream(items, log_bytes=limits.stream_log_bytes,
-                        high_water=limits.write_high_water_bytes,
-                        low_water=limits.write_low_water_bytes,
-                        grace_s=limits.resume_grace_s, sse_end=sse_end)
-        reader = SSEReader(self, stream, sse_end)
-        if self._method == "HEAD":  # the head of the stream, and no generation
-            transport.writelines([self.stream_head(reader), self.session.end_response()])
+        head_only = self._method == "HEAD"
+        stream = ctx.new_stream(items, sse_end=sse_end, resumable=not head_only)
+        if head_only:  # the head of the stream, and no generation
+            head, _ = self.stream_head(stream.entry)
+            self.send(head)
             self.response_done()
             return
-        stream.attach(reader, origin=True)
-        self.sse = reader
-        self.server.streams_started += 1
-        self.server.register_stream(stream)
+        reader = self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, stream.entry)
+        reader.start(origin=True)
         stream.start()
-        reader.wake()  # after the handler's first step: see SSEReader.head_pending
+        reader.wake()  # after the source's first step: see SSEReader.framer
 
-    def _resume_stream(self, stream_id: str, start_seq: int) -> None:
-        """Read a known stream from ``start_seq``: what it missed from the log, then the
-        live tail, exactly once and in order (or, if the log no longer holds
-        ``start_seq``, an error event saying so)."""
-        stream = self.server.find_stream(stream_id)
-        if stream is None:
-            self.respond(Response.error(RequestError(
-                f"no stream {stream_id!r} (unknown, or no longer retained)", status=404,
-                code="stream_not_found")))
-            return
-        reader = SSEReader(self, stream, stream.sse_end, start_seq)
-        stream.attach(reader)
-        self.sse = reader
-        reader.wake()
-
-    def stream_head(self, reader: SSEReader) -> bytes:
-        headers = [*SSE_HEADERS, (b"x-stream-id", reader.stream.id.encode())]
+    def stream_head(self, entry: Entry) -> tuple[bytes, bool]:
+        headers = [*SSE_HEADERS, (b"x-stream-id", entry.id.encode())]
         if self.close_after_response:
             headers.append((b"connection", b"close"))
-        head = self.session.response_head(200, headers, stream=True, method=self._method)
-        reader.chunked = self.session.chunked
-        return head
+        return self.session.stream_head(headers, method=self._method)
 
-    def stream_done(self, reader: SSEReader) -> None:
-        if self.sse is reader:
-            self.sse = None
-            if self.transport is not None:
-                self.response_done()
+    def stream_refused(self, reader: SSEReader, exc: RequestError) -> None:
+        if self.reader is reader:
+            self.reader = None
+            self.respond(Response.error(exc))
+
+    def stream_done(self, reader: SSEReader, bufs: list[bytes]) -> None:
+        self.sendv(bufs)
+        if self.reader is reader:
+            self.reader = None
+            self.response_done()
 
     def response_done(self) -> None:
-        transport = self.transport
-        if transport is None:
+        if self.transport is None:
             return
         try:
             keep_open, pipelined = self.session.next_cycle()
         except ProtocolError as exc:  # the pipelined next request is bad: answer and close
-            self.fail(exc.status, str(exc), "protocol_error")
+            self._fail(exc)
             return
         if not keep_open or self.close_after_response:
-            transport.close()
+            self.session.close()
+            self.close_transport()
             return
         if self.read_paused:
             self.read_paused = False
-            transport.resume_reading()
+            self.transport.resume_reading()
         self._arm_read_timer()
         if pipelined is not None:
             # Next turn of the loop: a long pipeline must not recurse.
@@ -276,55 +243,53 @@ class HTTPConnection(WriteFlow):
             self.read_paused = True
             self.transport.pause_reading()
 
+    # -- upgrade -----------------------------------------------------------------------
+
+    def _upgrade(self, raw: http.Request, route: Route, params: dict[str, str]) -> None:
+        """Answer the handshake and hand the transport to a WebSocket connection."""
+        router = self.ctx.router
+        limits = self.limits
+        accepted = ws.accept(raw, subprotocols=router.ws_subprotocols,
+                             deflate=router.ws_deflate, origins=router.ws_origins,
+                             max_message=limits.ws_max_message_bytes)
+        tail = self.session.take_upgrade_tail()
+        transport = self.transport
+        write_paused = self.write_paused
+        self._output_lost(keep_pause=True)  # the WebSocket owns the pause account now
+        conn = WebSocketConnection(self.ctx, transport, accepted, tail, self.peer, write_paused)
+        self.admission.replace(self, conn)
+        transport.set_protocol(conn)
+        conn.start(route, Request(raw, params, self.peer, router), accepted.response)
+
     # -- failure and time -------------------------------------------------------------
 
-    def fail(self, status: int, message: str, code: str) -> None:
-        """Answer a protocol error and close; nothing after it is parsed."""
-        self.reject(status, message, code)
+    def _fail(self, exc: BaseException) -> None:
+        """The error boundary: every exception on this connection is answered here.  A
+        protocol error closes (nothing after it is parsed); any other error answers the
+        request being handled with its status and keeps the connection; a bug of ours is a
+        500 whose details go to the log only."""
+        if not isinstance(exc, StreamcoreError):
+            log.error("%s: internal error", self.peer, exc_info=exc)
+            exc = InternalError()
+        if isinstance(exc, ProtocolError) or self.session.phase is not Phase.HANDLING:
+            self._close_with(exc)
+        else:
+            self.respond(Response.error(exc))
 
-    def reject(self, status: int, message: str, code: str,
-               extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        """Refuse a request with a complete error response and close."""
-        transport = self.transport
-        if transport is None:
-            return
-        self.session.phase = Phase.CLOSED
-        body = error_body(message, "invalid_request_error", None, code)
-        transport.write(http.error_response(status, body, extra))
-        transport.close()
-
-    def hand_over(self) -> None:
-        """The transport now belongs to another protocol (WebSocket): let go of it."""
-        self._cancel_timers_keep_pause()
-        self.transport = None
-
-    def _cancel_timers_keep_pause(self) -> None:
-        for timer in (self._timer, self._stall_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._stall_timer = None
-
-    def _refuse(self) -> None:
-        assert self.transport is not None
-        body = error_body("too many connections; retry shortly", "server_error", None,
-                          "overloaded")
-        retry = str(self.limits.retry_after_s).encode()
-        self.transport.write(http.error_response(503, body, ((b"retry-after", retry),)))
-        self.transport.close()
+    def _close_with(self, exc: StreamcoreError) -> None:
+        """A complete error response, then close; made without h11, whose state may be an
+        error by now."""
+        self.session.fail()
+        self.send(http.error_response(exc.status, exc.envelope(), exc.headers))
+        self.close_transport()
 
     def _arm_read_timer(self) -> None:
-        phase = self.session.phase
-        limits = self.limits
-        timeout = {Phase.IDLE: limits.keepalive_timeout_s, Phase.HEAD: limits.head_timeout_s,
-                   Phase.BODY: limits.body_timeout_s}.get(phase)
-        self._set_timer(timeout)
-        self._timer_phase = phase
+        self._set_timer(http.read_timeout(self.session.phase, self.limits))
 
     def _set_timer(self, timeout: float | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._timer_phase = None
         if timeout is not None:
             self._timer = self.loop.call_later(timeout, self._read_timed_out)
 
@@ -332,23 +297,18 @@ class HTTPConnection(WriteFlow):
         self._timer = None
         phase = self.session.phase
         if phase is Phase.IDLE:
-            if self.transport is not None:
-                self.transport.close()
-        elif phase in (Phase.HEAD, Phase.BODY):
+            self.session.close()
+            self.close_transport()
+        else:  # HEAD or BODY: the only other phases with a read deadline
             what = "request head" if phase is Phase.HEAD else "request body"
-            self.fail(408, f"the {what} was not received in time", "timeout")
-
-    def abort(self) -> None:
-        abort(self.transport)
-
-    def _cancel_timers(self) -> None:
-        self._cancel_timers_keep_pause()
-        self._end_pause()
+            self._fail(ProtocolError(f"the {what} was not received in time", status=408,
+                                     code="timeout"))
 
     def close_idle(self) -> bool:
         """For a drain: close now if between requests; else close after the response."""
         self.close_after_response = True
         if self.transport is not None and self.session.phase in (Phase.IDLE, Phase.CLOSED):
-            self.transport.close()
+            self.session.close()
+            self.close_transport()
             return True
         return False

@@ -1,4 +1,5 @@
-"""Listening sockets, the connection registry, admission and graceful drain."""
+"""The listener and the runner: a listening socket, the shared context of its
+connections, graceful drain."""
 
 from __future__ import annotations
 
@@ -7,123 +8,58 @@ import gc
 import logging
 import signal
 import socket
-from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+import ssl as ssl_
+from typing import Any
 
 from ..limits import Limits
-from ..proto import http
+from ..store.base import ReplayStore
+from ..store.memory import MemoryStore
+from .admission import Admission
 from .connection import HTTPConnection
-from .stream import Flusher, Stream
-
-if TYPE_CHECKING:
-    from ..app import App, Route
+from .context import Context
+from .handler import Router
+from .sse import Heartbeat
+from .stream import Flusher
 
 log = logging.getLogger("streamcore")
 
 
 class Server:
-    """One listening socket serving one :class:`~streamcore.App`.  Several servers (and
-    apps) can live in one process and one loop: nothing here is global."""
+    """One listening socket serving one router (a :class:`~streamcore.App`).  Several
+    servers (and apps) can live in one process and one loop: nothing here is global."""
 
-    def __init__(self, app: App, limits: Limits | None = None) -> None:
+    def __init__(self, app: Router, limits: Limits | None = None, *,
+                 store: ReplayStore | None = None) -> None:
         self.app = app
-        self.limits = limits or app.limits
-        self.loop = asyncio.get_running_loop()
-        self.connections: set[Any] = set()
-        #: Estimated output bytes held by paused transports (high-water mark each).
-        self.paused_bytes = 0
-        self.streams_started = 0
-        self.draining = False
+        self.limits = limits = limits or app.limits
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.admission = Admission(limits)
+        self.store = store or MemoryStore(loop.time, limits.resume_retention_s,
+                                          limits.resume_budget_bytes)
+        self.heartbeat = Heartbeat(loop, limits.heartbeat_interval_s)
+        self.ctx = Context(loop, limits, app, self.admission, Flusher(loop), self.store,
+                           self.heartbeat)
         self._server: asyncio.Server | None = None
-        self._closed = asyncio.Event()
-        self._ticker: asyncio.TimerHandle | None = None
-        #: Flushes every stream woken during a loop iteration, once, at its end.
-        self.flusher = Flusher(self.loop)
-        #: SSE streams by id: live ones, and ended ones kept for resume (oldest first).
-        self.streams: dict[str, Stream] = {}
-        self._retained: OrderedDict[str, tuple[Stream, float]] = OrderedDict()
-        self._retained_bytes = 0
 
-    # -- admission ------------------------------------------------------------------
-
-    def register(self, conn: Any) -> bool:
-        """Admit a new connection, or refuse it (the caller answers 503)."""
-        if self.draining or len(self.connections) >= self.limits.max_connections:
-            return False
-        self.connections.add(conn)
-        return True
-
-    def unregister(self, conn: Any) -> None:
-        self.connections.discard(conn)
-        if self.draining and not self.connections:
-            self._closed.set()
-
-    def overloaded(self) -> bool:
-        """New work is refused (503) when buffered output passes the global budget."""
-        return self.paused_bytes > self.limits.max_buffered_bytes_total
-
-    # -- streams and resume ---------------------------------------------------------
-
-    def register_stream(self, stream: Stream) -> None:
-        """A new SSE stream, findable by id (Last-Event-ID) while it runs and after."""
-        self.streams[stream.id] = stream
-        stream.on_end = self._stream_ended
-
-    def _stream_ended(self, stream: Stream) -> None:
-        self.streams.pop(stream.id, None)
-        limits = self.limits
-        if limits.resume_retention_s > 0 and limits.resume_budget_bytes > 0:
-            self._retained[stream.id] = (stream, self.loop.time() + limits.resume_retention_s)
-            self._retained_bytes += stream.log.held_bytes
-        self._evict()
-
-    def _evict(self) -> None:
-        now = self.loop.time()
-        retained = self._retained
-        while retained:
-            stream, expiry = next(iter(retained.values()))
-            if expiry > now and self._retained_bytes <= self.limits.resume_budget_bytes:
-                break
-            retained.popitem(last=False)
-            self._retained_bytes -= stream.log.held_bytes
-
-    def find_stream(self, stream_id: str) -> Stream | None:
-        """A live stream, or an ended one still retained for resume."""
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            self._evict()
-            entry = self._retained.get(stream_id)
-            stream = entry[0] if entry is not None else None
-        return stream
-
-    def upgrade_websocket(self, conn: HTTPConnection, raw: http.Request, route: Route,
-                          params: dict[str, str]) -> None:
-        from .websocket import upgrade
-
-        upgrade(self, conn, raw, route, params)
-
-    # -- lifecycle ------------------------------------------------------------------
-
-    def _heartbeat(self) -> None:
-        """One timer for every SSE stream's heartbeat: a TimerHandle per connection would
-        cost more memory than the rest of an idle stream's connection."""
-        for conn in list(self.connections):
-            sse = getattr(conn, "sse", None)
-            if sse is not None:
-                sse.heartbeat()
-        self._ticker = self.loop.call_later(self.limits.heartbeat_interval_s, self._heartbeat)
+    @property
+    def connections(self) -> set[Any]:
+        return self.admission.connections
 
     async def listen(self, host: str = "127.0.0.1", port: int = 8000, *,
-                     sock: socket.socket | None = None, backlog: int | None = None) -> None:
+                     sock: socket.socket | None = None, backlog: int | None = None,
+                     ssl: ssl_.SSLContext | None = None) -> None:
         if backlog is None:
             backlog = self.limits.listen_backlog
-        self._ticker = self.loop.call_later(self.limits.heartbeat_interval_s, self._heartbeat)
+        ctx = self.ctx
+        self.heartbeat.start()
         if sock is not None:
             self._server = await self.loop.create_server(
-                lambda: HTTPConnection(self), sock=sock, backlog=backlog)
+                lambda: HTTPConnection(ctx), sock=sock, backlog=backlog, ssl=ssl)
         else:
             self._server = await self.loop.create_server(
-                lambda: HTTPConnection(self), host, port, backlog=backlog, reuse_address=True)
+                lambda: HTTPConnection(ctx), host, port, backlog=backlog, reuse_address=True,
+                ssl=ssl)
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -138,38 +74,38 @@ class Server:
         """Stop accepting; let in-flight responses finish for up to ``drain_timeout``
         seconds (default: the limit ``drain_timeout_s``); then close what is left."""
         timeout = self.limits.drain_timeout_s if drain_timeout is None else drain_timeout
-        self.draining = True
+        admission = self.admission
+        admission.draining = True
         if self._server is not None:
             self._server.close()
-        for conn in list(self.connections):
+        for conn in list(admission.connections):
             conn.close_idle()
-        if self.connections:
-            try:
-                await asyncio.wait_for(self._closed.wait(), timeout)
-            except TimeoutError:
-                log.warning("drain timeout: closing %d connections", len(self.connections))
-        if self._ticker is not None:  # heartbeats go on while streams drain
-            self._ticker.cancel()
+        if not await admission.drained(timeout):
+            log.warning("drain timeout: closing %d connections", len(admission.connections))
+        self.heartbeat.stop()  # heartbeats go on while streams drain
         # Streams without a connection (in their resume grace) end with the server.
-        for stream in list(self.streams.values()):
-            stream.cancel()
-        for conn in list(self.connections):
-            transport = conn.transport
-            if transport is not None:
-                transport.abort()
-        self.connections.clear()
+        for entry in self.store.live():
+            if entry.owner is not None:
+                entry.owner.cancel()
+        for conn in list(admission.connections):
+            conn.abort()
+        admission.connections.clear()
         if self._server is not None:
             await self._server.wait_closed()
 
 
-async def start(app: App, host: str = "127.0.0.1", port: int = 8000, *,
-                limits: Limits | None = None, sock: socket.socket | None = None) -> Server:
+async def start(app: Router, host: str = "127.0.0.1", port: int = 8000, *,
+                limits: Limits | None = None, sock: socket.socket | None = None,
+                ssl: ssl_.SSLContext | None = None, store: ReplayStore | None = None,
+                ) -> Server:
     """Serve ``app`` from the running event loop; returns the :class:`Server`.
 
-    ``await server.close(drain_timeout)`` stops it.
+    ``ssl``: serve TLS with this context.  ``store``: where streams are kept for resume
+    (default: a :class:`~streamcore.store.MemoryStore`).  ``await server.close(drain_timeout)``
+    stops it.
     """
-    server = Server(app, limits)
-    await server.listen(host, port, sock=sock)
+    server = Server(app, limits, store=store)
+    await server.listen(host, port, sock=sock, ssl=ssl)
     return server
 
 
@@ -191,14 +127,15 @@ def tune_gc() -> None:
     gc.set_threshold(gen0, gen1, 1000)
 
 
-def run(app: App, host: str = "127.0.0.1", port: int = 8000, *,
-        limits: Limits | None = None, on_ready: Any = None) -> None:
+def run(app: Router, host: str = "127.0.0.1", port: int = 8000, *,
+        limits: Limits | None = None, on_ready: Any = None,
+        ssl: ssl_.SSLContext | None = None) -> None:
     """Serve ``app`` on a new uvloop event loop until SIGTERM (drain, then exit) or SIGINT
     (stop now)."""
     import uvloop
 
     async def main() -> None:
-        server = await start(app, host, port, limits=limits)
+        server = await start(app, host, port, limits=limits, ssl=ssl)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         drain: dict[str, float] = {}

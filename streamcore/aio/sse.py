@@ -1,26 +1,19 @@
-"""Writing a stream to an HTTP response as Server-Sent Events.
+"""Writing a stream to an HTTP response as Server-Sent Events, and the SSE heartbeat.
 
-Each frame of the stream's log becomes one event, ``id: <stream id>-<seq>`` and a ``data:``
-line around the shared payload buffers (WHATWG HTML 9.2.6); the events taken in one flush
-go out as one HTTP chunk (RFC 9112 section 7.1) in one ``writelines``.
+The bytes are the framer's (:class:`streamcore.proto.sse.SSEFramer`); this module decides
+when to write them and hands them to the connection's one write path.
 """
 
 from __future__ import annotations
 
-import logging
-import re
-from typing import TYPE_CHECKING
+import asyncio
+from typing import Any, Protocol
 
-from ..app import Response
-from ..errors import FellBehind
-from ..proto.openai import error_body
+from ..errors import FellBehind, RequestError
 from ..proto.pipe import Cursor
-from .stream import BaseReader, Stream
-
-if TYPE_CHECKING:
-    from .connection import HTTPConnection
-
-log = logging.getLogger("streamcore")
+from ..proto.sse import SSEFramer
+from ..store.base import Entry
+from .stream import BaseReader, Flusher
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -29,128 +22,148 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+class Responder(Protocol):
+    """What an SSE reader needs of its HTTP connection."""
+
+    transport: Any
+    write_paused: bool
+
+    def send(self, data: bytes) -> None: ...
+
+    def sendv(self, bufs: list[bytes], size: int = -1) -> None: ...
+
+    def stream_head(self, entry: Entry) -> tuple[bytes, bool]:
+        """The response head, and whether the body is chunked."""
+
+    def stream_refused(self, reader: SSEReader, exc: RequestError) -> None:
+        """Answer the request with ``exc`` instead of a stream (nothing was sent yet)."""
+
+    def stream_done(self, reader: SSEReader, bufs: list[bytes]) -> None:
+        """Write the last buffers; the response is complete."""
 
 
 class SSEReader(BaseReader):
-    """Writes one stream to one HTTP response as chunks of ``id:``/``data:`` events."""
+    """Writes one stream to one HTTP response: the events of each flush in one chunk."""
 
-    __slots__ = ("chunked", "conn", "cursor", "end", "hb_seen", "head_pending", "id_prefix",
-                 "stream")
+    __slots__ = ("framer", "hb_seen", "heartbeat")
 
-    def __init__(self, conn: HTTPConnection, stream: Stream, end: bytes,
+    def __init__(self, conn: Responder, flusher: Flusher, heartbeat: Heartbeat, entry: Entry,
                  start_seq: int | None = None) -> None:
-        super().__init__(conn.server.flusher)
+        super().__init__(flusher, entry)
         self.conn = conn
-        self.stream = stream
-        self.cursor = Cursor(stream.log, start_seq)
-        self.scheduled = False
-        self.id_prefix = stream.id.encode() + b"-"
-        #: Whether the body is chunked: known when the head is made.
-        self.chunked = True
-        self.end = end
-        self.done = False
+        self.heartbeat = heartbeat
+        self.cursor = Cursor(entry.log, start_seq)
+        #: Made with the response head, at the first flush: one loop iteration after the
+        #: handler started, so that a handler that refuses its input before its first item
+        #: (bad JSON, say) still gets its 4xx instead of a 200 and an error event.
+        self.framer: SSEFramer | None = None
         self.hb_seen = -1
-        #: The response head goes out with the first flush, one loop iteration after the
-        #: handler started: a handler that refuses its input before its first item (bad
-        #: JSON, say) still gets its 4xx instead of a 200 and an error event.
-        self.head_pending = True
 
-    def _flush(self, conn: HTTPConnection) -> None:
-        assert conn.transport is not None
+    def start(self, *, origin: bool) -> None:
+        """Read the entry: ``origin`` for the request that started its generation."""
+        self.entry.attach(self, origin=origin)
+        self.heartbeat.readers.add(self)
+        self.wake()
+
+    def _flush(self, conn: Responder) -> None:
         cursor = self.cursor
         log_ = cursor.log
-        if (log_.next_seq - cursor.next_seq == 1 and not self.head_pending and self.chunked
-                and not log_.closed and self.stream.multiline is None):
+        framer = self.framer
+        if (framer is not None and log_.next_seq - cursor.next_seq == 1 and not log_.closed
+                and self.entry.multiline is None):
             # One event pending: a sparse stream's token (a paced model's is always one).
-            # One buffer makes uvloop's write() a plain write(2) with no gather context;
-            # seven small buffers cost it more than framing them here does.
             seq = cursor.next_seq
             frame, size = cursor.take_newest()
-            head = b"id: %b%d\ndata: " % (self.id_prefix, seq)
-            conn.transport.write(b"".join((b"%x\r\n" % (len(head) + size + 2), head, *frame,
-                                           b"\n\n\r\n")))
-            if self.stream.paused and self.stream.origin is self:
-                self.stream.writable_changed()
+            conn.send(framer.event(seq, frame, size))
+            self.progressed()
             return
         bufs: list[bytes] = []
-        if self.head_pending:
-            refused = self.stream.refused
+        size = 0
+        if framer is None:
+            refused = self.entry.refused
             if refused is not None:
-                self.done = True
-                self.stream.detach(self)
-                conn.sse = None
-                conn.respond(Response.error(refused))
+                self._leave()
+                conn.stream_refused(self, refused)
                 return
-            self.head_pending = False
-            bufs.append(conn.stream_head(self))
+            head, chunked = conn.stream_head(self.entry)
+            framer = self.framer = SSEFramer(self.entry.id, chunked)
+            bufs.append(head)
+            size = len(head)
         if cursor.next_seq < log_.next_seq:
             try:
-                seq, frames, size = cursor.take()
+                seq, frames, payload = cursor.take()
             except FellBehind as exc:
-                self._finish(_error_event(str(exc), "fell_behind"), bufs)
+                self._finish(bufs, exc.envelope())
                 return
-            size_at = len(bufs)
-            bufs.append(b"")  # the chunk-size line, once the size is known
-            prefix = self.id_prefix
-            multiline = self.stream.multiline
-            total = size + 2 * len(frames)
-            for frame in frames:
-                head = b"id: %b%d\ndata: " % (prefix, seq)
-                total += len(head)
-                bufs.append(head)
-                if multiline and seq in multiline:
-                    # WHATWG HTML 9.2.6: one data field per line of the payload.
-                    data = _LINE_BREAK.sub(b"\ndata: ", b"".join(frame))
-                    total += len(data) - sum(map(len, frame))
-                    bufs.append(data)
-                else:
-                    bufs.extend(frame)
-                bufs.append(b"\n\n")
-                seq += 1
-            if self.chunked:
-                bufs[size_at] = b"%x\r\n" % total
-                bufs.append(b"\r\n")
+            events, n = framer.events(seq, frames, payload, self.entry.multiline)
+            bufs += events
+            size += n
         if log_.closed and cursor.next_seq >= log_.next_seq:
-            self._finish(None, bufs)
+            self._finish(bufs, None)
             return
         if bufs:
-            conn.transport.writelines(bufs)
-        if self.stream.paused and self.stream.origin is self:
-            self.stream.writable_changed()
+            conn.sendv(bufs, size)
+        self.progressed()
 
-    def _finish(self, error: bytes | None, bufs: list[bytes] | None = None) -> None:
-        """The end of the stream: the route's end marker, the last chunk, next request."""
-        bufs = bufs if bufs is not None else []
-        tail = error + self.end if error else self.end
-        if tail:
-            bufs.extend(self._chunk(tail))
+    def _finish(self, bufs: list[bytes], error: bytes | None) -> None:
+        """The end of the body: an error that ended this reader, the route's end marker,
+        the last chunk; then the connection goes on to its next request."""
+        assert self.framer is not None
+        entry = self.entry
+        tail = [error] if error is not None else []
+        if entry.sse_end is not None:
+            tail.append(entry.sse_end)
+        bufs += self.framer.final(*tail)
+        self._leave()
+        self.conn.stream_done(self, bufs)
+
+    def _leave(self) -> None:
         self.done = True
-        conn = self.conn
-        if conn.transport is not None:
-            bufs.append(conn.session.end_response())
-            conn.transport.writelines(bufs)
-        self.stream.detach(self)
-        conn.stream_done(self)
+        self.heartbeat.readers.discard(self)
+        self.entry.detach(self)
 
-    def _chunk(self, data: bytes) -> list[bytes]:
-        return [b"%x\r\n" % len(data), data, b"\r\n"] if self.chunked else [data]
+    def gone(self) -> None:
+        """The connection was lost."""
+        if not self.done:
+            self._leave()
 
-    def heartbeat(self) -> None:
-        """An SSE comment if nothing was written since the last tick: keeps proxies from
-        cutting a silent stream (a silent stream gets one within two intervals).  A bare
-        comment line, never a blank line: some clients (the OpenAI SDK, httpx-sse)
-        dispatch an empty event on a blank line once an id has been seen."""
-        if self.head_pending:
+    def beat(self) -> None:
+        """A comment if nothing was written since the last tick: keeps proxies from
+        cutting a silent stream (a silent stream gets one within two intervals)."""
+        if self.framer is None:
             self.flush()  # a silent stream commits to its 200 at the first tick
         seen = self.cursor.next_seq
-        if seen == self.hb_seen and not self.conn.write_paused and not self.done:
-            transport = self.conn.transport
-            if transport is not None:
-                transport.writelines(self._chunk(b":\n"))
+        conn = self.conn
+        if (seen == self.hb_seen and self.framer is not None and not conn.write_paused
+                and not self.done):
+            conn.sendv(self.framer.comment())
         self.hb_seen = seen
 
 
-def _error_event(message: str, code: str) -> bytes:
-    body = error_body(message, "stream_error", None, code)
-    return b"data: " + body + b"\n\n"
+class Heartbeat:
+    """One timer for every SSE reader of a server: a TimerHandle per connection would cost
+    more memory than the rest of an idle stream's connection."""
+
+    __slots__ = ("_timer", "interval_s", "loop", "readers")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval_s: float) -> None:
+        self.loop = loop
+        self.interval_s = interval_s
+        self.readers: set[SSEReader] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        if self._timer is None and self.interval_s > 0:
+            self._timer = self.loop.call_later(self.interval_s, self._tick)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        for reader in list(self.readers):
+            reader.beat()
+        self._timer = self.loop.call_later(self.interval_s, self._tick)

@@ -1,10 +1,11 @@
 """WebSocket connections: the asyncio side of :mod:`streamcore.proto.ws`.
 
-An upgrade request arrives as an HTTP request; :func:`upgrade` answers the handshake and
-swaps the transport's protocol for a :class:`WebSocketConnection`.  Streams run on it as
-on SSE: the same :class:`~streamcore.aio.stream.Stream` and token log, read by a
-:class:`WSReader` that writes each frame as a WebSocket text frame (a header in front of
-the shared payload buffers).  Several streams can share one socket, told apart by a key.
+An HTTP connection answers the upgrade and hands its transport to a
+:class:`WebSocketConnection`.  Streams run on it as on SSE: the same
+:class:`~streamcore.aio.stream.Stream` and token log, read by a :class:`WSReader` whose
+messages are framed by :class:`streamcore.proto.wsapi.ChunkFramer`.  Several streams can
+share one socket, told apart by a key.  Every exception on the socket becomes a close code
+in one place, :meth:`WebSocketConnection._fail`.
 """
 
 from __future__ import annotations
@@ -13,21 +14,18 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-from ..app import Request, Route
-from ..errors import FellBehind, ProtocolError, RequestError
-from ..proto import http, ws
-from ..proto.jsonbytes import dumps
+from ..errors import FellBehind, InternalError, RequestError, StreamcoreError
+from ..proto import ws, wsapi
 from ..proto.pipe import Cursor
-from .flow import WriteFlow, abort
-from .stream import BaseReader, PushSource, Stream, error_payload
-
-if TYPE_CHECKING:
-    from .connection import HTTPConnection
-    from .server import Server
+from ..store.base import Entry
+from .context import Context
+from .handler import Request, Route
+from .output import Output
+from .stream import BaseReader, PushSource
 
 log = logging.getLogger("streamcore")
 
@@ -48,124 +46,67 @@ class WebSocketClosed(Exception):
         self.reason = reason
 
 
-def upgrade(server: Server, conn: HTTPConnection, raw: http.Request, route: Route,
-            params: dict[str, str]) -> None:
-    """Answer an upgrade request on ``conn`` and hand its transport to a WebSocket."""
-    app = server.app
-    limits = server.limits
-    try:
-        accepted = ws.accept(raw, subprotocols=app.ws_subprotocols, deflate=app.ws_deflate,
-                             origins=app.ws_origins, max_message=limits.ws_max_message_bytes)
-    except ProtocolError as exc:
-        extra = ((b"sec-websocket-version", b"13"),) if exc.status == 426 else ()
-        conn.reject(exc.status, str(exc), "websocket_handshake", extra)
-        return
-    transport = conn.transport
-    assert transport is not None
-    tail = conn.session.take_upgrade_tail()
-    conn.hand_over()
-    session = ws.WSSession(accepted, max_frame=limits.ws_max_frame_bytes,
-                           max_message=limits.ws_max_message_bytes, tail=tail)
-    request = Request(raw, params, conn.peer, app)
-    wsconn = WebSocketConnection(server, transport, session, conn.write_paused)
-    server.connections.discard(conn)
-    server.connections.add(wsconn)
-    transport.set_protocol(wsconn)
-    transport.write(accepted.response)
-    wsconn.start(route, request)
-
-
 class WSReader(BaseReader):
-    """Writes one stream to a WebSocket: one text message per frame.
+    """Writes one stream to a WebSocket: one text message per frame."""
 
-    ``key`` set (the gateway): ``{"type":"chunk","id":<key>,"seq":N,"chunk":<payload>}``.
-    ``key`` None (a plain stream route): the payload itself is the message.
-    """
+    __slots__ = ("end", "framer", "key")
 
-    __slots__ = ("conn", "cursor", "end", "head", "key", "stream")
-
-    def __init__(self, conn: WebSocketConnection, stream: Stream, key: bytes | None,
+    def __init__(self, conn: WebSocketConnection, entry: Entry, key: bytes | None,
                  end: Callable[[], bytes | None] | None) -> None:
-        super().__init__(conn.server.flusher)
+        super().__init__(conn.ctx.flusher, entry)
         self.conn = conn
-        self.stream = stream
-        self.cursor = Cursor(stream.log)
-        self.scheduled = False
+        self.cursor = Cursor(entry.log)
         self.key = key
-        # A %-format with the key inside it: a "%" of the client's id must not format.
-        self.head = (b'{"type":"chunk","id":' + key.replace(b"%", b"%%")
-                     + b',"seq":%d,"chunk":') if key else b""
-        self.done = False
+        self.framer = wsapi.ChunkFramer(key)
         self.end = end
 
     def _flush(self, conn: WebSocketConnection) -> None:
-        assert conn.transport is not None
         if not conn.session.open:  # no data frame after our Close (RFC 6455 5.5.1)
             return
         cursor = self.cursor
         log_ = cursor.log
-        if (log_.next_seq - cursor.next_seq == 1 and not log_.closed and self.head
-                and self.stream.error is None):
+        if log_.next_seq - cursor.next_seq == 1 and not log_.closed:
             # One message pending (a paced stream's token): one buffer, one write(2).
             seq = cursor.next_seq
             frame, size = cursor.take_newest()
-            prefix = self.head % seq
-            conn.transport.write(b"".join((ws.text_header(len(prefix) + size + 1), prefix,
-                                           *frame, b"}")))
-            if self.stream.paused and self.stream.origin is self:
-                self.stream.writable_changed()
+            conn.send(self.framer.message(seq, frame, size))
+            self.progressed()
             return
         if cursor.next_seq < log_.next_seq:
             try:
                 seq, frames, _ = cursor.take()
             except FellBehind as exc:
-                self._finish(error_payload(str(exc), "stream_error", "fell_behind"))
+                self._finish([], exc.envelope())
                 return
-            bufs: list[bytes] = []
-            header = ws.text_header
-            head = self.head
-            error = self.stream.error
-            for frame in frames:
-                if error is not None and frame[0] is error:
-                    self._finish(error, bufs)
-                    return
-                if head:
-                    prefix = head % seq
-                    bufs.append(header(len(prefix) + sum(map(len, frame)) + 1))
-                    bufs.append(prefix)
-                    bufs.extend(frame)
-                    bufs.append(b"}")
-                else:
-                    bufs.append(header(sum(map(len, frame))))
-                    bufs.extend(frame)
-                seq += 1
-            conn.transport.writelines(bufs)
+            error = self.entry.error
+            if error is not None and frames[-1][0] is error:  # the log's last frame
+                self._finish(self.framer.messages(seq, frames[:-1]), error)
+                return
+            conn.sendv(self.framer.messages(seq, frames))
         if log_.closed and cursor.next_seq >= log_.next_seq:
-            self._finish(None)
+            self._finish([], None)
             return
-        if self.stream.paused and self.stream.origin is self:
-            self.stream.writable_changed()
+        self.progressed()
 
-    def _finish(self, error: bytes | None, bufs: list[bytes] | None = None) -> None:
+    def _finish(self, bufs: list[bytes], error: bytes | None) -> None:
         self.done = True
-        conn = self.conn
-        self.stream.detach(self)
-        conn.stream_finished(self, error, bufs or [])
+        self.entry.detach(self)
+        self.conn.stream_finished(self, bufs, error)
 
 
-class WebSocketConnection(WriteFlow):
+class WebSocketConnection(Output):
     """One WebSocket: inbound messages to a handler, streams and messages out."""
 
-    def __init__(self, server: Server, transport: asyncio.Transport, session: ws.WSSession,
-                 write_paused: bool) -> None:
-        super().__init__()
-        self.server = server
-        self.loop = server.loop
-        self.limits = server.limits
-        self.transport: asyncio.Transport | None = transport
-        self.session = session
-        self.peer = transport.get_extra_info("peername")
+    def __init__(self, ctx: Context, transport: Any, accepted: ws.Accepted, tail: bytes,
+                 peer: Any, write_paused: bool) -> None:
+        super().__init__(ctx.loop, ctx.limits, ctx.admission)
+        self.ctx = ctx
+        self.transport = transport
+        self.peer = peer
         self.write_paused = write_paused
+        limits = ctx.limits
+        self.session = ws.WSSession(accepted, max_frame=limits.ws_max_frame_bytes,
+                                    max_message=limits.ws_max_message_bytes, tail=tail)
         self.read_paused = False
         self.readers: dict[bytes | None, WSReader] = {}
         self.inbox: deque[str | bytes] = deque()
@@ -175,13 +116,13 @@ class WebSocketConnection(WriteFlow):
         self._last_rx = self.loop.time()
         self._pinged_at: float | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
-        self._close_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.close_after_stream = False
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def start(self, route: Route, request: Request) -> None:
+    def start(self, route: Route, request: Request, response: bytes) -> None:
+        self.send(response)
         self._arm_ping(self.limits.ws_ping_interval_s)
         socket = WebSocket(self, request)
         if route.websocket:
@@ -195,18 +136,28 @@ class WebSocketConnection(WriteFlow):
     async def _run(self, coro: Any) -> None:
         try:
             await coro
-        except WebSocketClosed:
-            pass
-        except RequestError as exc:
-            self.close(ws.POLICY, exc.message[:120])
-        except Exception:
-            log.exception("WebSocket handler failed")
-            self.close(ws.INTERNAL_ERROR, "internal error")
+        except Exception as exc:
+            self._fail(exc)
         else:
             if not self.readers:
                 self.close(ws.NORMAL)
             else:
                 self.close_after_stream = True
+
+    def _fail(self, exc: BaseException) -> None:
+        """The error boundary: a handler's or a stream's exception becomes a close code
+        (RFC 6455 section 7.4.1): 1008 for a refused request, 1002 for a protocol error,
+        1011 for a bug of ours (details in the log only)."""
+        if isinstance(exc, WebSocketClosed):
+            return
+        if not isinstance(exc, StreamcoreError):
+            log.error("WebSocket %s: internal error", self.peer, exc_info=exc)
+            exc = InternalError()
+        try:
+            self.close(exc.close_code, exc.message)
+        except Exception:  # the session itself is broken: nothing sensible can be sent
+            log.exception("WebSocket %s: closing failed", self.peer)
+            self.abort()
 
     def data_received(self, data: bytes) -> None:
         if data:
@@ -215,13 +166,13 @@ class WebSocketConnection(WriteFlow):
         session = self.session
         try:
             events = session.receive(data)
-        except Exception:  # a bug of ours must not leave the socket half-alive
-            log.exception("WebSocket session failed")
-            self._abort()
+        except Exception as exc:  # a bug of ours must not leave the socket half-alive
+            log.error("WebSocket %s: session failed", self.peer, exc_info=exc)
+            self.abort()
             return
         if session.outbox:
-            self._write(session.outbox)
-            session.outbox.clear()
+            self.sendv(session.outbox)
+            session.outbox = []
         for event in events:
             if isinstance(event, ws.Received):
                 self.inbox.append(event.data)
@@ -232,29 +183,22 @@ class WebSocketConnection(WriteFlow):
                     self.read_paused = True
                     if self.transport is not None:
                         self.transport.pause_reading()
-            else:
-                self._closed_by_handshake(event)
+            else:  # Closed: the handshake is over (or failed); the server closes TCP first
+                self._stop_streams()
+                self._wake_inbox()
+                self.close_transport(self.limits.ws_close_timeout_s)
         if self.inbox and self._inbox_waiter is not None:
             self._wake_inbox()
-
-    def _closed_by_handshake(self, event: ws.Closed) -> None:
-        self._stop_streams()
-        self._wake_inbox()
-        # RFC 6455 section 7.1.1: the server closes the TCP connection first.
-        if self.transport is not None:
-            self.transport.close()
 
     def eof_received(self) -> bool | None:
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
         if self.session.closed is None:
             self.session.receive(None)
-        for timer in (self._ping_timer, self._close_timer):
-            if timer is not None:
-                timer.cancel()
-        self._end_pause()
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+        self._output_lost()
         self._stop_streams()
         self._wake_inbox()
         for fut in self._drain_waiters:
@@ -263,7 +207,7 @@ class WebSocketConnection(WriteFlow):
         self._drain_waiters.clear()
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        self.server.unregister(self)
+        self.admission.release(self)
 
     def writable_again(self) -> None:
         for reader in list(self.readers.values()):
@@ -273,27 +217,34 @@ class WebSocketConnection(WriteFlow):
             if not fut.done():
                 fut.set_result(None)
 
-    def _abort(self) -> None:
-        abort(self.transport)
-
-    def _write(self, bufs: list[bytes]) -> None:
-        if self.transport is not None:
-            self.transport.writelines(bufs)
-
     def close(self, code: int = ws.NORMAL, reason: str = "") -> None:
         """Start the closing handshake; the peer has ws_close_timeout_s to answer."""
-        data = self.session.close(code, reason)
+        data = self.session.close(code, ws.close_reason(reason))
         if data:
-            self._write([data])
+            self.send(data)
+            self.close_deadline(self.limits.ws_close_timeout_s)
         self._stop_streams()
-        if self._close_timer is None and self.transport is not None:
-            self._close_timer = self.loop.call_later(self.limits.ws_close_timeout_s,
-                                                     self._abort)
 
     def close_idle(self) -> bool:
         """Server shutdown: going away (1001)."""
         self.close(ws.GOING_AWAY, "server shutting down")
         return False
+
+    # -- messages out ---------------------------------------------------------------
+
+    def send_message(self, data: str | bytes) -> bool:
+        """One whole message (compressed if negotiated); False if the socket is closing."""
+        if self.transport is None or not self.session.open:
+            return False
+        self.send(self.session.message(data))
+        return True
+
+    async def drained(self) -> None:
+        """Return once the transport takes bytes again (at once if it does)."""
+        if self.write_paused and self.transport is not None:
+            fut = self.loop.create_future()
+            self._drain_waiters.append(fut)
+            await fut
 
     # -- liveness -------------------------------------------------------------------
 
@@ -318,11 +269,11 @@ class WebSocketConnection(WriteFlow):
             if now - self._pinged_at >= limits.ws_ping_timeout_s and not late and (
                     not self.read_paused):
                 log.info("closing WebSocket %s: no answer to ping", self.peer)
-                self._abort()
+                self.abort()
                 return
             self._arm_ping(max(0.01, self._pinged_at + limits.ws_ping_timeout_s - now))
         elif silence >= limits.ws_ping_interval_s:
-            self._write([self.session.ping(b"streamcore")])
+            self.send(self.session.ping(b"streamcore"))
             self._pinged_at = now
             self._arm_ping(limits.ws_ping_timeout_s)
         else:
@@ -339,10 +290,9 @@ class WebSocketConnection(WriteFlow):
 
     async def receive(self) -> str | bytes:
         while not self.inbox:
-            if self.session.closed is not None or self.transport is None or (
-                    self.session.closing):
+            if self.transport is None or not self.session.open:
                 closed = self.session.closed
-                raise WebSocketClosed(closed.code if closed else 1006,
+                raise WebSocketClosed(closed.code if closed else ws.ABNORMAL,
                                       closed.reason if closed else "")
             self._inbox_waiter = self.loop.create_future()
             await self._inbox_waiter
@@ -365,17 +315,11 @@ class WebSocketConnection(WriteFlow):
             raise RequestError(
                 f"too many concurrent requests on this socket (limit "
                 f"{self.limits.ws_max_concurrent_requests})", code="too_many_requests")
-        if self.server.overloaded():
-            raise RequestError("the server is at capacity; retry shortly", status=503,
-                               type="server_error", code="overloaded")
-        limits = self.limits
-        stream = Stream(items, log_bytes=limits.stream_log_bytes,
-                        high_water=limits.write_high_water_bytes,
-                        low_water=limits.write_low_water_bytes)
-        reader = WSReader(self, stream, key, end)
-        stream.attach(reader, origin=True)
+        self.admission.check_new_work()
+        stream = self.ctx.new_stream(items)
+        reader = WSReader(self, stream.entry, key, end)
+        stream.entry.attach(reader, origin=True)
         self.readers[key] = reader
-        self.server.streams_started += 1
         stream.start()
 
     def cancel_stream(self, key: bytes | None) -> bool:
@@ -384,34 +328,31 @@ class WebSocketConnection(WriteFlow):
         if reader is None:
             return False
         reader.done = True
-        reader.stream.detach(reader)
+        reader.entry.detach(reader)
         return True
 
-    def stream_finished(self, reader: WSReader, error: bytes | None,
-                        bufs: list[bytes]) -> None:
+    def stream_finished(self, reader: WSReader, bufs: list[bytes], error: bytes | None) -> None:
         if self.readers.get(reader.key) is reader:
             del self.readers[reader.key]
-        if reader.key is None:
+        if reader.key is None:  # a plain stream route: the socket ends with the stream
             if error is not None:
-                bufs += [ws.text_header(len(error)), error]
-            self._write(bufs)
-            if error is not None:
-                refused = reader.stream.refused
-                if refused is not None:  # bad input: policy violation (RFC 6455 7.4.1)
-                    self.close(ws.POLICY, refused.message[:120])
-                else:
-                    self.close(ws.INTERNAL_ERROR, "stream failed")
-            else:
+                bufs += wsapi.frame(error)
+            self.sendv(bufs)
+            refused = reader.entry.refused
+            if error is None:
                 self.close(ws.NORMAL)
+            elif refused is not None:  # bad input: policy violation (RFC 6455 7.4.1)
+                self.close(refused.close_code, refused.message)
+            else:
+                self.close(ws.INTERNAL_ERROR, "stream failed")
             return
         if error is not None:
-            message = b'{"type":"error","id":' + reader.key + b',"error":' + error[9:]
-            bufs += [ws.text_header(len(message)), message]
+            bufs += wsapi.frame(wsapi.error_message(reader.key, error))
         elif reader.end is not None:
-            message_or_none = reader.end()
-            if message_or_none:
-                bufs += [ws.text_header(len(message_or_none)), message_or_none]
-        self._write(bufs)
+            message = reader.end()
+            if message:
+                bufs += wsapi.frame(message)
+        self.sendv(bufs)
         if self.close_after_stream and not self.readers:
             self.close(ws.NORMAL)
 
@@ -423,15 +364,18 @@ class WebSocketConnection(WriteFlow):
 async def _serve_stream_route(socket: WebSocket, route: Route, request: Request) -> None:
     """A plain stream route over WebSocket: for a non-GET route the first message is the
     request body; the handler's items are the messages; the end is a 1000 close."""
+    body = None
     if route.method != "GET":
         first = await socket.receive()
-        request._raw.body = first.encode() if isinstance(first, str) else first
-    request._messages = socket
+        body = first.encode() if isinstance(first, str) else first
+    request = request.with_messages(socket, body)
     socket.conn.start_stream(None, route.handler(request), None)
 
 
 class WebSocket:
     """What a WebSocket handler (``@app.websocket``) sees of its connection."""
+
+    __slots__ = ("conn", "request")
 
     def __init__(self, conn: WebSocketConnection, request: Request) -> None:
         self.conn = conn
@@ -457,14 +401,9 @@ class WebSocket:
 
     async def send(self, data: str | bytes) -> None:
         """Send one message (compressed if negotiated); waits while the peer is slow."""
-        conn = self.conn
-        if conn.transport is None or not conn.session.open:
-            raise WebSocketClosed(1006)
-        conn._write([conn.session.message(data)])
-        if conn.write_paused and conn.transport is not None:
-            fut = conn.loop.create_future()
-            conn._drain_waiters.append(fut)
-            await fut
+        if not self.conn.send_message(data):
+            raise WebSocketClosed(ws.ABNORMAL)
+        await self.conn.drained()
 
     async def send_json(self, obj: Any) -> None:
         await self.send(orjson.dumps(obj).decode())
@@ -473,10 +412,10 @@ class WebSocket:
                end: Callable[[], bytes | None] | None = None) -> None:
         """Run ``items`` as a stream on this socket, keyed by ``key`` (JSON-encoded into
         each chunk message); ``end`` makes the final message."""
-        self.conn.start_stream(None if key is None else dumps(key), items, end)
+        self.conn.start_stream(None if key is None else wsapi.key_of(key), items, end)
 
     def cancel(self, key: str) -> bool:
-        return self.conn.cancel_stream(dumps(key))
+        return self.conn.cancel_stream(wsapi.key_of(key))
 
     @property
     def active(self) -> int:

@@ -21,12 +21,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
-from enum import Enum
 
 import h11
 
 from ..errors import BodyTooLarge, HeadTooLarge, ProtocolError
 from ..limits import Limits
+from .state import State, Table
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
@@ -72,14 +72,56 @@ class Request:
         ]
 
 
-class Phase(Enum):
-    """Where the connection is; the I/O layer arms the matching timer."""
+_H = "http"
 
-    IDLE = "idle"  # between requests: keep-alive timer
-    HEAD = "head"  # some bytes of a head received: head timer (slowloris)
-    BODY = "body"  # head complete, body incomplete: body timer
-    HANDLING = "handling"  # request complete, response not finished: no read timer
-    CLOSED = "closed"
+
+class Phase:
+    """Where an HTTP connection is (:data:`HTTP_STATES` has the transitions); the I/O layer
+    arms the read deadline of each (:func:`read_timeout`)."""
+
+    #: Between requests: the keep-alive deadline.
+    IDLE = State(_H, "IDLE")
+    #: Some bytes of a head received: the head deadline (slowloris).
+    HEAD = State(_H, "HEAD")
+    #: Head complete, body incomplete: the body deadline.
+    BODY = State(_H, "BODY")
+    #: Request complete, response not finished: no read deadline (the write-stall one).
+    HANDLING = State(_H, "HANDLING")
+    #: The connection belongs to a WebSocket now (RFC 9110 section 7.8).
+    UPGRADED = State(_H, "UPGRADED", terminal=True)
+    #: Closed in order: by either side between requests, or after a last response.
+    CLOSED = State(_H, "CLOSED", terminal=True)
+    #: The peer broke the protocol, or we failed: answered if possible, then closed.
+    ERROR = State(_H, "ERROR", terminal=True)
+
+
+_ENDS = {"close": Phase.CLOSED, "fail": Phase.ERROR}
+
+#: One HTTP/1.1 connection's life.  ``data``: the first bytes of a head; ``head``: the head
+#: is complete; ``body``: the request is complete; ``done``: its response is written and
+#: the connection stays open; ``upgrade``: handed to a WebSocket; ``close``: closed in
+#: order (keep-alive off, idle timeout, drain, the peer's EOF between requests); ``fail``:
+#: a protocol error or a failure of ours.
+HTTP_STATES = Table("http", Phase.IDLE, {
+    Phase.IDLE: {"data": Phase.HEAD, **_ENDS},
+    Phase.HEAD: {"head": Phase.BODY, **_ENDS},
+    Phase.BODY: {"body": Phase.HANDLING, **_ENDS},
+    Phase.HANDLING: {"done": Phase.IDLE, "upgrade": Phase.UPGRADED, **_ENDS},
+    Phase.UPGRADED: {},
+    Phase.CLOSED: {},
+    Phase.ERROR: {},
+})
+
+
+def read_timeout(phase: State, limits: Limits) -> float | None:
+    """The read deadline of ``phase`` in seconds, or None (no read deadline)."""
+    if phase is Phase.IDLE:
+        return limits.keepalive_timeout_s
+    if phase is Phase.HEAD:
+        return limits.head_timeout_s
+    if phase is Phase.BODY:
+        return limits.body_timeout_s
+    return None
 
 
 _date_cache: tuple[int, bytes] = (0, b"")
@@ -98,9 +140,7 @@ class HTTPSession:
     """Requests in, response bytes out, for one connection."""
 
     __slots__ = ("_body", "_body_size", "_buffered", "_client_close", "_conn", "_head_bytes",
-                 "_keep",
-                 "_parked", "_request",
-                 "chunked", "head_only", "limits", "outbox", "phase")
+                 "_keep", "_parked", "_request", "head_only", "limits", "outbox", "phase")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -119,9 +159,7 @@ class HTTPSession:
         self._buffered = 0  # bytes handed to h11 while HANDLING (pipelined)
         #: Bytes to send that the session produced on its own (100 Continue).
         self.outbox: list[bytes] = []
-        #: Whether the current response is framed chunked by us (False for HTTP/1.0
-        #: clients, whose bodies are delimited by closing the connection).
-        self.chunked = False
+        #: The response being made answers a HEAD request (RFC 9110 section 9.3.2).
         self.head_only = False
 
     # -- receiving -------------------------------------------------------------------
@@ -137,19 +175,20 @@ class HTTPSession:
         buffered until :meth:`end_response` (RFC 9112 section 9.3.2: responses in order).
         Raises :class:`ProtocolError` with the status to answer with.
         """
-        if self.phase is Phase.CLOSED:
+        phase = self.phase
+        if phase.terminal:
             return None
-        if self.phase is Phase.HANDLING:
+        if phase is Phase.HANDLING:
             self._buffered += len(data)
             if self._conn is None:
                 self._parked += data
             else:
                 self._conn.receive_data(data)
             return None
-        if self.phase in (Phase.IDLE, Phase.HEAD):
+        if phase is not Phase.BODY:
             self._head_bytes += data
-            if data and self.phase is Phase.IDLE:
-                self.phase = Phase.HEAD
+            if data and phase is Phase.IDLE:
+                self._to("data")
         assert self._conn is not None
         self._conn.receive_data(data)
         return self._advance()
@@ -179,11 +218,11 @@ class HTTPSession:
                     self._request = None  # the handler owns it now: a stream may not need it
                     request.body = b"".join(self._body)
                     self._body = []
-                    self.phase = Phase.HANDLING
+                    self._to("body")
                     self._buffered = len(conn.trailing_data[0])
                     return request
-                elif isinstance(event, h11.ConnectionClosed):
-                    self.phase = Phase.CLOSED
+                elif isinstance(event, h11.ConnectionClosed):  # EOF between requests
+                    self._to("close")
                     return None
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
@@ -222,36 +261,50 @@ class HTTPSession:
         if length is not None and int(length) > limits.max_body_bytes:
             # Refused before a byte of it is read (RFC 9110 section 15.5.14).
             raise BodyTooLarge(int(length), limits.max_body_bytes)
-        self.phase = Phase.BODY
+        self._to("head")
+
+    # -- state -------------------------------------------------------------------------
+
+    def _to(self, event: str) -> None:
+        self.phase = HTTP_STATES.next(self.phase, event)
+
+    def fail(self) -> None:
+        """A protocol error or a failure of ours: nothing more is parsed or sent but the
+        error response the caller makes (:func:`error_response`, without h11)."""
+        if not self.phase.terminal:
+            self._to("fail")
+
+    def close(self) -> None:
+        """Closed in order (idle timeout, drain)."""
+        if not self.phase.terminal:
+            self._to("close")
 
     # -- responding ------------------------------------------------------------------
 
-    def response_head(
-        self, status: int, headers: list[tuple[bytes, bytes]], *, stream: bool = False,
-        method: str = "GET",
-    ) -> bytes:
-        """The response head.  ``stream=True``: a body of unknown length follows, framed by
-        :meth:`frame_chunk` (chunked, or close-delimited for an HTTP/1.0 client)."""
+    def response_head(self, status: int, headers: list[tuple[bytes, bytes]], *,
+                      method: str = "GET") -> bytes:
+        """The head of a complete response (its body has a Content-Length), via h11."""
         conn = self._conn
         assert conn is not None
         self.head_only = method == "HEAD"
-        if stream and status == 200:
-            return self._stream_head(conn, headers)
         all_headers = [(b"date", http_date()), *headers]
         out = conn.send(h11.Response(status_code=status, headers=all_headers,
                                      reason=REASONS.get(status, b"")))
-        self.chunked = False
         return out or b""
 
-    def _stream_head(self, conn: h11.Connection, headers: list[tuple[bytes, bytes]]) -> bytes:
-        """A streamed 200's head, made here: the rest of the response is ours to frame, so
-        h11 is parked (not told) until the next request.  Framing as RFC 9112 section 6.3
-        has it: chunked for an HTTP/1.1 client, close-delimited for HTTP/1.0 (which cannot
-        read chunks)."""
+    def stream_head(self, headers: list[tuple[bytes, bytes]], *,
+                    method: str = "GET") -> tuple[bytes, bool]:
+        """A streamed 200's head, made here, and whether its body is chunked: the rest of
+        the response is the caller's to frame (:class:`~streamcore.proto.sse.SSEFramer`),
+        so h11 is parked (not told) until the next request.  Framing as RFC 9112 section
+        6.3 has it: chunked for an HTTP/1.1 client, close-delimited for HTTP/1.0 (which
+        cannot read chunks); a HEAD response has no body at all."""
+        conn = self._conn
+        assert conn is not None
+        self.head_only = method == "HEAD"
         http11 = conn.their_http_version != b"1.0"
         we_close = (b"connection", b"close") in headers
         self._keep = http11 and not self._client_close and not we_close
-        self.chunked = http11 and not self.head_only
         lines = [b"HTTP/1.1 200 OK", b"date: " + http_date()]
         lines += [name + b": " + value for name, value in headers]
         if http11:
@@ -261,7 +314,7 @@ class HTTPSession:
         lines.append(CRLF)
         self._parked = bytearray(conn.trailing_data[0])
         self._conn = None
-        return CRLF.join(lines)
+        return CRLF.join(lines), http11 and not self.head_only
 
     def response_body(self, body: bytes) -> bytes:
         """A whole (Content-Length) body, through h11: once per response, not per token."""
@@ -270,18 +323,17 @@ class HTTPSession:
         return out or b""
 
     def end_response(self) -> bytes:
-        """The end of the response body (``0\\r\\n\\r\\n`` when chunked)."""
-        if self._conn is None:  # a streamed response (RFC 9112 section 7.1: last chunk)
-            return LAST_CHUNK if self.chunked else b""
-        out = self._conn.send(h11.EndOfMessage())
-        return out or b""
+        """The end of a complete response's body (h11's; a streamed body's end is its
+        framer's)."""
+        assert self._conn is not None
+        return self._conn.send(h11.EndOfMessage()) or b""
 
     def next_cycle(self) -> tuple[bool, Request | None]:
         """After a response has been written: ``(keep_open, pipelined_request)``."""
         conn = self._conn
         if conn is None:  # after a stream: a fresh h11 state for the next request
             if not self._keep:
-                self.phase = Phase.CLOSED
+                self._to("close")
                 return False, None
             conn = self._conn = self._new_h11()
             leftover = bytes(self._parked)
@@ -289,19 +341,22 @@ class HTTPSession:
             if leftover:  # (b"" would tell h11 the peer closed)
                 conn.receive_data(leftover)
         elif conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
-            self.phase = Phase.CLOSED
+            self._to("close")
             return False, None
         else:
             conn.start_next_cycle()
             leftover = conn.trailing_data[0]
         self._head_bytes = bytearray(leftover)
         self._buffered = 0
-        self.phase = Phase.HEAD if leftover else Phase.IDLE
-        return True, self._advance() if leftover else None
+        self._to("done")
+        if not leftover:
+            return True, None
+        self._to("data")
+        return True, self._advance()
 
     def take_upgrade_tail(self) -> bytes:
         """Bytes received after an upgrade request's head (the peer's first frames)."""
-        self.phase = Phase.CLOSED
+        self._to("upgrade")
         assert self._conn is not None
         return self._conn.trailing_data[0]
 
@@ -313,7 +368,7 @@ class HTTPSession:
         return self._conn.send(h11.InformationalResponse(status_code=status, headers=[])) or b""
 
 
-def frame_chunk(size: int) -> bytes:
+def chunk_head(size: int) -> bytes:
     """The chunk-size line of a chunk of ``size`` bytes (RFC 9112 section 7.1)."""
     return b"%x\r\n" % size
 
@@ -339,10 +394,10 @@ def _check_framing(raw_head: bytes, headers: Sequence[tuple[bytes, bytes]],
 
 
 def error_response(
-    status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()
+    status: int, body: bytes, extra: Sequence[tuple[bytes, bytes]] = ()
 ) -> bytes:
     """A complete response that closes the connection, built without h11 (whose state may
-    be ERROR by now)."""
+    be ERROR by now).  ``body``: the error envelope (:func:`streamcore.errors.envelope`)."""
     reason = REASONS.get(status, b"Error")
     lines = [
         b"HTTP/1.1 %d %s" % (status, reason),

@@ -18,6 +18,7 @@ difference is what the reader has not taken yet.  That is two integers per token
 from __future__ import annotations
 
 from ..errors import FellBehind
+from .state import State, Table
 
 Frame = tuple[bytes, ...]
 
@@ -87,6 +88,11 @@ class TokenLog:
             head = 0
         self._head = head
 
+    @property
+    def newest(self) -> Frame:
+        """The last frame appended (always held, however large)."""
+        return self._frames[-1]
+
     def since(self, seq: int) -> list[Frame]:
         """The frames numbered ``seq`` and after (a new list of shared frames)."""
         if seq < self._first_seq:
@@ -135,7 +141,6 @@ class Cursor:
         self.taken_bytes = log.appended_bytes
         return first, frames, size
 
-
     def take_newest(self) -> tuple[Frame, int]:
         """The one frame pending when it is the log's newest (the caller checked that
         ``log.next_seq - next_seq == 1``): ``(frame, payload_bytes)``.  The newest frame
@@ -144,31 +149,57 @@ class Cursor:
         size = log.appended_bytes - self.taken_bytes
         self.next_seq += 1
         self.taken_bytes = log.appended_bytes
-        return log._frames[-1], size
+        return log.newest, size
 
 
 class Flow:
-    """Water marks for one producer, in bytes (one record per direction of "paused").
+    """Water marks for one producer, in bytes.  Stateless: whether the producer *is*
+    paused is its stream's state (:data:`STREAM_STATES`), the one record of it.
 
-    The producer is paused when its reader's backlog passes ``high`` and resumed when it
-    falls to ``low`` or below; between the two it keeps its state, so a backlog hovering
-    around one mark does not toggle on every token.
+    A running producer pauses when its reader's backlog passes ``high``; a paused one
+    resumes when the backlog falls to ``low`` or below.  Between the two it keeps its
+    state, so a backlog hovering around one mark does not toggle on every token.
     """
 
-    __slots__ = ("high", "low", "paused")
+    __slots__ = ("high", "low")
 
     def __init__(self, high: int, low: int) -> None:
         if low > high:
             raise ValueError("low water mark above high water mark")
         self.high = high
         self.low = low
-        self.paused = False
 
-    def update(self, backlog_bytes: int) -> bool:
-        """Feed the current backlog; returns whether the producer must stay paused."""
-        if self.paused:
-            if backlog_bytes <= self.low:
-                self.paused = False
-        elif backlog_bytes > self.high:
-            self.paused = True
-        return self.paused
+    def paused_after(self, paused: bool, backlog_bytes: int) -> bool:
+        """Whether the producer is paused once its reader's backlog is ``backlog_bytes``,
+        given whether it was."""
+        return backlog_bytes > self.low if paused else backlog_bytes > self.high
+
+
+# -- the stream lifecycle -------------------------------------------------------------------
+
+_S = "stream"
+#: Created; its source not started yet.
+CREATED = State(_S, "CREATED")
+#: Its source produces.
+RUNNING = State(_S, "RUNNING")
+#: Its source was told to wait (backpressure from its origin reader, or half its log
+#: unread while nobody reads): resumed by ``resume_push``.
+PAUSED = State(_S, "PAUSED")
+#: The source ended it.
+COMPLETED = State(_S, "COMPLETED", terminal=True)
+#: The source failed; an error event is the log's last frame.
+FAILED = State(_S, "FAILED", terminal=True)
+#: Stopped because nobody reads it any more; an error event is the log's last frame.
+CANCELLED = State(_S, "CANCELLED", terminal=True)
+
+_ENDINGS = {"end": COMPLETED, "fail": FAILED, "cancel": CANCELLED}
+
+#: One stream's life.  Its log is closed exactly when the stream reaches a terminal state.
+STREAM_STATES = Table("stream", CREATED, {
+    CREATED: {"start": RUNNING, **_ENDINGS},
+    RUNNING: {"pause": PAUSED, **_ENDINGS},
+    PAUSED: {"resume": RUNNING, **_ENDINGS},
+    COMPLETED: {},
+    FAILED: {},
+    CANCELLED: {},
+})

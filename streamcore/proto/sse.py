@@ -17,10 +17,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .cursor import id_prefix
+from .http import CRLF, LAST_CHUNK, chunk_head
+from .pipe import Frame
+
 __all__ = [
+    "HEARTBEAT",
     "Decoder",
     "Event",
     "SSEDecodeError",
+    "SSEFramer",
     "encode_comment",
     "encode_event",
     "frame_data",
@@ -46,31 +52,47 @@ def _check_field(name: str, value: str) -> None:
         raise ValueError(f"SSE {name} must not contain CR, LF or NUL: {value!r}")
 
 
+def frame_data(payload: bytes) -> list[bytes]:
+    """The ``data:`` lines for an already encoded UTF-8 ``payload``, as buffers for
+    ``writelines`` (without the blank line that dispatches the event).
+
+    ``payload`` is split on CRLF, CR and LF (9.2.5); the receiver joins the lines with LF,
+    so CR and CRLF arrive as LF, and no line break in a payload can start another field
+    or dispatch an event early.  Hot path: when ``payload`` holds no CR and no LF (e.g.
+    compact JSON) the result is ``[b"data: ", payload, b"\n"]`` with ``payload`` itself.
+    """
+    if b"\n" not in payload and b"\r" not in payload:
+        return [b"data: ", payload, b"\n"]
+    out: list[bytes] = []
+    for line in _BREAK_B.split(payload):
+        out += (b"data: ", line, b"\n")
+    return out
+
+
 def encode_event(
     data: str, *, event: str | None = None, id: str | None = None, retry: int | None = None
 ) -> bytes:
     """One complete event: ``id``, ``event``, ``retry`` lines (those given), one ``data:``
     line per line of ``data``, and the blank line that dispatches it.
 
-    ``data`` is split on CRLF, CR and LF; the receiver joins the lines with LF, so CR and
-    CRLF in ``data`` arrive as LF.  An empty ``data`` still yields one ``data:`` line, so
-    the event is dispatched (with data ``""``) rather than dropped (9.2.6, dispatch step 2).
+    An empty ``data`` still yields one ``data:`` line, so the event is dispatched (with
+    data ``""``) rather than dropped (9.2.6, dispatch step 2).  This is the reference the
+    server's framer (:class:`SSEFramer`) is tested against byte for byte.
     """
-    parts: list[str] = []
+    parts: list[bytes] = []
     if id is not None:
         _check_field("id", id)
-        parts.append(f"id: {id}\n")
+        parts.append(b"id: %s\n" % id.encode())
     if event is not None:
         _check_field("event", event)
-        parts.append(f"event: {event}\n")
+        parts.append(b"event: %s\n" % event.encode())
     if retry is not None:
         if isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
             raise ValueError(f"SSE retry must be a non-negative int: {retry!r}")
-        parts.append(f"retry: {retry}\n")
-    for line in _BREAK.split(data):
-        parts.append(f"data: {line}\n")
-    parts.append("\n")
-    return "".join(parts).encode("utf-8")
+        parts.append(b"retry: %d\n" % retry)
+    parts += frame_data(data.encode("utf-8"))
+    parts.append(b"\n")
+    return b"".join(parts)
 
 
 def encode_comment(text: str = "") -> bytes:
@@ -79,19 +101,87 @@ def encode_comment(text: str = "") -> bytes:
     return "".join(f":{line}\n" for line in _BREAK.split(text)).encode("utf-8")
 
 
-def frame_data(payload: bytes) -> list[bytes]:
-    """The ``data:`` lines for an already encoded UTF-8 ``payload``, as buffers for
-    ``writelines`` (without the blank line that dispatches the event).
+HEARTBEAT = encode_comment()
 
-    Hot path: when ``payload`` holds no CR and no LF (e.g. compact JSON) the result is
-    ``[b"data: ", payload, b"\\n"]`` with ``payload`` itself, not a copy.
+
+class SSEFramer:
+    """The body of one SSE response: a stream's log frames as events, heartbeats and the
+    end, framed for HTTP/1.1.
+
+    Each frame is one event, ``id: <stream id>-<seq>`` (the cursor format of
+    :mod:`streamcore.proto.cursor`) and its payload as ``data:`` lines.  What one flush
+    takes goes out as one chunk (RFC 9112 section 7.1) when ``chunked``; an HTTP/1.0
+    client, which cannot read chunks, gets the events as they are and the end of the
+    body is the end of the connection (RFC 9112 section 6.3, rule 8).
     """
-    if b"\n" not in payload and b"\r" not in payload:
-        return [b"data: ", payload, b"\n"]
-    out: list[bytes] = []
-    for line in _BREAK_B.split(payload):
-        out += (b"data: ", line, b"\n")
-    return out
+
+    __slots__ = ("chunked", "prefix")
+
+    def __init__(self, stream_id: str, chunked: bool) -> None:
+        self.prefix = id_prefix(stream_id)
+        self.chunked = chunked
+
+    def event(self, seq: int, frame: Frame, size: int) -> bytes:
+        """One single-line event of ``size`` payload bytes, in one buffer.
+
+        A sparse stream (a paced model's token) has one event per flush: one buffer makes
+        the transport's write a plain ``write(2)``, where seven small ones need a gather
+        (measured in benchmarks/RESULTS.md, session 3)."""
+        head = b"id: %b%d\ndata: " % (self.prefix, seq)
+        if self.chunked:
+            return b"".join((b"%x\r\n" % (len(head) + size + 2), head, *frame, b"\n\n\r\n"))
+        return b"".join((head, *frame, b"\n\n"))
+
+    def events(self, seq: int, frames: list[Frame], size: int,
+               multiline: set[int] | None) -> tuple[list[bytes], int]:
+        """Events ``seq``, ``seq + 1``, ... of ``frames`` (``size`` payload bytes in all) as
+        buffers sharing the frames' bytes, and their length on the wire.  ``multiline``:
+        the sequence numbers of frames that hold a line break (split into one ``data:``
+        line each, 9.2.6)."""
+        chunked = self.chunked
+        bufs: list[bytes] = [b""] if chunked else []  # the chunk-size line, once known
+        prefix = self.prefix
+        total = size + 2 * len(frames)
+        for frame in frames:
+            head = b"id: %b%d\n" % (prefix, seq)
+            if multiline and seq in multiline:
+                lines = frame_data(b"".join(frame))
+                total += len(head) + sum(map(len, lines)) - size_of(frame) - 1
+                bufs.append(head)
+                bufs.extend(lines)
+                bufs.append(b"\n")
+            else:
+                head += b"data: "
+                total += len(head)
+                bufs.append(head)
+                bufs.extend(frame)
+                bufs.append(b"\n\n")
+            seq += 1
+        if chunked:
+            bufs[0] = chunk_head(total)
+            bufs.append(CRLF)
+            total += len(bufs[0]) + 2
+        return bufs, total
+
+    def final(self, *data: bytes) -> list[bytes]:
+        """The end of the body: an event without id for each of ``data`` (an error that
+        ended the stream, the route's end marker), then the last chunk."""
+        out = self.chunk(b"".join(b"".join(frame_data(d)) + b"\n" for d in data)) if data else []
+        if self.chunked:
+            out.append(LAST_CHUNK)
+        return out
+
+    def comment(self) -> list[bytes]:
+        """A heartbeat comment (never a blank line: some clients dispatch an empty event on
+        a blank line once they have seen an id)."""
+        return self.chunk(HEARTBEAT)
+
+    def chunk(self, data: bytes) -> list[bytes]:
+        return [chunk_head(len(data)), data, CRLF] if self.chunked else [data]
+
+
+def size_of(frame: Frame) -> int:
+    return sum(map(len, frame))
 
 
 # --------------------------------------------------------------------------------- decoder

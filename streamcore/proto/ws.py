@@ -42,8 +42,7 @@ from wsproto.utilities import generate_accept_token
 
 from ..errors import ProtocolError
 from .http import CRLF, Request, http_date
-
-OPEN = ConnectionState.OPEN
+from .state import State, Table
 
 # RFC 6455 section 7.4.1 status codes.
 NORMAL = 1000
@@ -53,6 +52,8 @@ INVALID_DATA = 1007
 POLICY = 1008
 TOO_BIG = 1009
 INTERNAL_ERROR = 1011
+#: Never on the wire: the code of a connection that ended without a Close (7.1.5).
+ABNORMAL = 1006
 
 
 class _Limits(Extension):
@@ -140,6 +141,19 @@ class BoundedDeflate(PerMessageDeflate):
         return out
 
 
+class HandshakeError(ProtocolError):
+    """An upgrade request we refuse (RFC 6455 section 4.2.1): answered, then closed."""
+
+    code = "websocket_handshake"
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what a Close frame's reason may hold: 123 bytes of UTF-8 (a control
+    frame's payload is at most 125 bytes, section 5.5, two of them the code)."""
+    data = text.encode()
+    return text if len(data) <= 123 else data[:123].decode("utf-8", "ignore")
+
+
 @dataclass(slots=True)
 class Accepted:
     """A handshake we accept: the 101 response and the negotiated options."""
@@ -157,21 +171,24 @@ def accept(request: Request, *, subprotocols: tuple[str, ...] = (), deflate: boo
     speak) for another protocol version, 403 for an Origin not in ``origins``.
     """
     if request.method != "GET" or request.http_version != b"1.1":
-        raise ProtocolError("a WebSocket handshake is an HTTP/1.1 GET")
+        raise HandshakeError("a WebSocket handshake is an HTTP/1.1 GET")
     if b"upgrade" not in request.header_tokens(b"connection"):
-        raise ProtocolError("missing 'Connection: Upgrade'")
+        raise HandshakeError("missing 'Connection: Upgrade'")
     if request.header_tokens(b"sec-websocket-version") != [b"13"]:
-        raise ProtocolError("unsupported WebSocket version (13 only)", status=426)
+        # Section 4.4: say which version we speak.
+        raise HandshakeError("unsupported WebSocket version (13 only)", status=426,
+                             headers=[(b"sec-websocket-version", b"13")])
     key = request.header(b"sec-websocket-key")
     try:
         if key is None or len(base64.b64decode(key, validate=True)) != 16:
             raise ValueError
     except (ValueError, binascii.Error):
-        raise ProtocolError("missing or malformed Sec-WebSocket-Key") from None
+        raise HandshakeError("missing or malformed Sec-WebSocket-Key") from None
     if origins is not None:
         origin = (request.header(b"origin") or b"").decode("latin-1")
         if origin not in origins:
-            raise ProtocolError(f"origin {origin!r} is not allowed", status=403)
+            shown = origin if len(origin) <= 80 else origin[:80] + "..."
+            raise HandshakeError(f"origin {shown!r} is not allowed", status=403)
     headers = [
         (b"upgrade", b"websocket"),
         (b"connection", b"Upgrade"),
@@ -247,8 +264,35 @@ def text_header(length: int) -> bytes:
     return _H64(0x81, 127, length)
 
 
+# -- the WebSocket lifecycle ---------------------------------------------------------------
+
+_W = "websocket"
+#: Messages flow both ways.
+OPEN = State(_W, "OPEN")
+#: We sent a Close and wait for the peer's (RFC 6455 section 7.1.2): we send no more data.
+CLOSING = State(_W, "CLOSING")
+#: Both Close frames are sent (section 7.1.4): the server closes TCP first (7.1.1).
+CLOSED = State(_W, "CLOSED", terminal=True)
+#: The connection failed (section 7.1.7): a protocol error of the peer, answered with a
+#: Close carrying its code, or TCP ended without a closing handshake (1006).
+FAILED = State(_W, "FAILED", terminal=True)
+
+#: One WebSocket's life.  ``send_close``: we start the closing handshake; ``recv_close``:
+#: the peer's Close (answered at once if it started); ``fail``: a protocol error of the
+#: peer's; ``lost``: TCP ended without a handshake.
+WS_STATES = Table("websocket", OPEN, {
+    OPEN: {"send_close": CLOSING, "recv_close": CLOSED, "fail": FAILED, "lost": FAILED},
+    CLOSING: {"recv_close": CLOSED, "fail": FAILED, "lost": FAILED},
+    CLOSED: {},
+    FAILED: {},
+})
+
+
 class WSSession:
-    """An accepted WebSocket connection: bytes in, messages and bytes to send out."""
+    """An accepted WebSocket connection: bytes in, messages and bytes to send out.
+
+    wsproto parses and keeps its own parser state; the connection's life, as everything
+    above this class sees it, is :attr:`state` (:data:`WS_STATES`)."""
 
     def __init__(self, accepted: Accepted, *, max_frame: int, max_message: int,
                  tail: bytes = b"") -> None:
@@ -259,16 +303,17 @@ class WSSession:
         self._parts: list[Any] = []
         #: Bytes the session wants sent (pongs, close replies).
         self.outbox: list[bytes] = []
+        self.state = OPEN
+        #: Why it closed (the code received, or sent on a failure), once it has.
         self.closed: Closed | None = None
         self._pending_tail = tail
 
-    @property
-    def open(self) -> bool:
-        return self._conn.state is OPEN
+    def _to(self, event: str) -> None:
+        self.state = WS_STATES.next(self.state, event)
 
     @property
-    def closing(self) -> bool:
-        return self._conn.state is not OPEN
+    def open(self) -> bool:
+        return self.state is OPEN
 
     def receive(self, data: bytes | None) -> list[Received | Closed]:
         """Feed bytes (``None``: the TCP connection ended); returns complete messages and,
@@ -279,7 +324,7 @@ class WSSession:
             if data is None:
                 return []
         conn = self._conn
-        if self.closed is not None or conn.state is ConnectionState.CLOSED:
+        if self.closed is not None or self.state.terminal:
             return []  # one Closed per connection; nothing is parsed after it
         conn.receive_data(data)
         out: list[Received | Closed] = []
@@ -305,29 +350,36 @@ class WSSession:
     def _on_close(self, event: CloseConnection) -> Closed:
         conn = self._conn
         code = int(event.code)
-        if conn.state is ConnectionState.REMOTE_CLOSING:
+        if code == ABNORMAL:  # made by wsproto when TCP ended (receive(None))
+            self._to("lost")
+        elif conn.state is ConnectionState.REMOTE_CLOSING:
             # The peer closed: echo its code (RFC 6455 section 5.5.1; wsproto never puts
             # 1005/1006 on the wire, section 7.4.1).
             self.outbox.append(conn.send(event.response()))
-        elif conn.state is OPEN:
+            self._to("recv_close")
+        elif conn.state is ConnectionState.OPEN:
             # wsproto failed to parse: "Fail the WebSocket Connection" (section 7.1.7).
             self.outbox.append(conn.send(CloseConnection(code=code, reason=event.reason)))
+            self._to("fail")
+        else:  # the peer's answer to our Close
+            self._to("recv_close")
         self.closed = Closed(code, event.reason or "")
         return self.closed
 
     def message(self, data: str | bytes) -> bytes:
         """A whole message through wsproto (compressed when deflate was negotiated)."""
-        if self._conn.state is not OPEN:
+        if self.state is not OPEN:
             return b""
         message: Message[Any] = TextMessage(data) if isinstance(data, str) else BytesMessage(data)
         return self._conn.send(message)
 
     def close(self, code: int = NORMAL, reason: str = "") -> bytes:
-        """Start the closing handshake (or answer it)."""
-        conn = self._conn
-        if conn.state not in (OPEN, ConnectionState.REMOTE_CLOSING):
+        """Start the closing handshake (RFC 6455 section 7.1.2); b"" once it is started
+        (a peer's Close is answered in :meth:`receive`)."""
+        if self.state is not OPEN:
             return b""
-        return conn.send(CloseConnection(code=code, reason=reason))
+        self._to("send_close")
+        return self._conn.send(CloseConnection(code=code, reason=reason))
 
     def ping(self, payload: bytes = b"") -> bytes:
-        return self._conn.send(Ping(payload=payload)) if self._conn.state is OPEN else b""
+        return self._conn.send(Ping(payload=payload)) if self.state is OPEN else b""

@@ -1,0 +1,100 @@
+"""The store interface, and the entry it keeps per stream."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..errors import RequestError
+from ..proto.pipe import Cursor, TokenLog
+from ..proto.state import State
+
+
+class Reader(Protocol):
+    """What a stream needs of one of its readers (an SSE response, a WebSocket request)."""
+
+    cursor: Cursor
+
+    def wake(self) -> None:
+        """New frames (or the end) are in the log: write them soon (once per loop
+        iteration, however many frames)."""
+
+    def flush(self) -> None:
+        """Write what is pending now, if the transport takes it."""
+
+
+class Owner(Protocol):
+    """The live generation behind an entry (a :class:`streamcore.aio.stream.Stream`): told
+    when readers come and go, asked to go on when its origin reader has drained."""
+
+    state: State
+    origin: Reader | None
+
+    def reader_joined(self, reader: Reader, origin: bool) -> None: ...
+
+    def reader_left(self, reader: Reader) -> None: ...
+
+    def writable_changed(self) -> None: ...
+
+    def cancel(self) -> None:
+        """Stop the generation now (its readers are told)."""
+
+
+class Entry:
+    """What is kept of one stream: its log of frames, how it ended, and its readers.
+
+    It outlives its generation: after the end it stays findable for resume (the store's
+    retention), with ``owner`` None.
+    """
+
+    __slots__ = ("error", "id", "log", "multiline", "owner", "readers", "refused", "sse_end")
+
+    def __init__(self, stream_id: str, log_bytes: int, sse_end: bytes | None = None) -> None:
+        self.id = stream_id
+        self.log = TokenLog(log_bytes)
+        #: The data of the event an SSE reader ends a completed stream with (the gateway's
+        #: ``[DONE]``), or None.
+        self.sse_end = sse_end
+        #: Seq numbers of frames that hold CR or LF (SSE splits their data lines); made on
+        #: first use, since most streams (JSON) never have one.
+        self.multiline: set[int] | None = None
+        #: The error envelope that ended the stream (the log's last frame), if one did.
+        self.error: bytes | None = None
+        #: The handler's RequestError, if it refused its input before its first frame:
+        #: an SSE reader that has sent nothing yet answers with its status instead.
+        self.refused: RequestError | None = None
+        self.readers: list[Reader] = []
+        #: The live generation, or None once it has ended.
+        self.owner: Owner | None = None
+
+    def attach(self, reader: Reader, *, origin: bool = False) -> None:
+        self.readers.append(reader)
+        if self.owner is not None:
+            self.owner.reader_joined(reader, origin)
+
+    def detach(self, reader: Reader) -> None:
+        if reader in self.readers:
+            self.readers.remove(reader)
+            if self.owner is not None:
+                self.owner.reader_left(reader)
+
+    def mark_multiline(self) -> None:
+        """The next frame appended holds a line break."""
+        if self.multiline is None:
+            self.multiline = set()
+        self.multiline.add(self.log.next_seq)
+
+
+class ReplayStore(Protocol):
+    """Where streams are found by id, while they run and for a while after."""
+
+    def add(self, entry: Entry) -> None:
+        """A new live stream, findable by id from now on."""
+
+    def ended(self, entry: Entry) -> None:
+        """Its generation ended: keep its frames for resume (or let them go)."""
+
+    def find(self, stream_id: str) -> Entry | None:
+        """A live stream, or an ended one still kept."""
+
+    def live(self) -> list[Entry]:
+        """The entries whose generation still runs."""

@@ -1,0 +1,60 @@
+"""The in-memory replay store: one process's streams, kept for resume within a budget."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+from .base import Entry
+
+
+class MemoryStore:
+    """Live entries by id; ended ones for ``retention_s`` seconds, within ``budget_bytes``
+    of logs over all of them (the oldest go first)."""
+
+    __slots__ = ("_clock", "_live", "_retained", "_retained_bytes", "budget_bytes",
+                 "retention_s")
+
+    def __init__(self, clock: Callable[[], float], retention_s: float,
+                 budget_bytes: int) -> None:
+        self._clock = clock
+        self.retention_s = retention_s
+        self.budget_bytes = budget_bytes
+        self._live: dict[str, Entry] = {}
+        self._retained: OrderedDict[str, tuple[Entry, float]] = OrderedDict()
+        self._retained_bytes = 0
+
+    @property
+    def retained_bytes(self) -> int:
+        return self._retained_bytes
+
+    def add(self, entry: Entry) -> None:
+        self._live[entry.id] = entry
+
+    def ended(self, entry: Entry) -> None:
+        self._live.pop(entry.id, None)
+        if self.retention_s > 0 and self.budget_bytes > 0:
+            self._retained[entry.id] = (entry, self._clock() + self.retention_s)
+            self._retained_bytes += entry.log.held_bytes
+        self._evict()
+
+    def find(self, stream_id: str) -> Entry | None:
+        entry = self._live.get(stream_id)
+        if entry is None:
+            self._evict()
+            kept = self._retained.get(stream_id)
+            entry = kept[0] if kept is not None else None
+        return entry
+
+    def live(self) -> list[Entry]:
+        return list(self._live.values())
+
+    def _evict(self) -> None:
+        now = self._clock()
+        retained = self._retained
+        while retained:
+            entry, expiry = next(iter(retained.values()))
+            if expiry > now and self._retained_bytes <= self.budget_bytes:
+                break
+            retained.popitem(last=False)
+            self._retained_bytes -= entry.log.held_bytes
