@@ -102,7 +102,7 @@ def test_no_import_circle() -> None:
         stack.append(node)
         for dep in sorted(graph[node]):
             if seen.get(dep) == 1:
-                circle = stack[stack.index(dep):] + [dep]
+                circle = [*stack[stack.index(dep):], dep]
                 raise AssertionError("import circle: " + " -> ".join(circle))
             if dep not in seen:
                 visit(dep)
