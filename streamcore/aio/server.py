@@ -7,6 +7,7 @@ import gc
 import logging
 import signal
 import socket
+import ssl as _ssl
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -114,16 +115,20 @@ class Server:
         self._ticker = self.loop.call_later(self.limits.heartbeat_interval_s, self._heartbeat)
 
     async def listen(self, host: str = "127.0.0.1", port: int = 8000, *,
-                     sock: socket.socket | None = None, backlog: int | None = None) -> None:
+                     sock: socket.socket | None = None, backlog: int | None = None,
+                     ssl: _ssl.SSLContext | None = None) -> None:
+        """Listen on ``host:port`` (or on ``sock``); with ``ssl``, speak TLS with that
+        context (the handshake is the event loop's; everything above it is unchanged)."""
         if backlog is None:
             backlog = self.limits.listen_backlog
         self._ticker = self.loop.call_later(self.limits.heartbeat_interval_s, self._heartbeat)
         if sock is not None:
             self._server = await self.loop.create_server(
-                lambda: HTTPConnection(self), sock=sock, backlog=backlog)
+                lambda: HTTPConnection(self), sock=sock, backlog=backlog, ssl=ssl)
         else:
             self._server = await self.loop.create_server(
-                lambda: HTTPConnection(self), host, port, backlog=backlog, reuse_address=True)
+                lambda: HTTPConnection(self), host, port, backlog=backlog, reuse_address=True,
+                ssl=ssl)
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -163,13 +168,16 @@ class Server:
 
 
 async def start(app: App, host: str = "127.0.0.1", port: int = 8000, *,
-                limits: Limits | None = None, sock: socket.socket | None = None) -> Server:
+                limits: Limits | None = None, sock: socket.socket | None = None,
+                ssl: _ssl.SSLContext | None = None) -> Server:
     """Serve ``app`` from the running event loop; returns the :class:`Server`.
+
+    ``ssl``: an :class:`ssl.SSLContext` to serve HTTPS/WSS instead of plain TCP.
 
     ``await server.close(drain_timeout)`` stops it.
     """
     server = Server(app, limits)
-    await server.listen(host, port, sock=sock)
+    await server.listen(host, port, sock=sock, ssl=ssl)
     return server
 
 
@@ -192,13 +200,14 @@ def tune_gc() -> None:
 
 
 def run(app: App, host: str = "127.0.0.1", port: int = 8000, *,
-        limits: Limits | None = None, on_ready: Any = None) -> None:
+        limits: Limits | None = None, on_ready: Any = None,
+        ssl: _ssl.SSLContext | None = None) -> None:
     """Serve ``app`` on a new uvloop event loop until SIGTERM (drain, then exit) or SIGINT
     (stop now)."""
     import uvloop
 
     async def main() -> None:
-        server = await start(app, host, port, limits=limits)
+        server = await start(app, host, port, limits=limits, ssl=ssl)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         drain: dict[str, float] = {}
