@@ -212,7 +212,8 @@ class SSERun {
     this.reader = {close: () => aborter.abort()};
     sse.state.reconnects += 1;
     sse.set("reconnecting");
-    sse.note(`GET /v1/streams/${sse.state.streamId} with Last-Event-ID: ${last}`);
+    sse.note(`GET /v1/streams/${sse.state.streamId} with Last-Event-ID: ${last} `
+             + "(the text in green came through this resume)");
     sse.startSegment("resumed");
     try {
       const response = await fetch(`/v1/streams/${sse.state.streamId}`,
