@@ -210,3 +210,19 @@ def wait_stream_finished(served: Served, look: Callable[[], dict[str, Any]]) -> 
         if time.monotonic() > deadline:
             pytest.fail(f"the SSE stream was not cancelled: {seen}")
         time.sleep(0.05)
+
+
+def test_demo_bad_input_shows_the_servers_error(serve: Callable[..., Served],
+                                                page: Page) -> None:
+    """A refused request (max_tokens -1) ends both panes in ``error`` with the server's
+    OpenAI-style message, on SSE (the POST's 400 body) and on WebSocket (its error
+    message); nothing streams."""
+    served = gateway(serve)
+    ask(page, served.url, -1)
+    poll(page, "window.demo.sse.status === 'error' && window.demo.ws.status === 'error'", 5)
+    state = demo(page)
+    for pane in ("sse", "ws"):
+        assert state[pane]["tokens"] == 0, state[pane]
+        assert len(state[pane]["errors"]) == 1, state[pane]
+        assert "(param: max_tokens)" in state[pane]["errors"][0], state[pane]
+    assert page.is_enabled("#send") and not page.is_enabled("#cancel")
