@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(sockets, "ws-deflate", int, 0, "1: accept permessage-deflate (RFC 7692)")
     _add(sockets, "ws-origins", str, "",
          "comma-separated Origin allow-list (empty: any origin); others get 403")
+    tls = serve.add_argument_group("TLS (HTTPS and WSS; both files or neither)")
+    _add(tls, "tls-cert", str, "", "PEM certificate chain file; serve HTTPS with --tls-key")
+    _add(tls, "tls-key", str, "", "PEM private key file of --tls-cert")
     limits = serve.add_argument_group("limits (every bound, with units)")
     docs = field_docs()
     for field in dataclasses.fields(Limits):
@@ -93,12 +96,20 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                                default_tokens=args.default_tokens)
     except ValueError as exc:
         parser.error(str(exc))
+    from .tls import TLSConfigError, context_from_flags
+    try:
+        tls = context_from_flags(args.tls_cert, args.tls_key)
+    except TLSConfigError as exc:
+        parser.error(str(exc))
+    if tls is not None:
+        logging.getLogger("streamcore").info(
+            "TLS on (TLS 1.2+, ALPN http/1.1): this server speaks https:// and wss:// only")
     app = build_app([model], limits)
     app.ws_deflate = bool(args.ws_deflate)
     if args.ws_origins:
         app.ws_origins = frozenset(o.strip() for o in args.ws_origins.split(",") if o.strip())
     try:
-        run(app, args.host, args.port, limits=limits)
+        run(app, args.host, args.port, limits=limits, ssl=tls)
     except OSError as exc:
         print(f"streamcore: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

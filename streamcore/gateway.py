@@ -137,6 +137,8 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
     async def healthz(request: Request) -> dict[str, str]:
         return {"status": "ok"}
 
+    from .demo import add_demo_routes  # GET / : the demo page (streamcore/demo/)
+    add_demo_routes(app)
     return app
 
 
