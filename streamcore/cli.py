@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from .limits import Limits, field_docs
+from .sources.synthetic import MAX_ANSWER_TOKENS, SyntheticModel
 
 ENV_PREFIX = "STREAMCORE_"
 
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(model, "token-rate", float, 50.0, "tokens per second; 0 = unpaced")
     _add(model, "default-tokens", int, 64,
          "answer length (tokens, +0..16 by prompt) when a request sets no max_tokens")
+    _add(model, "max-answer-tokens", int, MAX_ANSWER_TOKENS,
+         "the largest max_tokens a request may ask for (a larger one is a 400): it bounds "
+         "the work one request can cost")
     sockets = serve.add_argument_group("WebSocket (GET /v1/ws)")
     _add(sockets, "ws-deflate", int, 0, "1: accept permessage-deflate (RFC 7692)")
     _add(sockets, "ws-origins", str, "",
@@ -82,7 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .aio.server import run
     from .gateway import build_app
-    from .sources.synthetic import SyntheticModel
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -90,7 +93,8 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         limits = limits_from(args)
         model = SyntheticModel(name=args.model, first_token_delay_s=args.first_token_delay,
                                tokens_per_s=args.token_rate,
-                               default_tokens=args.default_tokens)
+                               default_tokens=args.default_tokens,
+                               max_answer_tokens=args.max_answer_tokens)
     except ValueError as exc:
         parser.error(str(exc))
     app = build_app([model], limits)

@@ -132,8 +132,9 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
     @app.route("GET", "/v1/models")
     async def list_models(request: Request) -> dict[str, object]:
         return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": started, "owned_by": "streamcore"}
-            for name in registry]}
+            {"id": name, "object": "model", "created": started, "owned_by": "streamcore",
+             **model.describe()}
+            for name, model in registry.items()]}
 
     @app.route("GET", "/healthz")
     async def healthz(request: Request) -> dict[str, str]:
@@ -160,7 +161,7 @@ async def _ws_message(ws: WebSocket, message: str | bytes, start: Any) -> None:
                                param="id", code="invalid_value")
         kind = data.get("type")
         if kind == "request":
-            chat = parse_chat_object(data.get("body"))
+            chat = parse_chat_object(data.get("body"), stream_implied=True)
             stream = ChatStream(chat, start(chat))
             key = dumps(request_id)
             ws.stream(request_id, stream, end=lambda: stream.done_message(key))
