@@ -17,6 +17,22 @@ from .limits import Limits, field_docs
 from .sources.synthetic import MAX_ANSWER_TOKENS, SyntheticModel
 
 ENV_PREFIX = "STREAMCORE_"
+#: The distribution's name on the package index ("streamcore" there is another project).
+DISTRIBUTION = "streamcore-server"
+
+
+def version() -> str:
+    """The installed distribution's version; the package's own when it is not installed
+    (run from a checkout)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed(DISTRIBUTION)
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
 
 
 def _env_default(name: str, default: object) -> object:
@@ -36,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="streamcore",
         description="A protocol-level LLM token streaming server (HTTP/1.1 SSE and "
                     "WebSocket on asyncio + uvloop).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve", help="run the OpenAI-compatible streaming gateway",
@@ -84,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from .aio.server import run
+    from .aio.server import Server, run
     from .gateway import build_app
 
     logging.basicConfig(level=args.log_level.upper(),
@@ -101,12 +118,39 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     app.ws_deflate = bool(args.ws_deflate)
     if args.ws_origins:
         app.ws_origins = frozenset(o.strip() for o in args.ws_origins.split(",") if o.strip())
+
+    def on_ready(server: Server) -> None:
+        print(startup_banner(args.host, server.port, model), flush=True)
+
     try:
-        run(app, args.host, args.port, limits=limits)
+        run(app, args.host, args.port, limits=limits, on_ready=on_ready)
     except OSError as exc:
         print(f"streamcore: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+#: What ``streamcore serve`` serves, for the startup banner: (method, path, what).
+ENDPOINTS = (
+    ("POST", "/v1/chat/completions", 'OpenAI chat completions (SSE with "stream": true)'),
+    ("GET", "/v1/streams/{id}", "read or resume a stream (Last-Event-ID)"),
+    ("GET", "/v1/ws", "the same streams over WebSocket"),
+    ("GET", "/v1/models", "the models"),
+    ("GET", "/healthz", "liveness"),
+)
+
+
+def startup_banner(host: str, port: int, model: SyntheticModel) -> str:
+    """The lines ``streamcore serve`` prints once it listens: where to point a client."""
+    address = f"[{host}]" if ":" in host else host
+    base = f"http://{address}:{port}"
+    rate = (f"{model.tokens_per_s:g} tokens/s" if model.tokens_per_s > 0
+            else "unpaced")
+    lines = [f"streamcore {version()} serving model {model.name!r} ({rate}) on {base}"]
+    for method, path, what in ENDPOINTS:
+        url = ("ws" + base[4:] if path == "/v1/ws" else base) + path
+        lines.append(f"  {method:<4} {url:<{len(base) + 22}}  {what}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
