@@ -170,3 +170,16 @@ def test_the_wheel_is_streamcore_server_with_license_types_and_command(
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "streamcore = streamcore.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
     assert "Apache License" in (ROOT / "LICENSE").read_text()
+
+
+def test_no_install_line_fetches_the_unrelated_streamcore() -> None:
+    """PyPI's "streamcore" is another project: nothing tells a user to install it."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == DISTRIBUTION != "streamcore"
+    assert all(not re.match(r"streamcore\[", dep) for dep in
+               project["optional-dependencies"]["dev"])
+    for doc in ("README.md", "CHANGELOG.md", ".ci/run"):
+        text = (ROOT / doc).read_text()
+        assert not re.search(r"pip install\s+(-U\s+)?['\"]?streamcore(?![-\w])", text), doc
