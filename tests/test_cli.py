@@ -131,11 +131,13 @@ def fake_distribution(where: Path, name: str, version: str) -> None:
 
 
 def run_version(path: Path | None = None) -> str:
-    env = {**os.environ}
-    if path is not None:
-        env["PYTHONPATH"] = str(path)
-    result = subprocess.run([sys.executable, "-m", "streamcore", "--version"], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=30)
+    """``streamcore --version`` with ``path`` first on sys.path (before the checkout, whose
+    ``*.egg-info`` an editable install leaves there)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(p) for p in (path, ROOT) if p is not None])}
+    result = subprocess.run([sys.executable, "-m", "streamcore", "--version"],
+                            cwd=path or ROOT, env=env, capture_output=True, text=True,
+                            timeout=30)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -145,9 +147,10 @@ def test_version_is_the_distributions_and_never_the_strangers(tmp_path: Path) ->
     # The PyPI project called "streamcore" (another one) installed beside us: not ours.
     fake_distribution(tmp_path / "other", "streamcore", "0.1.5")
     assert run_version(tmp_path / "other") == f"streamcore {version()}"
-    if version() == streamcore.__version__:  # not installed under our name here
-        fake_distribution(tmp_path / "ours", DISTRIBUTION, "7.7.7")
-        assert run_version(tmp_path / "ours") == "streamcore 7.7.7"
+    # Installed under our name: that version, not the package's own.
+    fake_distribution(tmp_path / "ours", DISTRIBUTION, "7.7.7")
+    assert run_version(tmp_path / "ours") == "streamcore 7.7.7"
+    assert streamcore.__version__ != "7.7.7"
 
 
 @pytest.mark.slow  # an isolated build fetches setuptools from the index
