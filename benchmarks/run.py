@@ -88,6 +88,7 @@ SERVERS: dict[str, Server] = {s.name: s for s in [
     Server("streamcore",
            [PY, "-m", "streamcore", "serve", "--host", "127.0.0.1", "--port", "{port}",
             "--token-rate", "{rate}", "--first-token-delay", "0", "--default-tokens", "1000000",
+            "--max-answer-tokens", "1000000",
             "--max-connections", "200000", "--log-level", "warning"],
            ("sse", "ws"), "streamcore (uvloop, h11/wsproto)", needs=("streamcore",)),
     Server("raw_asyncio", _peer("raw_asyncio.py"), ("sse", "ws"),

@@ -14,8 +14,25 @@ import sys
 from collections.abc import Sequence
 
 from .limits import Limits, field_docs
+from .sources.synthetic import MAX_ANSWER_TOKENS, SyntheticModel
 
 ENV_PREFIX = "STREAMCORE_"
+#: The distribution's name on the package index ("streamcore" there is another project).
+DISTRIBUTION = "streamcore-server"
+
+
+def version() -> str:
+    """The installed distribution's version; the package's own when it is not installed
+    (run from a checkout)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed(DISTRIBUTION)
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
 
 
 def _env_default(name: str, default: object) -> object:
@@ -35,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="streamcore",
         description="A protocol-level LLM token streaming server (HTTP/1.1 SSE and "
                     "WebSocket on asyncio + uvloop).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve", help="run the OpenAI-compatible streaming gateway",
@@ -52,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(model, "token-rate", float, 50.0, "tokens per second; 0 = unpaced")
     _add(model, "default-tokens", int, 64,
          "answer length (tokens, +0..16 by prompt) when a request sets no max_tokens")
+    _add(model, "max-answer-tokens", int, MAX_ANSWER_TOKENS,
+         "the largest max_tokens a request may ask for (a larger one is a 400): it bounds "
+         "the work one request can cost")
     sockets = serve.add_argument_group("WebSocket (GET /v1/ws)")
     _add(sockets, "ws-deflate", int, 0, "1: accept permessage-deflate (RFC 7692)")
     _add(sockets, "ws-origins", str, "",
@@ -83,9 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from .aio.server import run
+    from .aio.server import Server, run
     from .gateway import build_app
-    from .sources.synthetic import SyntheticModel
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -93,7 +113,8 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         limits = limits_from(args)
         model = SyntheticModel(name=args.model, first_token_delay_s=args.first_token_delay,
                                tokens_per_s=args.token_rate,
-                               default_tokens=args.default_tokens)
+                               default_tokens=args.default_tokens,
+                               max_answer_tokens=args.max_answer_tokens)
     except ValueError as exc:
         parser.error(str(exc))
     from .tls import TLSConfigError, context_from_flags
@@ -108,12 +129,40 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     app.ws_deflate = bool(args.ws_deflate)
     if args.ws_origins:
         app.ws_origins = frozenset(o.strip() for o in args.ws_origins.split(",") if o.strip())
+
+    def on_ready(server: Server) -> None:
+        print(startup_banner(args.host, server.port, model, tls=tls is not None), flush=True)
+
     try:
-        run(app, args.host, args.port, limits=limits, ssl=tls)
+        run(app, args.host, args.port, limits=limits, on_ready=on_ready, ssl=tls)
     except OSError as exc:
         print(f"streamcore: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+#: What ``streamcore serve`` serves, for the startup banner: (method, path, what).
+ENDPOINTS = (
+    ("GET", "/", "the demo page: open it in a browser"),
+    ("POST", "/v1/chat/completions", 'OpenAI chat completions (SSE with "stream": true)'),
+    ("GET", "/v1/streams/{id}", "read or resume a stream (Last-Event-ID)"),
+    ("GET", "/v1/ws", "the same streams over WebSocket"),
+    ("GET", "/v1/models", "the models"),
+    ("GET", "/healthz", "liveness"),
+)
+
+
+def startup_banner(host: str, port: int, model: SyntheticModel, *, tls: bool = False) -> str:
+    """The lines ``streamcore serve`` prints once it listens: where to point a client."""
+    address = f"[{host}]" if ":" in host else host
+    base = f"{'https' if tls else 'http'}://{address}:{port}"
+    rate = (f"{model.tokens_per_s:g} tokens/s" if model.tokens_per_s > 0
+            else "unpaced")
+    lines = [f"streamcore {version()} serving model {model.name!r} ({rate}) on {base}"]
+    for method, path, what in ENDPOINTS:
+        url = ("ws" + base[4:] if path == "/v1/ws" else base) + path  # wss for https
+        lines.append(f"  {method:<4} {url:<{len(base) + 22}}  {what}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

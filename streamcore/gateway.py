@@ -130,8 +130,9 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
     @app.route("GET", "/v1/models")
     async def list_models(request: Request) -> dict[str, object]:
         return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": started, "owned_by": "streamcore"}
-            for name in registry]}
+            {"id": name, "object": "model", "created": started, "owned_by": "streamcore",
+             **model.describe()}
+            for name, model in registry.items()]}
 
     @app.route("GET", "/healthz")
     async def healthz(request: Request) -> dict[str, str]:
@@ -149,7 +150,7 @@ async def _ws_message(ws: WebSocket, message: str | bytes, start: Any) -> None:
         command = wsapi.parse_client_message(message)
         request_id = command.id
         if isinstance(command, wsapi.Start):
-            chat = parse_chat_object(command.body)
+            chat = parse_chat_object(command.body, stream_implied=True)
             stream = ChatStream(chat, start(chat))
             key = wsapi.key_of(request_id)
             ws.stream(request_id, stream, end=lambda: stream.done_message(key))

@@ -1,7 +1,8 @@
 """The Autobahn WebSocket conformance suite (via ``kosoku``, a reimplementation of its
 fuzzing client) against an echo App with permessage-deflate: every case, 1.* to 13.*.
 
-Slow (minutes): run it on its own with ``pytest tests/test_autobahn.py``.
+Slow (5-10 minutes on two cores): marked ``slow``, so the default run leaves it out; run it
+with ``python -m pytest -m slow`` (``.ci/run`` does).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def failures(cases: dict[str, dict[str, Any]]) -> list[str]:
     return bad
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_autobahn_full_suite(serve: Callable[..., Served], tmp_path: Path) -> None:
     served = serve(echo_app(), LIMITS)

@@ -1,7 +1,7 @@
 """CI smoke of the benchmark harness (benchmarks/run.py --quick): it runs, validates the
 streams of streamcore and of the raw-asyncio reference, and writes a results JSON with
 tokens in it.  No assertion on timing: CI machines are noisy and this only keeps the harness
-from rotting."""
+from rotting.  Marked slow (about 40 s on two cores): ``python -m pytest -m slow``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "benchmarks", "run.py")
 
 
+@pytest.mark.slow
 def test_bench_quick_smoke(tmp_path):
     if not os.path.exists(RUN):
         pytest.skip("benchmarks/run.py is missing")

@@ -169,9 +169,11 @@ def test_demo_cancel_stops_the_generation(serve: Callable[..., Served], page: Pa
     stream is finished with the ``cancelled`` error, long before the whole answer, and the
     pane shows what the server says."""
     served = gateway(serve, tokens_per_s=30.0)
-    _, tokens, _ = non_streamed(served.url, 400)
-    assert tokens > 40  # over 1.3 s at 30 tokens/s if nothing stopped it
-    ask(page, served.url, 400)
+    # 150 tokens: 5 s at 30 tokens/s if nothing stopped it (max_tokens is the answer's
+    # length: the non-streamed answer is paced too).
+    _, tokens, _ = non_streamed(served.url, 150)
+    assert tokens == 150
+    ask(page, served.url, 150)
     poll(page, "window.demo.sse.tokens >= 10 && window.demo.ws.tokens >= 10", 10)
     sid = demo(page)["sse"]["streamId"]
     page.click("#cancel")
@@ -179,10 +181,10 @@ def test_demo_cancel_stops_the_generation(serve: Callable[..., Served], page: Pa
                "window.demo.ws.status === 'cancelled'", 5)
 
     def server_side() -> dict[str, Any]:
-        stream = served.server.find_stream(sid)
-        assert stream is not None
-        return {"finished": stream.finished, "error": stream.error,
-                "next_seq": stream.log.next_seq, "readers": len(stream.readers)}
+        entry = served.server.store.find(sid)
+        assert entry is not None
+        return {"finished": entry.log.closed, "error": entry.error,
+                "next_seq": entry.log.next_seq, "readers": len(entry.readers)}
 
     seen = wait_stream_finished(served, server_side)
     assert b"cancelled" in seen["error"], seen

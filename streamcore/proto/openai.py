@@ -32,6 +32,11 @@ class ChatRequest:
     messages: list[dict[str, Any]]
     stream: bool = False
     max_tokens: int | None = None
+    #: The field ``max_tokens`` came from (``max_completion_tokens`` wins when both are set),
+    #: so that an error about its value names what the client sent.
+    max_tokens_param: str = "max_tokens"
+    #: Stop sequences: the answer ends before the first of them, which is not sent.
+    stop: tuple[str, ...] = ()
     include_usage: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -54,18 +59,63 @@ def _bad(message: str, param: str | None, code: str | None = None) -> RequestErr
     return RequestError(message, status=400, param=param, code=code)
 
 
+#: orjson decodes an integer literal beyond 64 bits (below -2**63 or above 2**64 - 1) to a
+#: float; a float this large that is a whole number is reported as the integer it was sent as.
+_INT64 = 2**63
+
+#: At most this many stop sequences (as the OpenAI API).
+MAX_STOP_SEQUENCES = 4
+
+
 def _int_param(body: dict[str, Any], name: str, low: int, high: int | None) -> int | None:
     value = body.get(name)
     if value is None:
         return None
+    bound = f">= {low}" if high is None else f"between {low} and {high}"
+    if isinstance(value, float) and value.is_integer() and abs(value) >= _INT64:
+        raise _bad(f"'{name}' must be an integer {bound}, got an integer out of range "
+                   f"({value:.3g})", name, "invalid_value")
     # bool is an int subclass in Python; JSON true is not an integer.
     if not isinstance(value, int) or isinstance(value, bool):
-        raise _bad(f"'{name}' must be an integer, got {type(value).__name__}", name,
+        raise _bad(f"'{name}' must be an integer, got {_json_type(value)}", name,
                    "invalid_type")
     if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"between {low} and {high}"
         raise _bad(f"'{name}' must be {bound}, got {value}", name, "invalid_value")
     return value
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type (what the client sent, not Python's name)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _stop_param(body: dict[str, Any]) -> tuple[str, ...]:
+    """``stop``: null, a string, or an array of up to 4 strings; none of them empty."""
+    value = body.get("stop")
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise _bad(f"'stop' must be a string or an array of strings, got "
+                   f"{_json_type(value)}", "stop", "invalid_type")
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise _bad(f"'stop' may hold at most {MAX_STOP_SEQUENCES} sequences, got "
+                   f"{len(stops)}", "stop", "invalid_value")
+    if not all(stops):
+        raise _bad("'stop' sequences must not be empty strings", "stop", "invalid_value")
+    return tuple(stops)
 
 
 def _number_param(body: dict[str, Any], name: str, low: float, high: float) -> None:
@@ -88,8 +138,13 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     return parse_chat_object(data)
 
 
-def parse_chat_object(data: Any) -> ChatRequest:
-    """Validate an already-decoded request (the WebSocket gateway's ``body``)."""
+def parse_chat_object(data: Any, *, stream_implied: bool = False) -> ChatRequest:
+    """Validate an already-decoded request (the WebSocket gateway's ``body``).
+
+    ``stream_implied``: the transport always streams (``/v1/ws``), so ``stream`` need not
+    be sent (if sent it must still be a boolean) and ``stream_options`` is allowed without
+    it; the request comes back with ``stream`` true.
+    """
     if not isinstance(data, dict):
         raise _bad("the request body must be a JSON object", None, "invalid_type")
     model = data.get("model")
@@ -120,12 +175,17 @@ def parse_chat_object(data: Any) -> ChatRequest:
         stream = False
     if not isinstance(stream, bool):
         raise _bad("'stream' must be a boolean", "stream", "invalid_type")
+    if stream_implied:
+        stream = True
     n = _int_param(data, "n", 1, 128)
     if n is not None and n != 1:
         raise _bad("only n=1 is supported", "n", "unsupported_value")
-    max_tokens = _int_param(data, "max_completion_tokens", 1, None)
+    max_tokens_param = "max_completion_tokens"
+    max_tokens = _int_param(data, max_tokens_param, 1, None)
     if max_tokens is None:
-        max_tokens = _int_param(data, "max_tokens", 1, None)
+        max_tokens_param = "max_tokens"
+        max_tokens = _int_param(data, max_tokens_param, 1, None)
+    stop = _stop_param(data)
     _number_param(data, "temperature", 0.0, 2.0)
     _number_param(data, "top_p", 0.0, 1.0)
     include_usage = False
@@ -142,6 +202,7 @@ def parse_chat_object(data: Any) -> ChatRequest:
                        "stream_options.include_usage", "invalid_type")
         include_usage = usage
     return ChatRequest(model=model, messages=messages, stream=stream, max_tokens=max_tokens,
+                       max_tokens_param=max_tokens_param, stop=stop,
                        include_usage=include_usage, raw=data)
 
 

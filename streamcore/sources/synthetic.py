@@ -1,10 +1,13 @@
 """The embedded synthetic model: deterministic text derived from the prompt (its hash).
 
 It behaves like a real model for demos, tests and benchmarks: a first-token delay, a token
-rate (0 = as fast as the consumer takes them), ``max_tokens`` honoured with
-``finish_reason: "length"``, and otherwise a natural stop after a prompt-derived length.
-The same prompt always gives the same text, so tests can compare streamed and non-streamed
-answers token for token.
+rate (0 = as fast as the consumer takes them), ``max_tokens`` (or ``max_completion_tokens``)
+as the answer's length with ``finish_reason: "length"`` (up to ``max_answer_tokens``), and
+without it a natural stop after a prompt-derived length; ``stop`` sequences end the answer
+before them (``finish_reason: "stop"``, the sequence not sent).  The same prompt always
+gives the same text, so tests can compare streamed and non-streamed answers token for token.
+
+Every other request field is accepted and has no effect: see :data:`IGNORED_FIELDS`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..errors import RequestError
 from ..proto.openai import ChatRequest
 
 _VOCABULARY = (
@@ -32,6 +36,20 @@ _VOCABULARY = (
 _FIRST = tuple(_VOCABULARY[b % len(_VOCABULARY)].capitalize() for b in range(256))
 _SPACED = tuple(" " + _VOCABULARY[b % len(_VOCABULARY)] for b in range(256))
 
+#: The largest ``max_tokens`` a request may ask for, by default (``--max-answer-tokens``).
+#: It bounds the work one request can cost: an unpaced answer of N tokens is N chunks of
+#: server CPU and bandwidth.  16384 is the completion limit of common hosted models.
+MAX_ANSWER_TOKENS = 16384
+
+#: Request fields the synthetic model accepts and does not act on (the text depends only on
+#: the messages).  ``temperature`` and ``top_p`` are still range-checked, as OpenAI does.
+IGNORED_FIELDS = (
+    "temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "logit_bias",
+    "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls", "functions",
+    "function_call", "response_format", "modalities", "audio", "prediction",
+    "reasoning_effort", "web_search_options", "service_tier", "store", "metadata", "user",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class SyntheticModel:
@@ -42,57 +60,100 @@ class SyntheticModel:
     first_token_delay_s: float = 0.0
     #: Tokens per second after the first; 0 means unpaced.
     tokens_per_s: float = 0.0
-    #: Length of an answer when the request sets no max_tokens.
+    #: Length of an answer when the request sets no max_tokens (plus 0..16 by prompt).
     default_tokens: int = 64
+    #: The largest max_tokens a request may ask for: see :data:`MAX_ANSWER_TOKENS`.
+    max_answer_tokens: int = MAX_ANSWER_TOKENS
+
+    def __post_init__(self) -> None:
+        if self.max_answer_tokens < 1:
+            raise ValueError(f"max_answer_tokens must be >= 1, got {self.max_answer_tokens}")
+        if self.default_tokens < 0:  # the operator's choice: not bound by the request cap
+            raise ValueError(f"default_tokens must be >= 0, got {self.default_tokens}")
 
     def start(self, request: ChatRequest) -> Generation:
+        """A new answer; :class:`RequestError` (400) if it asks for more than the cap."""
+        if request.max_tokens is not None and request.max_tokens > self.max_answer_tokens:
+            param = request.max_tokens_param
+            raise RequestError(f"'{param}' must be at most {self.max_answer_tokens} for the "
+                               f"model `{self.name}`, got {request.max_tokens}",
+                               param=param, code="invalid_value")
         return Generation(self, request)
+
+    def describe(self) -> dict[str, object]:
+        """What ``/v1/models`` says of this model besides its id: the length cap and the
+        request fields it ignores."""
+        return {"max_answer_tokens": self.max_answer_tokens,
+                "ignored_fields": list(IGNORED_FIELDS)}
 
 
 class Generation:
     """One answer: iterate it for tokens; then read ``finish_reason``."""
 
-    __slots__ = ("_natural", "_words", "finish_reason", "limit", "model", "prompt_tokens")
+    __slots__ = ("_words", "count", "finish_reason", "model", "prompt_tokens", "tail")
 
     def __init__(self, model: SyntheticModel, request: ChatRequest) -> None:
         prompt = request.prompt_text()
         # 32 words picked by the prompt's hash: the same prompt, the same text.
         digest = hashlib.blake2b(prompt.encode(), digest_size=32).digest()
-        seed = int.from_bytes(digest[:8], "big")
         self._words = digest
         self.model = model
         self.prompt_tokens = max(1, len(prompt.split()))
-        self._natural = model.default_tokens + seed % 17
-        self.limit = request.max_tokens
+        if request.max_tokens is None:  # a natural stop after a prompt-derived length
+            self.count = model.default_tokens + int.from_bytes(digest[:8], "big") % 17
+            self.finish_reason = "stop"
+        else:  # the length asked for (the cap is checked by SyntheticModel.start)
+            self.count = request.max_tokens
+            self.finish_reason = "length"
+        #: The text of the last token when a stop sequence cuts into it (else None).
+        self.tail: str | None = None
+        if request.stop:
+            self._cut(request.stop)
+
+    def _cut(self, stops: tuple[str, ...]) -> None:
+        """End the answer before the first occurrence of any stop sequence."""
+        texts = [_token(self._words, i) for i in range(self.count)]
+        text = "".join(texts)
+        found = [at for at in (text.find(stop) for stop in stops) if at >= 0]
+        if not found:
+            return
+        cut = min(found)
         self.finish_reason = "stop"
+        start = 0
+        for i, token in enumerate(texts):
+            if start + len(token) > cut:  # token i holds the cut
+                self.count = i
+                if cut > start:
+                    self.tail = token[:cut - start]
+                    self.count = i + 1
+                return
+            start += len(token)
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._tokens()
 
     def planned_tokens(self) -> int:
-        """How many tokens this answer has (and sets ``finish_reason`` accordingly)."""
-        count = self._natural
-        if self.limit is not None and self.limit < count:
-            count = self.limit
-            self.finish_reason = "length"
-        return count
+        """How many tokens this answer has."""
+        return self.count
 
     def run(self, target: Target) -> Run:
         """Push the tokens instead of being iterated: see :class:`Run`."""
+        if self.tail is not None:  # a stop sequence cut the last token: it says so itself
+            target = _Tail(target, self.count, self.tail)
         return Run(self, target)
 
     async def _tokens(self) -> AsyncIterator[str]:
         model = self.model
-        count = self.planned_tokens()
+        count = self.count
         words = self._words
+        tail = self.tail
         if model.first_token_delay_s > 0:
             await asyncio.sleep(model.first_token_delay_s)
         if count <= 0:
             return
         if model.tokens_per_s <= 0:
-            yield _FIRST[words[0]]
-            for i in range(1, count):
-                yield _SPACED[words[i & 31]]
+            for i in range(count):
+                yield tail if tail is not None and i == count - 1 else _token(words, i)
             return
         loop = asyncio.get_running_loop()
         interval = 1.0 / model.tokens_per_s
@@ -102,10 +163,35 @@ class Generation:
             delay = start + i * interval - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            yield _SPACED[words[i & 31]] if i else _FIRST[words[0]]
+            yield tail if tail is not None and i == count - 1 else _token(words, i)
 
     async def text(self) -> str:
         return "".join([token async for token in self])
+
+
+def _token(words: bytes, i: int) -> str:
+    """Token ``i`` of the answer whose prompt hashed to ``words``."""
+    return _SPACED[words[i & 31]] if i else _FIRST[words[0]]
+
+
+class _Tail:
+    """A target whose last token is replaced by ``tail`` (a stop sequence began inside it):
+    only such answers pay for this wrapper, not the hot path of every other one."""
+
+    __slots__ = ("count", "emitted", "tail", "target")
+
+    def __init__(self, target: Target, count: int, tail: str) -> None:
+        self.target = target
+        self.count = count
+        self.tail = tail
+        self.emitted = 0
+
+    def emit(self, text: str) -> bool:
+        self.emitted += 1
+        return self.target.emit(self.tail if self.emitted == self.count else text)
+
+    def done(self) -> None:
+        self.target.done()
 
 
 #: Unpaced tokens pushed per loop iteration before yielding to other streams.
