@@ -169,7 +169,13 @@ class Running:
         self.dir = tempfile.mkdtemp(prefix=f"bench-{server.name}-")
         values = {"port": str(self.port), "rate": f"{rate:g}", "tokens": str(tokens),
                   "dir": self.dir}
-        self.cmd = pinned([part.format(**values) for part in server.cmd], cpu)
+        cmd = [part.format(**values) for part in server.cmd]
+        if "--max-answer-tokens" in cmd and not _knows_flag(server.cwd, "max-answer-tokens"):
+            # A tree from before the flag (a --streamcore-ref measured as "before"): its
+            # synthetic model had no answer cap to lift.
+            at = cmd.index("--max-answer-tokens")
+            del cmd[at:at + 2]
+        self.cmd = pinned(cmd, cpu)
         self.log_path = os.path.join(out_dir, f"server-{server.name}.log")
         env = dict(os.environ, PYTHONPATH=server.cwd + os.pathsep +
                    os.environ.get("PYTHONPATH", ""), **server.env)
@@ -642,6 +648,16 @@ def machine_info() -> dict[str, Any]:
                                capture_output=True, text=True).stdout.strip()
         info["streamcore_tree_dirty"] = bool(dirty)
     return info
+
+
+def _knows_flag(tree: str, flag: str) -> bool:
+    """Whether the streamcore CLI in ``tree`` has ``--flag``."""
+    cli = os.path.join(tree, "streamcore", "cli.py")
+    try:
+        with open(cli) as f:
+            return f'"{flag}"' in f.read()
+    except OSError:
+        return True
 
 
 def snapshot(ref: str) -> tuple[str, str]:
