@@ -165,9 +165,6 @@ class Generation:
                 await asyncio.sleep(delay)
             yield tail if tail is not None and i == count - 1 else _token(words, i)
 
-    async def text(self) -> str:
-        return "".join([token async for token in self])
-
 
 def _token(words: bytes, i: int) -> str:
     """Token ``i`` of the answer whose prompt hashed to ``words``."""
