@@ -73,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add(model, "max-answer-tokens", int, MAX_ANSWER_TOKENS,
          "the largest max_tokens a request may ask for (a larger one is a 400): it bounds "
          "the work one request can cost")
+    gateway = serve.add_argument_group(
+        "upstream LLM servers (the synthetic model is served only when none is given)")
+    gateway.add_argument(
+        "--upstream", action="append", metavar="'URL [OPTION=VALUE ...]'",
+        default=[u for u in os.environ.get(ENV_PREFIX + "UPSTREAM", "").split(";")
+                 if u.strip()],
+        help="an OpenAI-compatible server to route to, by model (repeatable; in order: "
+             "the later ones are the fallbacks of the first for a model both serve). "
+             "URL: its API base, e.g. http://127.0.0.1:8001/v1. Options, space-separated: "
+             "key=KEY, key-env=VARIABLE or key-file=PATH (sent upstream as a Bearer token, "
+             "never logged); models=a,b (else asked from its /v1/models); alias=NAME:MODEL "
+             "(repeatable). [env STREAMCORE_UPSTREAM, several separated by ';']")
     sockets = serve.add_argument_group("WebSocket (GET /v1/ws)")
     _add(sockets, "ws-deflate", int, 0, "1: accept permessage-deflate (RFC 7692)")
     _add(sockets, "ws-origins", str, "",
@@ -125,13 +137,19 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if tls is not None:
         logging.getLogger("streamcore").info(
             "TLS on (TLS 1.2+, ALPN http/1.1): this server speaks https:// and wss:// only")
-    app = build_app([model], limits)
+    from .sources.upstream import Upstream
+    try:
+        upstreams = [Upstream.parse(spec) for spec in args.upstream]
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    app = build_app(None if upstreams else [model], limits, upstreams=upstreams)
     app.ws_deflate = bool(args.ws_deflate)
     if args.ws_origins:
         app.ws_origins = frozenset(o.strip() for o in args.ws_origins.split(",") if o.strip())
 
     def on_ready(server: Server) -> None:
-        print(startup_banner(args.host, server.port, model, tls=tls is not None), flush=True)
+        print(startup_banner(args.host, server.port, model, tls=tls is not None,
+                             upstreams=[u.target.url() for u in upstreams]), flush=True)
 
     try:
         run(app, args.host, args.port, limits=limits, on_ready=on_ready, ssl=tls)
@@ -152,13 +170,18 @@ ENDPOINTS = (
 )
 
 
-def startup_banner(host: str, port: int, model: SyntheticModel, *, tls: bool = False) -> str:
+def startup_banner(host: str, port: int, model: SyntheticModel, *, tls: bool = False,
+                   upstreams: Sequence[str] = ()) -> str:
     """The lines ``streamcore serve`` prints once it listens: where to point a client."""
     address = f"[{host}]" if ":" in host else host
     base = f"{'https' if tls else 'http'}://{address}:{port}"
-    rate = (f"{model.tokens_per_s:g} tokens/s" if model.tokens_per_s > 0
-            else "unpaced")
-    lines = [f"streamcore {version()} serving model {model.name!r} ({rate}) on {base}"]
+    if upstreams:
+        what = "the models of " + ", ".join(upstreams)
+    else:
+        rate = (f"{model.tokens_per_s:g} tokens/s" if model.tokens_per_s > 0
+                else "unpaced")
+        what = f"model {model.name!r} ({rate})"
+    lines = [f"streamcore {version()} serving {what} on {base}"]
     for method, path, what in ENDPOINTS:
         url = ("ws" + base[4:] if path == "/v1/ws" else base) + path  # wss for https
         lines.append(f"  {method:<4} {url:<{len(base) + 22}}  {what}")

@@ -8,6 +8,7 @@ body), ``GET /v1/ws`` (the same streams over WebSocket, several per socket), ``G
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -28,6 +29,10 @@ from .proto.openai import (
     usage_object,
 )
 from .sources.synthetic import Generation, Run, SyntheticModel
+from .sources.upstream import Route as Route
+from .sources.upstream import Upstream, UpstreamChat, complete, list_models
+
+log = logging.getLogger("streamcore")
 
 #: The data of the event that ends an OpenAI SSE stream (not JSON: clients compare the
 #: data field to it).
@@ -91,25 +96,94 @@ class ChatStream:
                                   usage_object(self.generation.prompt_tokens, self.count))
 
 
-def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None = None) -> App:
-    """The gateway with the given models (default: one synthetic model)."""
-    app = App(limits=limits, name="streamcore-gateway")
-    registry = {model.name: model for model in (models or [SyntheticModel()])}
-    started = int(time.time())
+class Catalog:
+    """Which source serves a model: a synthetic model by its name, or the upstreams that
+    serve it (listed, discovered from their ``/v1/models``, or by an alias), in the order
+    they were given, the later ones being the fallbacks of the first."""
 
-    def start(chat: ChatRequest) -> Generation:
-        model = registry.get(chat.model)
-        if model is None:
-            raise RequestError(f"The model `{chat.model}` does not exist", status=404,
+    #: How long an upstream's discovered model list is trusted (seconds).
+    DISCOVERY_TTL_S = 60.0
+
+    def __init__(self, synthetic: dict[str, SyntheticModel], upstreams: list[Upstream],
+                 limits: Limits) -> None:
+        self.synthetic = synthetic
+        self.upstreams = upstreams
+        self.limits = limits
+        self._found: dict[int, tuple[float, tuple[str, ...]]] = {}
+
+    async def models_of(self, upstream: Upstream) -> tuple[str, ...]:
+        if upstream.models is not None:
+            return upstream.models
+        now = time.monotonic()
+        found = self._found.get(id(upstream))
+        if found is not None and found[0] > now:
+            return found[1]
+        try:
+            models = await list_models(upstream, self.limits)
+        except RequestError as exc:
+            log.warning("cannot list the models of %s: %s", upstream.target.url(), exc.message)
+            models = found[1] if found is not None else ()
+            self._found[id(upstream)] = (now + 5.0, models)  # try again soon
+            return models
+        self._found[id(upstream)] = (now + self.DISCOVERY_TTL_S, models)
+        return models
+
+    async def resolve(self, model: str) -> SyntheticModel | list[Route]:
+        synthetic = self.synthetic.get(model)
+        if synthetic is not None:
+            return synthetic
+        routes = []
+        for upstream in self.upstreams:
+            if model in upstream.aliases:
+                routes.append(Route(upstream, upstream.aliases[model]))
+            elif model in await self.models_of(upstream):
+                routes.append(Route(upstream, model))
+        if not routes:
+            raise RequestError(f"The model `{model}` does not exist", status=404,
                                param="model", code="model_not_found")
-        return model.start(chat)
+        return routes
+
+    async def listing(self, started: int) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = [
+            {"id": name, "object": "model", "created": started, "owned_by": "streamcore",
+             **model.describe()} for name, model in self.synthetic.items()]
+        seen = set(self.synthetic)
+        for upstream in self.upstreams:
+            for name in (*await self.models_of(upstream), *upstream.aliases):
+                if name not in seen:
+                    seen.add(name)
+                    data.append({"id": name, "object": "model", "created": started,
+                                 "owned_by": upstream.target.host})
+        return data
+
+    async def source(self, chat: ChatRequest) -> ChatStream | UpstreamChat:
+        """The push source of a streamed answer."""
+        found = await self.resolve(chat.model)
+        if isinstance(found, SyntheticModel):
+            return ChatStream(chat, found.start(chat))
+        return UpstreamChat(chat, found, self.limits)
+
+
+def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None = None, *,
+              upstreams: list[Upstream] | None = None) -> App:
+    """The gateway: the given synthetic models (default: one, when no upstream is given)
+    and upstream LLM servers, routed by ``model``."""
+    app = App(limits=limits, name="streamcore-gateway")
+    upstreams = upstreams or []
+    synthetic = models if models is not None else ([] if upstreams else [SyntheticModel()])
+    catalog = Catalog({model.name: model for model in synthetic}, upstreams, app.limits)
+    started = int(time.time())
 
     @app.route("POST", "/v1/chat/completions")
     async def chat_completions(request: Request) -> Response | EventStream:
         chat = parse_chat_request(request.body)
-        generation = start(chat)
         if chat.stream:
-            return EventStream(ChatStream(chat, generation), sse_end=SSE_DONE)
+            return EventStream(await catalog.source(chat), sse_end=SSE_DONE)
+        found = await catalog.resolve(chat.model)
+        if not isinstance(found, SyntheticModel):
+            status, body, content_type = await complete(chat, found, app.limits)
+            return Response(body, status, content_type=content_type)
+        generation = found.start(chat)
         tokens = [token async for token in generation]
         return Response(completion_body(new_completion_id(), chat.model, "".join(tokens),
                                         generation.finish_reason, generation.prompt_tokens,
@@ -122,17 +196,29 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
         how a browser's EventSource, which can only GET, follows a POSTed stream."""
         return EventStream(None, sse_end=SSE_DONE, resume=request.path_params["stream_id"])
 
+    @app.route("POST", "/v1/streams/{stream_id}/cancel")
+    async def cancel_stream(request: Request) -> dict[str, Any]:
+        """Stop a stream's generation now (any client of the stream may): its readers get
+        the ``cancelled`` error event, an upstream request is aborted."""
+        stream_id = request.path_params["stream_id"]
+        entry = request.store.find(stream_id) if request.store is not None else None
+        if entry is None:
+            raise RequestError(f"no stream {stream_id!r} (unknown, or no longer retained)",
+                               status=404, code="stream_not_found")
+        owner = entry.owner
+        if owner is not None:
+            owner.cancel()
+        return {"id": stream_id, "object": "stream.cancel",
+                "status": "cancelled" if owner is not None else "already_ended"}
+
     @app.websocket("/v1/ws")
     async def chat_socket(ws: WebSocket) -> None:
         async for message in ws:
-            await _ws_message(ws, message, start)
+            await _ws_message(ws, message, catalog)
 
     @app.route("GET", "/v1/models")
-    async def list_models(request: Request) -> dict[str, object]:
-        return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": started, "owned_by": "streamcore",
-             **model.describe()}
-            for name, model in registry.items()]}
+    async def list_models_(request: Request) -> dict[str, object]:
+        return {"object": "list", "data": await catalog.listing(started)}
 
     @app.route("GET", "/healthz")
     async def healthz(request: Request) -> dict[str, str]:
@@ -143,7 +229,7 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
     return app
 
 
-async def _ws_message(ws: WebSocket, message: str | bytes, start: Any) -> None:
+async def _ws_message(ws: WebSocket, message: str | bytes, catalog: Catalog) -> None:
     """One client message of the ``/v1/ws`` protocol (see the README)."""
     request_id: str | None = None
     try:
@@ -151,7 +237,7 @@ async def _ws_message(ws: WebSocket, message: str | bytes, start: Any) -> None:
         request_id = command.id
         if isinstance(command, wsapi.Start):
             chat = parse_chat_object(command.body, stream_implied=True)
-            stream = ChatStream(chat, start(chat))
+            stream = await catalog.source(chat)
             key = wsapi.key_of(request_id)
             ws.stream(request_id, stream, end=lambda: stream.done_message(key))
         elif ws.cancel(request_id):

@@ -91,6 +91,33 @@ class Limits:
     #: Concurrent requests multiplexed on one gateway WebSocket.
     ws_max_concurrent_requests: int = 16
 
+    # --- Upstream LLM servers (the gateway) ----------------------------------------------
+    #: TCP (and TLS) connect to an upstream: a healthy server on a LAN answers in
+    #: milliseconds; 10 s covers a cold cloud endpoint and still fails over promptly.
+    upstream_connect_timeout_s: float = 10.0
+    #: From the request sent to the upstream's response head (an overloaded server queues
+    #: before it answers; vLLM and OpenAI send the head before the first token).
+    upstream_head_timeout_s: float = 60.0
+    #: From the response head to the first token: a reasoning model may think for minutes.
+    upstream_first_token_timeout_s: float = 300.0
+    #: Between two tokens once the first came: a live model emits several per second.
+    upstream_idle_timeout_s: float = 60.0
+    #: A whole upstream answer: bounds what one request can hold.
+    upstream_total_timeout_s: float = 1800.0
+    #: Open connections per upstream (busy and idle); a request over it waits for one, up
+    #: to the connect timeout, then gets 503.  vLLM's default limit is far above it.
+    upstream_pool_size: int = 256
+    #: An upstream's response head (its headers), as for a request head.
+    upstream_max_head_bytes: int = 64 * KiB
+    #: One upstream SSE event, and a non-streamed upstream body: a chunk is ~300 bytes, a
+    #: whole long answer a few hundred KiB.
+    upstream_max_event_bytes: int = 4 * MiB
+    #: How long a streamed response's head is held for its first token, so that an
+    #: upstream's refusal (429, 5xx) or an unreachable upstream is still a real HTTP
+    #: status and a fallback can be tried; after it the 200 is committed and SSE comments
+    #: keep the stream alive until the first token.  0: commit at once.
+    upstream_head_hold_s: float = 3.0
+
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)

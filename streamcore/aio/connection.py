@@ -121,7 +121,7 @@ class HTTPConnection(Output):
             return
         route, params = router.resolve(raw.method, raw.path)
         self.admission.check_new_work()
-        request = Request(raw, params, self.peer, router)
+        request = Request(raw, params, self.peer, router, store=self.ctx.store)
         if route.streaming:
             self._start_stream(route.handler(request), route.sse_end, request)
         else:
@@ -259,7 +259,8 @@ class HTTPConnection(Output):
         conn = WebSocketConnection(self.ctx, transport, accepted, tail, self.peer, write_paused)
         self.admission.replace(self, conn)
         transport.set_protocol(conn)
-        conn.start(route, Request(raw, params, self.peer, router), accepted.response)
+        conn.start(route, Request(raw, params, self.peer, router, store=self.ctx.store),
+                   accepted.response)
 
     # -- failure and time -------------------------------------------------------------
 

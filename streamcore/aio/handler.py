@@ -17,6 +17,7 @@ import orjson
 from ..errors import RequestError, StreamcoreError
 from ..limits import Limits
 from ..proto import http
+from ..store.base import ReplayStore
 
 _UNSET: Any = object()
 
@@ -24,15 +25,19 @@ _UNSET: Any = object()
 class Request:
     """What a handler sees of one request."""
 
-    __slots__ = ("_json", "_messages", "_raw", "app", "client", "path_params", "state")
+    __slots__ = ("_json", "_messages", "_raw", "app", "client", "path_params", "state",
+                 "store")
 
     def __init__(self, raw: http.Request, path_params: dict[str, str],
                  client: tuple[str, int] | None = None, app: Router | None = None, *,
-                 messages: AsyncIterable[str | bytes] | None = None) -> None:
+                 messages: AsyncIterable[str | bytes] | None = None,
+                 store: ReplayStore | None = None) -> None:
         self._raw = raw
         self.path_params = path_params
         self.client = client
         self.app = app
+        #: The server's streams, by id (live, and ended ones kept for resume).
+        self.store = store
         self._json: Any = _UNSET
         self._messages = messages
         #: Free for the handler and middleware to use.
@@ -78,7 +83,8 @@ class Request:
         """This request as a stream route over WebSocket sees it: with a channel of the
         client's messages, and the first of them as its body (``body``) if given."""
         raw = self._raw if body is None else dataclasses.replace(self._raw, body=body)
-        return Request(raw, self.path_params, self.client, self.app, messages=messages)
+        return Request(raw, self.path_params, self.client, self.app, messages=messages,
+                       store=self.store)
 
     def messages(self) -> AsyncIterable[str | bytes]:
         """Messages the client sends while the stream runs (WebSocket only)."""

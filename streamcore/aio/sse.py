@@ -87,6 +87,8 @@ class SSEReader(BaseReader):
                 self._leave()
                 conn.stream_refused(self, refused)
                 return
+            if self.entry.hold and log_.next_seq == 1 and not log_.closed:
+                return  # the head waits: the source may still refuse with a status
             head, chunked = conn.stream_head(self.entry)
             framer = self.framer = SSEFramer(self.entry.id, chunked)
             bufs.append(head)
@@ -108,13 +110,18 @@ class SSEReader(BaseReader):
         self.progressed()
 
     def _finish(self, bufs: list[bytes], error: bytes | None) -> None:
-        """The end of the body: an error that ended this reader, the route's end marker,
-        the last chunk; then the connection goes on to its next request."""
+        """The end of the body: an error that ended this reader, or the route's end marker
+        after a stream that completed (never after a failed one: a reader that stops at
+        ``[DONE]`` must not take a truncated answer for a whole one); the last chunk; then
+        the connection goes on to its next request."""
         assert self.framer is not None
         entry = self.entry
-        tail = [error] if error is not None else []
-        if entry.sse_end is not None:
-            tail.append(entry.sse_end)
+        if error is not None:
+            tail = [error]
+        elif entry.error is None and entry.sse_end is not None:
+            tail = [entry.sse_end]
+        else:
+            tail = []
         bufs += self.framer.final(*tail)
         self._leave()
         self.conn.stream_done(self, bufs)

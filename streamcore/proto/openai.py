@@ -252,7 +252,11 @@ class ChunkTemplate:
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         """The ``stream_options.include_usage`` chunk: no choices, the usage totals."""
-        return self._chunk([], usage=usage_object(prompt_tokens, completion_tokens))
+        return self.usage_chunk(usage_object(prompt_tokens, completion_tokens))
+
+    def usage_chunk(self, usage: dict[str, Any]) -> bytes:
+        """The usage chunk with ``usage`` as it is (an upstream's may hold more fields)."""
+        return self._chunk([], usage=usage)
 
 
 def usage_object(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

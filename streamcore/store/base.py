@@ -46,7 +46,8 @@ class Entry:
     retention), with ``owner`` None.
     """
 
-    __slots__ = ("error", "id", "log", "multiline", "owner", "readers", "refused", "sse_end")
+    __slots__ = ("error", "hold", "id", "log", "multiline", "owner", "readers", "refused",
+                 "sse_end")
 
     def __init__(self, stream_id: str, log_bytes: int, sse_end: bytes | None = None) -> None:
         self.id = stream_id
@@ -63,6 +64,10 @@ class Entry:
         #: an SSE reader that has sent nothing yet answers with its status instead.
         self.refused: RequestError | None = None
         self.readers: list[Reader] = []
+        #: An SSE response head waits for the first frame (or the end) while this is set:
+        #: its source may still refuse with a real status (an upstream's 429 or 5xx).  The
+        #: source clears it when the wait is over and wakes the readers.
+        self.hold = False
         #: The live generation, or None once it has ended.
         self.owner: Owner | None = None
 

@@ -1,0 +1,662 @@
+"""Upstream LLM servers as token sources: an OpenAI-compatible server's streamed chat
+completion, re-framed into streamcore's own stream.
+
+:class:`UpstreamChat` is a push source (:class:`streamcore.PushSource`).  One task per
+stream opens the exchange (a pooled connection, the request); from the response head on,
+everything runs in the connection's ``data_received``: the body is decoded as SSE, each
+chunk becomes a frame of streamcore's chunk template (streamcore's id and model, so resume
+and the WebSocket path work unchanged), and a ``False`` from ``push`` pauses the reading of
+the upstream's socket, so a slow client slows the model, not the gateway's memory.
+
+Endings are honest: an upstream that refuses before the first token is a real HTTP status
+(the response head is held for it, ``upstream_head_hold_s``, and the next upstream that
+serves the model is tried); one that dies, stalls or sends malformed events afterwards ends
+the stream with an error event naming the cause, never with ``[DONE]``; a client that
+leaves aborts the upstream request (its connection reset, never reused).  The usage is
+given on every exit: the upstream's when it reported one, else what streamcore counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..aio.stream import Stream
+from ..aio.upstream import Unavailable, UpstreamConnection, UpstreamPool
+from ..errors import RequestError, StreamError
+from ..limits import Limits
+from ..proto import wsapi
+from ..proto.jsonbytes import dumps, json_string
+from ..proto.openai import ChatRequest, ChunkTemplate, new_completion_id
+from ..proto.sse import Decoder, SSEDecodeError
+from ..proto.upstream import (
+    BadChunk,
+    Body,
+    End,
+    Event,
+    Head,
+    Target,
+    UpstreamError,
+    parse_target,
+    read_chunk,
+)
+
+log = logging.getLogger("streamcore")
+
+#: Upstream statuses after which the next upstream serving the model is tried (before any
+#: byte went to the client): overloaded, or failing.
+RETRYABLE = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(eq=False)
+class Upstream:
+    """One upstream server: where it is, its key, the models it serves."""
+
+    target: Target
+    #: Sent upstream as ``Authorization: Bearer``; never logged, never echoed.
+    key: str | None = None
+    #: The models it serves (None: asked from its ``/v1/models``).
+    models: tuple[str, ...] | None = None
+    #: Names clients may use -> the upstream's model name.
+    aliases: dict[str, str] = field(default_factory=dict)
+    _pools: dict[int, UpstreamPool] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def parse(cls, spec: str, key: str | None = None) -> Upstream:
+        """``URL [key=K|key-env=VAR|key-file=PATH] [models=a,b] [alias=NAME:MODEL ...]``."""
+        import os
+
+        words = spec.split()
+        if not words:
+            raise ValueError("an empty --upstream")
+        target = parse_target(words[0])
+        models: tuple[str, ...] | None = None
+        aliases: dict[str, str] = {}
+        for word in words[1:]:
+            name, eq, value = word.partition("=")
+            if not eq or not value:
+                raise ValueError(f"--upstream {words[0]}: {word!r} is not name=value")
+            if name == "key":
+                key = value
+            elif name == "key-env":
+                key = os.environ.get(value)
+                if key is None:
+                    raise ValueError(f"--upstream {words[0]}: ${value} is not set")
+            elif name == "key-file":
+                with open(value) as f:
+                    key = f.read().strip()
+            elif name == "models":
+                models = tuple(m for m in value.split(",") if m)
+            elif name == "alias":
+                alias, colon, model = value.partition(":")
+                if not colon or not alias or not model:
+                    raise ValueError(f"--upstream {words[0]}: alias={value!r} is not NAME:MODEL")
+                aliases[alias] = model
+            else:
+                raise ValueError(f"--upstream {words[0]}: unknown option {name!r} "
+                                 "(key, key-env, key-file, models, alias)")
+        return cls(target, key, models, aliases)
+
+    def pool(self, loop: asyncio.AbstractEventLoop, limits: Limits) -> UpstreamPool:
+        pool = self._pools.get(id(loop))
+        if pool is None or pool.loop is not loop:
+            pool = self._pools[id(loop)] = UpstreamPool(loop, self.target, limits)
+        return pool
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        headers = [(b"content-type", b"application/json"), (b"accept", b"text/event-stream")]
+        if self.key:
+            headers.append((b"authorization", b"Bearer " + self.key.encode()))
+        return headers
+
+    def path(self, endpoint: str) -> str:
+        return self.target.base_path + endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One upstream that serves a model, and its name for it there."""
+
+    upstream: Upstream
+    model: str
+
+
+class UpstreamFailed(StreamError):
+    """The upstream failed after the stream started: its readers get an error event."""
+
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamFailed):
+    code = "upstream_timeout"
+
+
+def refusal(status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]],
+            where: str) -> RequestError:
+    """An upstream's non-200 answer as the error a client gets: its own 4xx, with its
+    error's message, type and code (an OpenAI-compatible server gives them); a 5xx is a
+    502 that says so."""
+    message = f"the upstream answered {status}"
+    type_, code, param = "upstream_error", None, None
+    try:
+        error = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        if isinstance(error.get("message"), str):
+            message = error["message"]
+        if isinstance(error.get("type"), str):
+            type_ = error["type"]
+        if isinstance(error.get("code"), str):
+            code = error["code"]
+        if isinstance(error.get("param"), str):
+            param = error["param"]
+    extra = [(k, v) for k, v in headers if k == b"retry-after"]
+    if status >= 500:
+        return RequestError(f"{where}: {message}", status=502, type="upstream_error",
+                            code=code or f"upstream_{status}", headers=extra)
+    return RequestError(message, status=status, type=type_, code=code, param=param,
+                        headers=extra)
+
+
+def upstream_body(chat: ChatRequest, model: str, *, stream: bool) -> bytes:
+    """The client's request as the upstream gets it: its model name there, and for a
+    stream the usage asked for (streamcore reports usage on every exit)."""
+    body = dict(chat.raw)
+    body["model"] = model
+    body["stream"] = stream
+    if stream:
+        options = dict(body.get("stream_options") or {})
+        options["include_usage"] = True
+        body["stream_options"] = options
+    else:
+        body.pop("stream_options", None)
+    return orjson.dumps(body)
+
+
+class UpstreamChat:
+    """A streamed chat completion from the first upstream of ``routes`` that answers."""
+
+    __slots__ = ("_attempt", "_bodies", "_decoder", "_done", "_error_body", "_finish",
+                 "_first", "_head", "_hold", "_last_rx", "_retried", "_timer", "_total",
+                 "_usage", "chat_model", "conn", "count", "fixed", "include_usage",
+                 "limits", "loop", "routes", "started", "status", "stream", "task",
+                 "template")
+
+    def __init__(self, chat: ChatRequest, routes: Sequence[Route], limits: Limits) -> None:
+        self.routes = list(routes)
+        self.limits = limits
+        self.chat_model = chat.model
+        self.include_usage = chat.include_usage
+        self.template = ChunkTemplate(new_completion_id(), chat.model,
+                                      include_usage=chat.include_usage)
+        self.fixed = len(self.template.prefix) + len(self.template.suffix)
+        # The request as each upstream gets it, made now: the stream keeps no request.
+        self._bodies = [upstream_body(chat, r.model, stream=True) for r in self.routes]
+        self.stream: Stream | None = None
+        self.conn: UpstreamConnection | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._attempt = -1
+        self._decoder: Decoder | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._total: asyncio.TimerHandle | None = None
+        self._hold: asyncio.TimerHandle | None = None
+        self._last_rx = 0.0
+        self._head: Head | None = None
+        self._retried = False  # a reused connection that failed before its head: once
+        self._first = False  # the first token came
+        self._done = False  # [DONE] (or the finish) came: draining the exchange's end
+        self._finish: str | None = None
+        self._usage: dict[str, Any] | None = None
+        self._error_body: bytearray | None = None
+        self.status = 0
+        self.count = 0
+        self.started = 0.0
+
+    # -- PushSource ------------------------------------------------------------------
+
+    def start_push(self, stream: Stream) -> None:
+        self.stream = stream
+        loop = self.loop = asyncio.get_running_loop()
+        self.started = loop.time()
+        limits = self.limits
+        if limits.upstream_head_hold_s > 0:
+            stream.entry.hold = True
+            self._hold = loop.call_later(limits.upstream_head_hold_s, self._commit)
+        total = limits.upstream_total_timeout_s
+        self._total = loop.call_later(total, self._timed_out, "the upstream's answer took "
+                                      f"longer than upstream_total_timeout_s ({total} s)")
+        self._next_attempt([])
+
+    def resume_push(self) -> None:
+        if self.conn is not None:
+            self.conn.resume_reading()
+
+    def cancel_push(self) -> None:
+        """Nobody reads any more: the upstream request is aborted now."""
+        self._close(True)
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self._log("cancelled")
+
+    # -- opening: attempts in route order, before any byte went out -----------------------
+
+    def _next_attempt(self, errors: list[RequestError]) -> None:
+        self._attempt += 1
+        assert self.loop is not None
+        if self._attempt >= len(self.routes):
+            self._refuse(errors[-1] if errors else RequestError(
+                "no upstream serves this model", status=502, type="upstream_error",
+                code="upstream_unavailable"))
+            return
+        self.task = self.loop.create_task(self._open(self._attempt, errors))
+
+    async def _open(self, attempt: int, errors: list[RequestError]) -> None:
+        route = self.routes[attempt]
+        limits = self.limits
+        assert self.loop is not None
+        try:
+            conn = await route.upstream.pool(self.loop, limits).acquire()
+        except Unavailable as exc:
+            log.warning("upstream %s: %s", route.upstream.target.url(), exc.message)
+            self._next_attempt([*errors, exc])
+            return
+        stream = self.stream
+        if stream is None or stream.state.terminal:
+            conn.release()
+            return
+        self.conn = conn
+        conn.consumer = self
+        self._decoder = None
+        self._error_body = None
+        self.status = 0
+        conn.send(conn.session.request("POST", route.upstream.path("/chat/completions"),
+                                       route.upstream.headers(), self._bodies[attempt]))
+        self._arm(limits.upstream_head_timeout_s, "the upstream sent no response head "
+                  f"within upstream_head_timeout_s ({limits.upstream_head_timeout_s} s)")
+
+    def _refuse(self, exc: RequestError) -> None:
+        """No upstream answered: a real status if nothing went out yet (held head)."""
+        self._cancel_timers()
+        stream = self.stream
+        if stream is not None:
+            stream.fail(exc)
+        self._log(f"refused {exc.status}")
+
+    def _commit(self) -> None:
+        """The head hold is over: the 200 goes out, comments keep the stream alive."""
+        self._hold = None
+        stream = self.stream
+        if stream is not None and stream.entry.hold:
+            stream.entry.hold = False
+            for reader in stream.entry.readers:
+                reader.wake()
+
+    # -- the exchange (UpstreamConnection's consumer) ---------------------------------------
+
+    def upstream_events(self, events: list[Event]) -> None:
+        stream = self.stream
+        assert stream is not None and self.loop is not None
+        for event in events:
+            if isinstance(event, Body):
+                if self._decoder is not None:
+                    self._on_sse(event.data, stream)
+                elif self._error_body is not None:
+                    self._error_body += event.data
+                    if len(self._error_body) > self.limits.upstream_max_event_bytes:
+                        self._error_body = self._error_body[:self.limits.upstream_max_event_bytes]
+            elif isinstance(event, Head):
+                self._on_head(event)
+            elif isinstance(event, End):
+                self._on_end(stream)
+            if self.conn is None:  # the exchange ended (failed, refused, retried)
+                return
+
+    def _on_head(self, head: Head) -> None:
+        assert self.loop is not None
+        self.status = head.status
+        content_type = head.header(b"content-type") or b""
+        if head.status == 200 and content_type.startswith(b"text/event-stream"):
+            limits = self.limits
+            self._decoder = Decoder(max_line_bytes=limits.upstream_max_event_bytes,
+                                    max_event_bytes=limits.upstream_max_event_bytes)
+            self._bodies = []  # no other attempt now: the requests need not be kept
+            self._arm(limits.upstream_first_token_timeout_s, "the upstream sent no token "
+                      f"within upstream_first_token_timeout_s "
+                      f"({limits.upstream_first_token_timeout_s} s)")
+        else:
+            self._error_body = bytearray()
+            self._head = head
+
+    def _on_sse(self, data: bytes, stream: Stream) -> None:
+        assert self._decoder is not None and self.loop is not None
+        self._last_rx = self.loop.time()
+        try:
+            events = self._decoder.feed(data)
+        except SSEDecodeError as exc:
+            self._fail(UpstreamFailed(f"the upstream sent a malformed event stream: {exc}"))
+            return
+        more = True
+        for event in events:
+            if self._done:
+                break
+            text = event.data
+            if text == "[DONE]":
+                self._complete(stream)
+                break
+            try:
+                chunk = read_chunk(text)
+            except BadChunk as exc:
+                self._fail(UpstreamFailed(f"the upstream sent a malformed chunk: {exc}"))
+                return
+            if chunk.error is not None:
+                message = chunk.error.get("message")
+                self._fail(UpstreamFailed("the upstream failed mid-stream: "
+                                          + (message if isinstance(message, str)
+                                             else "an error event")))
+                return
+            if not self._first:
+                self._first = True
+                self._arm_idle()
+                stream.push((self.template.role(),))  # the first frame: the head goes out
+            if chunk.content is not None:
+                self.count += 1
+                data_ = json_string(chunk.content)
+                template = self.template
+                more = stream.push((template.prefix, data_, template.suffix),
+                                   self.fixed + len(data_))
+            elif chunk.other is not None:
+                self.count += 1
+                more = stream.push((self._reframe(chunk.other),))
+            if chunk.finish_reason is not None:
+                self._finish = chunk.finish_reason
+            if chunk.usage is not None:
+                self._usage = chunk.usage
+        if not more and self.conn is not None and not self._done:
+            self.conn.pause_reading()
+
+    def _reframe(self, obj: dict[str, Any]) -> bytes:
+        """A chunk that carries more than text, under streamcore's id, model and time."""
+        template = self.template
+        obj = dict(obj, id=template.completion_id, model=template.model,
+                   created=template.created)
+        if template.include_usage:
+            obj["usage"] = None
+        else:
+            obj.pop("usage", None)
+        return dumps(obj)
+
+    def _on_end(self, stream: Stream) -> None:
+        conn = self.conn
+        if self._error_body is not None:  # a refusal, read whole
+            head = self._head
+            assert head is not None
+            route = self.routes[self._attempt]
+            error = refusal(head.status, bytes(self._error_body), head.headers,
+                            f"upstream {route.upstream.target.url()}")
+            self.conn = None
+            if conn is not None:
+                conn.release()
+            self._cancel_phase_timer()
+            retry = (head.status in RETRYABLE and stream.log.next_seq == 1
+                     and self._attempt + 1 < len(self.routes))
+            log.warning("upstream %s answered %d%s", route.upstream.target.url(),
+                        head.status, ": trying the next" if retry else "")
+            if retry:
+                self._next_attempt([error])
+            else:
+                self._refuse(error)
+            return
+        if not self._done:
+            if self._finish is not None:
+                self._complete(stream)  # no [DONE], but a finish: a complete answer
+            else:
+                self._fail(UpstreamFailed("the upstream ended its stream without finishing "
+                                          "the answer (no finish_reason, no [DONE])"))
+                return
+        self.conn = None
+        if conn is not None:
+            conn.release()  # the whole exchange read: reusable
+
+    def upstream_failed(self, exc: UpstreamError) -> None:
+        conn, self.conn = self.conn, None
+        if self._done:
+            return
+        stream = self.stream
+        if stream is None or stream.log.next_seq > 1 or self._decoder is not None:
+            self._fail(UpstreamFailed(exc.message))
+            return
+        # Before the head: nothing went out, so another try is safe.  A kept-alive
+        # connection the upstream closed as we sent on it gets one more, on a new one.
+        self._cancel_phase_timer()
+        error = RequestError(exc.message, status=502, type="upstream_error",
+                             code="upstream_protocol_error")
+        if conn is not None and conn.uses > 1 and not self._retried:
+            self._retried = True
+            self._attempt -= 1
+        self._next_attempt([error])
+
+    # -- endings -------------------------------------------------------------------------
+
+    def _usage_object(self) -> dict[str, Any]:
+        usage = self._usage
+        if usage is not None and isinstance(usage.get("completion_tokens"), int):
+            return {**usage, "source": "upstream"}
+        return {"prompt_tokens": 0, "completion_tokens": self.count,
+                "total_tokens": self.count, "source": "counted"}
+
+    def _complete(self, stream: Stream) -> None:
+        self._done = True
+        self._cancel_phase_timer()
+        if not self._first:
+            stream.push((self.template.role(),))
+        template = self.template
+        stream.push((template.finish(self._finish or "stop"),))
+        if self.include_usage:
+            stream.push((template.usage_chunk(self._usage_object()),))
+        self._cancel_timers()
+        stream.end()
+        self._log("completed")
+        if self.conn is not None and self.loop is not None:  # the exchange's end is due
+            self._timer = self.loop.call_later(self.limits.upstream_idle_timeout_s,
+                                               self._close, True)
+
+    def _fail(self, exc: StreamError) -> None:
+        """The upstream failed after the stream started: the usage so far (if asked),
+        then an error event; the exchange is aborted."""
+        stream = self.stream
+        self._close(True)
+        if stream is None or stream.state.terminal:
+            return
+        if self.include_usage and stream.log.next_seq > 1:
+            stream.push((self.template.usage_chunk(self._usage_object()),))
+        stream.fail(exc)
+        self._log(f"failed: {exc.message}")
+
+    def _timed_out(self, why: str) -> None:
+        self._timer = None
+        stream = self.stream
+        if stream is not None and stream.log.next_seq == 1 and stream.entry.hold:
+            self._close(True)
+            self._refuse(RequestError(why, status=504, type="upstream_error",
+                                      code="upstream_timeout"))
+        else:
+            self._fail(UpstreamTimeout(why))
+
+    def _close(self, abort: bool) -> None:
+        self._cancel_timers()
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            if abort:
+                conn.abort()
+            else:
+                conn.release()
+
+    # -- time ----------------------------------------------------------------------------
+
+    def _arm(self, delay: float, why: str) -> None:
+        assert self.loop is not None
+        self._cancel_phase_timer()
+        self._timer = self.loop.call_later(delay, self._timed_out, why)
+
+    def _arm_idle(self) -> None:
+        """Between tokens: one timer, re-armed only when it fires (not per token)."""
+        assert self.loop is not None
+        self._cancel_phase_timer()
+        self._timer = self.loop.call_at(self._last_rx + self.limits.upstream_idle_timeout_s,
+                                        self._idle_check)
+
+    def _idle_check(self) -> None:
+        assert self.loop is not None
+        self._timer = None
+        if self._done or self.conn is None:
+            return
+        if self.conn.read_paused:  # we stopped reading (a slow client), not the upstream
+            self._last_rx = self.loop.time()
+        idle = self.limits.upstream_idle_timeout_s
+        if self.loop.time() - self._last_rx >= idle:
+            self._timed_out(f"the upstream sent nothing for upstream_idle_timeout_s ({idle} s)")
+        else:
+            self._timer = self.loop.call_at(self._last_rx + idle, self._idle_check)
+
+    def _cancel_phase_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _cancel_timers(self) -> None:
+        self._cancel_phase_timer()
+        for name in ("_total", "_hold"):
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
+
+    def done_message(self, key: bytes) -> bytes:
+        """The ``/v1/ws`` protocol's last message for this request."""
+        return wsapi.done_message(key, self._finish or "stop", self._usage_object())
+
+    def _log(self, outcome: str) -> None:
+        stream = self.stream
+        route = self.routes[min(max(self._attempt, 0), len(self.routes) - 1)]
+        usage = self._usage_object()
+        log.info("stream %s: %s via %s, model %s, %d chunks, usage %s (%s)",
+                 stream.id if stream else "-", outcome, route.upstream.target.url(),
+                 self.chat_model, self.count,
+                 {k: v for k, v in usage.items() if k != "source"}, usage["source"])
+
+
+# -- whole exchanges: non-streamed answers, model lists --------------------------------------
+
+
+class _Collect:
+    """A consumer that reads one whole exchange, at most ``limit`` body bytes."""
+
+    __slots__ = ("body", "future", "head", "limit")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.head: Head | None = None
+        self.body = bytearray()
+        self.limit = limit
+
+    def upstream_events(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Head):
+                self.head = event
+            elif isinstance(event, Body):
+                self.body += event.data
+                if len(self.body) > self.limit and not self.future.done():
+                    self.future.set_exception(UpstreamError(
+                        f"the upstream's answer exceeds {self.limit} bytes "
+                        "(upstream_max_event_bytes)"))
+            elif not self.future.done():
+                self.future.set_result(None)
+
+    def upstream_failed(self, exc: UpstreamError) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+async def exchange(upstream: Upstream, limits: Limits, method: str, path: str,
+                   body: bytes = b"") -> tuple[Head, bytes]:
+    """One whole request and response; :class:`Unavailable` when the upstream cannot be
+    reached, times out or breaks HTTP."""
+    loop = asyncio.get_running_loop()
+    conn = await upstream.pool(loop, limits).acquire()
+    collect = _Collect(loop, limits.upstream_max_event_bytes)
+    conn.consumer = collect
+    conn.send(conn.session.request(method, path, upstream.headers(), body))
+    timeout = limits.upstream_head_timeout_s + limits.upstream_first_token_timeout_s
+    try:
+        await asyncio.wait_for(collect.future, timeout)
+    except TimeoutError:
+        conn.abort()
+        raise Unavailable(f"{upstream.target.url()} did not answer within {timeout:g} s",
+                          504, "upstream_timeout") from None
+    except UpstreamError as exc:
+        conn.abort()
+        raise Unavailable(f"{upstream.target.url()}: {exc.message}", 502,
+                          "upstream_protocol_error") from None
+    except asyncio.CancelledError:
+        conn.abort()  # the client left: the upstream's work stops too
+        raise
+    assert collect.head is not None
+    conn.release()
+    return collect.head, bytes(collect.body)
+
+
+async def complete(chat: ChatRequest, routes: Sequence[Route], limits: Limits) -> tuple[
+        int, bytes, bytes]:
+    """A non-streamed chat completion: ``(status, body, content type)`` of the first
+    upstream that answers (the next one is tried after a refusal that allows it)."""
+    error: RequestError | None = None
+    for i, route in enumerate(routes):
+        body = upstream_body(chat, route.model, stream=False)
+        where = f"upstream {route.upstream.target.url()}"
+        try:
+            head, data = await exchange(route.upstream, limits, "POST",
+                                        route.upstream.path("/chat/completions"), body)
+        except Unavailable as exc:
+            log.warning("%s: %s", where, exc.message)
+            error = exc
+            continue
+        if head.status == 200:
+            try:  # under the client's name for the model (an alias stays the alias)
+                obj = orjson.loads(data)
+                if isinstance(obj, dict) and obj.get("model") != chat.model:
+                    obj["model"] = chat.model
+                    data = orjson.dumps(obj)
+            except orjson.JSONDecodeError:
+                raise RequestError(f"{where} answered 200 with a body that is not JSON",
+                                   status=502, type="upstream_error",
+                                   code="upstream_protocol_error") from None
+            return 200, data, head.header(b"content-type") or b"application/json"
+        error = refusal(head.status, data, head.headers, where)
+        if head.status not in RETRYABLE or i + 1 == len(routes):
+            raise error
+    assert error is not None
+    raise error
+
+
+async def list_models(upstream: Upstream, limits: Limits) -> tuple[str, ...]:
+    """The model ids an upstream's ``GET /v1/models`` lists."""
+    head, data = await exchange(upstream, limits, "GET", upstream.path("/models"))
+    if head.status != 200:
+        raise Unavailable(f"{upstream.target.url()}/models answered {head.status}", 502,
+                          "upstream_error")
+    try:
+        listed = orjson.loads(data)["data"]
+        return tuple(m["id"] for m in listed
+                     if isinstance(m, dict) and isinstance(m.get("id"), str))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise Unavailable(f"{upstream.target.url()}/models is not an OpenAI model list", 502,
+                          "upstream_error") from None
