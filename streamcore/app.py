@@ -20,12 +20,13 @@ Plain handlers (``@app.route``) return a :class:`Response`, ``dict``/``list`` (J
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from .aio.handler import EventStream, Request, Response, Route
 from .errors import RequestError
 from .limits import Limits
+from .proto.access import Access
 
 StreamHandler = Callable[[Request], AsyncIterator[Any]]
 PlainHandler = Callable[[Request], Awaitable[Any]]
@@ -38,9 +39,14 @@ class App:
     """Routes and per-app settings.  Run it with :func:`streamcore.run` or
     :func:`streamcore.start`."""
 
-    def __init__(self, *, limits: Limits | None = None, name: str = "streamcore") -> None:
+    def __init__(self, *, limits: Limits | None = None, name: str = "streamcore",
+                 cors_origins: Iterable[str] = (), api_keys: Iterable[str | bytes] = ()) -> None:
         self.limits = limits or Limits()
         self.name = name
+        #: CORS allow-list (``"*"``: any origin) and the API keys clients must present
+        #: (``Authorization: Bearer``), checked before any handler that is not ``public``
+        #: (:mod:`streamcore.proto.access`).  Empty: no CORS headers, no key needed.
+        self.access = Access.of(cors_origins, api_keys)
         self._exact: dict[str, dict[str, Route]] = {}
         self._patterns: list[Route] = []
         #: Browser origins allowed to open a WebSocket (None: any).  A cross-site page can
@@ -53,27 +59,32 @@ class App:
         #: CPU per message and memory per socket, and streamed tokens compress poorly.
         self.ws_deflate = False
 
-    def stream(self, method: str, path: str, *, sse_end: bytes | None = None) -> Callable[
+    def stream(self, method: str, path: str, *, sse_end: bytes | None = None,
+               public: bool = False, json: bool = False) -> Callable[
             [StreamHandler], StreamHandler]:
         """Register an async-generator handler: its items become events of an SSE stream
-        (``sse_end``: the data of a last event after a stream that completed)."""
+        (``sse_end``: the data of a last event after a stream that completed).
+        ``public``: no API key needed; ``json``: a body must be JSON (else 415)."""
         def register(handler: StreamHandler) -> StreamHandler:
-            self._add(Route(method.upper(), path, handler, True, sse_end))
+            self._add(Route(method.upper(), path, handler, True, sse_end, public=public,
+                            json=json))
             return handler
         return register
 
-    def websocket(self, path: str) -> Callable[[WebSocketHandler], WebSocketHandler]:
+    def websocket(self, path: str, *, public: bool = False) -> Callable[
+            [WebSocketHandler], WebSocketHandler]:
         """Register a WebSocket handler: ``async def handler(ws)``, with ``ws`` a
-        :class:`streamcore.aio.websocket.WebSocket`."""
+        :class:`streamcore.WebSocket`."""
         def register(handler: WebSocketHandler) -> WebSocketHandler:
-            self._add(Route("GET", path, handler, False, websocket=True))
+            self._add(Route("GET", path, handler, False, websocket=True, public=public))
             return handler
         return register
 
-    def route(self, method: str, path: str) -> Callable[[PlainHandler], PlainHandler]:
+    def route(self, method: str, path: str, *, public: bool = False,
+              json: bool = False) -> Callable[[PlainHandler], PlainHandler]:
         """Register a coroutine handler that returns one complete response."""
         def register(handler: PlainHandler) -> PlainHandler:
-            self._add(Route(method.upper(), path, handler, False))
+            self._add(Route(method.upper(), path, handler, False, public=public, json=json))
             return handler
         return register
 

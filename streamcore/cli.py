@@ -85,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
              "key=KEY, key-env=VARIABLE or key-file=PATH (sent upstream as a Bearer token, "
              "never logged); models=a,b (else asked from its /v1/models); alias=NAME:MODEL "
              "(repeatable). [env STREAMCORE_UPSTREAM, several separated by ';']")
+    access = serve.add_argument_group("who may call")
+    _add(access, "cors-origin", str, "",
+         "comma-separated origins a browser page may call from (e.g. "
+         "https://app.example.com; * for any); preflights answered, X-Stream-Id exposed")
+    access.add_argument(
+        "--api-key", action="append", metavar="KEY", default=argparse.SUPPRESS,
+        help="a key clients must send as 'Authorization: Bearer KEY' (repeatable; the "
+             "WebSocket handshake too; /healthz and the demo page need none); compared in "
+             "constant time, never logged [env STREAMCORE_API_KEY, comma-separated]")
+    access.add_argument(
+        "--api-key-file", metavar="PATH", default=argparse.SUPPRESS,
+        help="a file of keys, one per line (blank lines and # comments ignored)")
     sockets = serve.add_argument_group("WebSocket (GET /v1/ws)")
     _add(sockets, "ws-deflate", int, 0, "1: accept permessage-deflate (RFC 7692)")
     _add(sockets, "ws-origins", str, "",
@@ -142,7 +154,16 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         upstreams = [Upstream.parse(spec) for spec in args.upstream]
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
-    app = build_app(None if upstreams else [model], limits, upstreams=upstreams)
+    try:
+        api_keys = _api_keys(args)
+    except OSError as exc:
+        parser.error(f"--api-key-file: {exc}")
+    cors = [o.strip() for o in args.cors_origin.split(",") if o.strip()]
+    app = build_app(None if upstreams else [model], limits, upstreams=upstreams,
+                    cors_origins=cors, api_keys=api_keys)
+    if api_keys:
+        logging.getLogger("streamcore").info("clients must present one of %d API keys",
+                                             len(api_keys))
     app.ws_deflate = bool(args.ws_deflate)
     if args.ws_origins:
         app.ws_origins = frozenset(o.strip() for o in args.ws_origins.split(",") if o.strip())
@@ -157,6 +178,20 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"streamcore: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _api_keys(args: argparse.Namespace) -> list[str]:
+    """The keys from --api-key, --api-key-file and STREAMCORE_API_KEY, in that order."""
+    keys = list(getattr(args, "api_key", []))
+    path = getattr(args, "api_key_file", None)
+    if path:
+        with open(path) as f:
+            keys += [line.strip() for line in f
+                     if line.strip() and not line.lstrip().startswith("#")]
+    if not keys:
+        keys = [k.strip() for k in os.environ.get(ENV_PREFIX + "API_KEY", "").split(",")
+                if k.strip()]
+    return keys
 
 
 #: What ``streamcore serve`` serves, for the startup banner: (method, path, what).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from .aio.stream import Stream
@@ -165,16 +166,19 @@ class Catalog:
 
 
 def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None = None, *,
-              upstreams: list[Upstream] | None = None) -> App:
+              upstreams: list[Upstream] | None = None, cors_origins: Iterable[str] = (),
+              api_keys: Iterable[str] = ()) -> App:
     """The gateway: the given synthetic models (default: one, when no upstream is given)
-    and upstream LLM servers, routed by ``model``."""
-    app = App(limits=limits, name="streamcore-gateway")
+    and upstream LLM servers, routed by ``model``; CORS and API keys as
+    :class:`~streamcore.App` has them (``/healthz`` and the demo page need no key)."""
+    app = App(limits=limits, name="streamcore-gateway", cors_origins=cors_origins,
+              api_keys=api_keys)
     upstreams = upstreams or []
     synthetic = models if models is not None else ([] if upstreams else [SyntheticModel()])
     catalog = Catalog({model.name: model for model in synthetic}, upstreams, app.limits)
     started = int(time.time())
 
-    @app.route("POST", "/v1/chat/completions")
+    @app.route("POST", "/v1/chat/completions", json=True)
     async def chat_completions(request: Request) -> Response | EventStream:
         chat = parse_chat_request(request.body)
         if chat.stream:
@@ -220,7 +224,7 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
     async def list_models_(request: Request) -> dict[str, object]:
         return {"object": "list", "data": await catalog.listing(started)}
 
-    @app.route("GET", "/healthz")
+    @app.route("GET", "/healthz", public=True)
     async def healthz(request: Request) -> dict[str, str]:
         return {"status": "ok"}
 

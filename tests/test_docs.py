@@ -42,3 +42,13 @@ def test_readme_links_the_architecture_and_nothing_outside() -> None:
     for path in re.findall(r"\]\(([^)#]+)\)", readme):
         if not path.startswith(("http://", "https://")):
             assert (ROOT / path).exists(), f"README links to a missing {path}"
+
+
+def test_every_limit_has_a_readme_row() -> None:
+    import dataclasses
+
+    from streamcore.limits import Limits
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [f.name for f in dataclasses.fields(Limits) if f"| `{f.name}` |" not in readme]
+    assert not missing, f"README's limits table lacks {missing}"

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import InternalError, ProtocolError, RequestError, StreamcoreError
 from ..proto import http, ws
+from ..proto.access import require_json
 from ..proto.cursor import parse_event_id
 from ..proto.http import HTTPSession, Phase
 from ..store.base import Entry
@@ -33,8 +34,8 @@ class HTTPConnection(Output):
     :class:`~.websocket.WebSocketConnection` on upgrade."""
 
     # An idle stream's connection is mostly this object: slots keep it small.
-    __slots__ = ("_method", "_task", "_timer", "close_after_response", "ctx", "read_paused",
-                 "reader", "session")
+    __slots__ = ("_extra", "_method", "_task", "_timer", "close_after_response", "ctx",
+                 "read_paused", "reader", "session")
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx.loop, ctx.limits, ctx.admission)
@@ -47,6 +48,8 @@ class HTTPConnection(Output):
         #: The SSE response being written, if any.
         self.reader: SSEReader | None = None
         self._method = "GET"
+        #: Headers every response to the current request carries (CORS, a stream's own).
+        self._extra: list[tuple[bytes, bytes]] = []
         self.close_after_response = False
 
     # -- asyncio.Protocol ------------------------------------------------------------
@@ -115,11 +118,24 @@ class HTTPConnection(Output):
 
     def _dispatch(self, raw: http.Request) -> None:
         router = self.ctx.router
+        access = router.access
+        preflight = access.preflight(raw)
+        if preflight is not None:
+            self._extra = preflight
+            self.respond(Response(b"", 204))
+            return
+        self._extra = access.cors_headers(raw)
         if b"websocket" in raw.header_tokens(b"upgrade"):
             route, params = router.resolve_upgrade(raw.path)
+            if not route.public:
+                access.authorize(raw)
             self._upgrade(raw, route, params)
             return
         route, params = router.resolve(raw.method, raw.path)
+        if not route.public:
+            access.authorize(raw)
+        if route.json:
+            require_json(raw)
         self.admission.check_new_work()
         request = Request(raw, params, self.peer, router, store=self.ctx.store)
         if route.streaming:
@@ -135,6 +151,7 @@ class HTTPConnection(Output):
             if self.transport is None:
                 return
             if isinstance(result, EventStream):
+                self._extra = self._extra + result.headers
                 self._start_stream(result.items, result.sse_end, request, result.resume)
             else:
                 self.respond(to_response(result))
@@ -151,7 +168,10 @@ class HTTPConnection(Output):
             return
         session = self.session
         headers = [(b"content-type", response.content_type),
-                   (b"content-length", b"%d" % len(response.body)), *response.headers]
+                   (b"content-length", b"%d" % len(response.body)), *response.headers,
+                   *self._extra]
+        if response.status == 204:  # RFC 9110 section 8.6: no Content-Length on a 204
+            del headers[:2]
         if self.close_after_response:
             headers.append((b"connection", b"close"))
         try:
@@ -198,7 +218,7 @@ class HTTPConnection(Output):
         reader.wake()  # after the source's first step: see SSEReader.framer
 
     def stream_head(self, entry: Entry) -> tuple[bytes, bool]:
-        headers = [*SSE_HEADERS, (b"x-stream-id", entry.id.encode())]
+        headers = [*SSE_HEADERS, (b"x-stream-id", entry.id.encode()), *self._extra]
         if self.close_after_response:
             headers.append((b"connection", b"close"))
         return self.session.stream_head(headers, method=self._method)

@@ -17,6 +17,7 @@ import orjson
 from ..errors import RequestError, StreamcoreError
 from ..limits import Limits
 from ..proto import http
+from ..proto.access import Access
 from ..store.base import ReplayStore
 
 _UNSET: Any = object()
@@ -125,6 +126,9 @@ class EventStream:
     #: Read the existing stream with this id (from the start, or after the request's
     #: Last-Event-ID) instead of starting ``items``; 404 if it is not (or no longer) known.
     resume: str | None = None
+    #: Extra response headers (``(name, value)`` bytes, names lowercase) on the stream's
+    #: head, e.g. a handler's own CORS or cache headers.
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 def to_response(result: Any) -> Response:
@@ -148,12 +152,18 @@ class Route:
     pattern: re.Pattern[str] | None = None
     #: A WebSocket handler (``@app.websocket``): reachable only by an upgrade.
     websocket: bool = False
+    #: Served without an API key (a health check, a static page).
+    public: bool = False
+    #: Takes a JSON body: another content type is refused with 415.
+    json: bool = False
 
 
 class Router(Protocol):
     """What the I/O layer needs of an application."""
 
     limits: Limits
+    #: CORS origins and API keys.
+    access: Access
     #: Browser origins allowed to open a WebSocket (None: any).
     ws_origins: frozenset[str] | None
     ws_subprotocols: tuple[str, ...]

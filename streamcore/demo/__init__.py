@@ -46,11 +46,11 @@ def add_demo_routes(app: App) -> None:
     assets = {name: Response(_read(name), headers=list(_HEADERS), content_type=kind)
               for name, kind in ASSETS.items()}
 
-    @app.route("GET", "/")
+    @app.route("GET", "/", public=True)
     async def demo_page(request: Request) -> Response:
         return index
 
-    @app.route("GET", "/demo/{name}")
+    @app.route("GET", "/demo/{name}", public=True)
     async def demo_asset(request: Request) -> Response:
         name = request.path_params["name"]
         found = assets.get(name)

@@ -158,6 +158,10 @@ def refusal(status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]],
         if isinstance(error.get("param"), str):
             param = error["param"]
     extra = [(k, v) for k, v in headers if k == b"retry-after"]
+    if status in (401, 403):  # the gateway's key for the upstream, not the client's
+        return RequestError(f"{where} refused the gateway's credentials ({status}): "
+                            f"{message}", status=502, type="upstream_error",
+                            code="upstream_auth")
     if status >= 500:
         return RequestError(f"{where}: {message}", status=502, type="upstream_error",
                             code=code or f"upstream_{status}", headers=extra)
