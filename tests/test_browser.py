@@ -13,55 +13,23 @@ used.  Without either, every test here is skipped with the reason.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from chromium import Browser, Page, chromium, poll
 from conftest import FAST_LIMITS, Served, wait_for
 
 import streamcore
 from streamcore.gateway import build_app
 from streamcore.sources.synthetic import SyntheticModel
 
-try:
-    from playwright.sync_api import Browser, Page, sync_playwright
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    sync_playwright = None
-    PLAYWRIGHT_MISSING = f"playwright is not importable ({exc}); pip install playwright"
-else:
-    PLAYWRIGHT_MISSING = ""
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
-def _skip_loudly(reason: str) -> None:
-    message = f"BROWSER TESTS NOT RUN: {reason}"
-    print(f"\n*** {message}", file=sys.stderr)
-    pytest.skip(message)
-
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if sync_playwright is None:
-        _skip_loudly(PLAYWRIGHT_MISSING)
-    executable = CHROMIUM if os.access(CHROMIUM, os.X_OK) else shutil.which("chromium")
-    if executable is None:
-        _skip_loudly(f"no Chromium at {CHROMIUM} nor on PATH; apt-get install -y chromium "
-                     "(.ci/run does it as root)")
-    with sync_playwright() as pw:
-        launched = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
@@ -78,19 +46,6 @@ def html(script: str) -> streamcore.Response:
     doc = ("<!doctype html><html><head><meta charset='utf-8'><title>streamcore</title>"
            f"</head><body><script>{script}</script></body></html>")
     return streamcore.Response(doc.encode(), content_type=b"text/html; charset=utf-8")
-
-
-def poll(page: Page, expression: str, timeout: float) -> Any:
-    """Evaluate ``expression`` in the page until it is truthy; returns its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = page.evaluate(expression)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            state = page.evaluate("JSON.stringify(window.state || null).slice(0, 2000)")
-            pytest.fail(f"{expression} not true within {timeout}s; page state: {state}")
-        time.sleep(0.05)
 
 
 # ------------------------------------------------------------- EventSource reconnects
