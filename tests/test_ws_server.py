@@ -470,8 +470,11 @@ def test_mixed_case_subprotocol(serve: Callable[..., Served], ours: str) -> None
 
 def test_client_that_stops_reading_is_closed_and_memory_stays_bounded(
         serve: Callable[..., Served]) -> None:
+    # No pings: a client that reads nothing also answers no ping, and a slow run (under
+    # coverage) must not be cut by the ping timeout before the socket fills.
     limits = LIMITS.replace(write_stall_timeout_s=1.0, write_high_water_bytes=16 * 1024,
-                            write_low_water_bytes=4 * 1024, stream_log_bytes=64 * 1024)
+                            write_low_water_bytes=4 * 1024, stream_log_bytes=64 * 1024,
+                            ws_ping_interval_s=60.0)
     total = 2_000_000
     produced = {"count": 0, "closed": False}
     app = streamcore.App(limits=limits)
