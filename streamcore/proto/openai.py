@@ -1,4 +1,5 @@
-"""The OpenAI chat-completions wire format: request validation, chunk templates, errors.
+"""The OpenAI chat-completions wire format: request validation and chunk templates (the
+error envelope is :func:`streamcore.errors.envelope`).
 
 A streamed token costs one ``orjson.dumps(token)``: the rest of its chunk is the stream's
 prefix and suffix, encoded once when the stream starts (:class:`ChunkTemplate`), and the
@@ -18,10 +19,9 @@ from typing import Any
 import orjson
 
 from ..errors import RequestError
-from .jsonbytes import dumps, json_string
+from .jsonbytes import dumps
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls"})
 
 
 @dataclass(slots=True)
@@ -171,10 +171,6 @@ class ChunkTemplate:
         usage = b',"usage":null' if include_usage else b""
         self.suffix = b'},"logprobs":null,"finish_reason":null}]' + usage + b"}"
 
-    def token(self, text: str) -> tuple[bytes, bytes, bytes]:
-        """The frame of one content token: three buffers, two of them shared."""
-        return (self.prefix, json_string(text), self.suffix)
-
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         body: dict[str, Any] = {"id": self.completion_id, "object": "chat.completion.chunk",
                                 "created": self.created, "model": self.model,
@@ -216,9 +212,3 @@ def completion_body(completion_id: str, model: str, text: str, finish_reason: st
         "usage": usage_object(prompt_tokens, completion_tokens),
     })
 
-
-def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> bytes:
-    """``{"error": {"message", "type", "param", "code"}}``: the OpenAI error envelope."""
-    return orjson.dumps({"error": {"message": message, "type": type, "param": param,
-                                   "code": code}})
