@@ -280,6 +280,7 @@ SMUGGLING = {
     "missing_host": b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n",
     "two_hosts": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
     "two_hosts_same": b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
+    "two_hosts_http10": b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
     "garbage": b"\x00\x01\x02 hello there\r\n\r\n",
     "no_version": b"GET /\r\n\r\n",
     "space_before_colon": b"GET / HTTP/1.1\r\nHost : h\r\n\r\n",

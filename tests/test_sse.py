@@ -13,6 +13,7 @@ from streamcore.proto.sse import (
     Decoder,
     Event,
     SSEDecodeError,
+    SSEFramer,
     encode_comment,
     encode_event,
     frame_data,
@@ -481,3 +482,134 @@ def test_frame_data_splits_lines() -> None:
 @given(st.text())
 def test_frame_data_matches_encode_event(text: str) -> None:
     assert b"".join(frame_data(text.encode())) + b"\n" == encode_event(text)
+
+
+# ------------------------------------------------------------------------ the server's framer
+
+
+def unchunk(data: bytes) -> list[bytes]:
+    """The chunks of a chunked body (RFC 9112 section 7.1), strictly: every byte accounted
+    for.  The last chunk (size 0) is returned as b""."""
+    chunks: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        line_end = data.index(b"\r\n", pos)
+        size = int(data[pos:line_end], 16)
+        assert data[pos:line_end] == b"%x" % size, "chunk size not in lowercase hex"
+        start = line_end + 2
+        chunks.append(data[start:start + size])
+        assert data[start + size:start + size + 2] == b"\r\n"
+        pos = start + size + 2
+    return chunks
+
+
+@st.composite
+def payloads(draw: st.DrawFn) -> tuple[str, tuple[bytes, ...]]:
+    """A payload's text (with or without CR, LF, CRLF) and its UTF-8 bytes cut into
+    1 to 4 buffers (a frame is a tuple of shared buffers)."""
+    text = draw(st.one_of(
+        st.text(alphabet=NO_BREAK, max_size=40),
+        st.lists(st.text(alphabet=NO_BREAK, max_size=10),
+                 min_size=1, max_size=4).flatmap(
+            lambda parts: st.lists(st.sampled_from(["\r", "\n", "\r\n"]), min_size=len(parts),
+                                   max_size=len(parts)).map(
+                lambda breaks: "".join(p + b for p, b in zip(parts, breaks, strict=True)))),
+    ))
+    data = text.encode()
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=3)))
+    bounds = [0, *cuts, len(data)]
+    return text, tuple(data[a:b] for a, b in itertools.pairwise(bounds))
+
+
+def framed(stream_id: str, seq: int, texts: list[str], chunked: bool) -> bytes:
+    """What the framer must produce: ``encode_event`` per frame, in one chunk if chunked."""
+    body = b"".join(encode_event(text, id=f"{stream_id}-{seq + i}")
+                    for i, text in enumerate(texts))
+    return b"%x\r\n%b\r\n" % (len(body), body) if chunked else body
+
+
+def is_multiline(text: str) -> bool:
+    return "\r" in text or "\n" in text
+
+
+@given(st.text(alphabet="abcdef0123456789", min_size=1, max_size=16),
+       st.integers(min_value=1, max_value=10**12), st.lists(payloads(), min_size=1, max_size=6),
+       st.booleans())
+def test_framer_events_equal_encode_event(stream_id: str, seq: int,
+                                          items: list[tuple[str, tuple[bytes, ...]]],
+                                          chunked: bool) -> None:
+    framer = SSEFramer(stream_id, chunked)
+    texts = [text for text, _ in items]
+    frames = [frame for _, frame in items]
+    size = sum(len(buf) for frame in frames for buf in frame)
+    multiline = {seq + i for i, text in enumerate(texts) if is_multiline(text)} or None
+    bufs, total = framer.events(seq, frames, size, multiline)
+    data = b"".join(bufs)
+    assert data == framed(stream_id, seq, texts, chunked)
+    assert total == len(data)
+    # The payload's buffers are shared, not copied, for single-line frames.
+    for text, frame in items:
+        if not is_multiline(text):
+            for buf in frame:
+                assert not buf or any(b is buf for b in bufs)
+    # A client's decoder gets the events back, ids and all (CR and CRLF arrive as LF).
+    body = b"".join(unchunk(data)) if chunked else data
+    events = Decoder().feed(body)
+    assert [(e.data, e.id) for e in events] == [
+        (normalised(text), f"{stream_id}-{seq + i}") for i, text in enumerate(texts)]
+
+
+@given(st.integers(min_value=1, max_value=10**12), payloads(), st.booleans())
+def test_framer_event_equals_events_of_one_frame(seq: int, item: tuple[str, tuple[bytes, ...]],
+                                                 chunked: bool) -> None:
+    text, frame = item
+    if is_multiline(text):  # event() is the single-line fast path
+        frame = (text.replace("\r", "").replace("\n", "").encode(),)
+    framer = SSEFramer("0123456789abcdef", chunked)
+    size = sum(map(len, frame))
+    one = framer.event(seq, frame, size)
+    bufs, total = framer.events(seq, [frame], size, None)
+    assert one == b"".join(bufs) and total == len(one)
+
+
+def test_framer_event_layout() -> None:
+    framer = SSEFramer("s1", chunked=True)
+    payload = (b'{"a":', b"1}")
+    assert framer.event(7, payload, 7) == b"18\r\nid: s1-7\ndata: {\"a\":1}\n\n\r\n"
+    plain = SSEFramer("s1", chunked=False)
+    assert plain.event(7, payload, 7) == b'id: s1-7\ndata: {"a":1}\n\n'
+
+
+def test_framer_multiline_set_only_splits_its_own_frames() -> None:
+    framer = SSEFramer("s", chunked=False)
+    bufs, total = framer.events(1, [(b"a\nb",), (b"c",)], 4, {1})
+    assert b"".join(bufs) == b"id: s-1\ndata: a\ndata: b\n\nid: s-2\ndata: c\n\n"
+    assert total == len(b"".join(bufs))
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_framer_final(chunked: bool) -> None:
+    framer = SSEFramer("s", chunked)
+    error = b'{"error":{"message":"x"}}'
+    data = b"".join(framer.final(error, b"[DONE]"))
+    body = b"data: " + error + b"\n\ndata: [DONE]\n\n"
+    if chunked:
+        assert data == b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+        assert unchunk(data) == [body, b""]
+    else:
+        assert data == body
+    events = Decoder().feed(body)
+    assert [(e.data, e.id) for e in events] == [(error.decode(), ""), ("[DONE]", "")]
+    # Nothing to add: only the last chunk (or nothing at all for HTTP/1.0).
+    assert framer.final() == ([b"0\r\n\r\n"] if chunked else [])
+    # A multi-line end marker is split like any data.
+    assert b"".join(SSEFramer("s", False).final(b"a\r\nb")) == b"data: a\ndata: b\n\n"
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_framer_comment_is_a_heartbeat_never_a_blank_line(chunked: bool) -> None:
+    framer = SSEFramer("s", chunked)
+    data = b"".join(framer.comment())
+    assert data == (b"2\r\n:\n\r\n" if chunked else b":\n")
+    assert Decoder().feed(b"id: s-1\ndata: x\n\n" + b":\n") == [Event("x", id="s-1")]
+    assert b"".join(framer.chunk(b"abc")) == (b"3\r\nabc\r\n" if chunked else b"abc")

@@ -470,8 +470,11 @@ def test_mixed_case_subprotocol(serve: Callable[..., Served], ours: str) -> None
 
 def test_client_that_stops_reading_is_closed_and_memory_stays_bounded(
         serve: Callable[..., Served]) -> None:
+    # No pings: a client that reads nothing also answers no ping, and a slow run (under
+    # coverage) must not be cut by the ping timeout before the socket fills.
     limits = LIMITS.replace(write_stall_timeout_s=1.0, write_high_water_bytes=16 * 1024,
-                            write_low_water_bytes=4 * 1024, stream_log_bytes=64 * 1024)
+                            write_low_water_bytes=4 * 1024, stream_log_bytes=64 * 1024,
+                            ws_ping_interval_s=60.0)
     total = 2_000_000
     produced = {"count": 0, "closed": False}
     app = streamcore.App(limits=limits)
@@ -546,7 +549,8 @@ def test_slow_reader_gets_everything_in_order(serve: Callable[..., Served]) -> N
     """Backpressure pauses the producer but loses nothing: a client that reads slowly
     gets every item, in order, and a clean close."""
     limits = LIMITS.replace(write_high_water_bytes=8 * 1024, write_low_water_bytes=2 * 1024,
-                            stream_log_bytes=256 * 1024, write_stall_timeout_s=5.0)
+                            stream_log_bytes=256 * 1024, write_stall_timeout_s=5.0,
+                            ws_ping_interval_s=60.0)  # a paused client answers no ping
     count = 3000
     served = serve(numbers_app(limits, count), limits)
     got, code = run(read_all(served, "/numbers", pause_every=500, max_queue=1))
@@ -562,7 +566,8 @@ def test_small_stream_log_does_not_fail_the_origin_reader(
     FLUSH_BYTES (32 KiB, streamcore/aio/stream.py) is pending, so with a log of 32 KiB or
     less the live reader's next frame is trimmed before it is ever written:
     FellBehind, a 1011 close and nothing delivered (the same happens over SSE)."""
-    limits = LIMITS.replace(stream_log_bytes=log_kib * 1024, write_stall_timeout_s=5.0)
+    limits = LIMITS.replace(stream_log_bytes=log_kib * 1024, write_stall_timeout_s=5.0,
+                            ws_ping_interval_s=60.0)  # not a liveness test: no pings
     count = 3000
     served = serve(numbers_app(limits, count), limits)
     got, code = run(read_all(served, "/numbers", max_size=None))

@@ -208,11 +208,12 @@ class Stream:
         """With no reader left the generation is cancelled at once (the handler's
         ``finally`` runs now, not at its next token), or after ``grace_s`` if no reader
         attaches by then."""
+        if not self.readers:  # before writable_changed(), which measures from it
+            self._left_at = reader.cursor.taken_bytes
         if self.origin is reader:
             self.origin = self.readers[0] if self.readers else None
             self.writable_changed()
         if not self.readers and not self.state.terminal and self._grace is None:
-            self._left_at = reader.cursor.taken_bytes
             if self.grace_s > 0:
                 self._grace = asyncio.get_running_loop().call_later(self.grace_s, self.cancel)
             else:

@@ -1,4 +1,5 @@
-"""The OpenAI chat-completions wire format: request validation, chunk templates, errors.
+"""The OpenAI chat-completions wire format: request validation and chunk templates (the
+error envelope is :func:`streamcore.errors.envelope`).
 
 A streamed token costs one ``orjson.dumps(token)``: the rest of its chunk is the stream's
 prefix and suffix, encoded once when the stream starts (:class:`ChunkTemplate`), and the

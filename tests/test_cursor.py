@@ -1,0 +1,115 @@
+"""The cursor format (:mod:`streamcore.proto.cursor`): ``<stream id>-<seq>``, and its strict,
+bounded parser (a client controls the string, as ``Last-Event-ID``)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamcore.proto.cursor import (
+    MAX_SEQ_DIGITS,
+    MAX_STREAM_ID_LENGTH,
+    event_id,
+    id_prefix,
+    new_stream_id,
+    parse_event_id,
+    valid_stream_id,
+)
+
+ID_CHARS = "ABCXYZabcxyz0189._~"
+
+stream_ids = st.text(alphabet=ID_CHARS, min_size=1, max_size=MAX_STREAM_ID_LENGTH)
+seqs = st.integers(min_value=0, max_value=10**MAX_SEQ_DIGITS - 1)
+
+
+def test_new_stream_ids_are_16_hex_digits_valid_and_distinct() -> None:
+    ids = {new_stream_id() for _ in range(100)}
+    assert len(ids) == 100
+    for stream_id in ids:
+        assert re.fullmatch(r"[0-9a-f]{16}", stream_id)
+        assert valid_stream_id(stream_id)
+
+
+def test_event_id_and_prefix() -> None:
+    assert event_id("abc", 7) == "abc-7"
+    assert id_prefix("abc") == b"abc-"
+    assert id_prefix("abc") + b"7" == event_id("abc", 7).encode()
+
+
+def test_round_trip_examples() -> None:
+    assert parse_event_id(event_id("0123456789abcdef", 1)) == ("0123456789abcdef", 1)
+    # '-' is not a stream-id character, so the split is never ambiguous.
+    assert not valid_stream_id("a-b")
+    assert parse_event_id("a-b-1") is None
+    uuid_like = "6fa459ea.ee8a.3ca4.894e.db77e160355e"
+    assert parse_event_id(f"{uuid_like}-42") == (uuid_like, 42)
+
+
+@given(stream_ids, seqs)
+def test_round_trip(stream_id: str, seq: int) -> None:
+    assert valid_stream_id(stream_id)
+    assert parse_event_id(event_id(stream_id, seq)) == (stream_id, seq)
+    assert (id_prefix(stream_id) + b"%d" % seq).decode() == event_id(stream_id, seq)
+
+
+@pytest.mark.parametrize("value", [
+    "abc-\u00b2",        # superscript two: str.isdigit() says yes, int() says no
+    "abc-1\u00b2",
+    "abc-\u0661",        # ARABIC-INDIC DIGIT ONE: int() would accept it
+    "abc-\uff11",        # FULLWIDTH DIGIT ONE
+    "abc-\u0967",        # DEVANAGARI DIGIT ONE
+    "abc-1" + "0" * MAX_SEQ_DIGITS,   # 19 digits
+    "abc-" + "9" * 40,
+    "",
+    "-",
+    "abc-",              # empty seq
+    "-1",                # empty stream id
+    "abc",               # no dash
+    "1",
+    "abc--1",            # negative: the dash is not an id character
+    "abc-+1",
+    "abc- 1",
+    "abc-1 ",
+    " abc-1",
+    "abc-1\n",
+    "abc-0x1",
+    "abc-1.0",
+    "ab c-1",            # bad stream-id characters
+    "ab/c-1",
+    "ab%20c-1",
+    "ab\u00e9c-1",
+    "ab\0c-1",
+    "x" * (MAX_STREAM_ID_LENGTH + 1) + "-1",  # over-long id
+])
+def test_strict_parser_refuses(value: str) -> None:
+    assert parse_event_id(value) is None
+
+
+def test_bounds_are_inclusive() -> None:
+    longest = "x" * MAX_STREAM_ID_LENGTH
+    assert parse_event_id(f"{longest}-1") == (longest, 1)
+    most = "9" * MAX_SEQ_DIGITS
+    assert parse_event_id(f"abc-{most}") == ("abc", int(most))
+    assert int(most) < 2**63
+    assert parse_event_id("abc-007") == ("abc", 7)
+    assert parse_event_id("abc-0") == ("abc", 0)
+
+
+@pytest.mark.parametrize("stream_id", ["", "a-b", "a b", "é", "x" * (MAX_STREAM_ID_LENGTH + 1),
+                                       "abc\n"])
+def test_invalid_stream_ids(stream_id: str) -> None:
+    assert not valid_stream_id(stream_id)
+
+
+@given(st.text(max_size=120))
+def test_parser_never_raises_and_only_accepts_what_round_trips(value: str) -> None:
+    parsed = parse_event_id(value)
+    if parsed is not None:
+        stream_id, seq = parsed
+        assert valid_stream_id(stream_id)
+        assert value.isascii()
+        # The same number, maybe with leading zeros.
+        assert value.startswith(stream_id + "-") and int(value[len(stream_id) + 1:]) == seq
