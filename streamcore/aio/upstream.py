@@ -189,6 +189,10 @@ class UpstreamPool:
             self.forget(conn)
             raise Unavailable(f"cannot connect to {target.url()}: {exc}", 502,
                               "upstream_unreachable") from None
+        except BaseException:  # cancelled (the client left while we connected)
+            self.forget(conn)
+            conn.abort()
+            raise
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:
