@@ -144,6 +144,17 @@ class Cancelled(StreamError):
         super().__init__("the stream was cancelled: its client left")
 
 
+class ServerShutdown(StreamError):
+    """The server stopped before the stream ended: its readers are told where they were,
+    to resume elsewhere."""
+
+    code = "server_shutdown"
+
+    def __init__(self, stream_id: str, last_seq: int) -> None:
+        super().__init__(f"the server is shutting down: resume the stream elsewhere after "
+                         f"event {stream_id}-{last_seq}")
+
+
 class HandlerFailed(StreamError):
     """A handler raised mid-stream: its readers get an error event naming the exception
     type (the traceback goes to the log, not to the client)."""

@@ -53,8 +53,11 @@ def read_stream(client: httpx.Client, method: str, url: str, *, json: Any = None
                 last_event_id: str | None = None, stop_after: int | None = None) -> Got:
     """Read a stream; with ``stop_after``, drop the connection after that many events
     (httpx closes a connection whose response was closed before its end)."""
-    headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
-    with httpx_sse.connect_sse(client, method, url, json=json, headers=headers) as source:
+    # As bytes: a test may send a non-ASCII id (as UTF-8, as a browser would).
+    headers = ({"Last-Event-ID": last_event_id.encode()} if last_event_id is not None
+               else {})
+    with httpx_sse.connect_sse(client, method, url, json=json,
+                               headers=headers) as source:  # type: ignore[arg-type]
         response = source.response
         if response.status_code != 200:
             response.read()
@@ -288,9 +291,13 @@ def test_resume_after_the_stream_finished_and_after_retention(
     assert rest.status == 200, rest.body
     events = check_whole(first.events + rest.events, sid)
     assert content_of(events) == completion(client, served.url, body)
-    # Past the end: nothing but the end marker.
-    tail = read_stream(client, "POST", url, json=body, last_event_id=events[-1].id)
-    assert [e.data for e in tail.events] == [DONE]
+    # At the end of a stream that ended: 204, which tells an EventSource to stop
+    # reconnecting (WHATWG HTML 9.2.3), on either path.
+    for method, path, payload in (("POST", "/v1/chat/completions", body),
+                                  ("GET", f"/v1/streams/{sid}", None)):
+        tail = read_stream(client, method, f"{served.url}{path}", json=payload,
+                           last_event_id=events[-1].id)
+        assert tail.status == 204 and not tail.events, (method, tail)
 
     time.sleep(0.8)  # past resume_retention_s
     for method, path, payload in (("GET", f"/v1/streams/{sid}", None),
@@ -311,13 +318,21 @@ def test_unknown_stream_is_404(serve: Callable[..., Served], client: httpx.Clien
                       json=chat_body(3), last_event_id="0123456789abcdef-3")
     assert got.status == 404
     assert assert_openai_error(got.body)["code"] == "stream_not_found"
-    # A Last-Event-ID that is no stream event id at all starts a new stream.
-    for junk in ("3", "abc", "abc-", "-3"):
-        fresh = read_stream(client, "POST", f"{served.url}/v1/chat/completions",
-                            json=chat_body(3), last_event_id=junk)
-        assert fresh.status == 200, (junk, fresh.body)
-        assert fresh.stream_id
-        check_whole(fresh.events, fresh.stream_id)
+    # A Last-Event-ID that is no event id of ours is a 400 naming it (a silent replay
+    # from the start would repeat the answer), whatever its digits or length.
+    for junk in ("3", "abc", "abc-", "-3", "abc-\u00b2", "abc-" + "9" * 2000, "a b-1"):
+        got = read_stream(client, "POST", f"{served.url}/v1/chat/completions",
+                          json=chat_body(3), last_event_id=junk)
+        assert got.status == 400, (junk[:40], got.status, got.body[:200])
+        error = assert_openai_error(got.body)
+        assert error["code"] == "invalid_last_event_id" and error["param"] == "Last-Event-ID"
+        assert len(got.body) < 1000  # the junk is not echoed whole
+    # One that names another stream than the path's: 400 too.
+    fresh = read_stream(client, "POST", f"{served.url}/v1/chat/completions", json=chat_body(3))
+    other = read_stream(client, "GET", f"{served.url}/v1/streams/{fresh.stream_id}",
+                        last_event_id="0123456789abcdef-2")
+    assert other.status == 400
+    assert assert_openai_error(other.body)["code"] == "invalid_last_event_id"
 
 
 # ---------------------------------------------------------------- grace 0, grace expiry
@@ -576,3 +591,27 @@ def test_server_close_cancels_a_stream_in_grace(
     assert ticks.closed.wait(1.0), (
         "Server.close() returned and the stream in grace still runs (until resume_grace_s "
         "ends): its handler's finally has not run")
+
+
+def test_a_stream_cut_by_shutdown_says_so_with_its_cursor(
+        serve: Callable[..., Served], client: httpx.Client) -> None:
+    """SIGTERM's drain over, the streams still running end with a ``server_shutdown``
+    error event naming where to resume from, before their connections close; no [DONE]."""
+    ticks = Ticks(n=1000, interval=0.02)
+    limits = FAST_LIMITS.replace(resume_grace_s=0.0)
+    served = serve(ticks.app(limits), limits)
+    got: list[httpx_sse.ServerSentEvent] = []
+    reading = threading.Thread(target=lambda: got.extend(
+        read_stream(client, "GET", f"{served.url}/ticks").events))
+    reading.start()
+    wait_for(lambda: ticks.produced >= 5)
+    served.run(served.server.close(0.2))
+    reading.join(10)
+    assert not reading.is_alive()
+    *items, last = got
+    error = error_of(last)
+    assert error is not None and error["code"] == "server_shutdown", last.data
+    sid = items[0].id.rpartition("-")[0]
+    assert f"after event {sid}-{len(items)}" in error["message"]
+    assert [e.data for e in items] == [ticks.item(i) for i in range(1, len(items) + 1)]
+    assert all(e.data != DONE for e in got)

@@ -190,10 +190,20 @@ class HTTPConnection(Output):
                       resume: str | None = None) -> None:
         start_seq = 1
         last_id = request.header("last-event-id")
-        # WHATWG HTML 9.2.4: a reconnecting EventSource sends the last id it saw.  One that
-        # is not ours, or names another stream than the path, is not a cursor: ignored.
-        cursor = parse_event_id(last_id) if last_id else None
-        if cursor is not None and resume in (None, cursor[0]):
+        if last_id:
+            # WHATWG HTML 9.2.4: a reconnecting EventSource sends the last id it saw.  One
+            # that is not ours, or names another stream than the path, is a client's bug:
+            # a 400 says so, where a silent replay from the start would repeat the answer.
+            cursor = parse_event_id(last_id)
+            if cursor is None:
+                shown = last_id if len(last_id) <= 80 else last_id[:80] + "..."
+                raise RequestError(f"Last-Event-ID {shown!r} is not an event id of this "
+                                   "server ('<stream id>-<sequence number>')",
+                                   param="Last-Event-ID", code="invalid_last_event_id")
+            if resume not in (None, cursor[0]):
+                raise RequestError(f"Last-Event-ID names stream {cursor[0]!r}, not "
+                                   f"{resume!r}", param="Last-Event-ID",
+                                   code="invalid_last_event_id")
             resume, start_seq = cursor[0], cursor[1] + 1
         ctx = self.ctx
         if resume is not None:
@@ -201,6 +211,12 @@ class HTTPConnection(Output):
             if entry is None:
                 raise RequestError(f"no stream {resume!r} (unknown, or no longer retained)",
                                    status=404, code="stream_not_found")
+            if entry.log.closed and start_seq >= entry.log.next_seq:
+                # Positioned at the end of a stream that ended: 204 tells an EventSource
+                # to stop reconnecting (WHATWG HTML 9.2.3), where a forgotten one would
+                # otherwise come back every few seconds for the whole retention time.
+                self.respond(Response(b"", 204))
+                return
             self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, entry, start_seq)
             self.reader.start(origin=False)
             self.reader.wake()

@@ -11,6 +11,7 @@ import socket
 import ssl as ssl_
 from typing import Any
 
+from ..errors import ServerShutdown
 from ..limits import Limits
 from ..store.base import ReplayStore
 from ..store.memory import MemoryStore
@@ -22,6 +23,10 @@ from .sse import Heartbeat
 from .stream import Flusher
 
 log = logging.getLogger("streamcore")
+
+#: After the drain, how long connections get to write their last bytes (the streams'
+#: shutdown error events) before they are reset (seconds).
+SHUTDOWN_CLOSE_S = 1.0
 
 
 class Server:
@@ -83,10 +88,16 @@ class Server:
         if not await admission.drained(timeout):
             log.warning("drain timeout: closing %d connections", len(admission.connections))
         self.heartbeat.stop()  # heartbeats go on while streams drain
-        # Streams without a connection (in their resume grace) end with the server.
+        # The streams still running end with the server; their readers are told so, with
+        # the cursor to resume from elsewhere, before their connections close.
         for entry in self.store.live():
             if entry.owner is not None:
-                entry.owner.cancel()
+                entry.owner.cancel(ServerShutdown(entry.id, entry.log.next_seq - 1))
+        if admission.connections:
+            await asyncio.sleep(0)  # the Flusher writes the error events
+            for conn in list(admission.connections):
+                conn.close_transport(SHUTDOWN_CLOSE_S)
+            await admission.drained(SHUTDOWN_CLOSE_S)
         for conn in list(admission.connections):
             conn.abort()
         admission.connections.clear()

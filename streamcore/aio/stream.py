@@ -23,7 +23,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from ..errors import Cancelled, HandlerFailed, RequestError, StreamcoreError
+from ..errors import Cancelled, HandlerFailed, RequestError, StreamcoreError, StreamError
 from ..proto.cursor import new_stream_id
 from ..proto.jsonbytes import dumps
 from ..proto.pipe import (
@@ -274,14 +274,14 @@ class Stream:
             self.entry.refused = exc  # nothing sent yet: an SSE reader can still answer 4xx
         self._finish("fail", error)
 
-    def cancel(self) -> None:
+    def cancel(self, reason: StreamError | None = None) -> None:
         """Stop the generation now.  The log keeps what was produced, and says at its end
-        that the stream was cancelled (for a reader resuming it later)."""
+        why (``reason``, default: it was cancelled), for a reader resuming it later."""
         self._grace = None
         if self.state.terminal:
             return
         source = self.source
-        self._finish("cancel", Cancelled())
+        self._finish("cancel", reason or Cancelled())
         if source is not None:
             source.cancel_push()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..errors import RequestError
+from ..errors import RequestError, StreamError
 from ..proto.pipe import Cursor, TokenLog
 from ..proto.state import State
 
@@ -35,8 +35,9 @@ class Owner(Protocol):
 
     def writable_changed(self) -> None: ...
 
-    def cancel(self) -> None:
-        """Stop the generation now (its readers are told)."""
+    def cancel(self, reason: StreamError | None = None) -> None:
+        """Stop the generation now; its readers are told ``reason`` (default: the
+        ``cancelled`` error)."""
 
 
 class Entry:
