@@ -829,9 +829,10 @@ def test_close_cuts_streams_after_the_drain_timeout(served: Served, state: State
         served.run(served.server.close(0.3))
         assert time.monotonic() - started < 3.0
         assert state.finally_ran.wait(1.0)
-        with pytest.raises(httpx.HTTPError):
-            for _ in lines:
-                pass
+        # The stream ends with an error event saying why (and where to resume), not
+        # with a body cut mid-way that a client could take for a network fault.
+        rest = [line for line in lines if line.startswith("data:")]
+        assert rest and '"code":"server_shutdown"' in rest[-1], rest[-3:]
     assert state.produced < 1000
 
 
