@@ -1,7 +1,9 @@
-"""``streamcore serve``: the OpenAI-compatible gateway on the embedded synthetic model.
+"""``streamcore serve``: the OpenAI-compatible gateway (the embedded synthetic model, or
+upstream LLM servers); ``streamcore config --print``: what it would run with.
 
-Every option can also be set by an environment variable: ``--token-rate`` is
-``STREAMCORE_TOKEN_RATE``; a flag on the command line wins over the environment.
+Every option can also be set by an environment variable (``--token-rate`` is
+``STREAMCORE_TOKEN_RATE``) and by a key of a ``--config`` file (:mod:`streamcore.config`):
+flag > environment > file > default.
 """
 
 from __future__ import annotations
@@ -57,13 +59,34 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the OpenAI-compatible streaming gateway",
         description="Serve POST /v1/chat/completions (stream true/false), GET /v1/models and "
-                    "GET /healthz, answered by the embedded synthetic model. SIGTERM drains "
-                    "in-flight streams (up to --drain-timeout-s) and exits 0; SIGINT stops.",
+                    "GET /healthz, answered by the embedded synthetic model or by upstream "
+                    "LLM servers. SIGTERM drains in-flight streams (up to --drain-timeout-s) "
+                    "and exits 0; SIGINT stops.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _serve_options(serve)
+    config = commands.add_parser(
+        "config", help="show the configuration 'serve' would run with",
+        description="With --print: the effective configuration (flags, environment, "
+                    "--config file and defaults merged), secrets masked, as a file "
+                    "--config reads back.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    config.add_argument("--print", action="store_true", dest="print_config",
+                        help="print the effective configuration")
+    _serve_options(config)
+    return parser
+
+
+def _serve_options(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--config", metavar="PATH", default=os.environ.get(ENV_PREFIX + "CONFIG"),
+                       help="a TOML file of options: every option is a key, without its "
+                            "dashes; flag > environment > file > default "
+                            "[env STREAMCORE_CONFIG]")
     where = serve.add_argument_group("listening")
     _add(where, "host", str, "127.0.0.1", "address to listen on")
     _add(where, "port", int, 8000, "TCP port (0: any free port)")
     _add(where, "log-level", str, "info", "debug, info, warning or error")
+    _add(where, "log-format", str, "text",
+         "text, or json: one JSON object per log line (time, level, logger, message)")
     model = serve.add_argument_group("synthetic model")
     _add(model, "model", str, "synthetic", "the model name clients ask for")
     _add(model, "first-token-delay", float, 0.0, "seconds before the first token")
@@ -76,9 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway = serve.add_argument_group(
         "upstream LLM servers (the synthetic model is served only when none is given)")
     gateway.add_argument(
-        "--upstream", action="append", metavar="'URL [OPTION=VALUE ...]'",
-        default=[u for u in os.environ.get(ENV_PREFIX + "UPSTREAM", "").split(";")
-                 if u.strip()],
+        "--upstream", action="append", metavar="'URL [OPTION=VALUE ...]'", default=None,
         help="an OpenAI-compatible server to route to, by model (repeatable; in order: "
              "the later ones are the fallbacks of the first for a model both serve). "
              "URL: its API base, e.g. http://127.0.0.1:8001/v1. Options, space-separated: "
@@ -90,12 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
          "comma-separated origins a browser page may call from (e.g. "
          "https://app.example.com; * for any); preflights answered, X-Stream-Id exposed")
     access.add_argument(
-        "--api-key", action="append", metavar="KEY", default=argparse.SUPPRESS,
+        "--api-key", action="append", metavar="KEY", default=None,
         help="a key clients must send as 'Authorization: Bearer KEY' (repeatable; the "
              "WebSocket handshake too; /healthz and the demo page need none); compared in "
              "constant time, never logged [env STREAMCORE_API_KEY, comma-separated]")
     access.add_argument(
-        "--api-key-file", metavar="PATH", default=argparse.SUPPRESS,
+        "--api-key-file", metavar="PATH", default=None,
         help="a file of keys, one per line (blank lines and # comments ignored)")
     sockets = serve.add_argument_group("WebSocket (GET /v1/ws)")
     _add(sockets, "ws-deflate", int, 0, "1: accept permessage-deflate (RFC 7692)")
@@ -110,7 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
         kind = float if field.type in ("float", float) else int
         _add(limits, field.name.replace("_", "-"), kind, field.default,
              docs.get(field.name, ""))
-    return parser
 
 
 def limits_from(args: argparse.Namespace) -> Limits:
@@ -118,21 +138,97 @@ def limits_from(args: argparse.Namespace) -> Limits:
     return Limits(**values)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+#: Options that may be given several times: (dest, environment variable, its separator).
+_LISTS = (("upstream", "UPSTREAM", ";"), ("api_key", "API_KEY", ","))
+
+
+def parse(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentParser,
+                                                       argparse.Namespace]:
+    """Flags, then the environment, then the --config file, then the defaults."""
+    from .config import ConfigError, load
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    sub = next(action.choices[args.command] for action in parser._actions
+               if isinstance(action, argparse._SubParsersAction))
+    file_values: dict[str, object] = {}
+    if args.config:
+        actions = {action.dest: action for action in sub._actions}
+        try:
+            file_values = load(args.config, actions)
+        except ConfigError as exc:
+            sub.error(str(exc))
+        defaults = {dest: value for dest, value in file_values.items()
+                    if not isinstance(value, list)
+                    and ENV_PREFIX + dest.upper() not in os.environ}
+        sub.set_defaults(**defaults)
+        args = parser.parse_args(argv)
+    for dest, env, separator in _LISTS:  # given: flags, else environment, else file
+        if getattr(args, dest) is None:
+            from_env = [v.strip() for v in os.environ.get(ENV_PREFIX + env, "").split(separator)
+                        if v.strip()]
+            setattr(args, dest, from_env or file_values.get(dest) or [])
+    return sub, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, args = parse(argv)
+    if args.command == "config":
+        return _print_config(parser, args)
     if args.command == "serve":
         return _serve(parser, args)
     parser.error(f"unknown command {args.command}")
     return 2
 
 
+def _print_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .config import masked, to_toml
+
+    if not args.print_config:
+        parser.error("nothing to do: give --print")
+    skip = {"command", "config", "print_config"}
+    values = {dest: masked(dest, value) for dest, value in vars(args).items()
+              if dest not in skip}
+    try:
+        values["api_key"] = masked("api_key", _api_keys(args))
+    except OSError as exc:
+        parser.error(f"--api-key-file: {exc}")
+    print(to_toml(values), end="")
+    return 0
+
+
+def _log_setup(level: str, form: str) -> None:
+    if form == "json":
+        import json
+        import time
+
+        class JSONFormatter(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                         + f".{int(record.msecs):03d}Z", "level": record.levelname.lower(),
+                         "logger": record.name, "message": record.getMessage()}
+                if record.exc_info:
+                    entry["exception"] = self.formatException(record.exc_info)
+                return json.dumps(entry, ensure_ascii=False)
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(JSONFormatter())
+        logging.basicConfig(level=level.upper(), handlers=[handler])
+    else:
+        logging.basicConfig(level=level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .aio.server import Server, run
     from .gateway import build_app
 
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_format not in ("text", "json"):
+        parser.error(f"--log-format must be text or json, got {args.log_format!r}")
+    if args.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        parser.error(f"--log-level must be debug, info, warning or error, got "
+                     f"{args.log_level!r}")
+    _log_setup(args.log_level, args.log_format)
     try:
         limits = limits_from(args)
         model = SyntheticModel(name=args.model, first_token_delay_s=args.first_token_delay,
@@ -182,15 +278,11 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _api_keys(args: argparse.Namespace) -> list[str]:
     """The keys from --api-key, --api-key-file and STREAMCORE_API_KEY, in that order."""
-    keys = list(getattr(args, "api_key", []))
-    path = getattr(args, "api_key_file", None)
-    if path:
-        with open(path) as f:
+    keys = list(args.api_key)
+    if args.api_key_file:
+        with open(args.api_key_file) as f:
             keys += [line.strip() for line in f
                      if line.strip() and not line.lstrip().startswith("#")]
-    if not keys:
-        keys = [k.strip() for k in os.environ.get(ENV_PREFIX + "API_KEY", "").split(",")
-                if k.strip()]
     return keys
 
 

@@ -53,7 +53,7 @@ LAYERS = [
     ("streamcore.aio",),
     ("streamcore.sources", "streamcore.app"),
     ("streamcore.gateway", "streamcore.demo", "streamcore.tls"),
-    ("streamcore.cli", "streamcore.__main__", "streamcore"),
+    ("streamcore.cli", "streamcore.config", "streamcore.__main__", "streamcore"),
 ]
 
 
