@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from .aio.handler import EventStream, Request, Response, Route
-from .errors import RequestError
+from .errors import RequestError, shown
 from .limits import Limits
 from .proto.access import Access
 
@@ -106,7 +106,7 @@ class App:
         for route in methods.values():
             if route.streaming:
                 return route, params
-        raise RequestError(f"no WebSocket route at {path}", status=404, code="not_found")
+        raise RequestError(f"no WebSocket route at {shown(path)}", status=404, code="not_found")
 
     def _methods(self, path: str) -> tuple[dict[str, Route], dict[str, str]]:
         methods = self._exact.get(path)
@@ -125,15 +125,16 @@ class App:
         """The route for a request; :class:`RequestError` 404 or 405 (with Allow) if none."""
         methods, params = self._methods(path)
         if not methods:
-            raise RequestError(f"no route for {path}", status=404, code="not_found")
+            raise RequestError(f"no route for {shown(path)}", status=404, code="not_found")
         found = methods.get(method) or (methods.get("GET") if method == "HEAD" else None)
         if found is None:
             allow = sorted({*methods, "HEAD"} if "GET" in methods else methods)
-            raise RequestError(f"method {method} is not allowed on {path}", status=405,
+            raise RequestError(f"method {shown(method)} is not allowed on {shown(path)}",
+                               status=405,
                                code="method_not_allowed",
                                headers=[(b"allow", ", ".join(allow).encode())])
         if found.websocket:
-            raise RequestError(f"{path} is a WebSocket endpoint", status=426,
+            raise RequestError(f"{shown(path)} is a WebSocket endpoint", status=426,
                                code="upgrade_required",
                                headers=[(b"upgrade", b"websocket"),
                                         (b"connection", b"Upgrade")])

@@ -36,6 +36,18 @@ def envelope(message: str, type: str = "invalid_request_error", param: str | Non
     return bytes(memoryview(data))
 
 
+#: Longest piece of client input an error message repeats (a path, a header value, a
+#: parameter): an error body never echoes unbounded input.
+SHOWN_CHARS = 200
+
+
+def shown(value: str, limit: int = SHOWN_CHARS) -> str:
+    """``value`` as an error message may repeat it: its repr, cut to ``limit`` characters."""
+    if len(value) > limit:
+        return repr(value[:limit]) + f"... ({len(value)} characters)"
+    return repr(value)
+
+
 class StreamcoreError(Exception):
     """Base class.  Class attributes are the defaults of each kind; an instance may
     override them."""
@@ -153,6 +165,16 @@ class ServerShutdown(StreamError):
     def __init__(self, stream_id: str, last_seq: int) -> None:
         super().__init__(f"the server is shutting down: resume the stream elsewhere after "
                          f"event {stream_id}-{last_seq}")
+
+
+class HandlerIdle(StreamError):
+    """A stream handler yielded nothing for ``stream_idle_timeout_s``: it is cancelled and
+    its readers get this error event (heartbeats alone never keep a stream open)."""
+
+    code = "stream_idle"
+
+    def __init__(self, idle_s: float) -> None:
+        super().__init__(f"the stream produced nothing for {idle_s:g} s")
 
 
 class HandlerFailed(StreamError):

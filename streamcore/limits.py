@@ -33,6 +33,13 @@ class Limits:
     keepalive_timeout_s: float = 15.0
     #: Pipelined bytes buffered while a response is in progress, before we stop reading.
     max_pipelined_bytes: int = 64 * KiB
+    #: The request line (method, target, version): 414 above it.  RFC 9112 section 3 asks
+    #: for at least 8000 octets; nginx and Apache answer 414 above ~8 KiB.
+    max_request_line_bytes: int = 8 * KiB
+    #: Chunks of one chunked request body (400 above it): each costs a parse however small,
+    #: so 1M two-byte chunks cost seconds of CPU.  A 4 MiB body still goes in 512-byte
+    #: chunks; clients write chunks of kilobytes.
+    max_body_chunks: int = 8192
 
     # --- Output and backpressure (per connection) --------------------------------------
     #: Transport write buffer high-water mark: above it the transport pauses us and the
@@ -40,7 +47,9 @@ class Limits:
     write_high_water_bytes: int = 64 * KiB
     #: ... and the low-water mark at which writing (and producing) resumes.
     write_low_water_bytes: int = 16 * KiB
-    #: A client that has read nothing for this long while we have bytes to send is closed.
+    #: A client that has read nothing for this long while we have bytes to send is closed:
+    #: bytes in our buffer (a timer) or in the kernel's (TCP_USER_TIMEOUT: the kernel resets
+    #: a peer that acknowledges nothing, or keeps its window shut, this long).
     write_stall_timeout_s: float = 30.0
 
     # --- Streams -------------------------------------------------------------------------
@@ -52,6 +61,10 @@ class Limits:
     #: SSE comment heartbeat while a stream is silent (waiting for its first token, or a
     #: slow model): proxies commonly cut idle responses after 30-60 s.
     heartbeat_interval_s: float = 15.0
+    #: A stream handler that yields no item for this long ends with an error event (the
+    #: heartbeat would keep it open forever): five minutes is longer than any model's
+    #: time to first token, and still frees a hung handler.
+    stream_idle_timeout_s: float = 300.0
 
     #: After its last client left, a stream goes on this long (paused once half its log is
     #: unread) so that a client reconnecting with Last-Event-ID loses nothing; then it is
@@ -70,6 +83,10 @@ class Limits:
     listen_backlog: int = 4096
     #: Open connections; above it, new connections get 503 with Retry-After.
     max_connections: int = 10_000
+    #: Open connections from one IP address; above it, 503 with Retry-After.  A browser
+    #: opens at most 6 per origin, a NAT of users a few dozen: 256 leaves room and keeps one
+    #: host from taking the whole of max_connections.  0: no per-address cap.
+    max_connections_per_ip: int = 256
     #: Sum of buffered output bytes over all connections; above it new requests get 503.
     max_buffered_bytes_total: int = 512 * MiB
     #: Retry-After seconds sent with 503.
@@ -82,6 +99,10 @@ class Limits:
     ws_max_message_bytes: int = 4 * MiB
     #: Largest single frame payload, checked from the frame header before reading it.
     ws_max_frame_bytes: int = 4 * MiB
+    #: Frames of one message (1009 above it): each costs a parse however small (1M
+    #: two-byte fragments: 13 s of CPU).  Browsers send every message as one frame; 4096
+    #: still lets a 4 MiB message go in 1 KiB fragments.
+    ws_max_fragments: int = 4096
     #: Ping the peer after this much silence from it.
     ws_ping_interval_s: float = 20.0
     #: A peer silent (no byte at all, pong or otherwise) this long after our ping is dead.

@@ -27,6 +27,7 @@ GOOD_CLOSE = {"OK", "INFORMATIONAL"}
 MIN_CASES = 500
 
 LIMITS = Limits(ws_max_message_bytes=20 * MiB, ws_max_frame_bytes=20 * MiB,
+                ws_max_fragments=1 << 20,  # case 9.3.1: 4 MiB in 64-byte frames
                 ws_close_timeout_s=2.0, drain_timeout_s=2.0)
 
 

@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("target", ["fuzz_http", "fuzz_sse", "fuzz_ws"])
+@pytest.mark.parametrize("target", ["fuzz_http", "fuzz_sse", "fuzz_ws", "fuzz_cursor",
+                                    "fuzz_chat", "fuzz_wsapi"])
 def test_fuzz_target_runs_clean(target: str) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "fuzz" / f"{target}.py"), "--seconds", "2"],

@@ -17,7 +17,7 @@ class Admission:
     """Open connections (the registry every drain walks) and the bytes paused transports
     hold."""
 
-    __slots__ = ("_idle", "connections", "draining", "limits", "paused_bytes")
+    __slots__ = ("_idle", "connections", "draining", "limits", "paused_bytes", "per_ip")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -26,11 +26,21 @@ class Admission:
         self.paused_bytes = 0
         self.draining = False
         self._idle = asyncio.Event()
+        #: Open connections per peer address (only addresses with one open).
+        self.per_ip: dict[str, int] = {}
 
     def admit(self, conn: Any) -> bool:
-        """Register a new connection, or refuse it (the caller answers 503)."""
+        """Register a new connection, or refuse it (the caller answers 503): over the
+        server's cap, or over max_connections_per_ip for its peer address."""
         if self.draining or len(self.connections) >= self.limits.max_connections:
             return False
+        ip = _ip(conn.peer)
+        if ip is not None:
+            count = self.per_ip.get(ip, 0)
+            cap = self.limits.max_connections_per_ip
+            if cap and count >= cap:
+                return False
+            self.per_ip[ip] = count + 1
         self.connections.add(conn)
         return True
 
@@ -40,7 +50,18 @@ class Admission:
         self.connections.add(new)
 
     def release(self, conn: Any) -> None:
+        if conn not in self.connections:  # refused, or already released
+            if self.draining and not self.connections:
+                self._idle.set()
+            return
         self.connections.discard(conn)
+        ip = _ip(conn.peer)
+        if ip is not None:
+            count = self.per_ip.get(ip, 0) - 1
+            if count > 0:
+                self.per_ip[ip] = count
+            else:
+                self.per_ip.pop(ip, None)
         if self.draining and not self.connections:
             self._idle.set()
 
@@ -63,3 +84,10 @@ class Admission:
         except TimeoutError:
             return False
         return True
+
+
+def _ip(peer: Any) -> str | None:
+    """The address of a peer (``(host, port)`` or IPv6's 4-tuple); None for a Unix socket."""
+    if isinstance(peer, tuple) and peer and isinstance(peer[0], str):
+        return peer[0]
+    return None

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from typing import Any
 
-from ..errors import InternalError, ProtocolError, RequestError, StreamcoreError
+from ..errors import InternalError, ProtocolError, RequestError, StreamcoreError, shown
 from ..proto import http, ws
 from ..proto.access import require_json
 from ..proto.cursor import parse_event_id
@@ -22,7 +22,7 @@ from ..proto.http import HTTPSession, Phase
 from ..store.base import Entry
 from .context import Context
 from .handler import EventStream, Request, Response, Route, to_response
-from .output import Output
+from .output import Output, watch_peer
 from .sse import SSE_HEADERS, SSEReader
 from .websocket import WebSocketConnection
 
@@ -60,6 +60,7 @@ class HTTPConnection(Output):
         limits = self.limits
         transport.set_write_buffer_limits(  # type: ignore[attr-defined]
             limits.write_high_water_bytes, limits.write_low_water_bytes)
+        watch_peer(transport, limits.write_stall_timeout_s)
         if not self.admission.admit(self):
             self._close_with(self.admission.refusal())
             return
@@ -73,16 +74,51 @@ class HTTPConnection(Output):
         except Exception as exc:
             self._fail(exc)
             return
+        self._parsed(phase, request)
+
+    def _parse_more(self) -> None:
+        """What the last read left unparsed (the session's work per call is bounded): one
+        slice per loop iteration, reading paused meanwhile, so that a burst of tiny chunks
+        shares the loop with every other connection."""
+        if self.transport is None:
+            return
+        session = self.session
+        phase = session.phase
+        try:
+            request = session.parse_more()
+        except Exception as exc:
+            self._fail(exc)
+            return
+        self._parsed(phase, request)
+
+    def _parsed(self, phase: Any, request: http.Request | None) -> None:
+        session = self.session
         if session.outbox:  # 100 Continue
             self.sendv(session.outbox)
             session.outbox = []
-        if (session.phase is Phase.HANDLING and not self.read_paused
-                and session.pipelined_bytes > self.limits.max_pipelined_bytes):
-            self.pause_reading()
+        self._sync_reading()
+        if session.backlog:
+            self.loop.call_soon(self._parse_more)
         if request is not None:
             self.handle(request)
         elif session.phase is not phase:
             self._arm_read_timer()
+
+    def _sync_reading(self) -> None:
+        """Read, or not: not while the session has a parse backlog, nor while a response
+        is in progress with more than max_pipelined_bytes of the next requests held."""
+        transport = self.transport
+        if transport is None:
+            return
+        session = self.session
+        pause = session.backlog or (session.phase is Phase.HANDLING and
+                                    session.pipelined_bytes > self.limits.max_pipelined_bytes)
+        if pause is not self.read_paused:
+            self.read_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         # A client that half-closes mid-response is treated as gone (as uvicorn does):
@@ -196,21 +232,20 @@ class HTTPConnection(Output):
             # a 400 says so, where a silent replay from the start would repeat the answer.
             cursor = parse_event_id(last_id)
             if cursor is None:
-                shown = last_id if len(last_id) <= 80 else last_id[:80] + "..."
-                raise RequestError(f"Last-Event-ID {shown!r} is not an event id of this "
+                raise RequestError(f"Last-Event-ID {shown(last_id)} is not an event id of this "
                                    "server ('<stream id>-<sequence number>')",
                                    param="Last-Event-ID", code="invalid_last_event_id")
             if resume not in (None, cursor[0]):
                 raise RequestError(f"Last-Event-ID names stream {cursor[0]!r}, not "
-                                   f"{resume!r}", param="Last-Event-ID",
+                                   f"{shown(resume)}", param="Last-Event-ID",
                                    code="invalid_last_event_id")
             resume, start_seq = cursor[0], cursor[1] + 1
         ctx = self.ctx
         if resume is not None:
             entry = ctx.store.find(resume)
             if entry is None:
-                raise RequestError(f"no stream {resume!r} (unknown, or no longer retained)",
-                                   status=404, code="stream_not_found")
+                raise RequestError(f"no stream {shown(resume)} (unknown, or no longer "
+                                   "retained)", status=404, code="stream_not_found")
             if entry.log.closed and start_seq >= entry.log.next_seq:
                 # Positioned at the end of a stream that ended: 204 tells an EventSource
                 # to stop reconnecting (WHATWG HTML 9.2.3), where a forgotten one would
@@ -262,9 +297,10 @@ class HTTPConnection(Output):
             self.session.close()
             self.close_transport()
             return
-        if self.read_paused:
-            self.read_paused = False
-            self.transport.resume_reading()
+        # Reading resumes only once what is held of the next requests is under the cap.
+        self._sync_reading()
+        if self.session.backlog:
+            self.loop.call_soon(self._parse_more)
         self._arm_read_timer()
         if pipelined is not None:
             # Next turn of the loop: a long pipeline must not recurse.

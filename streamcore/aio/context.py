@@ -31,7 +31,8 @@ class Context:
         """A stream with this server's limits; ``resumable``: findable in the store by id
         while it runs and after it ended."""
         limits = self.limits
-        stream = Stream(source_of(items), log_bytes=limits.stream_log_bytes,
+        stream = Stream(source_of(items, limits.stream_idle_timeout_s),
+                        log_bytes=limits.stream_log_bytes,
                         high_water=limits.write_high_water_bytes,
                         low_water=limits.write_low_water_bytes,
                         grace_s=limits.resume_grace_s if resumable else 0.0,

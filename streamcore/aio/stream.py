@@ -23,7 +23,14 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from ..errors import Cancelled, HandlerFailed, RequestError, StreamcoreError, StreamError
+from ..errors import (
+    Cancelled,
+    HandlerFailed,
+    HandlerIdle,
+    RequestError,
+    StreamcoreError,
+    StreamError,
+)
 from ..proto.cursor import new_stream_id
 from ..proto.jsonbytes import dumps
 from ..proto.pipe import (
@@ -334,19 +341,47 @@ class GeneratorSource:
     The task is the handler's own (``asyncio.current_task()``, ``asyncio.timeout()``,
     anyio and the HTTP clients built on it work in it).  It waits on one future while its
     stream is paused, and yields the loop after every ``flush_bytes`` it produced in one
-    go, so a generator that never awaits cannot starve other streams."""
+    go, so a generator that never awaits cannot starve other streams.
 
-    __slots__ = ("agen", "stream", "task", "waiter")
+    A generator that yields nothing for ``idle_s`` (while not paused by backpressure) is
+    cancelled and its stream fails with :class:`~streamcore.errors.HandlerIdle`: one timer
+    per stream, checking every quarter of ``idle_s`` whether the log grew (so the verdict
+    comes between 1 and 1.25 times ``idle_s``), never a timer per item."""
 
-    def __init__(self, agen: AsyncIterator[Any]) -> None:
+    __slots__ = ("_idle_timer", "_seen", "agen", "idle_s", "stream", "task", "waiter")
+
+    def __init__(self, agen: AsyncIterator[Any], idle_s: float = 0.0) -> None:
         self.agen = agen
+        self.idle_s = idle_s
         self.stream: Stream | None = None
         self.task: asyncio.Task[None] | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._seen = (-1, 0.0)  # (log.next_seq, when it was first seen at that value)
 
     def start_push(self, stream: Stream) -> None:
         self.stream = stream
-        self.task = asyncio.get_running_loop().create_task(self._run(stream))
+        loop = asyncio.get_running_loop()
+        self.task = loop.create_task(self._run(stream))
+        if self.idle_s > 0:
+            self._seen = (stream.log.next_seq, loop.time())
+            self._idle_timer = loop.call_later(self.idle_s / 4, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        stream = self.stream
+        if stream is None or stream.state.terminal:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        seq, since = self._seen
+        if stream.log.next_seq != seq or self.waiter is not None:  # produced, or paused
+            self._seen = (stream.log.next_seq, now)
+        elif now - since >= self.idle_s:
+            stream.fail(HandlerIdle(self.idle_s))
+            self.cancel_push()
+            return
+        self._idle_timer = loop.call_later(self.idle_s / 4, self._idle_check)
 
     def resume_push(self) -> None:
         waiter = self.waiter
@@ -356,6 +391,9 @@ class GeneratorSource:
                 waiter.set_result(None)
 
     def cancel_push(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
@@ -383,6 +421,9 @@ class GeneratorSource:
         else:
             stream.end()
         finally:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
             await _aclose(agen)
 
 
@@ -395,12 +436,13 @@ async def _aclose(agen: AsyncIterator[Any]) -> None:
             log.exception("closing a stream handler failed")
 
 
-def source_of(items: Any) -> PushSource:
-    """A push source as it is; an async iterator through :class:`GeneratorSource`."""
+def source_of(items: Any, idle_s: float = 0.0) -> PushSource:
+    """A push source as it is; an async iterator through :class:`GeneratorSource` (which
+    ends it after ``idle_s`` without an item; 0: never)."""
     if hasattr(items, "start_push"):
         source: PushSource = items
         return source
-    return GeneratorSource(items)
+    return GeneratorSource(items, idle_s)
 
 
 __all__ = ["FLUSH_BYTES", "BaseReader", "Flusher", "GeneratorSource", "PushSource", "Stream",

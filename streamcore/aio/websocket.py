@@ -106,8 +106,13 @@ class WebSocketConnection(Output):
         self.write_paused = write_paused
         limits = ctx.limits
         self.session = ws.WSSession(accepted, max_frame=limits.ws_max_frame_bytes,
-                                    max_message=limits.ws_max_message_bytes, tail=tail)
+                                    max_message=limits.ws_max_message_bytes,
+                                    max_fragments=limits.ws_max_fragments, tail=tail)
+        self.session.hold_pongs = write_paused
+        #: Not reading: the inbox is full, or our output is (a peer that sends and never
+        #: reads is not read either), or the session has a parse backlog.
         self.read_paused = False
+        self.inbox_full = False
         self.readers: dict[bytes | None, WSReader] = {}
         self.inbox: deque[str | bytes] = deque()
         self.inbox_bytes = 0
@@ -163,13 +168,29 @@ class WebSocketConnection(Output):
         if data:
             self._last_rx = self.loop.time()
             self._pinged_at = None
-        session = self.session
         try:
-            events = session.receive(data)
+            events = self.session.receive(data)
         except Exception as exc:  # a bug of ours must not leave the socket half-alive
             log.error("WebSocket %s: session failed", self.peer, exc_info=exc)
             self.abort()
             return
+        self._received(events)
+
+    def _parse_more(self) -> None:
+        """What the last read left unparsed: one slice per loop iteration, reading paused
+        meanwhile, so that a flood of tiny frames shares the loop with everyone else."""
+        if self.transport is None:
+            return
+        try:
+            events = self.session.parse_more()
+        except Exception as exc:
+            log.error("WebSocket %s: session failed", self.peer, exc_info=exc)
+            self.abort()
+            return
+        self._received(events)
+
+    def _received(self, events: list[ws.Received | ws.Closed]) -> None:
+        session = self.session
         if session.outbox:
             self.sendv(session.outbox)
             session.outbox = []
@@ -177,18 +198,38 @@ class WebSocketConnection(Output):
             if isinstance(event, ws.Received):
                 self.inbox.append(event.data)
                 self.inbox_bytes += len(event.data)
-                if not self.read_paused and (
+                if not self.inbox_full and (
                         len(self.inbox) >= INBOX_HIGH
                         or self.inbox_bytes >= self.limits.ws_max_message_bytes):
-                    self.read_paused = True
-                    if self.transport is not None:
-                        self.transport.pause_reading()
+                    self.inbox_full = True
             else:  # Closed: the handshake is over (or failed); the server closes TCP first
                 self._stop_streams()
                 self._wake_inbox()
                 self.close_transport(self.limits.ws_close_timeout_s)
+        if session.backlog and self.transport is not None:
+            self.loop.call_soon(self._parse_more)
+        self._sync_reading()
         if self.inbox and self._inbox_waiter is not None:
             self._wake_inbox()
+
+    def _sync_reading(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        pause = self.inbox_full or self.write_paused or self.session.backlog
+        if pause is not self.read_paused:
+            self.read_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        # Our output is full: no Pong is queued behind it, and nothing more is read (the
+        # peer's own TCP window closes) until it drains or the write-stall deadline hits.
+        self.session.hold_pongs = True
+        self._sync_reading()
 
     def eof_received(self) -> bool | None:
         return None
@@ -210,6 +251,13 @@ class WebSocketConnection(Output):
         self.admission.release(self)
 
     def writable_again(self) -> None:
+        session = self.session
+        session.hold_pongs = False
+        session.answer_ping()
+        if session.outbox:
+            self.sendv(session.outbox)
+            session.outbox = []
+        self._sync_reading()
         for reader in list(self.readers.values()):
             reader.flush()
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -298,10 +346,10 @@ class WebSocketConnection(Output):
             await self._inbox_waiter
         data = self.inbox.popleft()
         self.inbox_bytes -= len(data)
-        if self.read_paused and len(self.inbox) <= INBOX_LOW and self.transport is not None \
+        if self.inbox_full and len(self.inbox) <= INBOX_LOW \
                 and self.inbox_bytes < self.limits.ws_max_message_bytes // 2:
-            self.read_paused = False
-            self.transport.resume_reading()
+            self.inbox_full = False
+            self._sync_reading()
         return data
 
     # -- streams --------------------------------------------------------------------

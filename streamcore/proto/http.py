@@ -9,7 +9,12 @@ to its user:
   Content-Length, or with an invalid or duplicated Content-Length, unrecoverable for a server
   ("MUST respond with 400 and then close"); h11 reconciles identical duplicates and lets
   Transfer-Encoding win, and would go on to parse whatever followed;
-* body size and header count bounds, checked as soon as the number is known;
+* body size and header count bounds, checked as soon as the number is known; the request
+  line's (414), the version (505), the Host value (400), a chunk's declared size and the
+  number of chunks of a body;
+* bounded parsing work per call: at most :data:`EVENTS_PER_CALL` h11 events, then
+  :attr:`HTTPSession.backlog` says there is more to parse (:meth:`HTTPSession.parse_more`),
+  so that one peer's burst of tiny chunks cannot hold the event loop for seconds;
 * chunked framing of streamed bodies done here, not through ``h11.Connection.send(Data)``
   per token (about 2 us each): h11 is told the response head and its end, and its state
   stays exact because chunked framing carries no length for h11 to check.
@@ -17,6 +22,7 @@ to its user:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +30,7 @@ from email.utils import formatdate
 
 import h11
 
-from ..errors import BodyTooLarge, HeadTooLarge, ProtocolError
+from ..errors import SHOWN_CHARS, BodyTooLarge, HeadTooLarge, ProtocolError, shown
 from ..limits import Limits
 from .state import State, Table
 
@@ -33,12 +39,47 @@ LAST_CHUNK = b"0\r\n\r\n"
 REASONS = {
     200: b"OK", 101: b"Switching Protocols", 204: b"No Content", 400: b"Bad Request",
     403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
-    408: b"Request Timeout", 413: b"Content Too Large", 415: b"Unsupported Media Type",
+    408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
+    415: b"Unsupported Media Type",
     422: b"Unprocessable Content", 426: b"Upgrade Required",
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
     501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
     504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }
+
+
+#: h11 events parsed per :meth:`HTTPSession.receive` (or :meth:`~HTTPSession.parse_more`)
+#: before the session hands the loop back: a few milliseconds of work at most (a tiny
+#: chunk costs h11 about 3 us), whatever one read of the socket holds.
+EVENTS_PER_CALL = 512
+#: The HTTP versions we speak; any other gets 505 (RFC 9110 section 15.6.6).
+VERSIONS = (b"1.1", b"1.0")
+#: A Host value (RFC 9112 section 3.2, RFC 3986 section 3.2.2): an IP literal or a name of
+#: unreserved, percent-encoded and sub-delimiter characters, and a port.  A comma is a
+#: sub-delimiter, but in a field value it makes a list: "Host: a, b" is refused, as nginx
+#: does.
+_HOST = re.compile(rb"(\[[0-9A-Za-z:.\-]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(:[0-9]*)?\Z")
+#: A chunk declared larger than this (more than 16 hex digits' worth) is a framing error,
+#: not a big chunk: 400 at once, not a wait for the body deadline.
+MAX_CHUNK_SIZE = (1 << 63) - 1
+
+
+def _unparsed(conn: h11.Connection) -> int:
+    """Bytes h11 holds unparsed, without the copy ``trailing_data`` makes of all of them
+    (per pipelined request, that copy was most of the cost).  h11's receive buffer has a
+    length; ``tests/test_adversarial.py`` pins this use of it."""
+    return len(conn._receive_buffer)
+
+
+def _declared_chunk(conn: h11.Connection) -> int:
+    """The declared size of the chunk h11 is in the middle of (0 if none), read from h11's
+    chunked reader (pinned by the same test)."""
+    return int(getattr(conn._reader, "_bytes_in_chunk", 0) or 0)
+
+
+def _unparsed_head(conn: h11.Connection, size: int) -> bytes:
+    """The first ``size`` unparsed bytes h11 holds (the same pin)."""
+    return bytes(memoryview(conn._receive_buffer._data)[:size])
 
 
 @dataclass(slots=True, eq=False)
@@ -139,8 +180,9 @@ def http_date() -> bytes:
 class HTTPSession:
     """Requests in, response bytes out, for one connection."""
 
-    __slots__ = ("_body", "_body_size", "_buffered", "_client_close", "_conn", "_head_bytes",
-                 "_keep", "_parked", "_request", "head_only", "limits", "outbox", "phase")
+    __slots__ = ("_body", "_body_size", "_buffered", "_chunks", "_client_close", "_conn",
+                 "_cycle_fed", "_head_bytes", "_keep", "_parked", "_request", "backlog",
+                 "head_only", "limits", "outbox", "phase")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -151,11 +193,18 @@ class HTTPSession:
         self._client_close = False
         self._parked = bytearray()
         self.phase = Phase.IDLE
-        #: Raw bytes of the head being received (and of anything after it, until parsed).
+        #: The first bytes of this request cycle (at most max_head_bytes + 1 of them): the
+        #: raw head, for the checks h11's normalised headers cannot make.
         self._head_bytes = bytearray()
+        #: Bytes given to h11 in this cycle (with those it held when it began).
+        self._cycle_fed = 0
         self._request: Request | None = None
-        self._body: list[bytes] = []
+        #: The body, in one buffer (not one object per chunk).
+        self._body = bytearray()
         self._body_size = 0
+        self._chunks = 0
+        #: The last call stopped after EVENTS_PER_CALL events: call parse_more.
+        self.backlog = False
         self._buffered = 0  # bytes handed to h11 while HANDLING (pipelined)
         #: Bytes to send that the session produced on its own (100 Continue).
         self.outbox: list[bytes] = []
@@ -186,24 +235,51 @@ class HTTPSession:
                 self._conn.receive_data(data)
             return None
         if phase is not Phase.BODY:
-            self._head_bytes += data
+            self._take_head_bytes(data)
             if data and phase is Phase.IDLE:
                 self._to("data")
         assert self._conn is not None
         self._conn.receive_data(data)
         return self._advance()
 
+    def parse_more(self) -> Request | None:
+        """Go on parsing what :meth:`receive` left (:attr:`backlog`)."""
+        if self.phase.terminal or self.phase is Phase.HANDLING or self._conn is None:
+            self.backlog = False
+            return None
+        return self._advance()
+
+    def _take_head_bytes(self, data: bytes) -> None:
+        self._cycle_fed += len(data)
+        room = self.limits.max_head_bytes + 1 - len(self._head_bytes)
+        if room > 0:
+            self._head_bytes += data[:room]
+        # RFC 9112 section 3: a request line longer than we read is 414, told as soon as
+        # it is known, whatever the segmentation.
+        limit = self.limits.max_request_line_bytes
+        if len(self._head_bytes) > limit and b"\n" not in self._head_bytes[:limit + 1]:
+            raise ProtocolError(f"request line over {limit} bytes", status=414,
+                                code="uri_too_long")
+
     def _advance(self) -> Request | None:
         conn = self._conn
         assert conn is not None
+        self.backlog = False
+        budget = EVENTS_PER_CALL
         try:
             while True:
+                budget -= 1
+                if budget < 0:
+                    self.backlog = True
+                    return None
                 event = conn.next_event()
                 # (Never h11.PAUSED: each request's end returns, and the next cycle starts
                 # before h11 is asked again; PAUSED would be answered like NEED_DATA.)
                 if event is h11.NEED_DATA or event is h11.PAUSED:
-                    if conn.they_are_waiting_for_100_continue and self.phase is Phase.BODY:
-                        self.outbox.append(self._informational(100))
+                    if self.phase is Phase.BODY:
+                        self._check_chunk()
+                        if conn.they_are_waiting_for_100_continue:
+                            self.outbox.append(self._informational(100))
                     return None
                 if isinstance(event, h11.Request):
                     self._on_head(event)
@@ -211,32 +287,60 @@ class HTTPSession:
                     self._body_size += len(event.data)
                     if self._body_size > self.limits.max_body_bytes:
                         raise BodyTooLarge(self._body_size, self.limits.max_body_bytes)
-                    self._body.append(event.data)
+                    if event.chunk_start:
+                        self._chunks += 1
+                        if self._chunks > self.limits.max_body_chunks:
+                            raise ProtocolError(
+                                f"more than {self.limits.max_body_chunks} chunks in one "
+                                f"request body", code="too_many_chunks")
+                    self._body += event.data
                 elif isinstance(event, h11.EndOfMessage):
                     request = self._request
                     assert request is not None
                     self._request = None  # the handler owns it now: a stream may not need it
-                    request.body = b"".join(self._body)
-                    self._body = []
+                    request.body = bytes(self._body)
+                    self._body = bytearray()
                     self._to("body")
-                    self._buffered = len(conn.trailing_data[0])
+                    self._buffered = _unparsed(conn)
                     return request
                 else:  # h11.ConnectionClosed, the only other event of a client: EOF
                     self._to("close")  # between requests
                     return None
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
-            raise ProtocolError(f"malformed request: {exc}", status=status) from None
+            # h11's message may quote the offending bytes: cut, never echoed in full.
+            raise ProtocolError(f"malformed request: {str(exc)[:SHOWN_CHARS]}",
+                                status=status) from None
+
+    def _check_chunk(self) -> None:
+        """A chunk h11 waits for: refused now if its declared size cannot be (400: more
+        than 63 bits, RFC 9112 section 7.1 leaves the bound to us) or would pass the body
+        limit (413), instead of at the body deadline."""
+        assert self._conn is not None
+        declared = _declared_chunk(self._conn)
+        if declared > MAX_CHUNK_SIZE:
+            raise ProtocolError("chunk size out of range", code="bad_chunk")
+        if self._body_size + declared > self.limits.max_body_bytes:
+            raise BodyTooLarge(self._body_size + declared, self.limits.max_body_bytes)
 
     def _on_head(self, event: h11.Request) -> None:
         limits = self.limits
         assert self._conn is not None
-        unparsed = len(self._conn.trailing_data[0])
-        head_size = len(self._head_bytes) - unparsed
-        raw_head = bytes(self._head_bytes[:head_size])
-        self._head_bytes = bytearray()
+        head_size = self._cycle_fed - _unparsed(self._conn)
         if head_size > limits.max_head_bytes:
             raise HeadTooLarge(head_size, limits.max_head_bytes)
+        raw_head = bytes(self._head_bytes[:head_size])
+        self._head_bytes = bytearray()
+        line_end = raw_head.find(b"\n")
+        if line_end > limits.max_request_line_bytes:
+            raise ProtocolError(f"request line over {limits.max_request_line_bytes} bytes",
+                                status=414, code="uri_too_long")
+        if event.http_version not in VERSIONS:
+            # RFC 9110 section 2.5 would have a 1.x server read HTTP/1.2 as 1.1; we answer
+            # 505 to every version we do not implement, as Apache's strict mode does.
+            raise ProtocolError(
+                f"HTTP/{event.http_version.decode('latin-1')} is not supported "
+                f"(HTTP/1.1 and HTTP/1.0 are)", status=505, code="http_version")
         # A plain list, once: h11's Headers is a Sequence whose iteration goes through
         # __getitem__ in Python, and a request's headers are looked at several times.
         headers = list(event.headers)
@@ -257,6 +361,7 @@ class HTTPSession:
             http_version=event.http_version,
         )
         self._body_size = 0
+        self._chunks = 0
         length = self._request.header(b"content-length")
         if length is not None and int(length) > limits.max_body_bytes:
             # Refused before a byte of it is read (RFC 9110 section 15.5.14).
@@ -340,18 +445,25 @@ class HTTPSession:
             self._parked = bytearray()
             if leftover:  # (b"" would tell h11 the peer closed)
                 conn.receive_data(leftover)
+            pending = len(leftover)
         elif conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
             self._to("close")
             return False, None
         else:
             conn.start_next_cycle()
-            leftover = conn.trailing_data[0]
-        self._head_bytes = bytearray(leftover)
+            pending = _unparsed(conn)
+            # Only the first max_head_bytes + 1 bytes are kept as the raw head: a copy of
+            # all of them per request made a long pipeline quadratic.
+            leftover = _unparsed_head(conn, self.limits.max_head_bytes + 1) if pending else b""
+        self._head_bytes = bytearray()
+        self._cycle_fed = 0
         self._buffered = 0
         self._to("done")
-        if not leftover:
+        if not pending:
             return True, None
         self._to("data")
+        self._take_head_bytes(leftover[:self.limits.max_head_bytes + 1])
+        self._cycle_fed = pending
         return True, self._advance()
 
     def take_upgrade_tail(self) -> bytes:
@@ -385,6 +497,10 @@ def _check_framing(raw_head: bytes, headers: Sequence[tuple[bytes, bytes]]) -> N
     lengths = [line for line in lowered.split(b"\n") if line.startswith(b"content-length:")]
     if len(lengths) > 1 or (lengths and b"," in lengths[0]):
         raise ProtocolError("duplicate Content-Length")
+    for name, value in headers:
+        if name == b"host" and _HOST.match(value) is None:
+            # RFC 9112 section 3.2: 400 for "a Host header field with an invalid value".
+            raise ProtocolError(f"invalid Host {shown(value.decode('latin-1'))}")
 
 
 def error_response(

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import RequestError
+from ..errors import RequestError, shown
 from .jsonbytes import dumps
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -161,7 +161,8 @@ def parse_chat_object(data: Any, *, stream_implied: bool = False) -> ChatRequest
             raise _bad(f"'messages[{i}]' must be an object", f"messages[{i}]", "invalid_type")
         role = message.get("role")
         if role not in ROLES:
-            raise _bad(f"'messages[{i}].role' must be one of {sorted(ROLES)}, got {role!r}",
+            raise _bad(f"'messages[{i}].role' must be one of {sorted(ROLES)}, "
+                       f"got {shown(str(role))}",
                        f"messages[{i}].role", "invalid_value")
         content = message.get("content")
         if not (content is None or isinstance(content, str | list)):

@@ -7,7 +7,11 @@ permessage-deflate codec.  We add what a server facing the internet needs:
   ``Origin`` allow-list (section 10.2: cross-site WebSocket hijacking) and subprotocol and
   extension negotiation;
 * size limits checked from each frame *header*, before its payload is read (a wsproto
-  extension hook sees the declared length first): frame and message size, 1009;
+  extension hook sees the declared length first): frame and message size, and the number
+  of frames of one message, 1009;
+* bounded parsing work per call (:data:`EVENTS_PER_CALL`; :attr:`WSSession.backlog` says
+  there is more), fragments gathered into one buffer, and one Pong for the latest of the
+  Pings received (section 5.5.3), held while the connection says its output is full;
 * a permessage-deflate whose inflater never produces more than the message limit
   (``zlib`` ``max_length``): a decompression bomb ends in 1009, not in memory growth;
 * data frames for streamed tokens built here as a 2-10 byte header in front of payload
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import struct
 import zlib
 from dataclasses import dataclass
@@ -44,6 +49,11 @@ from ..errors import ProtocolError
 from .http import CRLF, Request, http_date
 from .state import State, Table
 
+#: wsproto events parsed per :meth:`WSSession.receive` (or :meth:`~WSSession.parse_more`)
+#: before the session hands the loop back: a millisecond or two of work, whatever one
+#: read of the socket holds (a tiny frame costs wsproto about 4 us).
+EVENTS_PER_CALL = 256
+
 # RFC 6455 section 7.4.1 status codes.
 NORMAL = 1000
 GOING_AWAY = 1001
@@ -63,11 +73,14 @@ class _Limits(Extension):
 
     name = "streamcore-limits"
 
-    def __init__(self, max_frame: int, max_message: int) -> None:
+    def __init__(self, max_frame: int, max_message: int, max_fragments: int = 4096) -> None:
         self.max_frame = max_frame
         self.max_message = max_message
+        self.max_fragments = max_fragments
         self._message = 0  # bytes of the current message's completed frames
+        self._frames = 0  # completed frames of the current message
         self._frame = 0  # declared length of the frame being read (0 for control frames)
+        self._data = False  # the frame being read is a data frame
 
     def enabled(self) -> bool:
         return True
@@ -83,16 +96,25 @@ class _Limits(Extension):
             return CloseReason.MESSAGE_TOO_BIG
         if opcode.iscontrol():
             self._frame = 0
+            self._data = False
         else:
             if opcode is not Opcode.CONTINUATION:
                 self._message = 0
+                self._frames = 0
             self._frame = payload_length
+            self._data = True
             if self._message + payload_length > self.max_message:
+                return CloseReason.MESSAGE_TOO_BIG
+            if self._frames >= self.max_fragments:
+                # Each frame costs a parse however small: a million 2-byte fragments
+                # under the byte limit were 13 s of CPU.
                 return CloseReason.MESSAGE_TOO_BIG
         return RsvBits(False, False, False)
 
     def frame_inbound_complete(self, proto: object, fin: bool) -> None:
         self._message += self._frame
+        if self._data:
+            self._frames += 1
         self._frame = 0
 
 
@@ -295,12 +317,21 @@ class WSSession:
     above this class sees it, is :attr:`state` (:data:`WS_STATES`)."""
 
     def __init__(self, accepted: Accepted, *, max_frame: int, max_message: int,
-                 tail: bytes = b"") -> None:
+                 max_fragments: int = 4096, tail: bytes = b"") -> None:
         self.subprotocol = accepted.subprotocol
-        self._limits = _Limits(max_frame, max_message)
+        self._limits = _Limits(max_frame, max_message, max_fragments)
         self._conn = Connection(ConnectionType.SERVER,
                                 extensions=[self._limits, *accepted.extensions])
-        self._parts: list[Any] = []
+        #: The message being received: one buffer, whatever its number of fragments.
+        self._binary = bytearray()
+        self._text = io.StringIO()
+        #: The payload of the latest Ping not answered yet (RFC 6455 section 5.5.3: a Pong
+        #: for the most recent Ping only), and whether to hold it (the connection's output
+        #: is full: a peer that pings and never reads must not fill our memory with Pongs).
+        self._ping: bytes | None = None
+        self.hold_pongs = False
+        #: The last call stopped after EVENTS_PER_CALL events: call :meth:`parse_more`.
+        self.backlog = False
         #: Bytes the session wants sent (pongs, close replies).
         self.outbox: list[bytes] = []
         self.state = OPEN
@@ -327,25 +358,58 @@ class WSSession:
         if self.closed is not None or self.state.terminal:
             return []  # one Closed per connection; nothing is parsed after it
         conn.receive_data(data)
+        return self._events()
+
+    def parse_more(self) -> list[Received | Closed]:
+        """Go on parsing what :meth:`receive` left (:attr:`backlog`)."""
+        if self.closed is not None or self.state.terminal:
+            self.backlog = False
+            return []
+        return self._events()
+
+    def _events(self) -> list[Received | Closed]:
         out: list[Received | Closed] = []
-        for event in conn.events():
+        budget = EVENTS_PER_CALL
+        self.backlog = False
+        events = self._conn.events()
+        for event in events:
             if isinstance(event, Message):
-                self._parts.append(event.data)
+                if isinstance(event, TextMessage):
+                    self._text.write(event.data)
+                else:
+                    self._binary += event.data
                 if event.message_finished:
-                    parts = self._parts
-                    self._parts = []
                     if isinstance(event, TextMessage):
-                        out.append(Received("".join(parts)))
+                        out.append(Received(self._text.getvalue()))
+                        self._text = io.StringIO()
                     else:
-                        out.append(Received(b"".join(parts)))
+                        out.append(Received(bytes(self._binary)))
+                        self._binary = bytearray()
             elif isinstance(event, Ping):
-                self.outbox.append(conn.send(event.response()))
+                self._ping = bytes(event.payload)
             elif isinstance(event, Pong):
                 pass  # any byte received already counts as liveness
             elif isinstance(event, CloseConnection):
+                self.answer_ping()
                 out.append(self._on_close(event))
                 break
+            budget -= 1
+            if budget <= 0:
+                self.backlog = True
+                break
+        events.close()  # wsproto's parser keeps its place: the rest is parsed next time
+        self.answer_ping()
         return out
+
+    def answer_ping(self) -> None:
+        """The Pong of the latest Ping into the outbox, unless held (:attr:`hold_pongs`)."""
+        if self._ping is not None and not self.hold_pongs and self.closed is None:
+            # Made here, not by wsproto, which refuses once the peer's Close is parsed: a
+            # Ping received before that Close is still answered (section 5.5.3), first.
+            # A control frame: unmasked from a server, never compressed, <= 125 bytes.
+            ping = self._ping
+            self._ping = None
+            self.outbox.append(bytes((0x8A, len(ping))) + ping)
 
     def _on_close(self, event: CloseConnection) -> Closed:
         conn = self._conn

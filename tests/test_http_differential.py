@@ -1,0 +1,101 @@
+"""HTTPSession against h11's own verdicts on the same bytes (issue 12, differential).
+
+Where they must agree: HTTPSession is h11 plus stricter checks, so
+
+* every request HTTPSession accepts, a fresh h11 connection accepts too, with the same
+  method, target, version, header list and body;
+* every request h11 refuses (``RemoteProtocolError``), HTTPSession refuses, with a
+  ``ProtocolError`` of a 4xx/5xx status, never another exception.
+
+HTTPSession may refuse what h11 accepts (our stricter rules: smuggling shapes, the Host
+value, versions, sizes); those are listed by reason, not compared.
+"""
+
+from __future__ import annotations
+
+import h11
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamcore.errors import ProtocolError
+from streamcore.limits import Limits
+from streamcore.proto.http import HTTPSession
+
+LIMITS = Limits(max_head_bytes=2048, max_body_bytes=256, max_header_count=16)
+
+token = st.text("abcxyzGETPOST-!#$%&'*+.^_`|~019", min_size=0, max_size=8)
+value = st.binary(max_size=12).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+header = st.one_of(
+    st.tuples(st.sampled_from(["Host", "Content-Length", "Transfer-Encoding", "Connection",
+                               "X-A", "Expect"]),
+              st.one_of(st.sampled_from([b"a", b"3", b"chunked", b"close", b"a, b", b"03",
+                                         b"3, 3", b"", b"100-continue", b"[::1]:80"]),
+                        value)),
+    st.tuples(token, value),
+)
+body = st.one_of(st.just(b""), st.sampled_from([b"abc", b"3\r\nabc\r\n0\r\n\r\n",
+                                                b"1\r\nx\r\n", b"zz\r\n"]), st.binary(max_size=20))
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    method = draw(st.one_of(st.sampled_from(["GET", "POST", "HEAD"]), token))
+    target = draw(st.one_of(st.sampled_from(["/", "/a?b=c", "*", "http://x/"]),
+                            st.text("/abc%?=&#", max_size=10)))
+    version = draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/1.2", "HTTP/2.0", "HTTP/1",
+                                    "http/1.1"]))
+    headers = draw(st.lists(header, max_size=5))
+    sep = draw(st.sampled_from([b"\r\n", b"\n"]))
+    lines = [f"{method} {target} {version}".encode("latin-1")]
+    lines += [name.encode("latin-1") + b": " + val for name, val in headers]
+    return sep.join(lines) + sep + sep + draw(body)
+
+
+def h11_verdict(data: bytes) -> tuple[str, object]:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=LIMITS.max_head_bytes)
+    conn.receive_data(data)
+    parts: list[bytes] = []
+    request = None
+    try:
+        while True:
+            event = conn.next_event()
+            if isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                parts.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                assert request is not None
+                return "ok", (request.method, request.target, request.http_version,
+                              [(n, v) for n, v in request.headers], b"".join(parts))
+            elif event is h11.NEED_DATA or event is h11.PAUSED or \
+                    isinstance(event, h11.ConnectionClosed):
+                return "incomplete", None
+    except h11.RemoteProtocolError as exc:
+        return "refused", exc
+
+
+def ours(data: bytes) -> tuple[str, object]:
+    session = HTTPSession(LIMITS)
+    try:
+        request = session.receive(data)
+        while request is None and session.backlog:
+            request = session.parse_more()
+        if request is None:
+            return "incomplete", None
+    except ProtocolError as exc:
+        assert 400 <= exc.status < 600
+        return "refused", exc
+    return "ok", (request.method.encode(), request.target, request.http_version,
+                  list(request.headers), request.body)
+
+
+@settings(max_examples=400, deadline=None)
+@given(requests())
+def test_http_session_agrees_with_h11(data: bytes) -> None:
+    verdict, detail = ours(data)
+    theirs, their_detail = h11_verdict(data)
+    if verdict == "ok":
+        assert theirs == "ok", (data, their_detail)
+        assert detail == their_detail, data
+    if theirs == "refused":
+        assert verdict == "refused", (data, their_detail, verdict)
