@@ -320,9 +320,9 @@ class WSSession:
         at the end, one :class:`Closed`."""
         if self._pending_tail:
             tail, self._pending_tail = self._pending_tail, b""
-            data = tail + (data or b"") if data is not None else tail
-            if data is None:
-                return []
+            if data is None:  # the handshake's tail, then the end
+                return self.receive(tail) + self.receive(None)
+            data = tail + data
         conn = self._conn
         if self.closed is not None or self.state.terminal:
             return []  # one Closed per connection; nothing is parsed after it
