@@ -709,3 +709,84 @@ def test_zlib_sanity() -> None:
     raw = deflate_raw(b"hello")
     d = zlib.decompressobj(-15)
     assert d.decompress(raw + b"\x00\x00\xff\xff") == b"hello"
+
+
+# ----------------------------------------------------------- the lifecycle (WS_STATES)
+
+
+class Tracked(ws.WSSession):
+    """A session that records every state it passes through."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self.path: list[str] = []
+        super().__init__(*args, **kw)
+        self.path.append(self.state.name)
+
+    def _to(self, event: str) -> None:
+        super()._to(event)
+        self.path.append(self.state.name)
+
+
+def tracked(tail: bytes = b"") -> Tracked:
+    accepted = ws.accept(upgrade_request())
+    return Tracked(accepted, max_frame=MAX_FRAME, max_message=MAX_MESSAGE, tail=tail)
+
+
+def test_states_when_the_peer_closes_first() -> None:
+    session = tracked()
+    assert session.open
+    session.receive(frame(CLOSE, close_payload(1000)))
+    assert session.path == ["OPEN", "CLOSED"] and not session.open
+    session.receive(None)  # then TCP ends: no further transition
+    assert session.path == ["OPEN", "CLOSED"]
+
+
+def test_states_when_we_close_first_and_the_peer_answers() -> None:
+    session = tracked()
+    session.close(1000)
+    assert session.path == ["OPEN", "CLOSING"] and not session.open
+    assert session.ping(b"x") == b""  # nothing but the handshake after our Close
+    session.receive(frame(CLOSE, close_payload(1000)))
+    assert session.path == ["OPEN", "CLOSING", "CLOSED"]
+
+
+def test_states_when_we_close_first_and_tcp_ends() -> None:
+    session = tracked()
+    session.close(1001)
+    assert session.receive(None) == [ws.Closed(1006)]
+    assert session.path == ["OPEN", "CLOSING", "FAILED"]
+
+
+def test_states_on_a_protocol_error() -> None:
+    session = tracked()
+    events = session.receive(frame(TEXT, b"x", masked=False))  # client frames are masked
+    assert [e.code for e in events if isinstance(e, ws.Closed)] == [1002]
+    assert session.path == ["OPEN", "FAILED"]
+    assert outbox_frames(session)[0][0] == CLOSE  # answered with its code
+
+
+def test_states_when_tcp_is_lost() -> None:
+    session = tracked()
+    assert session.receive(None) == [ws.Closed(1006)]
+    assert session.path == ["OPEN", "FAILED"]
+    assert session.receive(None) == [] and session.receive(b"x") == []
+
+
+def test_a_handshake_tail_is_parsed_first() -> None:
+    session = tracked(tail=frame(TEXT, b"early"))
+    assert session.receive(b"") == [ws.Received("early")]
+    session = tracked(tail=frame(TEXT, b"first"))
+    assert session.receive(frame(TEXT, b"second")) == [ws.Received("first"),
+                                                       ws.Received("second")]
+    session = tracked(tail=frame(TEXT, b"only"))
+    assert session.receive(None) == [ws.Received("only"), ws.Closed(1006)]
+
+
+def test_a_tail_then_tcp_end_with_nothing_complete() -> None:
+    session = tracked(tail=frame(TEXT, b"cut")[:3])
+    assert session.receive(None) == [ws.Closed(1006)]
+    assert session.path == ["OPEN", "FAILED"]
+
+
+def test_the_limits_hook_is_never_negotiated() -> None:
+    assert ws._Limits(10, 10).offer() is False
