@@ -342,7 +342,8 @@ class WSSession:
                 self.outbox.append(conn.send(event.response()))
             elif isinstance(event, Pong):
                 pass  # any byte received already counts as liveness
-            elif isinstance(event, CloseConnection):
+            else:  # the last event wsproto has for a connection
+                assert isinstance(event, CloseConnection)
                 out.append(self._on_close(event))
                 break
         return out
