@@ -18,6 +18,7 @@ from fake_transport import (
     client_frame,
     connect,
     make_server,
+    server_closed,
     spin,
     until,
     upgrade,
@@ -331,10 +332,9 @@ def test_ws_handler_that_returns_while_a_stream_runs_closes_after_it() -> None:
         _, transport = connect(server)
         transport.feed(upgrade("/h"))
         await spin(10)
-        assert not any(isinstance(e, CloseConnection) for e in ws_client_events(transport.data))
+        assert not server_closed(transport)
         gate.set()
-        await until(lambda: any(isinstance(e, CloseConnection)
-                                for e in ws_client_events(transport.data)))
+        await until(lambda: server_closed(transport))
         events = ws_client_events(transport.data)
         assert orjson.loads(events[0])["chunk"] == "late"
 
@@ -353,8 +353,7 @@ def test_ws_plain_stream_route_failing_is_1011() -> None:
         server = make_server(app)
         _, transport = connect(server)
         transport.feed(upgrade("/s"))
-        await until(lambda: any(isinstance(e, CloseConnection)
-                                for e in ws_client_events(transport.data)))
+        await until(lambda: server_closed(transport))
         events = ws_client_events(transport.data)
         assert events[0] == "one"
         assert orjson.loads(events[1])["error"]["message"] == "the stream failed: ValueError"
