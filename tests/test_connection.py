@@ -430,3 +430,30 @@ def test_ws_handler_closed_exception_is_not_an_error() -> None:
         assert isinstance(events[-1], CloseConnection) and events[-1].code == 1001
 
     run(main)
+
+
+@pytest.mark.parametrize("kind", ["raises", "not_a_coroutine"])
+def test_ws_handler_failing_before_its_first_await_is_1011(kind: str) -> None:
+    """A handler registered with @app.websocket that fails when called (a plain function
+    that raises, or returns something that cannot be awaited) is a bug of the handler's:
+    the socket is closed with 1011, like any other handler failure."""
+
+    async def main() -> None:
+        app = streamcore.App(limits=LIMITS)
+
+        def broken(ws: streamcore.WebSocket) -> Any:
+            if kind == "raises":
+                raise RuntimeError("broken handler")
+            return "not awaitable"
+
+        app.websocket("/h")(broken)
+        server = make_server(app)
+        _, transport = connect(server)
+        transport.feed(upgrade("/h"))
+        await until(lambda: server_closed(transport))
+        events = ws_client_events(transport.data)
+        assert isinstance(events[-1], CloseConnection) and events[-1].code == 1011
+        transport.feed(client_close(1011))
+        await until(lambda: transport.lost)
+
+    run(main)

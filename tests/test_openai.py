@@ -38,6 +38,7 @@ def test_a_valid_request() -> None:
                                                                               True)
     assert parse_chat_object(body(stream=None)).stream is False
     assert parse_chat_object(body(max_completion_tokens=3, max_tokens=9)).max_tokens == 3
+    assert parse_chat_object(body(temperature=0, top_p=1.0)).raw["temperature"] == 0
 
 
 def test_not_json() -> None:
