@@ -135,7 +135,7 @@ async def spin(iterations: int = 20) -> None:
         await asyncio.sleep(0)
 
 
-async def until(predicate: Callable[[], Any], *, timeout: float = 2.0) -> None:
+async def until(predicate: Callable[[], Any], *, timeout: float = 5.0) -> None:
     """Run the loop until ``predicate()`` holds (or fail after ``timeout`` seconds)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -143,6 +143,12 @@ async def until(predicate: Callable[[], Any], *, timeout: float = 2.0) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"not reached within {timeout}s: {predicate}")
         await asyncio.sleep(0)
+
+
+def server_closed(transport: FakeTransport) -> bool:
+    """Whether the server has written a WebSocket Close frame (one write of its own; cheap
+    enough to poll, unlike decoding everything written so far)."""
+    return any(data[:1] == b"\x88" for _, data in transport.calls)
 
 
 def split_head(data: bytes) -> tuple[bytes, bytes]:

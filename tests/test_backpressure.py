@@ -21,6 +21,7 @@ from fake_transport import (
     client_frame,
     connect,
     make_server,
+    server_closed,
     spin,
     split_head,
     sse_events,
@@ -77,8 +78,6 @@ def ws_stream(conn: WebSocketConnection, key: bytes | None = None) -> Stream:
     return owner
 
 
-def closed_by_server(transport: FakeTransport) -> bool:
-    return any(isinstance(e, CloseConnection) for e in ws_client_events(transport.data))
 
 
 # -- (a) SSE from an async generator ------------------------------------------------------
@@ -269,7 +268,7 @@ def test_websocket_stream_pauses_and_resumes(loop_name: str) -> None:
         assert (stopped - at_pause) * ITEM_SIZE <= HIGH + ITEM_SIZE
         assert stream.state is pipe.PAUSED
         conn.resume_writing()
-        await until(lambda: closed_by_server(transport))
+        await until(lambda: server_closed(transport))
         transport.feed(client_close())
         await until(lambda: transport.lost)
         events = ws_client_events(transport.data)

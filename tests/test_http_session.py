@@ -331,3 +331,143 @@ def test_arbitrary_bytes_raise_only_protocol_errors(data: bytes) -> None:
             session.next_cycle()
     except ProtocolError as exc:
         assert exc.status in (400, 413, 431, 501, 505)
+
+
+# ------------------------------------------------------------------ the phase table (HTTP_STATES)
+
+
+def test_phases_idle_head_body_handling_idle() -> None:
+    session = HTTPSession(LIMITS)
+    seen = [session.phase]
+    head_end = POST_CL.index(b"\r\n\r\n") + 4
+    for part in (POST_CL[:5], POST_CL[5:head_end], POST_CL[head_end:-1]):
+        assert session.receive(part) is None
+        seen.append(session.phase)
+    assert session.receive(POST_CL[-1:]) is not None
+    seen.append(session.phase)
+    session.response_head(200, [(b"content-length", b"0")])
+    session.end_response()
+    assert session.next_cycle() == (True, None)
+    seen.append(session.phase)
+    assert seen == [Phase.IDLE, Phase.HEAD, Phase.BODY, Phase.BODY, Phase.HANDLING,
+                    Phase.IDLE]
+
+
+def test_upgrade_is_terminal() -> None:
+    session = HTTPSession(LIMITS)
+    request = session.receive(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+                              b"Connection: Upgrade\r\n\r\nFRAMES")
+    assert request is not None and session.phase is Phase.HANDLING
+    assert session.take_upgrade_tail() == b"FRAMES"
+    assert session.phase is Phase.UPGRADED and session.phase.terminal
+    assert session.receive(b"more") is None  # nothing is parsed any more
+    session.close()
+    session.fail()
+    assert session.phase is Phase.UPGRADED
+
+
+@pytest.mark.parametrize("phase_bytes", [b"", b"GET / HT", GET, POST_CL[:-3]])
+def test_fail_from_any_live_phase_is_error(phase_bytes: bytes) -> None:
+    session = HTTPSession(LIMITS)
+    if phase_bytes:
+        session.receive(phase_bytes)
+    assert not session.phase.terminal
+    session.fail()
+    assert session.phase is Phase.ERROR
+    session.fail()  # once terminal, it stays
+    session.close()
+    assert session.phase is Phase.ERROR
+    assert session.receive(GET) is None
+
+
+def test_close_from_idle_and_twice() -> None:
+    session = HTTPSession(LIMITS)
+    session.close()
+    assert session.phase is Phase.CLOSED
+    session.close()
+    session.fail()
+    assert session.phase is Phase.CLOSED
+
+
+def test_eof_between_requests_closes() -> None:
+    session = HTTPSession(LIMITS)
+    assert session.receive(b"") is None
+    assert session.phase is Phase.CLOSED
+
+
+def test_read_timeout_per_phase() -> None:
+    from streamcore.proto.http import read_timeout
+
+    limits = Limits(keepalive_timeout_s=1.5, head_timeout_s=2.5, body_timeout_s=3.5)
+    assert read_timeout(Phase.IDLE, limits) == 1.5
+    assert read_timeout(Phase.HEAD, limits) == 2.5
+    assert read_timeout(Phase.BODY, limits) == 3.5
+    for phase in (Phase.HANDLING, Phase.UPGRADED, Phase.CLOSED, Phase.ERROR):
+        assert read_timeout(phase, limits) is None
+
+
+def streamed(request_bytes: bytes, headers: list[tuple[bytes, bytes]] | None = None,
+             ) -> tuple[HTTPSession, bytes, bool]:
+    session = HTTPSession(LIMITS)
+    request = session.receive(request_bytes)
+    assert request is not None
+    head, chunked = session.stream_head(headers or [(b"content-type", b"text/event-stream")],
+                                        method=request.method)
+    return session, head, chunked
+
+
+def test_stream_head_is_chunked_for_http11() -> None:
+    session, head, chunked = streamed(GET)
+    assert chunked
+    assert head.startswith(b"HTTP/1.1 200 OK\r\ndate: ")
+    assert b"\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n" in head
+    assert head.endswith(b"\r\n\r\n") and b"connection: close" not in head
+    # The stream ends: the connection stays open for the next request.
+    assert session.next_cycle() == (True, None) and session.phase is Phase.IDLE
+
+
+def test_stream_head_for_http10_is_close_delimited() -> None:
+    session, head, chunked = streamed(HTTP10)
+    assert not chunked
+    assert b"transfer-encoding" not in head and b"\r\nconnection: close\r\n" in head
+    assert session.next_cycle() == (False, None) and session.phase is Phase.CLOSED
+
+
+def test_stream_head_for_head_has_no_body() -> None:
+    session, head, chunked = streamed(b"HEAD /s HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert not chunked and session.head_only
+    assert b"transfer-encoding: chunked" in head  # what a GET would get, without the body
+
+
+def test_stream_head_when_someone_closes() -> None:
+    _, head, _ = streamed(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert head.count(b"connection: close") == 1
+    session, head, _ = streamed(GET, [(b"connection", b"close")])
+    assert head.count(b"connection: close") == 1
+    assert session.next_cycle() == (False, None)
+
+
+def test_bytes_during_a_stream_are_kept_for_the_next_request() -> None:
+    session, _, _ = streamed(GET + b"GET /next HT")
+    assert session.receive(b"TP/1.1\r\nHost: h\r\n\r\n") is None  # parked, not parsed
+    assert session.pipelined_bytes == len(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
+    keep_open, request = session.next_cycle()
+    assert keep_open and request is not None and request.path == "/next"
+    assert session.phase is Phase.HANDLING
+
+
+def test_a_complete_response_that_must_close() -> None:
+    session = HTTPSession(LIMITS)
+    assert session.receive(HTTP10) is not None
+    session.response_head(200, [(b"content-length", b"2")])
+    assert session.response_body(b"ok") == b"ok"
+    session.end_response()
+    assert session.next_cycle() == (False, None) and session.phase is Phase.CLOSED
+
+
+def test_head_response_has_no_body() -> None:
+    session = HTTPSession(LIMITS)
+    assert session.receive(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n") is not None
+    head = session.response_head(200, [(b"content-length", b"2")], method="HEAD")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert session.response_body(b"ok") == b""

@@ -709,3 +709,124 @@ def test_zlib_sanity() -> None:
     raw = deflate_raw(b"hello")
     d = zlib.decompressobj(-15)
     assert d.decompress(raw + b"\x00\x00\xff\xff") == b"hello"
+
+
+# ----------------------------------------------------------- the lifecycle (WS_STATES)
+
+
+class Tracked(ws.WSSession):
+    """A session that records every state it passes through."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self.path: list[str] = []
+        super().__init__(*args, **kw)
+        self.path.append(self.state.name)
+
+    def _to(self, event: str) -> None:
+        super()._to(event)
+        self.path.append(self.state.name)
+
+
+def tracked(tail: bytes = b"") -> Tracked:
+    accepted = ws.accept(upgrade_request())
+    return Tracked(accepted, max_frame=MAX_FRAME, max_message=MAX_MESSAGE, tail=tail)
+
+
+def test_states_when_the_peer_closes_first() -> None:
+    session = tracked()
+    assert session.open
+    session.receive(frame(CLOSE, close_payload(1000)))
+    assert session.path == ["OPEN", "CLOSED"] and not session.open
+    session.receive(None)  # then TCP ends: no further transition
+    assert session.path == ["OPEN", "CLOSED"]
+
+
+def test_states_when_we_close_first_and_the_peer_answers() -> None:
+    session = tracked()
+    session.close(1000)
+    assert session.path == ["OPEN", "CLOSING"] and not session.open
+    assert session.ping(b"x") == b""  # nothing but the handshake after our Close
+    session.receive(frame(CLOSE, close_payload(1000)))
+    assert session.path == ["OPEN", "CLOSING", "CLOSED"]
+
+
+def test_states_when_we_close_first_and_tcp_ends() -> None:
+    session = tracked()
+    session.close(1001)
+    assert session.receive(None) == [ws.Closed(1006)]
+    assert session.path == ["OPEN", "CLOSING", "FAILED"]
+
+
+def test_states_on_a_protocol_error() -> None:
+    session = tracked()
+    events = session.receive(frame(TEXT, b"x", masked=False))  # client frames are masked
+    assert [e.code for e in events if isinstance(e, ws.Closed)] == [1002]
+    assert session.path == ["OPEN", "FAILED"]
+    assert outbox_frames(session)[0][0] == CLOSE  # answered with its code
+
+
+def test_states_when_tcp_is_lost() -> None:
+    session = tracked()
+    assert session.receive(None) == [ws.Closed(1006)]
+    assert session.path == ["OPEN", "FAILED"]
+    assert session.receive(None) == [] and session.receive(b"x") == []
+
+
+def test_a_handshake_tail_is_parsed_first() -> None:
+    session = tracked(tail=frame(TEXT, b"early"))
+    assert session.receive(b"") == [ws.Received("early")]
+    session = tracked(tail=frame(TEXT, b"first"))
+    assert session.receive(frame(TEXT, b"second")) == [ws.Received("first"),
+                                                       ws.Received("second")]
+    session = tracked(tail=frame(TEXT, b"only"))
+    assert session.receive(None) == [ws.Received("only"), ws.Closed(1006)]
+
+
+def test_a_tail_then_tcp_end_with_nothing_complete() -> None:
+    session = tracked(tail=frame(TEXT, b"cut")[:3])
+    assert session.receive(None) == [ws.Closed(1006)]
+    assert session.path == ["OPEN", "FAILED"]
+
+
+def test_the_limits_hook_is_never_negotiated() -> None:
+    assert ws._Limits(10, 10).offer() is False
+
+
+def deflate_bits(fields: list[tuple[int, int, bool]]) -> bytes:
+    """Raw deflate bits (RFC 1951 section 3.1.1): ``(value, width, huffman)``; Huffman
+    codes are packed most significant bit first, other fields least significant first."""
+    bits: list[int] = []
+    for value, width, huffman in fields:
+        order = reversed(range(width)) if huffman else range(width)
+        bits += [(value >> i) & 1 for i in order]
+    assert len(bits) % 8 == 0
+    return bytes(sum(bit << j for j, bit in enumerate(bits[i:i + 8]))
+                 for i in range(0, len(bits), 8))
+
+
+def test_deflate_output_that_only_the_tail_releases_is_bounded_too() -> None:
+    """A compressed message that ends just before a match's distance code: it inflates to
+    5 bytes, and the 258-byte match comes out only with the 00 00 ff ff tail appended at
+    the message's end (RFC 7692 section 7.2.2).  That last inflate is bounded as well."""
+    literal = (0b110010000 + 200 - 144, 9, True)  # fixed Huffman, literal 200 (9 bits)
+    payload = deflate_bits([(0, 1, False), (1, 2, False),  # not final; fixed Huffman
+                            *[literal] * 5,
+                            (0b11000000 + 285 - 280, 8, True)])  # length 258; no distance
+    inflater = zlib.decompressobj(-15)
+    assert len(inflater.decompress(payload)) == 5
+    assert len(inflater.decompress(b"\x00\x00\xff\xff")) == 258
+    session = new_session(deflate=True, offer=b"permessage-deflate", max_message=100)
+    assert closed_code(session.receive(frame(BINARY, payload, rsv=4))) == 1009
+    roomy = new_session(deflate=True, offer=b"permessage-deflate", max_message=1000)
+    assert roomy.receive(frame(BINARY, payload, rsv=4)) == [ws.Received(bytes([200]) * 263)]
+
+
+def test_a_deflate_offer_wsproto_cannot_accept_is_skipped() -> None:
+    bad = b"permessage-deflate; server_max_window_bits=7"
+    accepted = ws.accept(upgrade_request(upgrade_headers(
+        extra=[(b"sec-websocket-extensions", bad + b", permessage-deflate")])), deflate=True)
+    assert len(accepted.extensions) == 1
+    assert b"sec-websocket-extensions: permessage-deflate\r\n" in accepted.response
+    alone = ws.accept(upgrade_request(upgrade_headers(
+        extra=[(b"sec-websocket-extensions", bad)])), deflate=True)
+    assert alone.extensions == [] and b"sec-websocket-extensions" not in alone.response

@@ -62,10 +62,11 @@ class SSEReader(BaseReader):
         self.hb_seen = -1
 
     def start(self, *, origin: bool) -> None:
-        """Read the entry: ``origin`` for the request that started its generation."""
+        """Read the entry: ``origin`` for the request that started its generation.  The
+        caller wakes the reader once the generation has taken its first step (see
+        :attr:`framer`)."""
         self.entry.attach(self, origin=origin)
         self.heartbeat.readers.add(self)
-        self.wake()
 
     def _flush(self, conn: Responder) -> None:
         cursor = self.cursor

@@ -129,18 +129,16 @@ class WebSocketConnection(Output):
     def start(self, route: Route, request: Request, response: bytes) -> None:
         self.send(response)
         self._arm_ping(self.limits.ws_ping_interval_s)
-        socket = WebSocket(self, request)
-        if route.websocket:
-            coro = route.handler(socket)
-        else:
-            coro = _serve_stream_route(socket, route, request)
-        self._task = self.loop.create_task(self._run(coro))
+        self._task = self.loop.create_task(self._run(route, WebSocket(self, request)))
         # Frames that came with the handshake are parsed once the handler exists.
         self.data_received(b"")
 
-    async def _run(self, coro: Any) -> None:
+    async def _run(self, route: Route, socket: WebSocket) -> None:
         try:
-            await coro
+            if route.websocket:  # called here: a handler that fails when called is a 1011
+                await route.handler(socket)
+            else:
+                await _serve_stream_route(socket, route, socket.request)
         except Exception as exc:
             self._fail(exc)
         else:

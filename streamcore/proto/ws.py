@@ -351,9 +351,9 @@ class WSSession:
         at the end, one :class:`Closed`."""
         if self._pending_tail:
             tail, self._pending_tail = self._pending_tail, b""
-            data = tail + (data or b"") if data is not None else tail
-            if data is None:
-                return []
+            if data is None:  # the handshake's tail, then the end
+                return self.receive(tail) + self.receive(None)
+            data = tail + data
         conn = self._conn
         if self.closed is not None or self.state.terminal:
             return []  # one Closed per connection; nothing is parsed after it
@@ -389,7 +389,8 @@ class WSSession:
                 self._ping = bytes(event.payload)
             elif isinstance(event, Pong):
                 pass  # any byte received already counts as liveness
-            elif isinstance(event, CloseConnection):
+            else:  # the last event wsproto has for a connection
+                assert isinstance(event, CloseConnection)
                 self.answer_ping()
                 out.append(self._on_close(event))
                 break
