@@ -1,0 +1,451 @@
+"""The gateway in front of upstream LLM servers (issue 9), over real sockets only.
+
+Upstreams: a second streamcore on the synthetic model, and the scripted servers of
+``tests/upstreams.py`` that misbehave on purpose.  The gateway under test is served
+in-process (``serve``) with small limits; clients are the ``openai`` SDK, httpx-sse,
+``websockets`` and raw sockets.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import httpx_sse
+import openai
+import orjson
+import pytest
+from conftest import (
+    RawClient,
+    Served,
+    assert_openai_error,
+    parse_responses,
+    wait_for,
+)
+from upstreams import Exchange, ScriptedUpstream, chat_chunks, chunk
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as ws_connect
+
+from streamcore.gateway import build_app
+from streamcore.limits import Limits
+from streamcore.sources.synthetic import SyntheticModel
+from streamcore.sources.upstream import Upstream
+
+#: Small bounds: every timeout here fires within a second.
+LIMITS = Limits(
+    upstream_head_hold_s=0.3,
+    upstream_idle_timeout_s=0.5,
+    upstream_head_timeout_s=1.0,
+    upstream_first_token_timeout_s=1.0,
+    upstream_connect_timeout_s=1.0,
+    heartbeat_interval_s=0.1,
+    keepalive_timeout_s=2.0,
+)
+MESSAGES = [{"role": "user", "content": "please explain in plain words how a gateway "
+             "streams tokens from a model server to many readers at once"}]
+TOKENS = [f"tok{i} " for i in range(20)]
+DONE = "[DONE]"
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture
+def upstream() -> Iterator[Callable[..., ScriptedUpstream]]:
+    """``upstream(script, **kw) -> ScriptedUpstream``, closed at teardown."""
+    started: list[ScriptedUpstream] = []
+
+    def start(script: Any, **kw: Any) -> ScriptedUpstream:
+        up = ScriptedUpstream(script, **kw)
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:
+        up.close()
+    for up in started:
+        assert not up.errors, up.errors
+
+
+@pytest.fixture
+def gateway(serve: Callable[..., Served]) -> Callable[..., Served]:
+    """``gateway(*specs, limits=LIMITS, models=None) -> Served``: the daemon's app in front
+    of the upstreams given as ``--upstream`` specs."""
+
+    def start(*specs: str, limits: Limits = LIMITS,
+              models: list[SyntheticModel] | None = None) -> Served:
+        upstreams = [Upstream.parse(spec) for spec in specs]
+        return serve(build_app(models, limits, upstreams=upstreams), limits)
+
+    return start
+
+
+@pytest.fixture
+def synthetic(serve: Callable[..., Served]) -> Served:
+    """A second streamcore: the upstream that behaves."""
+    models = [SyntheticModel(), SyntheticModel(name="paced", tokens_per_s=400.0)]
+    return serve(build_app(models))
+
+
+def streaming(ex_tokens: list[str] = TOKENS, delay: float = 0.0, **kw: Any) -> Any:
+    async def script(ex: Exchange) -> None:
+        await ex.chat_stream(ex_tokens, delay=delay, **kw)
+    return script
+
+
+def body(model: str = "m", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": MESSAGES, "stream": True, **extra}
+
+
+# ------------------------------------------------------------------------------ clients
+
+
+@dataclass
+class Got:
+    """One streamed response as an SSE client saw it."""
+
+    status: int
+    headers: httpx.Headers
+    events: list[httpx_sse.ServerSentEvent] = field(default_factory=list)
+    body: bytes = b""
+
+    @property
+    def datas(self) -> list[str]:
+        return [e.data for e in self.events]
+
+    @property
+    def chunks(self) -> list[dict[str, Any]]:
+        return [orjson.loads(d) for d in self.datas if d != DONE]
+
+    @property
+    def text(self) -> str:
+        return "".join(c["choices"][0]["delta"].get("content") or ""
+                       for c in self.chunks if c.get("choices"))
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        errors = [c["error"] for c in self.chunks if "error" in c]
+        assert len(errors) <= 1, errors
+        return errors[0] if errors else None
+
+
+def sse(url: str, payload: dict[str, Any], timeout: float = 5.0) -> Got:
+    with httpx.Client(timeout=timeout) as client, httpx_sse.connect_sse(
+            client, "POST", f"{url}/v1/chat/completions", json=payload) as source:
+        response = source.response
+        got = Got(response.status_code, response.headers)
+        if response.status_code != 200:
+            response.read()
+            got.body = response.content
+            return got
+        assert response.headers["content-type"].startswith("text/event-stream")
+        got.events = list(source.iter_sse())
+    return got
+
+
+def check_complete(got: Got, model: str = "m") -> str:
+    """A whole stream: ids, one completion id, our model name, [DONE] once and last."""
+    assert got.status == 200, got.body
+    assert got.datas.count(DONE) == 1 and got.datas[-1] == DONE, got.datas[-3:]
+    assert got.error is None
+    stream_id = got.headers["x-stream-id"]
+    assert [e.id for e in got.events[:-1]] == [
+        f"{stream_id}-{i}" for i in range(1, len(got.events))]
+    chunks = got.chunks
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["id"].startswith("chatcmpl-") and chunks[0]["id"] != "chatcmpl-upstream"
+    assert {c["model"] for c in chunks} == {model}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    return got.text
+
+
+def check_failed(got: Got, code: str | None = None, *, message: str | None = None,
+                 tokens: int | None = None) -> dict[str, Any]:
+    """A stream that failed after its 200: an error event, last, and no [DONE]."""
+    assert got.status == 200, got.body
+    assert DONE not in got.datas, "a failed stream must not end with [DONE]"
+    error = got.error
+    assert error is not None, got.datas
+    assert "error" in orjson.loads(got.datas[-1]), "the error event comes last"
+    assert_openai_error(got.datas[-1].encode())
+    if code is not None:
+        assert error["code"] == code, error
+    if message is not None:
+        assert re.search(message, error["message"]), error
+    if tokens is not None:
+        assert got.text == "".join(TOKENS[:tokens])
+    return error
+
+
+def ws_request(url: str, payload: dict[str, Any], *, request_id: str = "r1",
+               timeout: float = 5.0) -> list[dict[str, Any]]:
+    """One request on ``/v1/ws``: every message for it, up to its done or error."""
+    with ws_connect(url.replace("http://", "ws://") + "/v1/ws", open_timeout=timeout) as ws:
+        ws.send(orjson.dumps({"type": "request", "id": request_id, "body": payload}).decode())
+        return ws_until_end(ws, request_id, timeout)
+
+
+def ws_until_end(ws: ClientConnection, request_id: str,
+                 timeout: float = 5.0) -> list[dict[str, Any]]:
+    messages = []
+    while True:
+        message = orjson.loads(ws.recv(timeout=timeout))
+        assert message["id"] == request_id, message
+        messages.append(message)
+        if message["type"] in ("done", "error", "cancelled"):
+            return messages
+
+
+def ws_text(messages: list[dict[str, Any]]) -> str:
+    return "".join(m["chunk"]["choices"][0]["delta"].get("content") or ""
+                   for m in messages if m["type"] == "chunk" and m["chunk"]["choices"])
+
+
+def ws_failed(messages: list[dict[str, Any]], code: str | None = None) -> dict[str, Any]:
+    assert messages[-1]["type"] == "error", messages[-3:]
+    assert not [m for m in messages if m["type"] == "done"]
+    error = messages[-1]["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    if code is not None:
+        assert error["code"] == code, error
+    chunks = [m for m in messages if m["type"] == "chunk"]
+    assert [m["seq"] for m in chunks] == list(range(1, len(chunks) + 1))
+    return error
+
+
+def sdk(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="client-key", max_retries=0,
+                         timeout=10)
+
+
+# ============================================================ 1. tokens in order, complete
+
+
+def sdk_stream_text(client: openai.OpenAI, model: str, **kw: Any) -> tuple[str, Any]:
+    stream = client.chat.completions.create(model=model, messages=MESSAGES,  # type: ignore[arg-type]
+                                            stream=True, **kw)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return text, chunks
+
+
+def test_openai_sdk_through_the_gateway_gives_the_upstreams_own_answer(
+        gateway: Callable[..., Served], synthetic: Served) -> None:
+    gw = gateway(f"{synthetic.url}/v1 models=synthetic,paced")
+    for model in ("synthetic", "paced"):
+        direct, _ = sdk_stream_text(sdk(synthetic.url), model, max_tokens=50)
+        via, chunks = sdk_stream_text(sdk(gw.url), model, max_tokens=50,
+                                      stream_options={"include_usage": True})
+        assert via == direct and len(direct.split()) >= 40
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+        assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 50
+        assert chunks[-1].model_extra is not None
+        assert chunks[-1].usage.model_extra == {"source": "upstream"}
+        assert len({c.id for c in chunks}) == 1
+        # Not streamed: relayed whole, the same text.
+        completion = sdk(gw.url).chat.completions.create(
+            model=model, messages=MESSAGES, max_tokens=50)  # type: ignore[arg-type]
+        assert completion.choices[0].message.content == direct
+        assert completion.model == model
+
+
+def test_httpx_sse_through_the_gateway(gateway: Callable[..., Served],
+                                       synthetic: Served) -> None:
+    gw = gateway(f"{synthetic.url}/v1 models=paced")
+    direct = sse(synthetic.url, body("paced", max_tokens=30))
+    via = sse(gw.url, body("paced", max_tokens=30))
+    assert check_complete(via, "paced") == check_complete(direct, "paced")
+    # Our own ids, and resume works on them as on any stream.
+    stream_id = via.headers["x-stream-id"]
+    with httpx.Client(timeout=5) as client, httpx_sse.connect_sse(
+            client, "GET", f"{gw.url}/v1/streams/{stream_id}",
+            headers={"Last-Event-ID": f"{stream_id}-10"}) as source:
+        rest = [e.data for e in source.iter_sse()]
+    assert rest == via.datas[10:]
+
+
+def test_websocket_through_the_gateway(gateway: Callable[..., Served],
+                                       synthetic: Served) -> None:
+    gw = gateway(f"{synthetic.url}/v1 models=synthetic")
+    direct = sse(synthetic.url, body("synthetic", max_tokens=25))
+    messages = ws_request(gw.url, body("synthetic", max_tokens=25,
+                                       stream_options={"include_usage": True}))
+    chunks = [m for m in messages if m["type"] == "chunk"]
+    assert [m["seq"] for m in chunks] == list(range(1, len(chunks) + 1))
+    assert ws_text(messages) == check_complete(direct, "synthetic")
+    done = messages[-1]
+    assert done["type"] == "done" and done["finish_reason"] == "length"
+    assert done["usage"]["completion_tokens"] == 25
+    assert done["usage"]["source"] == "upstream"
+
+
+def test_scripted_upstream_tokens_in_order_on_both_transports(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    up = upstream(streaming(delay=0.002))
+    gw = gateway(up.spec())
+    got = sse(gw.url, body())
+    assert check_complete(got) == "".join(TOKENS)
+    messages = ws_request(gw.url, body())
+    assert ws_text(messages) == "".join(TOKENS)
+    assert messages[-1]["type"] == "done" and messages[-1]["finish_reason"] == "stop"
+    # What the upstream was asked: its model name, streamed, with the usage.
+    sent = up.conns[0].requests[0]
+    assert sent.method == "POST" and sent.path == "/v1/chat/completions"
+    assert sent.json()["stream"] is True
+    assert sent.json()["stream_options"] == {"include_usage": True}
+    assert sent.json()["messages"] == MESSAGES
+    # One kept-alive upstream connection carried both.
+    assert len(up.conns) == 1 and len(up.conns[0].requests) == 2
+
+
+def test_tool_calls_and_other_chunks_are_relayed_under_our_id(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    tool = {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                            "function": {"name": "get", "arguments": "{}"}}]}
+
+    async def script(ex: Exchange) -> None:
+        await ex.head()
+        await ex.event(chunk("m", {"role": "assistant", "content": None}))
+        await ex.event(chunk("m", {"reasoning_content": "hmm"}))
+        await ex.event(chunk("m", tool))
+        await ex.event(chunk("m", {}, "tool_calls"))
+        await ex.done()
+
+    gw = gateway(upstream(script).spec())
+    got = sse(gw.url, body())
+    check_complete(got)
+    chunks = got.chunks
+    assert chunks[1]["choices"][0]["delta"] == {"reasoning_content": "hmm"}
+    assert chunks[2]["choices"][0]["delta"] == tool
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_aliases(gateway: Callable[..., Served], synthetic: Served) -> None:
+    gw = gateway(f"{synthetic.url}/v1 models=synthetic alias=fast:synthetic "
+                 "alias=gpt-4o:paced")
+    direct = check_complete(sse(synthetic.url, body("synthetic", max_tokens=12)),
+                            "synthetic")
+    assert check_complete(sse(gw.url, body("fast", max_tokens=12)), "fast") == direct
+    assert check_complete(sse(gw.url, body("gpt-4o", max_tokens=12)), "gpt-4o") == direct
+    completion = sdk(gw.url).chat.completions.create(
+        model="fast", messages=MESSAGES, max_tokens=12)  # type: ignore[arg-type]
+    assert completion.model == "fast" and completion.choices[0].message.content == direct
+
+
+def test_models_merged_and_unknown_model(gateway: Callable[..., Served], synthetic: Served,
+                                         upstream: Callable[..., ScriptedUpstream]) -> None:
+    up = upstream(streaming())
+    gw = gateway(f"{synthetic.url}/v1 models=synthetic,paced alias=fast:synthetic",
+                 up.spec("models=m,paced"), models=[SyntheticModel(name="local")])
+    listed = [m.id for m in sdk(gw.url).models.list()]
+    assert listed == ["local", "synthetic", "paced", "fast", "m"]
+    for m in httpx.get(f"{gw.url}/v1/models", timeout=5).json()["data"]:
+        assert m["object"] == "model" and isinstance(m["created"], int)
+    with pytest.raises(openai.NotFoundError) as caught:
+        sdk(gw.url).chat.completions.create(model="nope", messages=MESSAGES,  # type: ignore[arg-type]
+                                            stream=True)
+    assert caught.value.code == "model_not_found" and caught.value.param == "model"
+    messages = ws_request(gw.url, body("nope"))
+    assert ws_failed(messages, "model_not_found")
+    assert not up.conns  # nothing asked upstream for it
+
+
+def test_models_discovered_from_the_upstream(gateway: Callable[..., Served],
+                                             synthetic: Served) -> None:
+    gw = gateway(f"{synthetic.url}/v1")
+    assert [m.id for m in sdk(gw.url).models.list()] == ["synthetic", "paced"]
+    direct = check_complete(sse(synthetic.url, body("paced", max_tokens=8)), "paced")
+    assert check_complete(sse(gw.url, body("paced", max_tokens=8)), "paced") == direct
+    with pytest.raises(openai.NotFoundError):
+        sdk(gw.url).chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
+
+
+# ============================================================ 2. backpressure
+
+
+def chat_request(port: int, payload: dict[str, Any]) -> bytes:
+    data = orjson.dumps(payload)
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:%d\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n"
+            % (port, len(data)) + data)
+
+
+def sse_datas(raw: bytes) -> list[bytes]:
+    """The data fields of a chunked SSE response read by a raw client."""
+    (response,) = parse_responses(raw)
+    assert response.status == 200 and response.complete
+    return [line[6:] for line in response.body.split(b"\n") if line.startswith(b"data: ")]
+
+
+def kernel_send_buffer_max() -> int:
+    """The largest send buffer Linux autotunes a TCP socket to (tcp_wmem's third field):
+    what the kernel may hold, outside the gateway, for a client that stopped reading."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+            return int(f.read().split()[2])
+    except (OSError, IndexError, ValueError):
+        return 4 * 1024 * 1024
+
+
+BIG_TOKEN = "x" * 2000
+
+
+def test_a_client_that_stops_reading_stalls_the_upstreams_writes(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    gw_limits = LIMITS
+    # What the gateway may hold for one stream: its log, the output's high-water mark and
+    # one flush; plus the kernel's buffers on both sides: the gateway's send buffer to the
+    # client (autotuned up to tcp_wmem's maximum), the upstream's send buffer (32 KiB,
+    # doubled by the kernel) and the gateway's receive buffer from it (it stops reading).
+    held_bound = gw_limits.stream_log_bytes + 2 * gw_limits.write_high_water_bytes
+    kernel = kernel_send_buffer_max() + 2 * 1024 * 1024
+    count = 3 * (held_bound + kernel) // len(BIG_TOKEN) + 100
+    tokens = [f"{i:05d}{BIG_TOKEN}" for i in range(count)]
+    wanted = sum(len(orjson.dumps(c)) + 8 for c in chat_chunks(tokens, include_usage=True))
+    up = upstream(streaming(tokens), sndbuf=32 * 1024)
+    gw = gateway(up.spec(), limits=gw_limits)
+
+    def gateway_state() -> tuple[int, int, int]:
+        """What the gateway holds for the stream: the paused output bytes (admission), the
+        stream's log, the client's transport buffer."""
+        entries = gw.server.store.live()
+        held = entries[0].log.held_bytes if entries else 0
+        buffered = sum(c.transport.get_write_buffer_size() for c in gw.server.connections
+                       if c.transport is not None)
+        return gw.server.admission.paused_bytes, held, buffered
+
+    with RawClient(gw.port, rcvbuf=4096, timeout=10) as client:
+        client.send(chat_request(gw.port, body(stream_options={"include_usage": True})))
+        # The client reads nothing: the upstream's writes stall.
+        wait_for(lambda: up.conns and up.conns[0].written > 0)
+        samples = []
+        for _ in range(5):
+            time.sleep(0.2)
+            samples.append(up.conns[0].written)
+        stalled_at = samples[-1]
+        assert samples[-1] == samples[-3], f"the upstream kept writing: {samples}"
+        assert stalled_at <= held_bound + kernel < wanted // 3, (stalled_at, wanted)
+        paused, held, buffered = gw.call(gateway_state)
+        assert held <= gw_limits.stream_log_bytes
+        assert paused <= gw_limits.write_high_water_bytes
+        assert buffered <= 2 * gw_limits.write_high_water_bytes
+        print(f"\nbackpressure: the upstream wanted to send {wanted} bytes, wrote "
+              f"{stalled_at} and stalled; the gateway held: log {held} B, client transport "
+              f"buffer {buffered} B, admission's paused estimate {paused} B")
+        # Now the client reads (with a larger window): everything arrives, intact, in order.
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        client.read_until(b"data: [DONE]\n\n", timeout=20)
+        raw = client.read_until(b"\r\n0\r\n\r\n", timeout=5)
+    datas = sse_datas(raw)
+    assert datas[-1] == b"[DONE]"
+    chunks = [orjson.loads(d) for d in datas[:-1]]
+    assert not [c for c in chunks if "error" in c]
+    assert [c["choices"][0]["delta"]["content"] for c in chunks[1:-2]] == tokens
+    assert chunks[-1]["usage"]["completion_tokens"] == count
+    assert up.conns[0].written > wanted  # its SSE bytes, and the HTTP framing
