@@ -449,3 +449,123 @@ def test_a_client_that_stops_reading_stalls_the_upstreams_writes(
     assert [c["choices"][0]["delta"]["content"] for c in chunks[1:-2]] == tokens
     assert chunks[-1]["usage"]["completion_tokens"] == count
     assert up.conns[0].written > wanted  # its SSE bytes, and the HTTP framing
+
+
+# ============================================================ 3. disconnect and cancel
+
+#: Client FIN (or cancel) -> upstream sees its connection closed, seconds, by case.
+ABORT_TIMES: dict[str, float] = {}
+LONG = [f"w{i} " for i in range(400)]  # 400 tokens at 10 ms: 4 s, far longer than a test
+
+
+def slow_then_fast() -> list[Any]:
+    """The first request gets a long, paced answer; the next ones a quick one."""
+    return [streaming(LONG, delay=0.01), streaming()]
+
+
+def check_aborted(up: ScriptedUpstream, t0: float, case: str, *,
+                  within: float = 0.5) -> float:
+    """The first upstream connection was closed by the gateway soon after ``t0``, before the
+    upstream could send its whole answer."""
+    record = up.wait_closed(0, timeout=3)
+    took = record.peer_closed_at - t0  # type: ignore[operator]
+    ABORT_TIMES[case] = took
+    print(f"\n{case}: the upstream saw its connection closed ({record.peer_close}) "
+          f"{took * 1000:.1f} ms after the client's FIN or cancel")
+    assert 0 <= took < within, took
+    assert len(record.requests) == 1
+    return took
+
+
+def check_not_reused(up: ScriptedUpstream, gw: Served) -> None:
+    """The next request opens a new upstream connection and completes."""
+    assert check_complete(sse(gw.url, body())) == "".join(TOKENS)
+    assert len(up.conns) == 2, up.conns
+    assert len(up.conns[1].requests) == 1
+
+
+def test_client_disconnect_aborts_the_upstream_request(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    up = upstream(slow_then_fast())
+    gw = gateway(up.spec())
+    with RawClient(gw.port) as client:
+        client.send(chat_request(gw.port, body()))
+        client.read_until(b"w3 ")
+        t0 = time.monotonic()
+        client.sock.shutdown(socket.SHUT_WR)  # the client's FIN
+        check_aborted(up, t0, "SSE client disconnect")
+    check_not_reused(up, gw)
+
+
+def test_client_disconnect_with_a_resume_grace_aborts_at_its_end(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    up = upstream(slow_then_fast())
+    gw = gateway(up.spec(), limits=LIMITS.replace(resume_grace_s=0.6))
+    with RawClient(gw.port) as client:
+        client.send(chat_request(gw.port, body()))
+        client.read_until(b"w3 ")
+        t0 = time.monotonic()
+        client.close()
+        time.sleep(0.3)
+        assert up.conns[0].peer_closed_at is None, "aborted before the grace ended"
+        took = check_aborted(up, t0, "SSE client gone, resume_grace_s 0.6", within=1.2)
+        assert took >= 0.6
+    check_not_reused(up, gw)
+
+
+def test_cancel_endpoint_aborts_the_upstream_request(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    up = upstream(slow_then_fast())
+    # Even with a resume grace, an explicit cancel stops the model at once.
+    gw = gateway(up.spec(), limits=LIMITS.replace(resume_grace_s=5.0))
+    with RawClient(gw.port) as client:
+        client.send(chat_request(gw.port, body()))
+        head = client.read_until(b"w3 ")
+        stream_id = re.search(rb"x-stream-id: (\S+)", head).group(1).decode()  # type: ignore[union-attr]
+        with RawClient(gw.port) as other:  # any client of the stream may cancel it
+            t0 = time.monotonic()
+            other.send(b"POST /v1/streams/%s/cancel HTTP/1.1\r\nhost: x\r\n"
+                       b"content-length: 0\r\n\r\n" % stream_id.encode())
+            check_aborted(up, t0, "POST /v1/streams/{id}/cancel")
+            (response,) = parse_responses(other.read_until(b"}"))
+        assert response.status == 200
+        assert response.json() == {"id": stream_id, "object": "stream.cancel",
+                                   "status": "cancelled"}
+        raw = client.read_until(b"\r\n0\r\n\r\n")
+    datas = sse_datas(raw)
+    assert b"[DONE]" not in datas
+    assert orjson.loads(datas[-1])["error"]["code"] == "cancelled"
+    again = httpx.post(f"{gw.url}/v1/streams/{stream_id}/cancel", timeout=5)
+    assert again.json()["status"] == "already_ended"
+    check_not_reused(up, gw)
+
+
+@pytest.mark.parametrize("how", ["cancel", "close"])
+def test_websocket_cancel_and_close_abort_the_upstream_request(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream],
+        how: str) -> None:
+    up = upstream(slow_then_fast())
+    gw = gateway(up.spec())
+    with ws_connect(f"ws://127.0.0.1:{gw.port}/v1/ws", open_timeout=5) as ws:
+        ws.send(orjson.dumps({"type": "request", "id": "r1", "body": body()}).decode())
+        seen = ""
+        while "w3 " not in seen:
+            message = orjson.loads(ws.recv(timeout=3))
+            assert message["type"] == "chunk", message
+            seen += message["chunk"]["choices"][0]["delta"].get("content") or ""
+        t0 = time.monotonic()
+        if how == "cancel":
+            ws.send('{"type": "cancel", "id": "r1"}')
+            check_aborted(up, t0, "WebSocket cancel")
+            messages = ws_until_end(ws, "r1")
+            assert messages[-1] == {"type": "cancelled", "id": "r1"}
+            assert not [m for m in messages if m["type"] in ("done", "error")]
+            # The socket goes on: the next request on it opens a new upstream connection.
+            ws.send(orjson.dumps({"type": "request", "id": "r2", "body": body()}).decode())
+            messages = ws_until_end(ws, "r2")
+            assert ws_text(messages) == "".join(TOKENS)
+            assert len(up.conns) == 2 and len(up.conns[1].requests) == 1
+            return
+        ws.socket.shutdown(socket.SHUT_WR)  # the client's FIN, without a close handshake
+        check_aborted(up, t0, "WebSocket client disconnect")
+    check_not_reused(up, gw)
