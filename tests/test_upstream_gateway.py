@@ -8,6 +8,7 @@ in-process (``serve``) with small limits; clients are the ``openai`` SDK, httpx-
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import time
@@ -569,3 +570,171 @@ def test_websocket_cancel_and_close_abort_the_upstream_request(
         ws.socket.shutdown(socket.SHUT_WR)  # the client's FIN, without a close handshake
         check_aborted(up, t0, "WebSocket client disconnect")
     check_not_reused(up, gw)
+
+
+# ============================================================ 4. failures: honest endings
+
+
+def tokens_then(then: Callable[[Exchange], Any], n: int = 3,
+                **head: Any) -> Callable[[Exchange], Any]:
+    """A 200 stream of ``n`` tokens (role first), then ``then(ex)``."""
+    async def script(ex: Exchange) -> None:
+        await ex.head(**head)
+        for c in list(chat_chunks(TOKENS[:n], finish=None)):
+            await ex.event(c)
+        await asyncio.sleep(0.05)  # the tokens go out first
+        await then(ex)
+    return script
+
+
+def answer(status: int, error: dict[str, Any] | None, headers: tuple[tuple[str, str], ...]
+           = ()) -> Callable[[Exchange], Any]:
+    async def script(ex: Exchange) -> None:
+        await ex.json({"error": error} if error is not None else {"detail": "no"}, status,
+                      headers)
+    return script
+
+
+async def stall(ex: Exchange) -> None:
+    await ex.stall()
+
+
+async def head_then_stall(ex: Exchange) -> None:
+    await ex.head()
+    await ex.stall()
+
+
+async def die_mid_event(ex: Exchange) -> None:
+    await ex.body(b'data: {"id":"x","object":"chat.comp')
+    ex.close()
+
+
+async def reset_mid_event(ex: Exchange) -> None:
+    await ex.body(b'data: {"id":"x","object":"chat.comp')
+    await asyncio.sleep(0.05)
+    await ex.reset()
+
+
+async def not_json(ex: Exchange) -> None:
+    await ex.event(b"hello, world")
+    await ex.stall()
+
+
+async def oversize_event(ex: Exchange) -> None:
+    await ex.body(b"data: " + b"x" * 10_000)
+    await ex.stall()
+
+
+async def error_in_stream(ex: Exchange) -> None:
+    await ex.event({"error": {"message": "the GPU is on fire", "type": "server_error",
+                              "code": "gpu_fire"}})
+    await ex.stall()
+
+
+async def end_without_finish(ex: Exchange) -> None:
+    await ex.end()
+
+
+async def close_without_finish(ex: Exchange) -> None:
+    ex.close()
+
+
+async def bad_chunk_framing(ex: Exchange) -> None:
+    await ex.write(b"zz\r\n")
+    await ex.stall()
+
+
+@dataclass
+class Failure:
+    script: Callable[[Exchange], Any]
+    #: The error's code, on both transports.
+    code: str
+    #: What an SSE client gets: 200 and an error event, or a real status (head held).
+    status: int = 200
+    #: Tokens relayed before the error event.
+    tokens: int = 3
+    limits: dict[str, float] = field(default_factory=dict)
+    message: str | None = None
+    read_body: bool = True
+    big_body: bool = False
+    #: The upstream's answer was complete (a refusal with a body): its connection is kept.
+    kept: bool = False
+    #: The upstream's Retry-After, passed through with its status.
+    retry_after: str | None = None
+
+
+FAILURES = {
+    "stall_before_head_while_held": Failure(
+        stall, "upstream_timeout", 504, 0, {"upstream_head_timeout_s": 0.2},
+        message="response head"),
+    "stall_before_head_hold_0": Failure(
+        stall, "upstream_timeout", 200, 0,
+        {"upstream_head_timeout_s": 0.2, "upstream_head_hold_s": 0}, message="response head"),
+    "stall_before_head_after_the_hold": Failure(
+        stall, "upstream_timeout", 200, 0,
+        {"upstream_head_timeout_s": 0.5, "upstream_head_hold_s": 0.1}),
+    "stall_before_first_token_while_held": Failure(
+        head_then_stall, "upstream_timeout", 504, 0, {"upstream_first_token_timeout_s": 0.2},
+        message="no token"),
+    "stall_mid_stream": Failure(
+        tokens_then(stall), "upstream_timeout", message="sent nothing for"),
+    "die_mid_event": Failure(tokens_then(die_mid_event), "upstream_error",
+                             message="closed|malformed"),
+    "reset_mid_event": Failure(tokens_then(reset_mid_event), "upstream_error"),
+    "bad_chunk_framing": Failure(tokens_then(bad_chunk_framing), "upstream_error"),
+    "not_json_chunk": Failure(tokens_then(not_json), "upstream_error",
+                              message="malformed chunk"),
+    "oversize_event": Failure(tokens_then(oversize_event), "upstream_error",
+                              limits={"upstream_max_event_bytes": 4096},
+                              message="malformed event stream"),
+    "error_in_200_stream": Failure(tokens_then(error_in_stream), "upstream_error",
+                                   message="the GPU is on fire"),
+    "end_without_finish_or_done": Failure(tokens_then(end_without_finish), "upstream_error",
+                                          message="without finishing"),
+    "close_without_finish_or_done": Failure(
+        tokens_then(close_without_finish, close_delimited=True), "upstream_error",
+        message="without finishing"),
+    "never_reads_the_request_body": Failure(
+        stall, "upstream_timeout", 504, 0, {"upstream_head_timeout_s": 0.2},
+        read_body=False, big_body=True),
+    "429": Failure(answer(429, {"message": "slow down", "type": "rate_limit_error",
+                                "code": "rate_limit_exceeded"}, (("retry-after", "7"),)),
+                   "rate_limit_exceeded", 429, 0, message="^slow down$", kept=True,
+                   retry_after="7"),
+    "500": Failure(answer(500, {"message": "oops", "type": "server_error", "code": None}),
+                   "upstream_500", 502, 0, message="oops", kept=True),
+    "503_not_json": Failure(answer(503, None, (("retry-after", "3"),)), "upstream_503", 502,
+                            0, message="503", kept=True, retry_after="3"),
+}
+
+
+@pytest.mark.parametrize("case", FAILURES.values(), ids=FAILURES.keys())
+def test_failures_are_honest_on_both_transports(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream],
+        case: Failure) -> None:
+    up = upstream(case.script, read_body=case.read_body)
+    gw = gateway(up.spec(), limits=LIMITS.replace(**case.limits))
+    payload = body()
+    if case.big_body:  # more than the socket buffers take: the gateway's send waits
+        payload["messages"] = [{"role": "user", "content": "x" * 3_000_000}]
+    # SSE
+    got = sse(gw.url, payload)
+    if case.status != 200:
+        assert got.status == case.status, (got.status, got.body)
+        assert got.headers["content-type"] == "application/json"
+        assert got.headers.get("retry-after") == case.retry_after
+        error = assert_openai_error(got.body)
+    else:
+        error = check_failed(got, tokens=case.tokens)
+    assert error["code"] == case.code, error
+    if case.message is not None:
+        assert re.search(case.message, error["message"]), error
+    # WebSocket: the same error, named the same way, and no done.
+    messages = ws_request(gw.url, payload)
+    ws_error = ws_failed(messages, case.code)
+    assert ws_text(messages) == "".join(TOKENS[:case.tokens])
+    assert ws_error["message"] == error["message"] or case.code == "upstream_error"
+    if case.kept:
+        assert len(up.conns) == 1 and len(up.conns[0].requests) == 2
+    else:
+        assert len(up.conns) == 2, "a failed exchange's connection is not reused"
