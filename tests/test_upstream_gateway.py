@@ -697,6 +697,8 @@ FAILURES = {
     "never_reads_the_request_body": Failure(
         stall, "upstream_timeout", 504, 0, {"upstream_head_timeout_s": 0.2},
         read_body=False, big_body=True),
+    "200_not_an_event_stream": Failure(answer(200, {"message": "?"}),
+                                       "upstream_protocol_error", 502, 0, kept=True),
     "429": Failure(answer(429, {"message": "slow down", "type": "rate_limit_error",
                                 "code": "rate_limit_exceeded"}, (("retry-after", "7"),)),
                    "rate_limit_exceeded", 429, 0, message="^slow down$", kept=True,
@@ -738,3 +740,46 @@ def test_failures_are_honest_on_both_transports(
         assert len(up.conns) == 1 and len(up.conns[0].requests) == 2
     else:
         assert len(up.conns) == 2, "a failed exchange's connection is not reused"
+
+
+async def redirect(ex: Exchange) -> None:
+    await ex.head(302, [("location", "http://elsewhere/")], content_type=None, length=0)
+    ex.complete = True
+
+
+async def not_json_body(ex: Exchange) -> None:
+    await ex.head(200, content_type="application/json", length=5)
+    await ex.write(b"hello")
+    ex.complete = True
+
+
+async def die_mid_body(ex: Exchange) -> None:
+    await ex.head(200, content_type="application/json", length=500)
+    await ex.write(b'{"id": "x", "choi')
+    ex.close()
+
+
+NOT_STREAMED = {
+    "429": (FAILURES["429"].script, 429, "rate_limit_exceeded"),
+    "500": (FAILURES["500"].script, 502, "upstream_500"),
+    "redirect": (redirect, 502, "upstream_protocol_error"),
+    "200_not_json": (not_json_body, 502, "upstream_protocol_error"),
+    "die_mid_body": (die_mid_body, 502, "upstream_protocol_error"),
+    "stall": (stall, 504, "upstream_timeout"),
+}
+
+
+@pytest.mark.parametrize(("script", "status", "code"), NOT_STREAMED.values(),
+                         ids=NOT_STREAMED.keys())
+def test_failures_of_a_non_streamed_request(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream],
+        script: Any, status: int, code: str) -> None:
+    gw = gateway(upstream(script).spec(),
+                 limits=LIMITS.replace(upstream_head_timeout_s=0.2,
+                                       upstream_first_token_timeout_s=0.2))
+    response = httpx.post(f"{gw.url}/v1/chat/completions", timeout=5,
+                          json={"model": "m", "messages": MESSAGES})
+    assert response.status_code == status, response.text
+    assert assert_openai_error(response.content)["code"] == code
+    if status == 429:
+        assert response.headers["retry-after"] == "7"

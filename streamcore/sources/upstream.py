@@ -141,7 +141,14 @@ def refusal(status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]],
             where: str) -> RequestError:
     """An upstream's non-200 answer as the error a client gets: its own 4xx, with its
     error's message, type and code (an OpenAI-compatible server gives them); a 5xx is a
-    502 that says so."""
+    502 that says so; anything else (a 200 that is not an event stream to a streamed
+    request, a redirect) is not a status to pass on: a 502 that says what came."""
+    if status < 400:
+        content_type = next((v for k, v in headers if k == b"content-type"), b"none")
+        return RequestError(f"{where} answered {status} with content-type "
+                            f"{content_type.decode('latin-1')!r}, not what was asked",
+                            status=502, type="upstream_error",
+                            code="upstream_protocol_error")
     message = f"the upstream answered {status}"
     type_, code, param = "upstream_error", None, None
     try:
