@@ -25,6 +25,7 @@ from conftest import (
     RawClient,
     Served,
     assert_openai_error,
+    free_port,
     parse_responses,
     wait_for,
 )
@@ -94,8 +95,12 @@ def synthetic(serve: Callable[..., Served]) -> Served:
 
 
 def streaming(ex_tokens: list[str] = TOKENS, delay: float = 0.0, **kw: Any) -> Any:
+    """An upstream that answers well: streamed when asked, else a whole completion."""
     async def script(ex: Exchange) -> None:
-        await ex.chat_stream(ex_tokens, delay=delay, **kw)
+        if ex.streamed:
+            await ex.chat_stream(ex_tokens, delay=delay, **kw)
+        else:
+            await ex.chat_answer(ex_tokens)
     return script
 
 
@@ -783,3 +788,75 @@ def test_failures_of_a_non_streamed_request(
     assert assert_openai_error(response.content)["code"] == code
     if status == 429:
         assert response.headers["retry-after"] == "7"
+
+
+def test_after_the_hold_comments_keep_the_stream_alive_until_the_error(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    gw = gateway(upstream(stall).spec(), limits=LIMITS.replace(
+        upstream_head_hold_s=0.1, upstream_head_timeout_s=0.6, heartbeat_interval_s=0.1))
+    with RawClient(gw.port) as client:
+        client.send(chat_request(gw.port, body()))
+        head = client.read_until(b"\r\n\r\n", timeout=0.5)  # committed after the hold
+        assert head.startswith(b"HTTP/1.1 200 ")
+        raw = client.read_until(b"\r\n0\r\n\r\n", timeout=3)
+    (response,) = parse_responses(raw)
+    comments = [line for line in response.body.split(b"\n") if line.startswith(b":")]
+    assert len(comments) >= 3, "heartbeat comments while waiting"
+    datas = sse_datas(raw)
+    assert len(datas) == 1 and b"upstream_timeout" in datas[0]
+
+
+# ============================================================ 5. fallback before the first byte
+
+
+def test_fallback_to_the_next_upstream_before_the_first_byte(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    busy = upstream(answer(503, {"message": "busy", "type": "server_error", "code": None}))
+    good = upstream(streaming())
+    nobody = free_port()  # nothing listens: the connection is refused
+    gw = gateway(f"http://127.0.0.1:{nobody}/v1 models=m", busy.spec(), good.spec())
+    assert check_complete(sse(gw.url, body())) == "".join(TOKENS)
+    assert ws_text(ws_request(gw.url, body())) == "".join(TOKENS)
+    completion = httpx.post(f"{gw.url}/v1/chat/completions", timeout=5,
+                            json={"model": "m", "messages": MESSAGES})
+    assert completion.status_code == 200
+    assert completion.json()["choices"][0]["message"]["content"] == "".join(TOKENS)
+    assert len(busy.conns[0].requests) == 3 and len(good.conns) >= 1
+
+
+def test_a_client_error_is_not_retried_elsewhere(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    bad = upstream(answer(400, {"message": "context too long", "type": "invalid_request_error",
+                                "code": "context_length_exceeded"}))
+    good = upstream(streaming())
+    gw = gateway(bad.spec(), good.spec())
+    got = sse(gw.url, body())
+    assert got.status == 400
+    assert assert_openai_error(got.body)["code"] == "context_length_exceeded"
+    assert not good.conns
+
+
+def test_no_fallback_once_a_token_went_out(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    dies = upstream(tokens_then(die_mid_event))
+    good = upstream(streaming())
+    gw = gateway(dies.spec(), good.spec())
+    check_failed(sse(gw.url, body()), "upstream_error", tokens=3)
+    ws_failed(ws_request(gw.url, body()), "upstream_error")
+    assert not good.conns, "a stream that started must not be restarted elsewhere"
+
+
+def test_every_upstream_refusing_gives_the_last_refusal(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    first = upstream(answer(503, {"message": "busy", "type": "server_error", "code": None}))
+    second = upstream(answer(429, {"message": "slow down", "type": "rate_limit_error",
+                                   "code": "rate_limit_exceeded"}, (("retry-after", "2"),)))
+    gw = gateway(first.spec(), second.spec())
+    got = sse(gw.url, body())
+    assert got.status == 429 and got.headers["retry-after"] == "2"
+    nobody = free_port()
+    gw = gateway(f"http://127.0.0.1:{nobody}/v1 models=m")
+    got = sse(gw.url, body())
+    assert got.status == 502
+    assert assert_openai_error(got.body)["code"] == "upstream_unreachable"
+    ws_failed(ws_request(gw.url, body()), "upstream_unreachable")

@@ -177,6 +177,23 @@ class Exchange:
         else:
             await self.end()
 
+    async def chat_answer(self, tokens: Iterable[str], *, model: str = "m",
+                          finish: str = "stop") -> None:
+        """A whole non-streamed chat completion."""
+        tokens = list(tokens)
+        text = "".join(tokens)
+        await self.json({
+            "id": "chatcmpl-upstream", "object": "chat.completion", "created": 1,
+            "model": model, "choices": [{"index": 0, "finish_reason": finish,
+                                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": len(tokens),
+                      "total_tokens": 5 + len(tokens)}})
+
+    @property
+    def streamed(self) -> bool:
+        return bool(self.request is not None and self.request.body
+                    and self.request.json().get("stream"))
+
     @property
     def include_usage(self) -> bool:
         if self.request is None or not self.request.body:
