@@ -9,6 +9,7 @@ in-process (``serve``) with small limits; clients are the ``openai`` SDK, httpx-
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 import time
@@ -860,3 +861,99 @@ def test_every_upstream_refusing_gives_the_last_refusal(
     assert got.status == 502
     assert assert_openai_error(got.body)["code"] == "upstream_unreachable"
     ws_failed(ws_request(gw.url, body()), "upstream_unreachable")
+
+
+# ============================================================ 6. usage on every exit
+
+UPSTREAM_USAGE = {"prompt_tokens": 11, "completion_tokens": 20, "total_tokens": 31}
+LOG_LINE = re.compile(r"stream (\S+): (\w+).* via \S+, model (\S+), (\d+) chunks, "
+                      r"usage (\{.*\}) \((upstream|counted)\)")
+
+
+def stream_logs(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, dict[str, int], str]]:
+    """(stream id, outcome, usage, source) of each stream's log line."""
+    import ast
+
+    lines = []
+    for record in caplog.records:
+        match = LOG_LINE.match(record.getMessage())
+        if match:
+            lines.append((match[1], match[2], ast.literal_eval(match[5]), match[6]))
+    return lines
+
+
+def test_usage_on_completion(gateway: Callable[..., Served],
+                             upstream: Callable[..., ScriptedUpstream],
+                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="streamcore")
+    gw = gateway(upstream(streaming(usage=UPSTREAM_USAGE)).spec())
+    got = sse(gw.url, body(stream_options={"include_usage": True}))
+    check_complete(got)
+    assert got.chunks[-1]["choices"] == [] and got.chunks[-1]["usage"] == {
+        **UPSTREAM_USAGE, "source": "upstream"}
+    assert all(c["usage"] is None for c in got.chunks[:-1])
+    # Not asked: no usage chunk, but the log line has it.
+    got = sse(gw.url, body())
+    check_complete(got)
+    assert all("usage" not in c for c in got.chunks)
+    stream_id = got.headers["x-stream-id"]
+    wait_for(lambda: any(line[0] == stream_id for line in stream_logs(caplog)))
+    assert (stream_id, "completed", UPSTREAM_USAGE, "upstream") in stream_logs(caplog)
+    # WebSocket: the done message carries it.
+    done = ws_request(gw.url, body())[-1]
+    assert done["type"] == "done" and done["usage"] == {**UPSTREAM_USAGE, "source": "upstream"}
+
+
+def test_usage_on_upstream_failure_mid_stream(gateway: Callable[..., Served],
+                                              upstream: Callable[..., ScriptedUpstream],
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="streamcore")
+    gw = gateway(upstream(tokens_then(die_mid_event, n=4)).spec())
+    counted = {"prompt_tokens": 0, "completion_tokens": 4, "total_tokens": 4}
+    got = sse(gw.url, body(stream_options={"include_usage": True}))
+    check_failed(got, "upstream_error", tokens=4)
+    usage_chunk = got.chunks[-2]
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"] == {**counted,
+                                                                     "source": "counted"}
+    stream_id = got.headers["x-stream-id"]
+    wait_for(lambda: any(line[0] == stream_id for line in stream_logs(caplog)))
+    assert (stream_id, "failed", counted, "counted") in stream_logs(caplog)
+    # Not asked: no usage chunk before the error.
+    got = sse(gw.url, body())
+    check_failed(got, "upstream_error", tokens=4)
+    assert all("usage" not in c for c in got.chunks[:-1])
+    # WebSocket, asked: the usage chunk, then the error.
+    messages = ws_request(gw.url, body(stream_options={"include_usage": True}))
+    ws_failed(messages, "upstream_error")
+    assert messages[-2]["chunk"]["usage"] == {**counted, "source": "counted"}
+
+
+@pytest.mark.parametrize("how", ["disconnect", "cancel_endpoint", "ws_cancel"])
+def test_usage_on_client_cancel_is_in_the_log_line(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream],
+        caplog: pytest.LogCaptureFixture, how: str) -> None:
+    caplog.set_level(logging.INFO, logger="streamcore")
+    up = upstream(slow_then_fast())
+    gw = gateway(up.spec())
+    if how == "ws_cancel":
+        with ws_connect(f"ws://127.0.0.1:{gw.port}/v1/ws", open_timeout=5) as ws:
+            ws.send(orjson.dumps({"type": "request", "id": "r1", "body": body()}).decode())
+            for _ in range(6):  # the role and 5 tokens
+                assert orjson.loads(ws.recv(timeout=3))["type"] == "chunk"
+            ws.send('{"type": "cancel", "id": "r1"}')
+            up.wait_closed(0)
+    else:
+        with RawClient(gw.port) as client:
+            client.send(chat_request(gw.port, body()))
+            head = client.read_until(b"w4 ")
+            if how == "disconnect":
+                client.close()
+            else:
+                stream_id = re.search(rb"x-stream-id: (\S+)", head).group(1).decode()  # type: ignore[union-attr]
+                httpx.post(f"{gw.url}/v1/streams/{stream_id}/cancel", timeout=5)
+            up.wait_closed(0)
+    ((_, outcome, usage, source),) = wait_for(lambda: stream_logs(caplog))
+    assert outcome == "cancelled" and source == "counted"
+    # At least what the client saw, at most what the upstream had sent when it was cut.
+    assert 5 <= usage["completion_tokens"] <= len(LONG)
+    assert usage["total_tokens"] == usage["completion_tokens"] + usage["prompt_tokens"]
