@@ -12,6 +12,7 @@ import asyncio
 import logging
 import re
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import httpx_sse
 import openai
 import orjson
 import pytest
+from certs import TestCerts, make_certs
 from conftest import (
     RawClient,
     Served,
@@ -38,6 +40,7 @@ from streamcore.gateway import build_app
 from streamcore.limits import Limits
 from streamcore.sources.synthetic import SyntheticModel
 from streamcore.sources.upstream import Upstream
+from streamcore.tls import server_context
 
 #: Small bounds: every timeout here fires within a second.
 LIMITS = Limits(
@@ -957,3 +960,60 @@ def test_usage_on_client_cancel_is_in_the_log_line(
     # At least what the client saw, at most what the upstream had sent when it was cut.
     assert 5 <= usage["completion_tokens"] <= len(LONG)
     assert usage["total_tokens"] == usage["completion_tokens"] + usage["prompt_tokens"]
+
+
+# ============================================================ 7. TLS to an upstream
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> TestCerts:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def test_https_upstream_with_a_ca_file(gateway: Callable[..., Served],
+                                       serve: Callable[..., Served], certs: TestCerts) -> None:
+    tls_upstream = serve(build_app([SyntheticModel()]), None,
+                         server_context(certs.cert, certs.key))
+    assert tls_upstream.url.startswith("https://")
+    trusting = ssl.create_default_context(cafile=str(certs.ca))
+    with httpx.Client(verify=trusting, timeout=5) as client, httpx_sse.connect_sse(
+            client, "POST", f"{tls_upstream.url}/v1/chat/completions",
+            json=body("synthetic", max_tokens=20)) as source:
+        direct = "".join(orjson.loads(e.data)["choices"][0]["delta"].get("content") or ""
+                         for e in source.iter_sse() if e.data != DONE)
+    gw = gateway(f"{tls_upstream.url}/v1 models=synthetic ca-file={certs.ca}")
+    assert check_complete(sse(gw.url, body("synthetic", max_tokens=20)), "synthetic") == direct
+    assert ws_text(ws_request(gw.url, body("synthetic", max_tokens=20))) == direct
+    completion = sdk(gw.url).chat.completions.create(
+        model="synthetic", messages=MESSAGES, max_tokens=20)  # type: ignore[arg-type]
+    assert completion.choices[0].message.content == direct
+    # Discovery over TLS too.
+    gw = gateway(f"{tls_upstream.url}/v1 ca-file={certs.ca}")
+    assert [m.id for m in sdk(gw.url).models.list()] == ["synthetic"]
+
+
+def test_https_upstream_not_trusted_without_the_ca_file(
+        gateway: Callable[..., Served], serve: Callable[..., Served], certs: TestCerts) -> None:
+    tls_upstream = serve(build_app([SyntheticModel()]), None,
+                         server_context(certs.cert, certs.key))
+    gw = gateway(f"{tls_upstream.url}/v1 models=synthetic")
+    got = sse(gw.url, body("synthetic"))
+    assert got.status == 502
+    error = assert_openai_error(got.body)
+    assert error["code"] == "upstream_unreachable"
+    assert "CERTIFICATE_VERIFY_FAILED" in error["message"]
+
+
+def test_ca_file_option_errors(certs: TestCerts, tmp_path: Any) -> None:
+    url = "https://127.0.0.1:9/v1"
+    assert Upstream.parse(f"{url} ca-file={certs.ca}").ca_file == str(certs.ca)
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello\n")
+    for spec, message in [
+        (f"http://127.0.0.1:9/v1 ca-file={certs.ca}", "ca-file is for an https URL"),
+        (f"{url} ca-file={tmp_path / 'missing.pem'}", "cannot load CA certificates"),
+        (f"{url} ca-file={not_pem}", "cannot load CA certificates"),
+        (f"{url} ca-file=", "is not name=value"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Upstream.parse(spec)
