@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import select
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,11 +28,13 @@ import orjson
 import pytest
 from certs import TestCerts, make_certs
 from conftest import (
+    ROOT,
     RawClient,
     Served,
     assert_openai_error,
     free_port,
     parse_responses,
+    serve_cli,
     wait_for,
 )
 from upstreams import Exchange, ScriptedUpstream, chat_chunks, chunk
@@ -1017,3 +1022,66 @@ def test_ca_file_option_errors(certs: TestCerts, tmp_path: Any) -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             Upstream.parse(spec)
+
+
+# ============================================================ 8. the CLI
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streamcore", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+
+
+def banner_of(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> str:
+    """The first line ``streamcore serve`` printed (its banner is out before /healthz)."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "no banner"
+    return proc.stdout.readline().decode()
+
+
+def test_cli_gateway_in_front_of_another_streamcore() -> None:
+    with serve_cli("--token-rate", "0", "--log-level", "warning") as model_server, \
+            serve_cli("--upstream", f"{model_server.url}/v1 models=synthetic alias=fast:synthetic",
+                      "--log-level", "warning") as gw:
+        banner = banner_of(gw.proc)
+        assert f"serving the models of {model_server.url}/v1 on {gw.url}" in banner, banner
+        direct = check_complete(sse(model_server.url, body("synthetic", max_tokens=30)),
+                                "synthetic")
+        text, chunks = sdk_stream_text(sdk(gw.url), "fast", max_tokens=30,
+                                       stream_options={"include_usage": True})
+        assert text == direct and chunks[-1].usage.completion_tokens == 30
+        assert [m.id for m in sdk(gw.url).models.list()] == ["synthetic", "fast"]
+
+
+def test_cli_upstream_key_goes_upstream_only(
+        upstream: Callable[..., ScriptedUpstream]) -> None:
+    up = upstream(streaming())
+    with serve_cli("--upstream", up.spec("models=m key=sekrit-key"),
+                   "--log-level", "debug") as gw:
+        assert check_complete(sse(gw.url, body())) == "".join(TOKENS)
+        assert httpx.get(f"{gw.url}/v1/models", timeout=5).status_code == 200
+    assert up.conns[0].requests[0].headers["authorization"] == "Bearer sekrit-key"
+    out, err = gw.proc.communicate()
+    assert b"sekrit" not in out + err, "the upstream key must never be logged"
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("ftp://127.0.0.1:9/v1", "the scheme must be http or https"),
+    ("127.0.0.1:9", "the scheme must be http or https"),
+    ("http://127.0.0.1:9/v1?key=x", "no query"),
+    ("http://127.0.0.1:9/v1 bogus=1", "unknown option 'bogus'"),
+    ("http://127.0.0.1:9/v1 models", "'models' is not name=value"),
+    ("http://127.0.0.1:9/v1 alias=fast", "alias='fast' is not NAME:MODEL"),
+    ("http://127.0.0.1:9/v1 key-env=STREAMCORE_TEST_UNSET_VARIABLE",
+     r"\$STREAMCORE_TEST_UNSET_VARIABLE is not set"),
+    ("http://127.0.0.1:9/v1 key-file=/nonexistent/key", "/nonexistent/key"),
+    ("http://127.0.0.1:9/v1 ca-file=/etc/hostname", "ca-file is for an https URL"),
+    ("https://127.0.0.1:9/v1 ca-file=/nonexistent/ca.pem", "cannot load CA certificates"),
+    ("   ", "an empty --upstream"),
+])
+def test_cli_bad_upstream_specs(spec: str, message: str) -> None:
+    result = run_cli("serve", "--port", "0", "--upstream", spec)
+    assert result.returncode == 2, result
+    assert re.search(message, result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
