@@ -159,7 +159,10 @@ def sse(url: str, payload: dict[str, Any], timeout: float = 5.0) -> Got:
             got.body = response.content
             return got
         assert response.headers["content-type"].startswith("text/event-stream")
-        got.events = list(source.iter_sse())
+        deadline = time.monotonic() + 2 * timeout  # heartbeats reset httpx's read timeout
+        for event in source.iter_sse():
+            got.events.append(event)
+            assert time.monotonic() < deadline, f"the stream did not end: {got.datas[-5:]}"
     return got
 
 
@@ -207,8 +210,10 @@ def ws_request(url: str, payload: dict[str, Any], *, request_id: str = "r1",
 
 def ws_until_end(ws: ClientConnection, request_id: str,
                  timeout: float = 5.0) -> list[dict[str, Any]]:
-    messages = []
+    messages: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 2 * timeout
     while True:
+        assert time.monotonic() < deadline, f"the request did not end: {messages[-5:]}"
         message = orjson.loads(ws.recv(timeout=timeout))
         assert message["id"] == request_id, message
         messages.append(message)
@@ -584,6 +589,24 @@ def test_websocket_cancel_and_close_abort_the_upstream_request(
         ws.socket.shutdown(socket.SHUT_WR)  # the client's FIN, without a close handshake
         check_aborted(up, t0, "WebSocket client disconnect")
     check_not_reused(up, gw)
+
+
+async def answer_then_linger(ex: Exchange) -> None:
+    """A whole answer that says ``connection: close``, the socket left open a while."""
+    await ex.head(headers=[("connection", "close")], length=None)
+    for c in chat_chunks(TOKENS):
+        await ex.event(c)
+    await ex.done()
+    await asyncio.sleep(0.5)  # a server that closes late: the gateway must not send on it
+
+
+def test_an_upstreams_connection_close_is_honoured(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    up = upstream(answer_then_linger)
+    gw = gateway(up.spec())
+    assert check_complete(sse(gw.url, body())) == "".join(TOKENS)
+    assert check_complete(sse(gw.url, body())) == "".join(TOKENS)
+    assert len(up.conns) == 2 and [len(c.requests) for c in up.conns] == [1, 1]
 
 
 # ============================================================ 4. failures: honest endings
