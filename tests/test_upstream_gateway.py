@@ -416,9 +416,11 @@ def kernel_send_buffer_max() -> int:
 BIG_TOKEN = "x" * 2000
 
 
+@pytest.mark.parametrize("log_kib", [256, 32])
 def test_a_client_that_stops_reading_stalls_the_upstreams_writes(
-        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
-    gw_limits = LIMITS
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream],
+        log_kib: int) -> None:
+    gw_limits = LIMITS.replace(stream_log_bytes=log_kib * 1024)
     # What the gateway may hold for one stream: its log, the output's high-water mark and
     # one flush; plus the kernel's buffers on both sides: the gateway's send buffer to the
     # client (autotuned up to tcp_wmem's maximum), the upstream's send buffer (32 KiB,
