@@ -56,16 +56,17 @@ FAST_LIMITS = streamcore.Limits(
 class Served:
     """A streamcore Server running on its own uvloop loop in a daemon thread."""
 
-    def __init__(self, app: streamcore.App, limits: streamcore.Limits | None) -> None:
+    def __init__(self, app: streamcore.App, limits: streamcore.Limits | None,
+                 ssl: Any = None) -> None:
         self.app = app
         self.loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="streamcore-test-loop",
                                         daemon=True)
         self._thread.start()
         self.server: streamcore.Server = self.run(
-            streamcore.start(app, "127.0.0.1", 0, limits=limits))
+            streamcore.start(app, "127.0.0.1", 0, limits=limits, ssl=ssl))
         self.port = self.server.port
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ssl is not None else 'http'}://127.0.0.1:{self.port}"
         self.limits = self.server.limits
 
     def _run(self) -> None:
@@ -96,11 +97,13 @@ class Served:
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., Served]]:
-    """``serve(app, limits=None) -> Served``; every server is closed at teardown."""
+    """``serve(app, limits=None, ssl=None) -> Served``; every server is closed at teardown.
+    With an ``ssl.SSLContext`` it serves TLS (and ``.url`` is https)."""
     started: list[Served] = []
 
-    def start(app: streamcore.App, limits: streamcore.Limits | None = None) -> Served:
-        served = Served(app, limits)
+    def start(app: streamcore.App, limits: streamcore.Limits | None = None,
+              ssl: Any = None) -> Served:
+        served = Served(app, limits, ssl)
         started.append(served)
         return served
 

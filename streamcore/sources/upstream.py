@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,11 +65,20 @@ class Upstream:
     models: tuple[str, ...] | None = None
     #: Names clients may use -> the upstream's model name.
     aliases: dict[str, str] = field(default_factory=dict)
+    #: For an https upstream: a PEM file of the CA certificates to trust instead of the
+    #: system's (a private CA, a self-signed server); None: the system's store.
+    ca_file: str | None = None
     _pools: dict[int, UpstreamPool] = field(default_factory=dict, repr=False)
+    _ssl: ssl.SSLContext | None = field(default=None, repr=False)
 
     @classmethod
     def parse(cls, spec: str, key: str | None = None) -> Upstream:
-        """``URL [key=K|key-env=VAR|key-file=PATH] [models=a,b] [alias=NAME:MODEL ...]``."""
+        """``URL [key=K|key-env=VAR|key-file=PATH] [models=a,b] [alias=NAME:MODEL ...]
+        [ca-file=PATH]``; ``ValueError`` naming what is wrong.
+
+        ``ca-file=PATH`` (https only): trust the CA certificates of this PEM file for this
+        upstream instead of the system's store; the upstream's certificate must still
+        name its host."""
         import os
 
         words = spec.split()
@@ -77,6 +87,7 @@ class Upstream:
         target = parse_target(words[0])
         models: tuple[str, ...] | None = None
         aliases: dict[str, str] = {}
+        ca_file: str | None = None
         for word in words[1:]:
             name, eq, value = word.partition("=")
             if not eq or not value:
@@ -97,15 +108,33 @@ class Upstream:
                 if not colon or not alias or not model:
                     raise ValueError(f"--upstream {words[0]}: alias={value!r} is not NAME:MODEL")
                 aliases[alias] = model
+            elif name == "ca-file":
+                if not target.tls:
+                    raise ValueError(f"--upstream {words[0]}: ca-file is for an https URL")
+                ca_file = value
             else:
                 raise ValueError(f"--upstream {words[0]}: unknown option {name!r} "
-                                 "(key, key-env, key-file, models, alias)")
-        return cls(target, key, models, aliases)
+                                 "(key, key-env, key-file, models, alias, ca-file)")
+        upstream = cls(target, key, models, aliases, ca_file)
+        if ca_file is not None:
+            try:
+                upstream.ssl_context()
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"--upstream {words[0]}: ca-file={ca_file!r}: cannot load "
+                                 f"CA certificates from it ({exc})") from None
+        return upstream
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS client context for an https upstream (made once), None for http."""
+        if self._ssl is None and self.target.tls:
+            self._ssl = ssl.create_default_context(cafile=self.ca_file)
+        return self._ssl
 
     def pool(self, loop: asyncio.AbstractEventLoop, limits: Limits) -> UpstreamPool:
         pool = self._pools.get(id(loop))
         if pool is None or pool.loop is not loop:
-            pool = self._pools[id(loop)] = UpstreamPool(loop, self.target, limits)
+            pool = self._pools[id(loop)] = UpstreamPool(loop, self.target, limits,
+                                                        self.ssl_context())
         return pool
 
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -141,7 +170,14 @@ def refusal(status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]],
             where: str) -> RequestError:
     """An upstream's non-200 answer as the error a client gets: its own 4xx, with its
     error's message, type and code (an OpenAI-compatible server gives them); a 5xx is a
-    502 that says so."""
+    502 that says so; anything else (a 200 that is not an event stream to a streamed
+    request, a redirect) is not a status to pass on: a 502 that says what came."""
+    if status < 400:
+        content_type = next((v for k, v in headers if k == b"content-type"), b"none")
+        return RequestError(f"{where} answered {status} with content-type "
+                            f"{content_type.decode('latin-1')!r}, not what was asked",
+                            status=502, type="upstream_error",
+                            code="upstream_protocol_error")
     message = f"the upstream answered {status}"
     type_, code, param = "upstream_error", None, None
     try:

@@ -1,0 +1,297 @@
+"""The upstream client's sans-I/O core (``streamcore/proto/upstream.py``): the request bytes,
+the response events however the bytes are cut, the three body framings, the head bound,
+malformed responses, connection reuse; the upstream URL; the reading of a chunk."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+import pytest
+
+from streamcore.proto.upstream import (
+    BadChunk,
+    Body,
+    End,
+    Event,
+    Head,
+    Target,
+    UpstreamError,
+    UpstreamSession,
+    parse_target,
+    read_chunk,
+)
+
+TARGET = parse_target("http://127.0.0.1:8001/v1")
+
+
+def session(**kw: Any) -> UpstreamSession:
+    s = UpstreamSession(TARGET, **kw)
+    s.request("POST", "/v1/chat/completions", [(b"content-type", b"application/json")],
+              b"{}")
+    return s
+
+
+def merged(events: list[Event]) -> list[Event]:
+    """Adjacent Body events joined: how the body is cut is not part of the contract."""
+    out: list[Event] = []
+    for event in events:
+        if isinstance(event, Body) and out and isinstance(out[-1], Body):
+            out[-1] = Body(out[-1].data + event.data)
+        elif not (isinstance(event, Body) and not event.data):
+            out.append(event)
+    return out
+
+
+def feed(s: UpstreamSession, pieces: list[bytes], eof: bool = False) -> list[Event]:
+    events: list[Event] = []
+    for piece in pieces:
+        events += s.receive(piece)
+    if eof:
+        events += s.receive(b"")
+    return merged(events)
+
+
+def cuts(data: bytes, how: str, rng: random.Random) -> list[bytes]:
+    if how == "whole":
+        return [data]
+    if how == "bytes":
+        return [data[i:i + 1] for i in range(len(data))]
+    points = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, 12)))
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+# ------------------------------------------------------------------------------ requests
+
+
+def test_request_bytes() -> None:
+    s = UpstreamSession(TARGET)
+    out = s.request("POST", "/v1/chat/completions",
+                    [(b"content-type", b"application/json"),
+                     (b"authorization", b"Bearer k")], b'{"model":"m"}')
+    assert out == (b"POST /v1/chat/completions HTTP/1.1\r\n"
+                   b"host: 127.0.0.1:8001\r\n"
+                   b"content-length: 13\r\n"
+                   b"content-type: application/json\r\n"
+                   b"authorization: Bearer k\r\n"
+                   b"\r\n"
+                   b'{"model":"m"}')
+
+
+def test_request_without_body_and_default_ports() -> None:
+    assert UpstreamSession(parse_target("http://example.com/v1")).request(
+        "GET", "/v1/models", []) == (b"GET /v1/models HTTP/1.1\r\nhost: example.com\r\n"
+                                     b"content-length: 0\r\n\r\n")
+    assert parse_target("https://example.com/v1").authority == b"example.com"
+    assert parse_target("https://example.com:8443/v1").authority == b"example.com:8443"
+    assert parse_target("http://example.com:443/v1").authority == b"example.com:443"
+    assert parse_target("http://[::1]:9000/v1").authority == b"[::1]:9000"
+
+
+# ------------------------------------------------------------------------------ responses
+
+SSE_BODY = b'data: {"a":1}\n\ndata: [DONE]\n\n'
+CHUNKED = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+           b"transfer-encoding: chunked\r\n\r\n"
+           b"e\r\n" + SSE_BODY[:14] + b"\r\n"
+           b"%x\r\n" % (len(SSE_BODY) - 14) + SSE_BODY[14:] + b"\r\n"
+           b"0\r\n\r\n")
+LENGTH = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+          b"content-length: %d\r\n\r\n" % len(SSE_BODY) + SSE_BODY)
+CLOSE = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+         + SSE_BODY)
+HEADERS = [(b"content-type", b"text/event-stream")]
+
+
+@pytest.mark.parametrize("how", ["whole", "bytes", "random"])
+@pytest.mark.parametrize(("data", "framing"),
+                         [(CHUNKED, b"transfer-encoding"), (LENGTH, b"content-length"),
+                          (CLOSE, b"connection")], ids=["chunked", "length", "close"])
+def test_response_events_however_cut(data: bytes, framing: bytes, how: str) -> None:
+    rng = random.Random(f"{framing!r}{how}")
+    for _ in range(5 if how == "random" else 1):
+        s = session()
+        events = feed(s, cuts(data, how, rng), eof=framing == b"connection")
+        assert len(events) == 3, events
+        head, body, end = events
+        assert isinstance(head, Head) and head.status == 200
+        assert head.header(b"content-type") == b"text/event-stream"
+        assert head.header(framing) is not None
+        assert head.header(b"x-nope") is None
+        assert body == Body(SSE_BODY)
+        assert end == End()
+        # Keep-alive only when the body's end was framed (not by the close).
+        assert s.reusable is (framing != b"connection")
+
+
+def test_nothing_before_the_end_of_the_head() -> None:
+    s = session()
+    assert s.receive(CHUNKED[:40]) == []
+    assert not s.reusable
+
+
+def test_informational_response_is_skipped() -> None:
+    s = session()
+    events = feed(s, [b"HTTP/1.1 100 Continue\r\n\r\n" + LENGTH])
+    assert [type(e) for e in events] == [Head, Body, End]
+    assert events[0].status == 200  # type: ignore[union-attr]
+
+
+def test_reusable_and_next_cycle() -> None:
+    s = session()
+    assert not s.reusable  # request sent, nothing back
+    events = feed(s, [LENGTH[:-3]])
+    assert End() not in events and not s.reusable
+    feed(s, [LENGTH[-3:]])
+    assert s.reusable
+    s.next_cycle()
+    s.request("GET", "/v1/models", [])
+    assert feed(s, [b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}"]) == [
+        Head(404, [(b"content-length", b"2")]), Body(b"{}"), End()]
+    assert s.reusable
+
+
+def test_connection_close_header_is_not_reusable() -> None:
+    s = session()
+    feed(s, [b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}"])
+    assert not s.reusable
+
+
+def test_a_head_over_the_bound_is_refused() -> None:
+    s = session(max_head_bytes=1024)
+    with pytest.raises(UpstreamError, match="malformed") as caught:
+        feed(s, [b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 2000])
+    assert caught.value.status == 502 and caught.value.code == "upstream_protocol_error"
+    # Within the bound it is fine.
+    s = session(max_head_bytes=1024)
+    assert feed(s, [b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 500 + b"\r\ncontent-length: 0"
+                    b"\r\n\r\n"])[0] == Head(200, [(b"x-big", b"a" * 500),
+                                                   (b"content-length", b"0")])
+
+
+MALFORMED = {
+    "not_http": [b"SSH-2.0-OpenSSH_9.6\r\n\r\n"],
+    "bad_status": [b"HTTP/1.1 2x0 OK\r\n\r\n"],
+    "bad_header": [b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n"],
+    "bad_chunk_size": [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"],
+    "two_lengths": [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n"],
+    "eof_in_head": [b"HTTP/1.1 200 OK\r\ncontent-type: te", b""],
+    "eof_in_length_body": [b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", b""],
+    "eof_in_chunked_body": [CHUNKED[:-10], b""],
+    "eof_before_anything": [b""],
+}
+
+
+@pytest.mark.parametrize("pieces", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_responses_are_upstream_errors(pieces: list[bytes]) -> None:
+    s = session()
+    with pytest.raises(UpstreamError) as caught:
+        feed(s, pieces)
+    assert caught.value.status == 502
+    assert not s.reusable
+
+
+# ------------------------------------------------------------------------------ the URL
+
+
+@pytest.mark.parametrize(("url", "target"), [
+    ("http://127.0.0.1:8001/v1", Target("http", "127.0.0.1", 8001, "/v1")),
+    ("http://127.0.0.1:8001", Target("http", "127.0.0.1", 8001, "/v1")),
+    ("http://127.0.0.1:8001/", Target("http", "127.0.0.1", 8001, "/v1")),
+    ("https://api.example.com/v1/", Target("https", "api.example.com", 443, "/v1")),
+    ("http://gpu-box/openai/v1", Target("http", "gpu-box", 80, "/openai/v1")),
+    ("http://[::1]:8000/v1", Target("http", "::1", 8000, "/v1")),
+])
+def test_parse_target(url: str, target: Target) -> None:
+    assert parse_target(url) == target
+    assert parse_target(target.url()) == target
+    assert target.tls is (target.scheme == "https")
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("ftp://h/v1", "scheme"),
+    ("127.0.0.1:8000/v1", "scheme"),
+    ("http:///v1", "no host"),
+    ("http://h/v1?key=1", "no query"),
+    ("http://h/v1#x", "no query"),
+    ("http://user:pw@h/v1", "credentials"),
+    ("http://h:99999/v1", "(?i)port"),
+    ("http://h:abc/v1", "(?i)port"),
+])
+def test_parse_target_refuses(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_target(url)
+
+
+# ------------------------------------------------------------------------------ chunks
+
+
+def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
+                                         "finish_reason": finish}]
+    return orjson.dumps({"id": "x", "object": "chat.completion.chunk", "created": 1,
+                         "model": "m", "choices": choices, **extra}).decode()
+
+
+def test_read_chunk_text() -> None:
+    c = read_chunk(chunk({"content": "Hello"}))
+    assert (c.content, c.other, c.finish_reason, c.usage, c.error) == (
+        "Hello", None, None, None, None)
+
+
+def test_read_chunk_role_only() -> None:
+    for delta in ({"role": "assistant"}, {"role": "assistant", "content": ""},
+                  {"role": "assistant", "content": None}, {}):
+        c = read_chunk(chunk(delta))
+        assert c.content is None and c.other is None, delta
+
+
+def test_read_chunk_tool_calls_reasoning_and_logprobs_are_passed_whole() -> None:
+    tool = {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                            "function": {"name": "f", "arguments": "{\"a\""}}]}
+    for data in (chunk(tool), chunk({"reasoning_content": "hmm"}),
+                 chunk({"content": "x", "refusal": None})):
+        c = read_chunk(data)
+        assert c.content is None and c.other == orjson.loads(data)
+    logprobs = orjson.loads(chunk({"content": "Hi"}))
+    logprobs["choices"][0]["logprobs"] = {"content": [{"token": "Hi", "logprob": -0.1}]}
+    c = read_chunk(orjson.dumps(logprobs).decode())
+    assert c.content is None and c.other == logprobs
+
+
+def test_read_chunk_finish_and_usage() -> None:
+    c = read_chunk(chunk({}, "length"))
+    assert c.finish_reason == "length" and c.content is None and c.other is None
+    c = read_chunk(chunk({"content": "end"}, "stop"))
+    assert (c.content, c.finish_reason) == ("end", "stop")
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    c = read_chunk(chunk(None, usage=usage))
+    assert c.usage == usage and c.content is None and c.other is None
+    assert c.finish_reason is None
+    # vLLM's continuous usage: every chunk carries it (None on all but the last elsewhere).
+    assert read_chunk(chunk({"content": "a"}, usage=usage)).usage == usage
+    assert read_chunk(chunk({"content": "a"}, usage=None)).usage is None
+
+
+def test_read_chunk_error_objects() -> None:
+    error = {"message": "overloaded", "type": "server_error", "code": "busy"}
+    assert read_chunk(orjson.dumps({"error": error}).decode()).error == error
+    assert read_chunk('{"error": "boom"}').error == {"message": "boom"}
+
+
+@pytest.mark.parametrize("data", [
+    "not json", "", "[1, 2]", '"text"', "{}", '{"choices": {}}',
+    chunk({"content": "a"})[:-3],
+    orjson.dumps({"choices": [{"delta": {"content": "a"}}, {"delta": {"content": "b"}}]}
+                 ).decode(),
+    '{"choices": [1]}',
+    '{"choices": [{"index": 0}]}',
+    '{"choices": [{"index": 0, "delta": "a"}]}',
+    '{"choices": [{"index": 0, "delta": {}, "finish_reason": 3}]}',
+], ids=["text", "empty", "array", "string", "no_choices", "choices_object", "truncated",
+        "two_choices", "choice_not_object", "no_delta", "delta_not_object",
+        "finish_not_string"])
+def test_read_chunk_malformed(data: str) -> None:
+    with pytest.raises(BadChunk):
+        read_chunk(data)
