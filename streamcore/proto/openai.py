@@ -160,7 +160,7 @@ def parse_chat_object(data: Any, *, stream_implied: bool = False) -> ChatRequest
         if not isinstance(message, dict):
             raise _bad(f"'messages[{i}]' must be an object", f"messages[{i}]", "invalid_type")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # (a list is unhashable: fuzz)
             raise _bad(f"'messages[{i}].role' must be one of {sorted(ROLES)}, "
                        f"got {shown(str(role))}",
                        f"messages[{i}].role", "invalid_value")
