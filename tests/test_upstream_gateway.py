@@ -670,6 +670,11 @@ async def error_in_stream(ex: Exchange) -> None:
     await ex.stall()
 
 
+async def error_first(ex: Exchange) -> None:
+    await ex.head()
+    await error_in_stream(ex)
+
+
 async def end_without_finish(ex: Exchange) -> None:
     await ex.end()
 
@@ -728,6 +733,11 @@ FAILURES = {
                               message="malformed event stream"),
     "error_in_200_stream": Failure(tokens_then(error_in_stream), "upstream_error",
                                    message="the GPU is on fire"),
+    "error_as_the_first_event_while_held": Failure(
+        error_first, "gpu_fire", 502, 0, message="the GPU is on fire"),
+    "error_as_the_first_event_after_the_hold": Failure(
+        error_first, "gpu_fire", 200, 0, {"upstream_head_hold_s": 0},
+        message="the GPU is on fire"),
     "end_without_finish_or_done": Failure(tokens_then(end_without_finish), "upstream_error",
                                           message="without finishing"),
     "close_without_finish_or_done": Failure(
@@ -856,6 +866,16 @@ def test_fallback_to_the_next_upstream_before_the_first_byte(
     assert completion.status_code == 200
     assert completion.json()["choices"][0]["message"]["content"] == "".join(TOKENS)
     assert len(busy.conns[0].requests) == 3 and len(good.conns) >= 1
+
+
+def test_fallback_after_an_error_event_before_the_first_token(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    failing = upstream(error_first)
+    good = upstream(streaming())
+    gw = gateway(failing.spec(), good.spec())
+    assert check_complete(sse(gw.url, body())) == "".join(TOKENS)
+    assert ws_text(ws_request(gw.url, body())) == "".join(TOKENS)
+    assert len(failing.conns) == 2, "the failed exchange's connection is not reused"
 
 
 def test_a_client_error_is_not_retried_elsewhere(

@@ -363,7 +363,6 @@ class UpstreamChat:
             limits = self.limits
             self._decoder = Decoder(max_line_bytes=limits.upstream_max_event_bytes,
                                     max_event_bytes=limits.upstream_max_event_bytes)
-            self._bodies = []  # no other attempt now: the requests need not be kept
             self._arm(limits.upstream_first_token_timeout_s, "the upstream sent no token "
                       f"within upstream_first_token_timeout_s "
                       f"({limits.upstream_first_token_timeout_s} s)")
@@ -394,12 +393,15 @@ class UpstreamChat:
                 return
             if chunk.error is not None:
                 message = chunk.error.get("message")
-                self._fail(UpstreamFailed("the upstream failed mid-stream: "
-                                          + (message if isinstance(message, str)
-                                             else "an error event")))
+                text = message if isinstance(message, str) else "an error event"
+                if stream.log.next_seq == 1:
+                    self._refused_in_stream(chunk.error, text)
+                else:
+                    self._fail(UpstreamFailed(f"the upstream failed mid-stream: {text}"))
                 return
             if not self._first:
                 self._first = True
+                self._bodies = []  # no other attempt now: the requests need not be kept
                 self._arm_idle()
                 stream.push((self.template.role(),))  # the first frame: the head goes out
             if chunk.content is not None:
@@ -417,6 +419,27 @@ class UpstreamChat:
                 self._usage = chunk.usage
         if not more and self.conn is not None and not self._done:
             self.conn.pause_reading()
+
+    def _refused_in_stream(self, error: dict[str, Any], text: str) -> None:
+        """An error event before any token: nothing went out, so it is still a refusal:
+        the next upstream is tried, or the client gets a real status (502) while the head
+        is held (an error event after it), with the upstream's code."""
+        route = self.routes[self._attempt]
+        code = error.get("code")
+        exc = RequestError(f"upstream {route.upstream.target.url()}: {text}", status=502,
+                           type="upstream_error",
+                           code=code if isinstance(code, str) else "upstream_error")
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()  # mid-response: never reused
+        self._cancel_phase_timer()
+        retry = self._attempt + 1 < len(self.routes)
+        log.warning("upstream %s sent an error before any token: %s%s",
+                    route.upstream.target.url(), text, ": trying the next" if retry else "")
+        if retry:
+            self._next_attempt([exc])
+        else:
+            self._refuse(exc)
 
     def _reframe(self, obj: dict[str, Any]) -> bytes:
         """A chunk that carries more than text, under streamcore's id, model and time."""
