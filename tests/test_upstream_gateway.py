@@ -1130,3 +1130,33 @@ def test_cli_bad_upstream_specs(spec: str, message: str) -> None:
     assert result.returncode == 2, result
     assert re.search(message, result.stderr), result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ============================================================ more: keep-alive races, non-streamed
+
+
+async def close_at_once(ex: Exchange) -> None:
+    ex.close()
+
+
+def test_a_kept_alive_connection_closed_as_the_request_went_is_retried_once(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    """The upstream closes an idle kept-alive connection just as the gateway sends on it: a
+    new connection is tried once (nothing went out to the client)."""
+    up = upstream([streaming(), close_at_once, streaming()])
+    gw = gateway(up.spec())
+    assert check_complete(sse(gw.url, body())) == "".join(TOKENS)
+    assert check_complete(sse(gw.url, body())) == "".join(TOKENS)
+    assert [len(c.requests) for c in up.conns] == [2, 1]
+
+
+def test_a_non_streamed_request_whose_client_leaves_aborts_the_upstream_request(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    up = upstream(stall)
+    gw = gateway(up.spec(), limits=LIMITS.replace(upstream_head_timeout_s=5.0))
+    with RawClient(gw.port) as client:
+        client.send(chat_request(gw.port, {"model": "m", "messages": MESSAGES}))
+        wait_for(lambda: up.conns and up.conns[0].requests)
+        t0 = time.monotonic()
+        client.sock.shutdown(socket.SHUT_WR)
+        check_aborted(up, t0, "non-streamed request, client disconnect")
