@@ -446,12 +446,14 @@ def test_a_client_that_stops_reading_stalls_the_upstreams_writes(
         client.send(chat_request(gw.port, body(stream_options={"include_usage": True})))
         # The client reads nothing: the upstream's writes stall.
         wait_for(lambda: up.conns and up.conns[0].written > 0)
-        samples = []
-        for _ in range(5):
-            time.sleep(0.2)
+        # Stalled: no byte more for 0.4 s (the kernel's buffers fill for a while first).
+        samples = [up.conns[0].written]
+        deadline = time.monotonic() + 5
+        while len(samples) < 5 or samples[-1] != samples[-5]:
+            assert time.monotonic() < deadline, f"the upstream kept writing: {samples}"
+            time.sleep(0.1)
             samples.append(up.conns[0].written)
         stalled_at = samples[-1]
-        assert samples[-1] == samples[-3], f"the upstream kept writing: {samples}"
         assert stalled_at <= held_bound + kernel < wanted // 3, (stalled_at, wanted)
         paused, held, buffered = gw.call(gateway_state)
         assert held <= gw_limits.stream_log_bytes
