@@ -446,12 +446,14 @@ def test_a_client_that_stops_reading_stalls_the_upstreams_writes(
         client.send(chat_request(gw.port, body(stream_options={"include_usage": True})))
         # The client reads nothing: the upstream's writes stall.
         wait_for(lambda: up.conns and up.conns[0].written > 0)
-        samples = []
-        for _ in range(5):
-            time.sleep(0.2)
+        # Stalled: no byte more for 0.4 s (the kernel's buffers fill for a while first).
+        samples = [up.conns[0].written]
+        deadline = time.monotonic() + 5
+        while len(samples) < 5 or samples[-1] != samples[-5]:
+            assert time.monotonic() < deadline, f"the upstream kept writing: {samples}"
+            time.sleep(0.1)
             samples.append(up.conns[0].written)
         stalled_at = samples[-1]
-        assert samples[-1] == samples[-3], f"the upstream kept writing: {samples}"
         assert stalled_at <= held_bound + kernel < wanted // 3, (stalled_at, wanted)
         paused, held, buffered = gw.call(gateway_state)
         assert held <= gw_limits.stream_log_bytes
@@ -670,6 +672,11 @@ async def error_in_stream(ex: Exchange) -> None:
     await ex.stall()
 
 
+async def error_first(ex: Exchange) -> None:
+    await ex.head()
+    await error_in_stream(ex)
+
+
 async def end_without_finish(ex: Exchange) -> None:
     await ex.end()
 
@@ -728,6 +735,11 @@ FAILURES = {
                               message="malformed event stream"),
     "error_in_200_stream": Failure(tokens_then(error_in_stream), "upstream_error",
                                    message="the GPU is on fire"),
+    "error_as_the_first_event_while_held": Failure(
+        error_first, "gpu_fire", 502, 0, message="the GPU is on fire"),
+    "error_as_the_first_event_after_the_hold": Failure(
+        error_first, "gpu_fire", 200, 0, {"upstream_head_hold_s": 0},
+        message="the GPU is on fire"),
     "end_without_finish_or_done": Failure(tokens_then(end_without_finish), "upstream_error",
                                           message="without finishing"),
     "close_without_finish_or_done": Failure(
@@ -856,6 +868,16 @@ def test_fallback_to_the_next_upstream_before_the_first_byte(
     assert completion.status_code == 200
     assert completion.json()["choices"][0]["message"]["content"] == "".join(TOKENS)
     assert len(busy.conns[0].requests) == 3 and len(good.conns) >= 1
+
+
+def test_fallback_after_an_error_event_before_the_first_token(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    failing = upstream(error_first)
+    good = upstream(streaming())
+    gw = gateway(failing.spec(), good.spec())
+    assert check_complete(sse(gw.url, body())) == "".join(TOKENS)
+    assert ws_text(ws_request(gw.url, body())) == "".join(TOKENS)
+    assert len(failing.conns) == 2, "the failed exchange's connection is not reused"
 
 
 def test_a_client_error_is_not_retried_elsewhere(
@@ -1110,3 +1132,33 @@ def test_cli_bad_upstream_specs(spec: str, message: str) -> None:
     assert result.returncode == 2, result
     assert re.search(message, result.stderr), result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ============================================================ more: keep-alive races, non-streamed
+
+
+async def close_at_once(ex: Exchange) -> None:
+    ex.close()
+
+
+def test_a_kept_alive_connection_closed_as_the_request_went_is_retried_once(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    """The upstream closes an idle kept-alive connection just as the gateway sends on it: a
+    new connection is tried once (nothing went out to the client)."""
+    up = upstream([streaming(), close_at_once, streaming()])
+    gw = gateway(up.spec())
+    assert check_complete(sse(gw.url, body())) == "".join(TOKENS)
+    assert check_complete(sse(gw.url, body())) == "".join(TOKENS)
+    assert [len(c.requests) for c in up.conns] == [2, 1]
+
+
+def test_a_non_streamed_request_whose_client_leaves_aborts_the_upstream_request(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    up = upstream(stall)
+    gw = gateway(up.spec(), limits=LIMITS.replace(upstream_head_timeout_s=5.0))
+    with RawClient(gw.port) as client:
+        client.send(chat_request(gw.port, {"model": "m", "messages": MESSAGES}))
+        wait_for(lambda: up.conns and up.conns[0].requests)
+        t0 = time.monotonic()
+        client.sock.shutdown(socket.SHUT_WR)
+        check_aborted(up, t0, "non-streamed request, client disconnect")

@@ -35,6 +35,7 @@ from ..proto import wsapi
 from ..proto.jsonbytes import dumps, json_string
 from ..proto.openai import ChatRequest, ChunkTemplate, new_completion_id
 from ..proto.sse import Decoder, SSEDecodeError
+from ..proto.sse import Event as SSEEvent
 from ..proto.upstream import (
     BadChunk,
     Body,
@@ -224,10 +225,10 @@ class UpstreamChat:
     """A streamed chat completion from the first upstream of ``routes`` that answers."""
 
     __slots__ = ("_attempt", "_bodies", "_decoder", "_done", "_error_body", "_finish",
-                 "_first", "_head", "_hold", "_last_rx", "_retried", "_timer", "_total",
-                 "_usage", "chat_model", "conn", "count", "fixed", "include_usage",
-                 "limits", "loop", "routes", "started", "status", "stream", "task",
-                 "template")
+                 "_first", "_head", "_hold", "_last_rx", "_retried", "_sse_left", "_timer",
+                 "_total", "_usage", "_waiting", "chat_model", "conn", "count", "fixed",
+                 "include_usage", "limits", "loop", "routes", "started", "status", "stream",
+                 "task", "template")
 
     def __init__(self, chat: ChatRequest, routes: Sequence[Route], limits: Limits) -> None:
         self.routes = list(routes)
@@ -256,6 +257,10 @@ class UpstreamChat:
         self._finish: str | None = None
         self._usage: dict[str, Any] | None = None
         self._error_body: bytearray | None = None
+        #: While the stream waits (reading paused): the SSE events decoded and not pushed
+        #: yet, and the upstream events that came with them.
+        self._sse_left: list[SSEEvent] | None = None
+        self._waiting: list[Event] | None = None
         self.status = 0
         self.count = 0
         self.started = 0.0
@@ -276,8 +281,7 @@ class UpstreamChat:
         self._next_attempt([])
 
     def resume_push(self) -> None:
-        if self.conn is not None:
-            self.conn.resume_reading()
+        self._drain()
 
     def cancel_push(self) -> None:
         """Nobody reads any more: the upstream request is aborted now."""
@@ -344,10 +348,19 @@ class UpstreamChat:
     def upstream_events(self, events: list[Event]) -> None:
         stream = self.stream
         assert stream is not None and self.loop is not None
-        for event in events:
+        if self._waiting is not None:  # paused with events not pushed yet: these wait too
+            self._waiting += events
+            return
+        self._handle(events, stream)
+
+    def _handle(self, events: Sequence[Event], stream: Stream) -> None:
+        for i, event in enumerate(events):
             if isinstance(event, Body):
                 if self._decoder is not None:
-                    self._on_sse(event.data, stream)
+                    if not self._on_sse(event.data, stream):
+                        # The stream asked to wait: what came with these bytes waits too.
+                        self._waiting = list(events[i + 1:])
+                        return
                 elif self._error_body is not None:
                     self._error_body += event.data
                     if len(self._error_body) > self.limits.upstream_max_event_bytes:
@@ -367,7 +380,6 @@ class UpstreamChat:
             limits = self.limits
             self._decoder = Decoder(max_line_bytes=limits.upstream_max_event_bytes,
                                     max_event_bytes=limits.upstream_max_event_bytes)
-            self._bodies = []  # no other attempt now: the requests need not be kept
             self._arm(limits.upstream_first_token_timeout_s, "the upstream sent no token "
                       f"within upstream_first_token_timeout_s "
                       f"({limits.upstream_first_token_timeout_s} s)")
@@ -375,16 +387,23 @@ class UpstreamChat:
             self._error_body = bytearray()
             self._head = head
 
-    def _on_sse(self, data: bytes, stream: Stream) -> None:
+    def _on_sse(self, data: bytes, stream: Stream) -> bool:
+        """Decode and push; False: the stream asked to wait (reading is paused)."""
         assert self._decoder is not None and self.loop is not None
         self._last_rx = self.loop.time()
         try:
             events = self._decoder.feed(data)
         except SSEDecodeError as exc:
             self._fail(UpstreamFailed(f"the upstream sent a malformed event stream: {exc}"))
-            return
-        more = True
-        for event in events:
+            return True
+        return self._push_events(events, stream)
+
+    def _push_events(self, events: Sequence[SSEEvent], stream: Stream) -> bool:
+        """Push the events' chunks, in order, until the stream asks to wait: then reading
+        is paused and the rest kept (``_sse_left``) for :meth:`resume_push` (pushing them
+        anyway would overrun the log, and a reader that keeps up would fall off it).
+        False: waiting."""
+        for i, event in enumerate(events):
             if self._done:
                 break
             text = event.data
@@ -395,32 +414,79 @@ class UpstreamChat:
                 chunk = read_chunk(text)
             except BadChunk as exc:
                 self._fail(UpstreamFailed(f"the upstream sent a malformed chunk: {exc}"))
-                return
+                return True
             if chunk.error is not None:
                 message = chunk.error.get("message")
-                self._fail(UpstreamFailed("the upstream failed mid-stream: "
-                                          + (message if isinstance(message, str)
-                                             else "an error event")))
-                return
+                text = message if isinstance(message, str) else "an error event"
+                if stream.log.next_seq == 1:
+                    self._refused_in_stream(chunk.error, text)
+                else:
+                    self._fail(UpstreamFailed(f"the upstream failed mid-stream: {text}"))
+                return True
+            more = True
             if not self._first:
                 self._first = True
+                self._bodies = []  # no other attempt now: the requests need not be kept
                 self._arm_idle()
-                stream.push((self.template.role(),))  # the first frame: the head goes out
+                # The first frame: the head goes out.
+                more = stream.push((self.template.role(),))
             if chunk.content is not None:
                 self.count += 1
                 data_ = json_string(chunk.content)
                 template = self.template
                 more = stream.push((template.prefix, data_, template.suffix),
-                                   self.fixed + len(data_))
+                                   self.fixed + len(data_)) and more
             elif chunk.other is not None:
                 self.count += 1
-                more = stream.push((self._reframe(chunk.other),))
+                more = stream.push((self._reframe(chunk.other),)) and more
             if chunk.finish_reason is not None:
                 self._finish = chunk.finish_reason
             if chunk.usage is not None:
                 self._usage = chunk.usage
-        if not more and self.conn is not None and not self._done:
-            self.conn.pause_reading()
+            if not more and self.conn is not None:
+                self.conn.pause_reading()
+                self._sse_left = list(events[i + 1:])
+                return False
+        return True
+
+    def _drain(self) -> None:
+        """The stream may go on: push what waited, then read the upstream again."""
+        stream = self.stream
+        while stream is not None and self.conn is not None and (
+                self._sse_left is not None or self._waiting is not None):
+            sse_left, self._sse_left = self._sse_left or [], None
+            waiting, self._waiting = self._waiting or [], None
+            if not self._push_events(sse_left, stream):
+                self._waiting = waiting
+                return
+            if self.conn is None:
+                return
+            self._handle(waiting, stream)
+            if self._waiting is not None:
+                return
+        if self.conn is not None:
+            self.conn.resume_reading()
+
+    def _refused_in_stream(self, error: dict[str, Any], text: str) -> None:
+        """An error event before any token: nothing went out, so it is still a refusal:
+        the next upstream is tried, or the client gets a real status (502) while the head
+        is held (an error event after it), with the upstream's code."""
+        route = self.routes[self._attempt]
+        code = error.get("code")
+        exc = RequestError(f"upstream {route.upstream.target.url()}: {text}", status=502,
+                           type="upstream_error",
+                           code=code if isinstance(code, str) else "upstream_error")
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()  # mid-response: never reused
+        self._cancel_phase_timer()
+        retry = self._attempt + 1 < len(self.routes)
+        log.warning("upstream %s sent an error before any token: %s%s",
+                    route.upstream.target.url(), text, ": trying the next" if retry else "")
+        if retry:
+            self._next_attempt([exc])
+        else:
+            self._refuse(exc)
 
     def _reframe(self, obj: dict[str, Any]) -> bytes:
         """A chunk that carries more than text, under streamcore's id, model and time."""
@@ -532,6 +598,7 @@ class UpstreamChat:
 
     def _close(self, abort: bool) -> None:
         self._cancel_timers()
+        self._sse_left = self._waiting = None
         conn = self.conn
         self.conn = None
         if conn is not None:
