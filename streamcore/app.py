@@ -90,7 +90,9 @@ class App:
 
     def _add(self, route: Route) -> None:
         if "{" in route.path:
-            regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", route.path)
+            # {name}: one path segment; {name...}: the rest of the path, slashes included.
+            regex = re.sub(r"\{(\w+)\.\.\.\}", r"(?P<\1>.+)", route.path)
+            regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex)
             route.pattern = re.compile(f"^{regex}$")
             self._patterns.append(route)
         else:
@@ -99,31 +101,32 @@ class App:
     def resolve_upgrade(self, path: str) -> tuple[Route, dict[str, str]]:
         """The route a WebSocket upgrade reaches: a WebSocket route, else a stream route
         at that path whatever its method (the first message is then the body)."""
-        methods, params = self._methods(path)
-        for route in methods.values():
+        methods = self._methods(path)
+        for route, params in methods.values():
             if route.websocket:
                 return route, params
-        for route in methods.values():
+        for route, params in methods.values():
             if route.streaming:
                 return route, params
         raise RequestError(f"no WebSocket route at {shown(path)}", status=404, code="not_found")
 
-    def _methods(self, path: str) -> tuple[dict[str, Route], dict[str, str]]:
-        methods = self._exact.get(path)
-        params: dict[str, str] = {}
-        if methods is None:
-            methods = {}
-            for route in self._patterns:
-                assert route.pattern is not None
-                match = route.pattern.match(path)
-                if match:
-                    methods[route.method] = route
-                    params = match.groupdict()
-        return methods, params
+    def _methods(self, path: str) -> dict[str, tuple[Route, dict[str, str]]]:
+        """The routes at ``path`` by method, each with its path parameters.  An exact path
+        wins over patterns; of the patterns, the one registered last for a method."""
+        exact = self._exact.get(path)
+        if exact is not None:
+            return {method: (route, {}) for method, route in exact.items()}
+        methods: dict[str, tuple[Route, dict[str, str]]] = {}
+        for route in self._patterns:
+            assert route.pattern is not None
+            match = route.pattern.match(path)
+            if match:
+                methods[route.method] = (route, match.groupdict())
+        return methods
 
     def resolve(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
         """The route for a request; :class:`RequestError` 404 or 405 (with Allow) if none."""
-        methods, params = self._methods(path)
+        methods = self._methods(path)
         if not methods:
             raise RequestError(f"no route for {shown(path)}", status=404, code="not_found")
         found = methods.get(method) or (methods.get("GET") if method == "HEAD" else None)
@@ -133,9 +136,10 @@ class App:
                                status=405,
                                code="method_not_allowed",
                                headers=[(b"allow", ", ".join(allow).encode())])
-        if found.websocket:
+        route, params = found
+        if route.websocket:
             raise RequestError(f"{shown(path)} is a WebSocket endpoint", status=426,
                                code="upgrade_required",
                                headers=[(b"upgrade", b"websocket"),
                                         (b"connection", b"Upgrade")])
-        return found, params
+        return route, params

@@ -31,7 +31,14 @@ from .proto.openai import (
 )
 from .sources.synthetic import Generation, Run, SyntheticModel
 from .sources.upstream import Route as Route
-from .sources.upstream import Upstream, UpstreamChat, complete, list_models
+from .sources.upstream import (
+    Upstream,
+    UpstreamChat,
+    UpstreamRelay,
+    complete,
+    list_models,
+    relay,
+)
 
 log = logging.getLogger("streamcore")
 
@@ -177,6 +184,41 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
     synthetic = models if models is not None else ([] if upstreams else [SyntheticModel()])
     catalog = Catalog({model.name: model for model in synthetic}, upstreams, app.limits)
     started = int(time.time())
+
+    if upstreams:
+        # Every other /v1/* endpoint is relayed (registered first: a route registered
+        # later for the same path wins).
+        @app.route("POST", "/v1/{endpoint...}", json=True)
+        async def relay_post(request: Request) -> Response | EventStream:
+            endpoint = "/" + request.path_params["endpoint"]
+            body = request.json()
+            if not isinstance(body, dict):
+                raise RequestError("the request body must be a JSON object",
+                                   code="invalid_type")
+            model = body.get("model")
+            if isinstance(model, str) and model:
+                found = await catalog.resolve(model)
+                if isinstance(found, SyntheticModel):
+                    raise RequestError(f"the model `{model}` serves only "
+                                       "/v1/chat/completions", status=404,
+                                       param="model", code="unsupported_endpoint")
+                routes = found
+            else:
+                routes = [Route(upstreams[0], "")]
+            if body.get("stream") is True:
+                return EventStream(UpstreamRelay(endpoint, body, routes, app.limits))
+            status, data, content_type = await relay(
+                "POST", endpoint, request.body, routes, app.limits)
+            return Response(data, status, content_type=content_type)
+
+        @app.route("GET", "/v1/{endpoint...}")
+        async def relay_get(request: Request) -> Response:
+            endpoint = "/" + request.path_params["endpoint"]
+            if request.query:
+                endpoint += "?" + request.query
+            status, data, content_type = await relay(
+                "GET", endpoint, b"", [Route(upstreams[0], "")], app.limits)
+            return Response(data, status, content_type=content_type)
 
     @app.route("POST", "/v1/chat/completions", json=True)
     async def chat_completions(request: Request) -> Response | EventStream:

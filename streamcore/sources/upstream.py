@@ -303,6 +303,16 @@ class UpstreamChat:
         self.task = self.loop.create_task(self._open(self._attempt, errors))
 
     async def _open(self, attempt: int, errors: list[RequestError]) -> None:
+        try:
+            await self._try(attempt, errors)
+        except Exception as exc:  # a bug of ours: an error, never a stream that hangs
+            log.error("upstream request failed to open", exc_info=exc)
+            self._close(True)
+            self._refuse(RequestError("the gateway failed to open the upstream request",
+                                      status=502, type="upstream_error",
+                                      code="internal_error"))
+
+    async def _try(self, attempt: int, errors: list[RequestError]) -> None:
         route = self.routes[attempt]
         limits = self.limits
         assert self.loop is not None
@@ -321,10 +331,14 @@ class UpstreamChat:
         self._decoder = None
         self._error_body = None
         self.status = 0
-        conn.send(conn.session.request("POST", route.upstream.path("/chat/completions"),
+        conn.send(conn.session.request("POST", route.upstream.path(self._path()),
                                        route.upstream.headers(), self._bodies[attempt]))
         self._arm(limits.upstream_head_timeout_s, "the upstream sent no response head "
                   f"within upstream_head_timeout_s ({limits.upstream_head_timeout_s} s)")
+
+    def _path(self) -> str:
+        """The endpoint asked, under each upstream's API base."""
+        return "/chat/completions"
 
     def _refuse(self, exc: RequestError) -> None:
         """No upstream answered: a real status if nothing went out yet (held head)."""
@@ -661,6 +675,118 @@ class UpstreamChat:
                  {k: v for k, v in usage.items() if k != "source"}, usage["source"])
 
 
+
+#: Event types that end a Responses API stream (``POST /v1/responses``): a stream that
+#: ends without one of them was cut.
+RESPONSES_ENDINGS = frozenset({"response.completed", "response.failed", "response.incomplete"})
+
+
+class UpstreamRelay(UpstreamChat):
+    """Any other ``/v1/*`` endpoint's streamed answer (the Responses API's typed events,
+    legacy completions, ...), relayed event by event: each upstream event's data is one
+    frame of streamcore's stream, under streamcore's event ids, so that resume, backpressure,
+    cancel, the head hold, fallback and honest endings are the chat path's.  The events'
+    ``event:`` names are not relayed: the OpenAI APIs repeat them in each event's ``type``.
+    """
+
+    __slots__ = ("_endpoint",)
+
+    def __init__(self, endpoint: str, body: dict[str, Any], routes: Sequence[Route],
+                 limits: Limits) -> None:
+        model = body.get("model")
+        chat = ChatRequest(model=model if isinstance(model, str) else "", messages=[],
+                           stream=True, raw={})
+        super().__init__(chat, routes, limits)
+        self._endpoint = endpoint
+        self.include_usage = False
+        self._bodies = [orjson.dumps({**body, "model": r.model}) for r in self.routes]
+
+    def _path(self) -> str:
+        return self._endpoint
+
+    def _push_events(self, events: Sequence[SSEEvent], stream: Stream) -> bool:
+        for i, event in enumerate(events):
+            if self._done:
+                break
+            text = event.data
+            if text == "[DONE]":  # legacy completions end so: relayed, then the end
+                stream.push((b"[DONE]",), 6)
+                self._complete(stream)
+                break
+            error = _error_of(text, event.event)
+            if error is not None:
+                message = error.get("message")
+                text = message if isinstance(message, str) else "an error event"
+                if stream.log.next_seq == 1:
+                    self._refused_in_stream(error, text)
+                else:
+                    self._fail(UpstreamFailed(f"the upstream failed mid-stream: {text}"))
+                return True
+            if not self._first:
+                self._first = True
+                self._bodies = []
+                self._arm_idle()
+            data = text.encode()
+            if "\n" in text or "\r" in text:
+                stream.entry.mark_multiline()
+            self.count += 1
+            kind = _type_of(text)
+            if kind in RESPONSES_ENDINGS:
+                self._finish = kind
+            if not stream.push((data,), len(data)) and self.conn is not None:
+                self.conn.pause_reading()
+                self._sse_left = list(events[i + 1:])
+                return False
+        return True
+
+    def _on_end(self, stream: Stream) -> None:
+        # Only the Responses API says how a whole stream ends (a terminal event type);
+        # another endpoint's stream that ends with its exchange is complete.
+        if (self._error_body is None and not self._done and self._finish is None
+                and self._endpoint != "/responses"):
+            self._finish = "end"
+        super()._on_end(stream)
+
+    def _complete(self, stream: Stream) -> None:
+        self._done = True
+        self._cancel_timers()
+        stream.end()
+        self._log("completed")
+        if self.conn is not None and self.loop is not None:  # the exchange's end is due
+            self._timer = self.loop.call_later(self.limits.upstream_idle_timeout_s,
+                                               self._close, True)
+
+
+def _type_of(text: str) -> str | None:
+    if not text.startswith("{"):
+        return None
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _error_of(text: str, event: str) -> dict[str, Any] | None:
+    """The error object of an upstream error event: ``{"error": {...}}`` (chat and
+    completions), or an event of type ``error`` (the Responses API)."""
+    if not text.startswith("{") or ("error" not in text[:40] and event != "error"):
+        return None
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    if isinstance(obj.get("error"), dict):
+        error: dict[str, Any] = obj["error"]
+        return error
+    if obj.get("type") == "error" or event == "error":
+        return obj
+    return None
+
+
 # -- whole exchanges: non-streamed answers, model lists --------------------------------------
 
 
@@ -767,3 +893,33 @@ async def list_models(upstream: Upstream, limits: Limits) -> tuple[str, ...]:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         raise Unavailable(f"{upstream.target.url()}/models is not an OpenAI model list", 502,
                           "upstream_error") from None
+
+
+async def relay(method: str, endpoint: str, body: bytes, routes: Sequence[Route],
+                limits: Limits) -> tuple[int, bytes, bytes]:
+    """Any other ``/v1/*`` request, not streamed: the first upstream's answer as it is
+    (``(status, body, content type)``); the next is tried after a refusal that allows it."""
+    error: RequestError | None = None
+    for i, route in enumerate(routes):
+        where = f"upstream {route.upstream.target.url()}"
+        payload = body
+        if body and route.model:
+            try:
+                obj = orjson.loads(body)
+                if isinstance(obj, dict) and "model" in obj:
+                    payload = orjson.dumps({**obj, "model": route.model})
+            except orjson.JSONDecodeError:
+                pass
+        try:
+            head, data = await exchange(route.upstream, limits, method,
+                                        route.upstream.path(endpoint), payload)
+        except Unavailable as exc:
+            log.warning("%s: %s", where, exc.message)
+            error = exc
+            continue
+        if head.status in RETRYABLE and i + 1 < len(routes):
+            error = refusal(head.status, data, head.headers, where)
+            continue
+        return head.status, data, head.header(b"content-type") or b"application/json"
+    assert error is not None
+    raise error
