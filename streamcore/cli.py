@@ -105,7 +105,8 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
              "URL: its API base, e.g. http://127.0.0.1:8001/v1. Options, space-separated: "
              "key=KEY, key-env=VARIABLE or key-file=PATH (sent upstream as a Bearer token, "
              "never logged); models=a,b (else asked from its /v1/models); alias=NAME:MODEL "
-             "(repeatable); ca-file=PATH (trust this CA for an https upstream). [env STREAMCORE_UPSTREAM, several separated by ';']")
+             "(repeatable); ca-file=PATH (trust this CA for an https upstream). "
+             "[env STREAMCORE_UPSTREAM, several separated by ';']")
     access = serve.add_argument_group("who may call")
     _add(access, "cors-origin", str, "",
          "comma-separated origins a browser page may call from (e.g. "
