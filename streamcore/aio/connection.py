@@ -35,14 +35,12 @@ class HTTPConnection(Output):
 
     # An idle stream's connection is mostly this object: slots keep it small.
     __slots__ = ("_extra", "_method", "_task", "_timer", "close_after_response", "ctx",
-                 "read_paused", "reader", "session")
+                 "reader", "session")
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx.loop, ctx.limits, ctx.admission)
         self.ctx = ctx
         self.session = HTTPSession(ctx.limits)
-        #: One record per direction of "paused" (writing: see Output).
-        self.read_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         #: The SSE response being written, if any.
@@ -107,18 +105,10 @@ class HTTPConnection(Output):
     def _sync_reading(self) -> None:
         """Read, or not: not while the session has a parse backlog, nor while a response
         is in progress with more than max_pipelined_bytes of the next requests held."""
-        transport = self.transport
-        if transport is None:
-            return
         session = self.session
-        pause = session.backlog or (session.phase is Phase.HANDLING and
-                                    session.pipelined_bytes > self.limits.max_pipelined_bytes)
-        if pause is not self.read_paused:
-            self.read_paused = pause
-            if pause:
-                transport.pause_reading()
-            else:
-                transport.resume_reading()
+        self.reading(session.backlog or (
+            session.phase is Phase.HANDLING
+            and session.pipelined_bytes > self.limits.max_pipelined_bytes))
 
     def eof_received(self) -> bool | None:
         # A client that half-closes mid-response is treated as gone (as uvicorn does):
@@ -309,11 +299,6 @@ class HTTPConnection(Output):
     def _handle_if_open(self, raw: http.Request) -> None:
         if self.transport is not None:
             self.handle(raw)
-
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.read_paused:
-            self.read_paused = True
-            self.transport.pause_reading()
 
     # -- upgrade -----------------------------------------------------------------------
 

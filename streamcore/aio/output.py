@@ -58,7 +58,7 @@ class Output(asyncio.Protocol):
     bytes again (:meth:`writable_again`) and call :meth:`_output_lost` when it is gone."""
 
     __slots__ = ("_close_timer", "_stall_timer", "admission", "bytes_out", "limits", "loop",
-                 "peer", "transport", "write_paused")
+                 "peer", "read_paused", "transport", "write_paused")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limits: Limits,
                  admission: Admission) -> None:
@@ -69,6 +69,7 @@ class Output(asyncio.Protocol):
         self.transport: Any = None
         self.peer: Any = None
         self.write_paused = False
+        self.read_paused = False
         #: Bytes handed to the transport over the connection's life.
         self.bytes_out = 0
         self._stall_timer: asyncio.TimerHandle | None = None
@@ -108,6 +109,19 @@ class Output(asyncio.Protocol):
 
     def abort(self) -> None:
         abort(self.transport)
+
+    # -- the inbound half: one record of "paused" for reading ----------------------------
+
+    def reading(self, pause: bool) -> None:
+        """Stop or resume reading the peer (its TCP window closes while we do not read);
+        ``read_paused`` is the one record of it."""
+        transport = self.transport
+        if transport is not None and pause is not self.read_paused:
+            self.read_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
 
     # -- flow control (asyncio.Protocol) -----------------------------------------------
 

@@ -111,7 +111,6 @@ class WebSocketConnection(Output):
         self.session.hold_pongs = write_paused
         #: Not reading: the inbox is full, or our output is (a peer that sends and never
         #: reads is not read either), or the session has a parse backlog.
-        self.read_paused = False
         self.inbox_full = False
         self.readers: dict[bytes | None, WSReader] = {}
         self.inbox: deque[str | bytes] = deque()
@@ -211,16 +210,7 @@ class WebSocketConnection(Output):
             self._wake_inbox()
 
     def _sync_reading(self) -> None:
-        transport = self.transport
-        if transport is None:
-            return
-        pause = self.inbox_full or self.write_paused or self.session.backlog
-        if pause is not self.read_paused:
-            self.read_paused = pause
-            if pause:
-                transport.pause_reading()
-            else:
-                transport.resume_reading()
+        self.reading(self.inbox_full or self.write_paused or self.session.backlog)
 
     def pause_writing(self) -> None:
         super().pause_writing()

@@ -581,10 +581,14 @@ class UpstreamChat:
         stream.push((template.finish(self._finish or "stop"),))
         if self.include_usage:
             stream.push((template.usage_chunk(self._usage_object()),))
+        self._ended(stream)
+
+    def _ended(self, stream: Stream) -> None:
+        """The answer is whole: the stream ends; the exchange's own end is still due."""
         self._cancel_timers()
         stream.end()
         self._log("completed")
-        if self.conn is not None and self.loop is not None:  # the exchange's end is due
+        if self.conn is not None and self.loop is not None:
             self._timer = self.loop.call_later(self.limits.upstream_idle_timeout_s,
                                                self._close, True)
 
@@ -749,12 +753,7 @@ class UpstreamRelay(UpstreamChat):
 
     def _complete(self, stream: Stream) -> None:
         self._done = True
-        self._cancel_timers()
-        stream.end()
-        self._log("completed")
-        if self.conn is not None and self.loop is not None:  # the exchange's end is due
-            self._timer = self.loop.call_later(self.limits.upstream_idle_timeout_s,
-                                               self._close, True)
+        self._ended(stream)
 
 
 def _type_of(text: str) -> str | None:
