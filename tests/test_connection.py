@@ -107,6 +107,9 @@ def test_a_handler_that_outlives_its_connection_writes_nothing(outcome: str) -> 
         async def stubborn(request: streamcore.Request) -> str:
             with contextlib.suppress(asyncio.CancelledError):  # swallowed: it goes on
                 await asyncio.sleep(60)
+            # ... and awaits again (its cleanup, say): the connection learns of its end
+            # from a step after the cancellation's.
+            await asyncio.sleep(0)
             if outcome == "raises":
                 raise ValueError("after the loss")
             return "nobody listens"
@@ -455,5 +458,65 @@ def test_ws_handler_failing_before_its_first_await_is_1011(kind: str) -> None:
         assert isinstance(events[-1], CloseConnection) and events[-1].code == 1011
         transport.feed(client_close(1011))
         await until(lambda: transport.lost)
+
+    run(main)
+
+
+def tiny_chunked_post(path: str, n: int) -> bytes:
+    """A chunked POST of ``n`` one-byte chunks: more h11 events than one read's slice."""
+    return (b"POST %b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            % path.encode() + b"1\r\nx\r\n" * n + b"0\r\n\r\n")
+
+
+def test_a_pipelined_request_too_long_for_one_slice_is_parsed_after_the_response() -> None:
+    """The next request's bytes came during a response and hold more events than one
+    slice: next_cycle parses one, reading stays paused, the rest follows a loop iteration
+    at a time, and the request is answered."""
+
+    async def main() -> None:
+        from streamcore.proto.http import EVENTS_PER_CALL
+
+        app = streamcore.App(limits=LIMITS.replace(max_body_chunks=10_000))
+
+        @app.route("GET", "/a")
+        async def a(request: streamcore.Request) -> str:
+            await asyncio.sleep(0)
+            return "a"
+
+        @app.route("POST", "/count")
+        async def count(request: streamcore.Request) -> dict[str, int]:
+            return {"bytes": len(request.body)}
+
+        server = make_server(app)
+        _, transport = connect(server)
+        n = 3 * EVENTS_PER_CALL
+        transport.feed(get("/a") + tiny_chunked_post("/count", n))
+        await until(lambda: len(parse_responses(transport.data, strict=False)) == 2)
+        first, second = parse_responses(transport.data)
+        assert first.body == b"a" and second.json() == {"bytes": n}
+        assert "pause" in transport.reading_calls and transport.reading
+        assert not transport.closing
+
+    run(main)
+
+
+def test_a_connection_lost_with_a_parse_slice_pending_parses_nothing_more() -> None:
+    async def main() -> None:
+        calls: list[int] = []
+        app = streamcore.App(limits=LIMITS.replace(max_body_chunks=10_000))
+
+        @app.route("POST", "/count")
+        async def count(request: streamcore.Request) -> str:
+            calls.append(len(request.body))
+            return "counted"
+
+        server = make_server(app)
+        conn, transport = connect(server)
+        transport.feed(tiny_chunked_post("/count", 600))  # a whole request, in two slices
+        assert conn.session.backlog and transport.reading_calls == ["pause"]
+        transport.lose()  # before the loop runs the second slice
+        await spin(10)
+        assert calls == [] and transport.data == b""
+        assert transport.reading_calls == ["pause"]
 
     run(main)
