@@ -520,3 +520,37 @@ def test_a_connection_lost_with_a_parse_slice_pending_parses_nothing_more() -> N
         assert transport.reading_calls == ["pause"]
 
     run(main)
+
+
+def test_ws_a_pong_held_while_our_output_is_full_goes_out_when_it_drains() -> None:
+    """RFC 6455 section 5.5.3 and issue 12: a Ping that comes while our output is full is
+    not answered then (a peer that pings and never reads must not fill our memory with
+    Pongs); the latest one is answered once the output drains, once."""
+
+    async def main() -> None:
+        from wsproto.connection import Connection, ConnectionType
+        from wsproto.events import Ping
+
+        app = streamcore.App(limits=LIMITS)
+
+        @app.websocket("/h")
+        async def h(ws: streamcore.WebSocket) -> None:
+            async for _ in ws:
+                pass
+
+        server = make_server(app)
+        _, transport = connect(server)
+        transport.feed(upgrade("/h"))
+        await spin(5)
+        ws_conn = transport.protocol
+        ws_conn.pause_writing()
+        peer = Connection(ConnectionType.CLIENT)
+        transport.feed(peer.send(Ping(b"one")) + peer.send(Ping(b"two")))
+        await spin(5)
+        assert not any(data[:1] == b"\x8a" for _, data in transport.calls)
+        ws_conn.resume_writing()
+        pongs = [data for _, data in transport.calls if data[:1] == b"\x8a"]
+        assert pongs == [b"\x8a\x03two"]
+        transport.lose()
+
+    run(main)
