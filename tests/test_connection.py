@@ -554,3 +554,40 @@ def test_ws_a_pong_held_while_our_output_is_full_goes_out_when_it_drains() -> No
         transport.lose()
 
     run(main)
+
+
+@pytest.mark.parametrize("step", ["receive", "parse_more"])
+def test_ws_a_session_that_fails_aborts_the_connection(
+        step: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The error boundary of reading: a bug of ours in the session (on a read, or on a
+    later slice of a flood) resets the connection, logged, never leaves it half-alive."""
+
+    async def main() -> None:
+        from streamcore.proto import ws
+
+        app = streamcore.App(limits=LIMITS)
+
+        @app.websocket("/h")
+        async def h(sock: streamcore.WebSocket) -> None:
+            async for _ in sock:
+                pass
+
+        server = make_server(app)
+        _, transport = connect(server)
+        transport.feed(upgrade("/h"))
+        await spin(5)
+
+        def broken(self: Any, *args: Any) -> Any:
+            raise RuntimeError("a bug of ours")
+
+        monkeypatch.setattr(ws.WSSession, step, broken)
+        frames = b"".join(client_frame(str(i)) for i in range(2 * ws.EVENTS_PER_CALL))
+        if step == "parse_more":
+            transport.feed(frames)  # the first slice parses; the next one fails
+        else:
+            transport.feed(frames[:20])
+        await until(lambda: transport.lost)
+        assert transport.aborted
+        assert "session failed" in caplog.text and "a bug of ours" in caplog.text
+
+    run(main)
