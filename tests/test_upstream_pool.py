@@ -152,3 +152,26 @@ def test_a_closed_pool_resets_its_connections_and_keeps_none() -> None:
         assert not pool._idle
 
     run(main)
+
+
+def test_a_waiter_whose_client_left_does_not_take_the_freed_connection() -> None:
+    """A waiting request cancelled (its client left) just as a connection frees up: its
+    wait is already over, so the connection goes to the next waiter."""
+
+    async def main(upstream: Upstream, pool: UpstreamPool) -> None:
+        first = await pool.acquire()
+        await exchange(first)
+        leaving = asyncio.ensure_future(pool.acquire())
+        staying = asyncio.ensure_future(pool.acquire())
+        await asyncio.sleep(0.05)
+        assert len(pool._waiters) == 2
+        leaving.cancel()
+        await asyncio.sleep(0)  # its wait ends: the waiter is cancelled, not yet removed
+        assert pool._waiters[0].cancelled()
+        first.release()
+        assert await staying is first
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        assert not pool._waiters and pool.open_count == 1
+
+    run(main, upstream_pool_size=1)
