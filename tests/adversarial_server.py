@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -74,7 +75,12 @@ async def main() -> None:
     limits = Limits(**json.loads(sys.argv[1]))
     server = await streamcore.start(build(limits), "127.0.0.1", 0, limits=limits)
     print(server.port, flush=True)
-    await asyncio.Event().wait()
+    # SIGTERM ends the process normally, so that coverage's subprocess measurement (which
+    # saves at exit) sees what this server ran; SIGKILL would lose it.
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.close(drain_timeout=0)
 
 
 if __name__ == "__main__":

@@ -90,8 +90,12 @@ def server() -> Iterator[Server]:
 
     threading.Thread(target=drain, daemon=True).start()
     yield srv
-    proc.kill()
-    proc.wait(5)
+    proc.terminate()  # a normal exit (the server's SIGTERM handler): its coverage is saved
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def connect(port: int, source: str = "127.0.0.1", rcvbuf: int | None = None,

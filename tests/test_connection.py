@@ -107,6 +107,9 @@ def test_a_handler_that_outlives_its_connection_writes_nothing(outcome: str) -> 
         async def stubborn(request: streamcore.Request) -> str:
             with contextlib.suppress(asyncio.CancelledError):  # swallowed: it goes on
                 await asyncio.sleep(60)
+            # ... and awaits again (its cleanup, say): the connection learns of its end
+            # from a step after the cancellation's.
+            await asyncio.sleep(0)
             if outcome == "raises":
                 raise ValueError("after the loss")
             return "nobody listens"
@@ -455,5 +458,136 @@ def test_ws_handler_failing_before_its_first_await_is_1011(kind: str) -> None:
         assert isinstance(events[-1], CloseConnection) and events[-1].code == 1011
         transport.feed(client_close(1011))
         await until(lambda: transport.lost)
+
+    run(main)
+
+
+def tiny_chunked_post(path: str, n: int) -> bytes:
+    """A chunked POST of ``n`` one-byte chunks: more h11 events than one read's slice."""
+    return (b"POST %b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            % path.encode() + b"1\r\nx\r\n" * n + b"0\r\n\r\n")
+
+
+def test_a_pipelined_request_too_long_for_one_slice_is_parsed_after_the_response() -> None:
+    """The next request's bytes came during a response and hold more events than one
+    slice: next_cycle parses one, reading stays paused, the rest follows a loop iteration
+    at a time, and the request is answered."""
+
+    async def main() -> None:
+        from streamcore.proto.http import EVENTS_PER_CALL
+
+        app = streamcore.App(limits=LIMITS.replace(max_body_chunks=10_000))
+
+        @app.route("GET", "/a")
+        async def a(request: streamcore.Request) -> str:
+            await asyncio.sleep(0)
+            return "a"
+
+        @app.route("POST", "/count")
+        async def count(request: streamcore.Request) -> dict[str, int]:
+            return {"bytes": len(request.body)}
+
+        server = make_server(app)
+        _, transport = connect(server)
+        n = 3 * EVENTS_PER_CALL
+        transport.feed(get("/a") + tiny_chunked_post("/count", n))
+        await until(lambda: len(parse_responses(transport.data, strict=False)) == 2)
+        first, second = parse_responses(transport.data)
+        assert first.body == b"a" and second.json() == {"bytes": n}
+        assert "pause" in transport.reading_calls and transport.reading
+        assert not transport.closing
+
+    run(main)
+
+
+def test_a_connection_lost_with_a_parse_slice_pending_parses_nothing_more() -> None:
+    async def main() -> None:
+        calls: list[int] = []
+        app = streamcore.App(limits=LIMITS.replace(max_body_chunks=10_000))
+
+        @app.route("POST", "/count")
+        async def count(request: streamcore.Request) -> str:
+            calls.append(len(request.body))
+            return "counted"
+
+        server = make_server(app)
+        conn, transport = connect(server)
+        transport.feed(tiny_chunked_post("/count", 600))  # a whole request, in two slices
+        assert conn.session.backlog and transport.reading_calls == ["pause"]
+        transport.lose()  # before the loop runs the second slice
+        await spin(10)
+        assert calls == [] and transport.data == b""
+        assert transport.reading_calls == ["pause"]
+
+    run(main)
+
+
+def test_ws_a_pong_held_while_our_output_is_full_goes_out_when_it_drains() -> None:
+    """RFC 6455 section 5.5.3 and issue 12: a Ping that comes while our output is full is
+    not answered then (a peer that pings and never reads must not fill our memory with
+    Pongs); the latest one is answered once the output drains, once."""
+
+    async def main() -> None:
+        from wsproto.connection import Connection, ConnectionType
+        from wsproto.events import Ping
+
+        app = streamcore.App(limits=LIMITS)
+
+        @app.websocket("/h")
+        async def h(ws: streamcore.WebSocket) -> None:
+            async for _ in ws:
+                pass
+
+        server = make_server(app)
+        _, transport = connect(server)
+        transport.feed(upgrade("/h"))
+        await spin(5)
+        ws_conn = transport.protocol
+        ws_conn.pause_writing()
+        peer = Connection(ConnectionType.CLIENT)
+        transport.feed(peer.send(Ping(b"one")) + peer.send(Ping(b"two")))
+        await spin(5)
+        assert not any(data[:1] == b"\x8a" for _, data in transport.calls)
+        ws_conn.resume_writing()
+        pongs = [data for _, data in transport.calls if data[:1] == b"\x8a"]
+        assert pongs == [b"\x8a\x03two"]
+        transport.lose()
+
+    run(main)
+
+
+@pytest.mark.parametrize("step", ["receive", "parse_more"])
+def test_ws_a_session_that_fails_aborts_the_connection(
+        step: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The error boundary of reading: a bug of ours in the session (on a read, or on a
+    later slice of a flood) resets the connection, logged, never leaves it half-alive."""
+
+    async def main() -> None:
+        from streamcore.proto import ws
+
+        app = streamcore.App(limits=LIMITS)
+
+        @app.websocket("/h")
+        async def h(sock: streamcore.WebSocket) -> None:
+            async for _ in sock:
+                pass
+
+        server = make_server(app)
+        _, transport = connect(server)
+        transport.feed(upgrade("/h"))
+        await spin(5)
+
+        def broken(self: Any, *args: Any) -> Any:
+            raise RuntimeError("a bug of ours")
+
+        monkeypatch.setattr(ws.WSSession, step, broken)
+        frames = b"".join(client_frame(str(i)) for i in range(2 * ws.EVENTS_PER_CALL))
+        if step == "parse_more":
+            transport.feed(frames)  # the first slice parses; the next one fails
+        else:
+            transport.feed(frames[:20])
+        await until(lambda: transport.lost)
+        assert transport.aborted
+        assert "session failed" in caplog.text and "a bug of ours" in caplog.text
 
     run(main)

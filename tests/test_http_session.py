@@ -471,3 +471,51 @@ def test_head_response_has_no_body() -> None:
     head = session.response_head(200, [(b"content-length", b"2")], method="HEAD")
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert session.response_body(b"ok") == b""
+
+
+# ------------------------------------------------- bounded work per call (parse_more)
+
+
+def tiny_chunks(n: int) -> bytes:
+    """A chunked POST whose body is ``n`` one-byte chunks: more h11 events than one call
+    parses when ``n`` is over EVENTS_PER_CALL."""
+    return (b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"1\r\nx\r\n" * n + b"0\r\n\r\n")
+
+
+CHUNKY = Limits(max_body_bytes=10_000, max_body_chunks=10_000)
+
+
+def test_a_backlog_is_parsed_by_parse_more_until_the_request() -> None:
+    from streamcore.proto.http import EVENTS_PER_CALL
+
+    session = HTTPSession(CHUNKY)
+    assert session.receive(tiny_chunks(3 * EVENTS_PER_CALL)) is None
+    calls = 1
+    request = None
+    while request is None:
+        assert session.backlog
+        request = session.parse_more()
+        calls += 1
+    assert calls == 4 and not session.backlog  # 3 * 512 chunk events and the end
+    assert request.body == b"x" * (3 * EVENTS_PER_CALL)
+
+
+def test_nothing_is_parsed_after_fail_even_with_a_backlog() -> None:
+    """A protocol error (or a read timeout) between two slices of a backlog: the rest of
+    the bytes are never parsed, though they hold a complete request."""
+    session = HTTPSession(CHUNKY)
+    assert session.receive(tiny_chunks(600)) is None and session.backlog
+    session.fail()
+    assert session.parse_more() is None
+    assert not session.backlog and session.phase is Phase.ERROR
+
+
+def test_parse_more_during_a_stream_leaves_the_next_request_for_its_turn() -> None:
+    """RFC 9112 section 9.3.2: the bytes of a pipelined request that came during a
+    streamed response are parsed only once that response has ended."""
+    session, _, _ = streamed(GET + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert session.parse_more() is None
+    assert session.phase is Phase.HANDLING and not session.backlog
+    keep_open, request = session.next_cycle()
+    assert keep_open and request is not None and request.path == "/next"

@@ -830,3 +830,36 @@ def test_a_deflate_offer_wsproto_cannot_accept_is_skipped() -> None:
     alone = ws.accept(upgrade_request(upgrade_headers(
         extra=[(b"sec-websocket-extensions", bad)])), deflate=True)
     assert alone.extensions == [] and b"sec-websocket-extensions" not in alone.response
+
+
+# ------------------------------------------------- bounded work per call (parse_more)
+
+
+def test_a_flood_of_messages_is_parsed_in_slices_in_order() -> None:
+    peer = client()
+    count = 2 * ws.EVENTS_PER_CALL + 7
+    data = b"".join(peer.send(TextMessage(str(i))) for i in range(count))
+    session = new_session()
+    slices = [session.receive(data)]
+    while session.backlog:
+        slices.append(session.parse_more())
+    assert [len(s) for s in slices] == [ws.EVENTS_PER_CALL, ws.EVENTS_PER_CALL, 7]
+    assert [e for s in slices for e in s] == [ws.Received(str(i)) for i in range(count)]
+
+
+@pytest.mark.parametrize("ending", ["close", "fail", "lost"])
+def test_nothing_is_parsed_after_closed(ending: str) -> None:
+    """Frames after the peer's Close, a protocol error, or the end of TCP are never
+    parsed, by parse_more as by receive."""
+    late = client().send(TextMessage("late"))
+    session = new_session()
+    if ending == "close":
+        events = session.receive(client().send(CloseConnection(code=1000)) + late)
+    elif ending == "fail":
+        events = session.receive(b"\x81\x05hello" + late)  # unmasked: 1002
+    else:
+        events = session.receive(late[:3]) + session.receive(None)
+    assert closed_code(events) == {"close": 1000, "fail": 1002, "lost": 1006}[ending]
+    assert session.state.terminal and not session.backlog
+    assert session.parse_more() == []
+    assert session.receive(late) == [] and session.parse_more() == []

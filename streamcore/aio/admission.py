@@ -51,8 +51,6 @@ class Admission:
 
     def release(self, conn: Any) -> None:
         if conn not in self.connections:  # refused, or already released
-            if self.draining and not self.connections:
-                self._idle.set()
             return
         self.connections.discard(conn)
         ip = _ip(conn.peer)

@@ -251,9 +251,10 @@ class HTTPSession:
 
     def _take_head_bytes(self, data: bytes) -> None:
         self._cycle_fed += len(data)
-        room = self.limits.max_head_bytes + 1 - len(self._head_bytes)
-        if room > 0:
-            self._head_bytes += data[:room]
+        # Never full here: while the head is incomplete h11 holds every byte of the cycle,
+        # and refuses (431) once it holds more than max_head_bytes; a complete head ends
+        # the head phase (and a session that raised is fed no more).
+        self._head_bytes += data[:self.limits.max_head_bytes + 1 - len(self._head_bytes)]
         # RFC 9112 section 3: a request line longer than we read is 414, told as soon as
         # it is known, whatever the segmentation.
         limit = self.limits.max_request_line_bytes
@@ -331,10 +332,8 @@ class HTTPSession:
             raise HeadTooLarge(head_size, limits.max_head_bytes)
         raw_head = bytes(self._head_bytes[:head_size])
         self._head_bytes = bytearray()
-        line_end = raw_head.find(b"\n")
-        if line_end > limits.max_request_line_bytes:
-            raise ProtocolError(f"request line over {limits.max_request_line_bytes} bytes",
-                                status=414, code="uri_too_long")
+        # (A request line over max_request_line_bytes never gets here: _take_head_bytes
+        # answered 414 when its bytes came.)
         if event.http_version not in VERSIONS:
             # RFC 9110 section 2.5 would have a 1.x server read HTTP/1.2 as 1.1; we answer
             # 505 to every version we do not implement, as Apache's strict mode does.

@@ -85,9 +85,8 @@ def _int_param(body: dict[str, Any], name: str, low: int, high: int | None) -> i
 
 
 def _json_type(value: Any) -> str:
-    """The JSON name of a decoded value's type (what the client sent, not Python's name)."""
-    if value is None:
-        return "null"
+    """The JSON name of a decoded value's type (what the client sent, not Python's name).
+    Never null: its callers take a null parameter as an absent one."""
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int):

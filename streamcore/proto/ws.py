@@ -361,10 +361,8 @@ class WSSession:
         return self._events()
 
     def parse_more(self) -> list[Received | Closed]:
-        """Go on parsing what :meth:`receive` left (:attr:`backlog`)."""
-        if self.closed is not None or self.state.terminal:
-            self.backlog = False
-            return []
+        """Go on parsing what :meth:`receive` left (:attr:`backlog`).  (After a Close,
+        wsproto has no event left to give: nothing is parsed after it.)"""
         return self._events()
 
     def _events(self) -> list[Received | Closed]:
