@@ -189,9 +189,10 @@ def _self_cpu() -> float:
 
 def core_times() -> dict[int, dict[str, float]]:
     """Seconds per core from /proc/stat: ``normal`` (user + system at nice <= 0), ``nice``
-    (user time at nice > 0), ``irq`` (irq + softirq: loopback's packet work), ``steal``.  Everything this benchmark starts runs
-    at nice 0; the machine is shared with test runs at nice 10, which fill the idle time of a
-    paced benchmark but yield the core to a nice-0 process that wakes up."""
+    (user time at nice > 0), ``irq`` (irq + softirq: loopback's packet work), ``steal``.
+    Everything this benchmark starts runs at nice 0; the machine is shared with test runs
+    at nice 10, which fill the idle time of a paced benchmark but yield the core to a nice-0
+    process that wakes up."""
     out = {}
     with open("/proc/stat") as f:
         for line in f:
@@ -288,6 +289,11 @@ class Meter:
                    for core, share in out["other_busy_share"].items() if share > LOADED_SHARE]
         if out["steal_share"] > LOADED_SHARE:
             reasons.append(f"steal {out['steal_share']:.0%}")
+        # A front not under test that still works (LiteLLM goes on with the streams of a
+        # run that was cut) takes CPU 1 from the one under test.
+        for name, cpu in out["idle_fronts_cpu_s"].items():
+            if cpu / wall > LOADED_SHARE:
+                reasons.append(f"idle front {name} busy {cpu / wall:.0%}")
         out["loaded"] = bool(reasons)
         out["loaded_why"] = reasons
         return out
@@ -337,16 +343,21 @@ def measure_unpaced(front: Front, upstream: Running, fronts: list[Front],
     if status != 0:
         return {**result, "error": f"load generator exit {status}: {text[-800:]}"}
     g = parse_json_out(text)
-    # Streams cut at the deadline are not checked (their tokens still count); every stream
-    # that ended must be valid.
     result.update(tokens=g["tokens"], tokens_per_s=g["tokens_per_s"],
                   streams_done=g["streams_done"], streams_valid=g["streams_valid"],
-                  errors=g["errors"],
-                  valid=g["streams_valid"] == g["streams_done"] > 0 and not g["errors"],
-                  client_cpu_util=g["client_cpu_util"])
+                  errors=g["errors"], client_cpu_util=g["client_cpu_util"])
+    result["valid"] = cpu_run_valid(result)
     result.update(meter.machine(client_cpu))
     per_token(result)
     return result
+
+
+def cpu_run_valid(r: dict[str, Any]) -> bool:
+    """Streams cut at the deadline count for the tokens they delivered (the front passed the
+    full validation of a stream this long first); every stream that ended must be valid.
+    A front so slow that no stream ended in the run (LiteLLM) is measured on cut streams."""
+    return ("error" not in r and not r.get("errors") and (r.get("tokens") or 0) > 0
+            and r.get("streams_valid") == r.get("streams_done"))
 
 
 def per_token(result: dict[str, Any]) -> None:
@@ -360,7 +371,29 @@ def per_token(result: dict[str, Any]) -> None:
     result["client_bound"] = result["client_cpu_util"] > CLIENT_BOUND
 
 
-def with_retries(measure: Any, args: argparse.Namespace, log: Any) -> dict[str, Any]:
+def wait_servers_idle(servers: list[Running], max_wait: float, log: Any) -> float:
+    """Wait (up to max_wait s) until our own servers (the upstream, every front) are idle:
+    below 2 % of a core together over 0.5 s.  A front whose run was cut may go on with its
+    streams for a while (LiteLLM does not stop a stream whose client left)."""
+    t0 = time.monotonic()
+    trees = [(s.pid, s.pids()) for s in servers]
+    while True:
+        a = sum(procstat.cpu_seconds(pid, pids) for pid, pids in trees)
+        time.sleep(0.5)
+        busy = (sum(procstat.cpu_seconds(pid, pids) for pid, pids in trees) - a) / 0.5
+        waited = time.monotonic() - t0
+        if busy < 0.02 or waited > max_wait:
+            if waited > 1:
+                log(f"      waited {waited:.0f} s for our servers to be idle "
+                    f"({busy:.0%} of a core)")
+            return waited
+        time.sleep(0.5)
+
+
+def with_retries(measure: Any, args: argparse.Namespace, log: Any,
+                 servers: list[Running] | None = None) -> dict[str, Any]:
+    if servers:
+        wait_servers_idle(servers, args.wait_idle, log)
     waited = wait_quiet(args.wait_quiet, log)
     result = measure()
     result["waited_for_quiet_s"] = waited
@@ -369,6 +402,8 @@ def with_retries(measure: Any, args: argparse.Namespace, log: Any) -> dict[str, 
         if not result.get("loaded") or "error" in result:
             break
         log(f"      disturbed ({', '.join(result['loaded_why'])}): again")
+        if servers:
+            wait_servers_idle(servers, args.wait_idle, log)
         waited = wait_quiet(args.wait_quiet, log)
         result = measure()
         result["waited_for_quiet_s"] = waited
@@ -452,15 +487,23 @@ def part_latency(args: argparse.Namespace, doc: dict[str, Any], log: Any, save: 
         measured = validate_all(fronts, 5, doc, "latency", log)
         for conc in args.concurrency:
             log(f"  -- {conc} concurrent streams, {repeat_for(args, conc)} per connection")
-            # Warm up at this concurrency (upstream pools, allocators), not measured.
+            servers = [upstream, *(f.proc for f in fronts if f.proc is not None)]
+            # Warm up at this concurrency (upstream pools, allocators), not measured.  A front
+            # whose warm-up fails (it cannot keep up) is measured once, not three times: its
+            # cut streams would only disturb the others' runs.
+            once = set()
             for f in measured:
+                wait_servers_idle(servers, args.wait_idle, log)
                 w = measure_paced_warm(f, upstream, fronts, conc, args)
                 if not w.get("valid"):
-                    log(f"    {f.name}: warm-up not valid: {brief_errors(w)}")
+                    log(f"    {f.name}: warm-up not valid ({brief_errors(w)}): one run only")
+                    once.add(f.name)
             for i in range(args.runs):
                 for f in rotate(measured, i):
+                    if f.name in once and i > 0:
+                        continue
                     r = with_retries(partial(measure_paced, f, upstream, fronts, conc, args),
-                                     args, log)
+                                     args, log, servers)
                     r.update(part="latency", front=f.name, concurrency=conc, run=i)
                     doc["results"].append(r)
                     log_paced(log, r)
@@ -497,7 +540,9 @@ def part_cpu(args: argparse.Namespace, doc: dict[str, Any], log: Any, save: Any)
         doc["commands"]["synthetic"] = shlex.join(synth.cmd)
         fronts.append(Front("synthetic", synth.port, synth))
         measured = validate_all(fronts, args.cpu_tokens, doc, "cpu", log)
+        servers = [upstream, *(f.proc for f in fronts if f.proc is not None)]
         for f in measured:  # warm-up
+            wait_servers_idle(servers, args.wait_idle, log)
             saved = args.cpu_duration
             args.cpu_duration = 1.0
             measure_unpaced(f, upstream, fronts, args)
@@ -505,7 +550,7 @@ def part_cpu(args: argparse.Namespace, doc: dict[str, Any], log: Any, save: Any)
         for i in range(args.runs):
             for f in rotate(measured, i):
                 r = with_retries(partial(measure_unpaced, f, upstream, fronts, args), args,
-                                 log)
+                                 log, servers)
                 r.update(part="cpu", front=f.name, concurrency=args.cpu_concurrency, run=i)
                 doc["results"].append(r)
                 log_cpu(log, r)
@@ -637,6 +682,8 @@ def tables(doc: dict[str, Any]) -> str:
                     f"{col('upstream_cpu_us_per_token', 1.0)} | {'; '.join(fl)} |")
         out.append("")
     cpu = [r for r in results if r.get("part") == "cpu"]
+    for r in cpu:
+        r["valid"] = cpu_run_valid(r)
     if cpu:
         s = doc["settings"]
         out.append(f"### CPU per relayed token: unpaced upstream, {s['cpu_concurrency']} "
@@ -662,6 +709,8 @@ def tables(doc: dict[str, Any]) -> str:
                 fl.append(f"INVALID {len(rs) - len(ok)}/{len(rs)}: {brief_errors(bad)}")
             if any(r.get("client_bound") for r in ok):
                 fl.append("client-bound")
+            if ok and not any(r.get("streams_done") for r in ok):
+                fl.append("no stream ended within a run: cut streams counted")
             if not ok:
                 out.append(f"| {name} | 0/{len(rs)} | - | - | - | - | - | - | "
                            f"{'; '.join(fl)} |")
@@ -703,7 +752,7 @@ def _added(name: str, rs: list[dict[str, Any]], direct: dict[int, dict[str, Any]
 def targets(doc: dict[str, Any]) -> str:
     """The issue's targets, met or not, from the medians."""
     lat = [r for r in doc["results"] if r.get("part") == "latency" and r.get("valid")]
-    cpu = [r for r in doc["results"] if r.get("part") == "cpu" and r.get("valid")]
+    cpu = [r for r in doc["results"] if r.get("part") == "cpu" and cpu_run_valid(r)]
     lines = ["### Targets (issue 9)\n"]
 
     def added_p99(front: str, conc: int) -> float | None:
@@ -758,6 +807,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="latency: seconds a run may take beyond its streams' duration")
     parser.add_argument("--retry-loaded", type=int, default=1,
                         help="repeat a run that other nice-0 work disturbed (up to N times)")
+    parser.add_argument("--wait-idle", type=float, default=60.0,
+                        help="before each run, wait up to this many seconds for our own "
+                             "servers to be idle (a front may go on with cut streams)")
     parser.add_argument("--wait-quiet", type=float, default=10.0,
                         help="before each run, wait up to this many seconds for quiet cores")
     parser.add_argument("--out", default=None)
