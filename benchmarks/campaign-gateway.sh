@@ -12,6 +12,9 @@ step() { name=$1; shift; $G "$@" --out "benchmarks/out/gw-$name.json" > "benchma
 # (nginx and LiteLLM do not cap busy upstream connections).
 step latency --parts latency --concurrency 1,100,1000 --repeat 1:6,100:3,1000:1 \
      --upstream-pool-size 1024
+# 100 streams again, five rounds, without LiteLLM (whose 35 s runs dominate the time).
+step latency-100b --parts latency --fronts direct,streamcore,nginx --concurrency 100 \
+     --repeat 100:3 --upstream-pool-size 1024 --runs 5
 # CPU per relayed token: unpaced upstream, 64 connections of 1000-token streams, 5 s runs.
 step cpu --parts cpu --upstream-pool-size 1024
 # Where the gateway's CPU per relayed token goes (py-spy, see profile-gateway.sh).
