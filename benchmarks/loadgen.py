@@ -47,6 +47,11 @@ CONTENT = b'"delta":{"content":'  # one per content chunk (the role chunk has "r
 CHUNKED_END = b"\r\n0\r\n\r\n"
 WS_DONE = b'"type":"done"'
 CARRY = max(len(CONTENT), len(CHUNKED_END), len(WS_DONE)) - 1
+DONE = b"[DONE]"
+#: The stream's last ``data:`` field (strict_end): ``[DONE]``, then only line ends and
+#: chunked framing (a CRLF after the chunk, ``0`` and the blank line that end the body).
+LAST_DONE = re.compile(rb"data: ?\[DONE\](\r\n|\r|\n){2}(\r\n)?(0\r\n\r\n)?$")
+TAIL = 128
 WS_KEY = base64.b64encode(b"streamcore-bench").decode()
 
 
@@ -375,6 +380,9 @@ class Stats:
         self.errors: dict[str, int] = {}
         self.opened = 0
         self.first_token_streams = 0
+        #: Streams that delivered exactly T content chunks and (with ``strict_end``)
+        #: ended with ``data: [DONE]`` as their last event, seen once.
+        self.streams_valid = 0
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -385,7 +393,7 @@ class Client(asyncio.Protocol):
 
     def __init__(self, stats: Stats, proto: str, port: int, tokens: int, *,
                  repeat_until: float = 0.0, rate: float = 0.0, loop: Any = None,
-                 t0_connect: bool = False) -> None:
+                 t0_connect: bool = False, repeat: int = 0, strict_end: bool = False) -> None:
         self.stats = stats
         self.ws = proto == "ws"
         self.port = port
@@ -412,6 +420,19 @@ class Client(asyncio.Protocol):
         #: moment the request itself is sent.
         self.t0_connect = t0_connect
         self.t_conn = 0.0
+        #: Paced: run this many streams back to back on the connection (keep-alive).
+        self.repeat = repeat
+        #: SSE: check that each stream's last event is ``data: [DONE]`` and that it comes
+        #: once (the tail of the body is kept; a failed stream must not end with it).
+        self.strict_end = strict_end and not self.ws
+        self.tail = b""
+        self.dones = 0
+        self.carry_dones = 0
+        self.dechunk = False
+        self.chunk_left = 0
+        self.chunk_crlf = 0
+        self.chunk_last = False
+        self.size_line = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.t_conn = monotonic()
@@ -441,6 +462,14 @@ class Client(asyncio.Protocol):
         self.got = 0
         self.first = False
         self.carry = b""
+        self.tail = b""
+        self.dones = 0
+        self.carry_dones = 0
+        self.dechunk = False
+        self.chunk_left = 0
+        self.chunk_crlf = 0
+        self.chunk_last = False
+        self.size_line = b""
         self.active = True
         self.t0 = self.t_conn if self.t0_connect and self.requests == 1 else monotonic()
         if self.ws:
@@ -486,10 +515,15 @@ class Client(asyncio.Protocol):
                 return
             m = re.search(rb"\r\ncontent-length:\s*(\d+)", head)
             self.remaining = int(m.group(1)) if m else -1
+            # strict_end: de-chunk, so that a pattern split by a chunk boundary (a proxy
+            # that relays reads as they come, nginx) is still seen whole.
+            self.dechunk = self.strict_end and self.remaining < 0 and b"chunked" in head
             data = bytes(self.head[end + 4:])
             self.in_head = False
             if not data:
                 return
+        if self.dechunk:
+            data, body_end = self.unchunk(data)
         buf = self.carry + data if self.carry else data
         n = buf.count(CONTENT)
         if n:
@@ -516,19 +550,71 @@ class Client(asyncio.Protocol):
         elif self.remaining >= 0:
             self.remaining -= len(data)
             end = self.remaining <= 0
+        elif self.dechunk:
+            end = body_end
         else:
             end = CHUNKED_END in buf
         self.carry = buf[-CARRY:]
+        if self.strict_end:
+            self.dones += buf.count(DONE) - self.carry_dones
+            self.carry_dones = self.carry.count(DONE)
+            self.tail = (self.tail + data)[-TAIL:]
         if end:
             self.stream_end(now)
+
+    def unchunk(self, data: bytes) -> tuple[bytes, bool]:
+        """HTTP/1.1 chunked framing (RFC 9112 7.1) off, incrementally: (payload, ended)."""
+        if self.size_line:
+            data, self.size_line = self.size_line + data, b""
+        out = []
+        pos, n = 0, len(data)
+        while pos < n:
+            if self.chunk_left:
+                take = min(self.chunk_left, n - pos)
+                out.append(data[pos:pos + take])
+                pos += take
+                self.chunk_left -= take
+                if not self.chunk_left:
+                    self.chunk_crlf = 2
+            elif self.chunk_crlf:
+                take = min(self.chunk_crlf, n - pos)
+                pos += take
+                self.chunk_crlf -= take
+                if not self.chunk_crlf and self.chunk_last:
+                    return b"".join(out), True
+            else:
+                i = data.find(b"\r\n", pos)
+                if i < 0:
+                    self.size_line = data[pos:]
+                    break
+                size = int(data[pos:i].split(b";")[0], 16)
+                pos = i + 2
+                if size:
+                    self.chunk_left = size
+                else:  # the last chunk: its CRLF (no trailers) ends the body
+                    self.chunk_last = True
+                    self.chunk_crlf = 2
+        return b"".join(out), False
 
     def stream_end(self, now: float) -> None:
         self.active = False
         stats = self.stats
         stats.streams_done += 1
         stats.stream_times.append(now - self.t0)
+        valid = True
         if self.got != self.tokens:
             stats.error("short_stream")
+            valid = False
+        if self.strict_end:
+            last = self.tail.rfind(b"data:")
+            if self.dones != 1 or last < 0 or not LAST_DONE.match(self.tail, last):
+                stats.error("no_done_last")
+                valid = False
+        if valid:
+            stats.streams_valid += 1
+        if self.repeat and self.requests < self.repeat:
+            self.start()
+            return
         if self.repeat_until and now < self.repeat_until:
             self.start()
         else:
@@ -573,6 +659,7 @@ def summary(stats: Stats, wall: float, cpu: float) -> dict[str, Any]:
         "wall_s": wall,
         "tokens_per_s": stats.tokens / wall if wall > 0 else 0.0,
         "streams_done": stats.streams_done,
+        "streams_valid": stats.streams_valid,
         "connections": stats.opened,
         "errors": stats.errors,
         "stream_time_s": percentiles(stats.stream_times),
@@ -588,7 +675,8 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     stats = Stats()
     clients = await open_clients(
         args.concurrency,
-        lambda: Client(stats, args.proto, args.port, args.tokens, repeat_until=1.0, loop=loop),
+        lambda: Client(stats, args.proto, args.port, args.tokens, repeat_until=1.0, loop=loop,
+                       strict_end=args.strict_end),
         args.port, stats)
     cpu0, t0 = cpu_now(), monotonic()
     deadline = t0 + args.duration
@@ -625,7 +713,8 @@ async def run_paced(args: argparse.Namespace) -> dict[str, Any]:
                 _, client = await loop.create_connection(
                     lambda: Client(stats, args.proto, args.port, args.tokens,
                                    rate=args.rate, loop=loop,
-                                   t0_connect=args.t0 == "connect"), "127.0.0.1", args.port)
+                                   t0_connect=args.t0 == "connect", repeat=args.repeat,
+                                   strict_end=args.strict_end), "127.0.0.1", args.port)
                 await client.connected
                 clients.append(client)
                 client.start()
@@ -635,7 +724,7 @@ async def run_paced(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.05 * (attempt + 1))
 
     await asyncio.gather(*(one(i) for i in range(n)))
-    limit = args.tokens / args.rate + args.ramp + 30.0
+    limit = args.limit or max(1, args.repeat) * args.tokens / args.rate + args.ramp + 30.0
     pending = [c.finished for c in clients]
     if pending:
         await asyncio.wait(pending, timeout=limit)
@@ -756,6 +845,14 @@ def main() -> None:
     parser.add_argument("--t0", choices=["request", "connect"], default="request",
                         help="paced: the schedule starts when the request is sent (default; "
                              "for WebSocket after the handshake) or when TCP connected")
+    parser.add_argument("--repeat", type=int, default=0,
+                        help="paced: streams run back to back on each connection (keep-alive)")
+    parser.add_argument("--limit", type=float, default=0.0,
+                        help="paced: seconds to wait for the streams to end (default: their "
+                             "duration + ramp + 30 s); streams still open are cut")
+    parser.add_argument("--strict-end", action="store_true",
+                        help="SSE: a stream counts as valid only if its last event is "
+                             "data: [DONE], seen once (streams_valid)")
     parser.add_argument("--hold", type=float, default=3.0, help="idle: seconds to hold")
     parser.add_argument("--server-pid", type=int, default=0)
     parser.add_argument("--out", default="-")
