@@ -367,6 +367,21 @@ def test_ping_gets_a_pong_with_its_payload() -> None:
         assert outbox_frames(session) == [(PONG, True, payload)]
 
 
+def test_a_few_pings_in_one_read_each_get_their_pong_a_flood_one() -> None:
+    """RFC 6455 section 5.5.3 allows a Pong for the latest Ping only; a client that pings a
+    few times in a row still gets every Pong, in order (Autobahn 2.10, 2.11), while a flood
+    in one read gets one (the latest's), not one per Ping."""
+    session = new_session()
+    session.receive(b"".join(frame(PING, b"p%d" % i) for i in range(10)))
+    pongs = ServerFrames().feed(b"".join(session.outbox))
+    assert pongs == [(PONG, True, b"p%d" % i) for i in range(10)]
+    session = new_session()
+    flood = ws.EVENTS_PER_CALL
+    session.receive(b"".join(frame(PING, b"f%d" % i) for i in range(flood)))
+    pongs = ServerFrames().feed(b"".join(session.outbox))
+    assert pongs == [(PONG, True, b"f%d" % (flood - 1))]
+
+
 def test_unsolicited_pong_is_ignored() -> None:
     events, session = all_ways(frame(PONG, b"hi") + frame(TEXT, b"after"))
     assert events == [ws.Received("after")]

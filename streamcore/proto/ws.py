@@ -53,6 +53,11 @@ from .state import State, Table
 #: before the session hands the loop back: a millisecond or two of work, whatever one
 #: read of the socket holds (a tiny frame costs wsproto about 4 us).
 EVENTS_PER_CALL = 256
+#: Pings answered one Pong each per parse call; above it only the latest is answered (RFC
+#: 6455 section 5.5.3 allows a Pong for the most recent Ping only).  A client that pings a
+#: few times in a row gets every Pong (Autobahn cases 2.10 and 2.11 check it); a flood
+#: gets one Pong per call of EVENTS_PER_CALL events.
+PONGS_PER_CALL = 16
 
 # RFC 6455 section 7.4.1 status codes.
 NORMAL = 1000
@@ -325,10 +330,11 @@ class WSSession:
         #: The message being received: one buffer, whatever its number of fragments.
         self._binary = bytearray()
         self._text = io.StringIO()
-        #: The payload of the latest Ping not answered yet (RFC 6455 section 5.5.3: a Pong
-        #: for the most recent Ping only), and whether to hold it (the connection's output
-        #: is full: a peer that pings and never reads must not fill our memory with Pongs).
-        self._ping: bytes | None = None
+        #: The payloads of the Pings not answered yet (at most PONGS_PER_CALL; past it only
+        #: the latest, RFC 6455 section 5.5.3), and whether to hold them (the connection's
+        #: output is full: a peer that pings and never reads must not fill our memory with
+        #: Pongs; while held, only the latest is kept).
+        self._pings: list[bytes] = []
         self.hold_pongs = False
         #: The last call stopped after EVENTS_PER_CALL events: call :meth:`parse_more`.
         self.backlog = False
@@ -368,6 +374,7 @@ class WSSession:
     def _events(self) -> list[Received | Closed]:
         out: list[Received | Closed] = []
         budget = EVENTS_PER_CALL
+        pinged = len(self._pings)
         self.backlog = False
         events = self._conn.events()
         for event in events:
@@ -384,7 +391,10 @@ class WSSession:
                         out.append(Received(bytes(self._binary)))
                         self._binary = bytearray()
             elif isinstance(event, Ping):
-                self._ping = bytes(event.payload)
+                pinged += 1
+                if pinged > PONGS_PER_CALL or self.hold_pongs:
+                    self._pings.clear()  # a flood, or a peer that does not read: the latest
+                self._pings.append(bytes(event.payload))
             elif isinstance(event, Pong):
                 pass  # any byte received already counts as liveness
             else:  # the last event wsproto has for a connection
@@ -401,14 +411,13 @@ class WSSession:
         return out
 
     def answer_ping(self) -> None:
-        """The Pong of the latest Ping into the outbox, unless held (:attr:`hold_pongs`)."""
-        if self._ping is not None and not self.hold_pongs and self.closed is None:
+        """The Pongs of the Pings pending into the outbox, unless held (:attr:`hold_pongs`)."""
+        if self._pings and not self.hold_pongs and self.closed is None:
             # Made here, not by wsproto, which refuses once the peer's Close is parsed: a
             # Ping received before that Close is still answered (section 5.5.3), first.
             # A control frame: unmasked from a server, never compressed, <= 125 bytes.
-            ping = self._ping
-            self._ping = None
-            self.outbox.append(bytes((0x8A, len(ping))) + ping)
+            self.outbox.extend(bytes((0x8A, len(ping))) + ping for ping in self._pings)
+            self._pings = []
 
     def _on_close(self, event: CloseConnection) -> Closed:
         conn = self._conn
