@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -846,37 +846,49 @@ async def exchange(upstream: Upstream, limits: Limits, method: str, path: str,
     return collect.head, bytes(collect.body)
 
 
-async def complete(chat: ChatRequest, routes: Sequence[Route], limits: Limits) -> tuple[
-        int, bytes, bytes]:
-    """A non-streamed chat completion: ``(status, body, content type)`` of the first
-    upstream that answers (the next one is tried after a refusal that allows it)."""
+async def _first_answer(routes: Sequence[Route], limits: Limits, method: str,
+                        endpoint: str, body_of: Callable[[Route], bytes],
+                        ) -> tuple[Route, Head, bytes]:
+    """The first upstream's whole answer, trying the next after an unreachable upstream
+    or a refusal that allows it (``RETRYABLE``); the last error if none answers."""
     error: RequestError | None = None
     for i, route in enumerate(routes):
-        body = upstream_body(chat, route.model, stream=False)
         where = f"upstream {route.upstream.target.url()}"
         try:
-            head, data = await exchange(route.upstream, limits, "POST",
-                                        route.upstream.path("/chat/completions"), body)
+            head, data = await exchange(route.upstream, limits, method,
+                                        route.upstream.path(endpoint), body_of(route))
         except Unavailable as exc:
             log.warning("%s: %s", where, exc.message)
             error = exc
             continue
-        if head.status == 200:
-            try:  # under the client's name for the model (an alias stays the alias)
-                obj = orjson.loads(data)
-                if isinstance(obj, dict) and obj.get("model") != chat.model:
-                    obj["model"] = chat.model
-                    data = orjson.dumps(obj)
-            except orjson.JSONDecodeError:
-                raise RequestError(f"{where} answered 200 with a body that is not JSON",
-                                   status=502, type="upstream_error",
-                                   code="upstream_protocol_error") from None
-            return 200, data, head.header(b"content-type") or b"application/json"
-        error = refusal(head.status, data, head.headers, where)
-        if head.status not in RETRYABLE or i + 1 == len(routes):
-            raise error
+        if head.status in RETRYABLE and i + 1 < len(routes):
+            error = refusal(head.status, data, head.headers, where)
+            continue
+        return route, head, data
     assert error is not None
     raise error
+
+
+async def complete(chat: ChatRequest, routes: Sequence[Route], limits: Limits) -> tuple[
+        int, bytes, bytes]:
+    """A non-streamed chat completion: ``(status, body, content type)`` of the first
+    upstream that answers (the next one is tried after a refusal that allows it)."""
+    route, head, data = await _first_answer(
+        routes, limits, "POST", "/chat/completions",
+        lambda r: upstream_body(chat, r.model, stream=False))
+    where = f"upstream {route.upstream.target.url()}"
+    if head.status != 200:
+        raise refusal(head.status, data, head.headers, where)
+    try:  # under the client's name for the model (an alias stays the alias)
+        obj = orjson.loads(data)
+        if isinstance(obj, dict) and obj.get("model") != chat.model:
+            obj["model"] = chat.model
+            data = orjson.dumps(obj)
+    except orjson.JSONDecodeError:
+        raise RequestError(f"{where} answered 200 with a body that is not JSON",
+                           status=502, type="upstream_error",
+                           code="upstream_protocol_error") from None
+    return 200, data, head.header(b"content-type") or b"application/json"
 
 
 async def list_models(upstream: Upstream, limits: Limits) -> tuple[str, ...]:
@@ -898,27 +910,16 @@ async def relay(method: str, endpoint: str, body: bytes, routes: Sequence[Route]
                 limits: Limits) -> tuple[int, bytes, bytes]:
     """Any other ``/v1/*`` request, not streamed: the first upstream's answer as it is
     (``(status, body, content type)``); the next is tried after a refusal that allows it."""
-    error: RequestError | None = None
-    for i, route in enumerate(routes):
-        where = f"upstream {route.upstream.target.url()}"
-        payload = body
+
+    def body_of(route: Route) -> bytes:  # the upstream's name for the model, if one is
         if body and route.model:
             try:
                 obj = orjson.loads(body)
-                if isinstance(obj, dict) and "model" in obj:
-                    payload = orjson.dumps({**obj, "model": route.model})
             except orjson.JSONDecodeError:
-                pass
-        try:
-            head, data = await exchange(route.upstream, limits, method,
-                                        route.upstream.path(endpoint), payload)
-        except Unavailable as exc:
-            log.warning("%s: %s", where, exc.message)
-            error = exc
-            continue
-        if head.status in RETRYABLE and i + 1 < len(routes):
-            error = refusal(head.status, data, head.headers, where)
-            continue
-        return head.status, data, head.header(b"content-type") or b"application/json"
-    assert error is not None
-    raise error
+                return body
+            if isinstance(obj, dict) and "model" in obj:
+                return orjson.dumps({**obj, "model": route.model})
+        return body
+
+    _, head, data = await _first_answer(routes, limits, method, endpoint, body_of)
+    return head.status, data, head.header(b"content-type") or b"application/json"
