@@ -92,7 +92,7 @@ class Server:
         # the cursor to resume from elsewhere, before their connections close.
         for entry in self.store.live():
             if entry.owner is not None:
-                entry.owner.cancel(ServerShutdown(entry.id, entry.log.next_seq - 1))
+                entry.owner.cancel(ServerShutdown(entry.cursor(entry.log.next_seq - 1)))
         if admission.connections:
             await asyncio.sleep(0)  # the Flusher writes the error events
             for conn in list(admission.connections):
