@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from .limits import Limits, field_docs
 from .sources.synthetic import MAX_ANSWER_TOKENS, SyntheticModel
+from .store.base import ReplayStore
 
 ENV_PREFIX = "STREAMCORE_"
 #: The distribution's name on the package index ("streamcore" there is another project).
@@ -126,6 +127,11 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     tls = serve.add_argument_group("TLS (HTTPS and WSS; both files or neither)")
     _add(tls, "tls-cert", str, "", "PEM certificate chain file; serve HTTPS with --tls-key")
     _add(tls, "tls-key", str, "", "PEM private key file of --tls-cert")
+    store = serve.add_argument_group("resume store")
+    _add(store, "store", str, "memory",
+         "where streams are kept for resume: memory (this process), or "
+         "redis://HOST:PORT/DB (Redis Streams, shared by processes and nodes; needs the "
+         "redis extra: pip install 'streamcore-server[redis]')")
     limits = serve.add_argument_group("limits (every bound, with units)")
     docs = field_docs()
     for field in dataclasses.fields(Limits):
@@ -265,16 +271,35 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.ws_origins:
         app.ws_origins = frozenset(o.strip() for o in args.ws_origins.split(",") if o.strip())
 
+    try:
+        store = store_from(args.store, limits)
+    except (ValueError, RuntimeError) as exc:
+        parser.error(str(exc))
+
     def on_ready(server: Server) -> None:
         print(startup_banner(args.host, server.port, model, tls=tls is not None,
                              upstreams=[u.target.url() for u in upstreams]), flush=True)
 
     try:
-        run(app, args.host, args.port, limits=limits, on_ready=on_ready, ssl=tls)
+        run(app, args.host, args.port, limits=limits, on_ready=on_ready, ssl=tls, store=store)
     except OSError as exc:
         print(f"streamcore: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def store_from(spec: str, limits: Limits) -> ReplayStore | None:
+    """The store ``--store`` names: None for ``memory`` (the server makes its own), a
+    :class:`~streamcore.store.redis_streams.RedisStore` for a ``redis://`` URL.  A
+    ValueError for anything else; a RuntimeError when the redis extra is missing."""
+    if spec == "memory":
+        return None
+    if not spec.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"--store must be memory or redis://HOST:PORT/DB, got {spec!r}")
+    from .store.redis_streams import RedisStore, redis_module
+
+    redis_module()  # the extra is installed, or a clear error now rather than at the first stream
+    return RedisStore(spec, limits)
 
 
 def _api_keys(args: argparse.Namespace) -> list[str]:
