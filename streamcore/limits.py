@@ -139,6 +139,12 @@ class Limits:
     #: keep the stream alive until the first token.  0: commit at once.
     upstream_head_hold_s: float = 3.0
 
+    # --- Worker processes (--workers N) --------------------------------------------------
+    #: The longest delay before a worker that keeps dying soon after its start is started
+    #: again (the delay doubles from 0.1 s with each such death): a crash loop costs a
+    #: start every 10 s, not a busy CPU.
+    worker_restart_backoff_max_s: float = 10.0
+
     # --- Shared replay store (--store redis://...) ---------------------------------------
     #: The owner's lease on a stream's generation (renewed every third of it): a node that
     #: dies is declared lost this long after its last renewal, and its readers elsewhere get

@@ -142,13 +142,15 @@ def tune_gc() -> None:
 
 def run(app: Router, host: str = "127.0.0.1", port: int = 8000, *,
         limits: Limits | None = None, on_ready: Any = None,
-        ssl: ssl_.SSLContext | None = None, store: ReplayStore | None = None) -> None:
+        ssl: ssl_.SSLContext | None = None, sock: socket.socket | None = None,
+        store: ReplayStore | None = None) -> None:
     """Serve ``app`` on a new uvloop event loop until SIGTERM (drain, then exit) or SIGINT
-    (stop now).  ``store``: as for :func:`start`."""
+    (stop now); on ``sock`` if given (a bound socket, e.g. a worker's SO_REUSEPORT one).
+    ``store``: as for :func:`start`."""
     import uvloop
 
     async def main() -> None:
-        server = await start(app, host, port, limits=limits, ssl=ssl, store=store)
+        server = await start(app, host, port, limits=limits, ssl=ssl, sock=sock, store=store)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         drain: dict[str, float] = {}
