@@ -295,3 +295,39 @@ def test_store_flag_is_checked_and_the_missing_extra_is_a_clear_error(tmp_path: 
                              text=True, timeout=30, env=env)
     assert missing.returncode == 2
     assert "pip install 'streamcore-server[redis]'" in missing.stderr
+
+
+def _resume_on_a_new_connection(url: str, stream_id: str, last_id: str) -> tuple[int, Any]:
+    """A resume on a fresh connection (so the kernel's SO_REUSEPORT hash picks a worker),
+    then /healthz on the same connection: which worker served it."""
+    with httpx.Client(timeout=20) as client:
+        got = read_stream(client, "GET", f"{url}/v1/streams/{stream_id}",
+                          last_event_id=last_id)
+        return client.get(f"{url}/healthz").json()["worker"], got
+
+
+@pytest.mark.parametrize("store", ["redis", "memory"])
+def test_workers_resume_on_whichever_worker_the_reconnect_lands(
+        redis_server: RedisServer, store: str) -> None:
+    """With the Redis store, every worker resumes a stream started on any; with the memory
+    store, only the stream's own worker does and the others say 404 (no routing)."""
+    flags = ["--store", redis_server.url] if store == "redis" else []
+    with serve_cli("--workers", "2", *flags, "--token-rate", "400",
+                   "--resume-grace-s", "5") as server, httpx.Client(timeout=20) as client:
+        owner = client.get(f"{server.url}/healthz").json()["worker"]
+        first = read_stream(client, "POST", f"{server.url}/v1/chat/completions",
+                            json=body(400), stop_after=10)
+        assert first.stream_id
+        served: dict[int, list[Any]] = {0: [], 1: []}
+        for _ in range(16):
+            worker, got = _resume_on_a_new_connection(server.url, first.stream_id,
+                                                      first.events[-1].id)
+            served[worker].append(got)
+        assert served[0] and served[1], "16 connections all hashed to one worker"
+        for worker, answers in served.items():
+            for got in answers:
+                if store == "redis" or worker == owner:
+                    check_whole(first.events + got.events, first.stream_id)
+                else:
+                    assert got.status == 404, (worker, owner, got.status)
+                    assert assert_openai_error(got.body)["code"] == "stream_not_found"
