@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from .limits import Limits, field_docs
 from .sources.synthetic import MAX_ANSWER_TOKENS, SyntheticModel
+from .store.base import ReplayStore
 
 ENV_PREFIX = "STREAMCORE_"
 #: The distribution's name on the package index ("streamcore" there is another project).
@@ -129,6 +130,11 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     tls = serve.add_argument_group("TLS (HTTPS and WSS; both files or neither)")
     _add(tls, "tls-cert", str, "", "PEM certificate chain file; serve HTTPS with --tls-key")
     _add(tls, "tls-key", str, "", "PEM private key file of --tls-cert")
+    store = serve.add_argument_group("resume store")
+    _add(store, "store", str, "memory",
+         "where streams are kept for resume: memory (this process), or "
+         "redis://HOST:PORT/DB (Redis Streams, shared by processes and nodes; needs the "
+         "redis extra: pip install 'streamcore-server[redis]')")
     limits = serve.add_argument_group("limits (every bound, with units)")
     docs = field_docs()
     for field in dataclasses.fields(Limits):
@@ -263,11 +269,16 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace,
         api_keys = _api_keys(args)
     except OSError as exc:
         parser.error(f"--api-key-file: {exc}")
+    try:
+        store = store_from(args.store, limits)  # checked before any worker starts
+    except (ValueError, RuntimeError) as exc:
+        parser.error(str(exc))
     if args.workers > 1 and worker is None:
         return _supervise(args, argv, limits, model, tls is not None,
                           [u.target.url() for u in upstreams])
     if worker is not None:
         limits = share(limits, args.workers)
+        store = store_from(args.store, limits)  # each worker its own connections
     cors = [o.strip() for o in args.cors_origin.split(",") if o.strip()]
     app = build_app(None if upstreams else [model], limits, upstreams=upstreams,
                     cors_origins=cors, api_keys=api_keys, worker=worker)
@@ -288,14 +299,29 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace,
 
             die_with_parent()
             sock = reuse_port_socket(args.host, args.port)
-            run(app, args.host, args.port, limits=limits, ssl=tls, sock=sock,
+            run(app, args.host, args.port, limits=limits, ssl=tls, sock=sock, store=store,
                 on_ready=lambda server: tell_ready(worker))
         else:
-            run(app, args.host, args.port, limits=limits, on_ready=on_ready, ssl=tls)
+            run(app, args.host, args.port, limits=limits, on_ready=on_ready, ssl=tls,
+                store=store)
     except OSError as exc:
         print(f"streamcore: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def store_from(spec: str, limits: Limits) -> ReplayStore | None:
+    """The store ``--store`` names: None for ``memory`` (the server makes its own), a
+    :class:`~streamcore.store.redis_streams.RedisStore` for a ``redis://`` URL.  A
+    ValueError for anything else; a RuntimeError when the redis extra is missing."""
+    if spec == "memory":
+        return None
+    if not spec.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"--store must be memory or redis://HOST:PORT/DB, got {spec!r}")
+    from .store.redis_streams import RedisStore, redis_module
+
+    redis_module()  # the extra is installed, or a clear error now rather than at the first stream
+    return RedisStore(spec, limits)
 
 
 def _supervise(args: argparse.Namespace, argv: Sequence[str], limits: Limits,

@@ -200,6 +200,31 @@ class HandlerFailed(StreamError):
         super().__init__(f"the stream failed: {type(exc).__name__}")
 
 
+class StoreUnavailable(Overloaded):
+    """The shared replay store (Redis) does not answer: a new stream is refused (503 with
+    Retry-After) rather than served without the resume it promises elsewhere."""
+
+    code = "store_unavailable"
+
+
+class OwnerLost(StreamError):
+    """The node generating a stream stopped renewing its lease (it died, or lost Redis):
+    the answer is incomplete and cannot go on (the stream gets a new epoch)."""
+
+    code = "owner_lost"
+
+    def __init__(self, message: str = "the node generating this stream stopped answering "
+                 "(its lease expired): the answer is incomplete") -> None:
+        super().__init__(message)
+
+
+class StoreLost(StreamError):
+    """A stream read from the shared store (Redis) cannot go on: the store stopped
+    answering, or lost the stream's events."""
+
+    code = "store_unavailable"
+
+
 class InternalError(StreamcoreError):
     """A bug of ours: 500 or 1011, the details in the log."""
 

@@ -249,7 +249,7 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
         """Stop a stream's generation now (any client of the stream may): its readers get
         the ``cancelled`` error event, an upstream request is aborted."""
         stream_id = request.path_params["stream_id"]
-        entry = request.store.find(stream_id) if request.store is not None else None
+        entry = await request.store.fetch(stream_id) if request.store is not None else None
         if entry is None:
             raise RequestError(f"no stream {stream_id!r} (unknown, or no longer retained)",
                                status=404, code="stream_not_found")

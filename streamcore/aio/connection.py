@@ -173,6 +173,10 @@ class HTTPConnection(Output):
     async def _run_plain(self, route: Route, request: Request) -> None:
         try:
             result = await route.handler(request)
+            if isinstance(result, EventStream):
+                wanted, next_seq = _resumed_at(request, result.resume)
+                if wanted is not None:  # a shared store reads the stream back first
+                    await self.ctx.store.fetch(wanted, next_seq)
             self._task = None
             if self.transport is None:
                 return
@@ -378,3 +382,13 @@ class HTTPConnection(Output):
             self.close_transport()
             return True
         return False
+
+
+def _resumed_at(request: Request, resume: str | None) -> tuple[str | None, int]:
+    """The stream a request resumes (its route's, or its Last-Event-ID's if that is one of
+    ours) and the first seq it wants; the full checks are ``_start_stream``'s."""
+    last_id = request.header("last-event-id")
+    cursor = parse_event_id(last_id) if last_id else None
+    if cursor is None:
+        return resume, 1
+    return resume or cursor[0], cursor[1] + 1

@@ -129,3 +129,14 @@ class ReplayStore(Protocol):
 
     def live(self) -> list[Entry]:
         """The entries whose generation still runs."""
+
+    async def fetch(self, stream_id: str, next_seq: int = 1) -> Entry | None:
+        """:meth:`find`, asking a shared store when this process has no copy (the copy is
+        then what :meth:`find` returns), holding ``next_seq - 1`` if it can.  Called
+        before a resume starts reading."""
+
+    async def open(self) -> None:
+        """Connect and start (a server calls it before it listens)."""
+
+    async def close(self) -> None:
+        """Write what is pending and disconnect (a server calls it last)."""
