@@ -20,7 +20,7 @@ from streamcore.sources.synthetic import SyntheticModel
 from tests.chaos_helpers import Got, chat_body, normalized, request
 from tests.ws_helpers import CLOSE, CONT, PONG, TEXT, RawWS, close_payload
 
-MODELS = [SyntheticModel(), UTF8Model()]
+MODELS = [SyntheticModel(), UTF8Model(), SyntheticModel("paced", tokens_per_s=500)]
 
 
 @pytest.fixture(scope="module")
@@ -358,3 +358,51 @@ def test_ws_transport_faults_and_refusals(chaos_server: Any) -> None:
     assert ws.reset and 2 <= len(_messages(frames)) <= 4
     with pytest.raises(AssertionError, match="400"):
         RawWS(chaos_server.port, "/v1/ws?chaos=crlf")
+
+
+def test_a_paced_stream_one_event_per_write(chaos_server: Any) -> None:
+    """A paced model's events are written one buffer at a time (Output.send)."""
+    base = request(chaos_server.port, chat_body(model="paced"))
+    got = request(chaos_server.port, chat_body(model="paced"), chaos="crlf,split-random")
+    assert got.texts() == base.texts() and got.body().count(b"\r\n") > 10
+
+
+def test_a_client_gone_mid_fault(chaos_server: Any) -> None:
+    """The client leaves during a stall: what the fault still holds is dropped."""
+    import socket
+    import time
+
+    sock = socket.create_connection(("127.0.0.1", chaos_server.port))
+    body = chat_body()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+                 b"application/json\r\nx-chaos: stall-head\r\ncontent-length: %d\r\n\r\n%s"
+                 % (len(body), body))
+    time.sleep(0.1)
+    sock.close()
+    time.sleep(STALL_S + 0.1)
+    assert request(chaos_server.port, chat_body(), chaos="crlf").chunks()[2]  # still serving
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def test_cli_chaos_command_and_serve_flag() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, serve_cli
+
+    with serve_cli("--seed", "3", command="chaos") as cli:
+        got = request(cli.port, chat_body(model="synthetic-utf8"), chaos="crlf", seed=None)
+        assert got.header(b"x-chaos-seed") == b"3" and "é" in got.content()
+        assert httpx.get(cli.url + "/v1/chaos/faults").json()["data"][0]["name"]
+    with serve_cli("--chaos", "--chaos-faults", "bom") as cli:
+        assert request(cli.port, chat_body()).body().startswith(b"\xef\xbb\xbf")
+    with serve_cli() as cli:  # off by default: X-Chaos is not honoured
+        got = request(cli.port, chat_body(), chaos="crlf", keep_alive=True)
+        assert got.header(b"x-chaos") is None and b"\r" not in got.body()
+    for argv, error in ((["--chaos-faults", "bom"], "needs --chaos"),
+                        (["--chaos", "--chaos-faults", "nope"], "unknown chaos fault")):
+        done = subprocess.run([sys.executable, "-m", "streamcore", "serve", *argv],
+                              cwd=ROOT, capture_output=True, timeout=30)
+        assert done.returncode == 2 and error in done.stderr.decode()

@@ -176,7 +176,8 @@ _TABLE = [
     Fault("ws-drop", "websocket", "after the 3rd to 5th message, TCP closed without a "
           "Close frame", "report an abnormal closure (1006): " + _TRUNCATED, ERROR, WS),
     Fault("ws-no-pong", "websocket", "the server never answers a Ping",
-          "detect the dead peer with its keepalive timeout and close", EITHER, WS),
+          "on a stream longer than its keepalive timeout: see the Ping unanswered, close "
+          "and report the dead peer", ERROR, WS),
 ]
 #: Close codes of RFC 6455 section 7.4.1 and the IANA registry a server may send, and one
 #: of each private range.

@@ -308,8 +308,9 @@ class HTTPChaos:
                 wire.unit(data, token=token, start=start)
             wire.write(rest)
             return
-        if rest:
-            self._frame(rest, False)
+        if rest:  # its lines end as the events' do
+            lines = rest.split(b"\n")
+            self._frame(b"".join(map(self._eol_of, lines[:-1])) + lines[-1], False)
         if "no-final-chunk" in self.faults:
             wire.end(CLOSE)
             return
