@@ -18,6 +18,7 @@ from typing import Any
 
 from .limits import Limits, field_docs
 from .sources.synthetic import MAX_ANSWER_TOKENS, SyntheticModel
+from .store.base import ReplayStore
 
 ENV_PREFIX = "STREAMCORE_"
 #: The distribution's name on the package index ("streamcore" there is another project).
@@ -96,6 +97,9 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     _add(where, "log-level", str, "info", "debug, info, warning or error")
     _add(where, "log-format", str, "text",
          "text, or json: one JSON object per log line (time, level, logger, message)")
+    _add(where, "workers", int, 1,
+         "worker processes, each listening on the port (SO_REUSEPORT), supervised: one "
+         "that dies is restarted; the server-wide budgets are shared among them")
     model = serve.add_argument_group("synthetic model")
     _add(model, "model", str, "synthetic", "the model name clients ask for")
     _add(model, "first-token-delay", float, 0.0, "seconds before the first token")
@@ -147,6 +151,11 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
          "(/healthz excepted); needs --chaos")
     _add(chaos, "seed", int, -1, "the faults' seed when a request gives no X-Chaos-Seed or "
          "chaos_seed (-1: a new one per response, sent in X-Chaos-Seed)")
+    store = serve.add_argument_group("resume store")
+    _add(store, "store", str, "memory",
+         "where streams are kept for resume: memory (this process), or "
+         "redis://HOST:PORT/DB (Redis Streams, shared by processes and nodes; needs the "
+         "redis extra: pip install 'streamcore-server[redis]')")
     limits = serve.add_argument_group("limits (every bound, with units)")
     docs = field_docs()
     for field in dataclasses.fields(Limits):
@@ -198,10 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         return _print_config(parser, args)
     if args.command == "serve":
-        return _serve(parser, args)
+        return _serve(parser, args, list(sys.argv[1:] if argv is None else argv))
     if args.command == "chaos":
         args.chaos = 1
-        return _serve(parser, args)
+        return _serve(parser, args, list(sys.argv[1:] if argv is None else argv))
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -244,9 +253,11 @@ def _log_setup(level: str, form: str) -> None:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace,
+           argv: Sequence[str] = ()) -> int:
     from .aio.server import Server, run
     from .gateway import build_app
+    from .workers import share, worker_index
 
     if args.log_format not in ("text", "json"):
         parser.error(f"--log-format must be text or json, got {args.log_format!r}")
@@ -254,6 +265,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"--log-level must be debug, info, warning or error, got "
                      f"{args.log_level!r}")
     _log_setup(args.log_level, args.log_format)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    worker = worker_index()
     try:
         limits = limits_from(args)
         model = SyntheticModel(name=args.model, first_token_delay_s=args.first_token_delay,
@@ -279,6 +293,16 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         api_keys = _api_keys(args)
     except OSError as exc:
         parser.error(f"--api-key-file: {exc}")
+    try:
+        store = store_from(args.store, limits)  # checked before any worker starts
+    except (ValueError, RuntimeError) as exc:
+        parser.error(str(exc))
+    if args.workers > 1 and worker is None:
+        return _supervise(args, argv, limits, model, tls is not None,
+                          [u.target.url() for u in upstreams])
+    if worker is not None:
+        limits = share(limits, args.workers)
+        store = store_from(args.store, limits)  # each worker its own connections
     cors = [o.strip() for o in args.cors_origin.split(",") if o.strip()]
     chaos = _chaos_of(parser, args)
     models = [model]
@@ -290,7 +314,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                                 default_tokens=model.default_tokens,
                                 max_answer_tokens=model.max_answer_tokens))
     app = build_app(None if upstreams else models, limits, upstreams=upstreams,
-                    cors_origins=cors, api_keys=api_keys, chaos=chaos)
+                    cors_origins=cors, api_keys=api_keys, worker=worker, chaos=chaos)
     if api_keys:
         logging.getLogger("streamcore").info("clients must present one of %d API keys",
                                              len(api_keys))
@@ -304,11 +328,52 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                              chaos=chaos is not None), flush=True)
 
     try:
-        run(app, args.host, args.port, limits=limits, on_ready=on_ready, ssl=tls)
+        if worker is not None:
+            from .workers import die_with_parent, reuse_port_socket, tell_ready
+
+            die_with_parent()
+            sock = reuse_port_socket(args.host, args.port)
+            run(app, args.host, args.port, limits=limits, ssl=tls, sock=sock, store=store,
+                on_ready=lambda server: tell_ready(worker))
+        else:
+            run(app, args.host, args.port, limits=limits, on_ready=on_ready, ssl=tls,
+                store=store)
     except OSError as exc:
         print(f"streamcore: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def store_from(spec: str, limits: Limits) -> ReplayStore | None:
+    """The store ``--store`` names: None for ``memory`` (the server makes its own), a
+    :class:`~streamcore.store.redis_streams.RedisStore` for a ``redis://`` URL.  A
+    ValueError for anything else; a RuntimeError when the redis extra is missing."""
+    if spec == "memory":
+        return None
+    if not spec.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"--store must be memory or redis://HOST:PORT/DB, got {spec!r}")
+    from .store.redis_streams import RedisStore, redis_module
+
+    redis_module()  # the extra is installed, or a clear error now rather than at the first stream
+    return RedisStore(spec, limits)
+
+
+def _supervise(args: argparse.Namespace, argv: Sequence[str], limits: Limits,
+               model: SyntheticModel, tls: bool, upstreams: list[str]) -> int:
+    """``--workers N``: this process supervises N workers (:mod:`streamcore.workers`)."""
+    from .workers import Supervisor
+
+    try:
+        supervisor = Supervisor(argv, args.host, args.port, args.workers, limits)
+    except OSError as exc:
+        print(f"streamcore: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+
+    def on_ready(port: int) -> None:
+        print(startup_banner(args.host, port, model, tls=tls, upstreams=upstreams),
+              flush=True)
+
+    return supervisor.run(on_ready)
 
 
 def _chaos_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:

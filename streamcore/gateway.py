@@ -9,6 +9,7 @@ body), ``GET /v1/ws`` (the same streams over WebSocket, several per socket), ``G
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -197,10 +198,12 @@ class Catalog:
 
 def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None = None, *,
               upstreams: list[Upstream] | None = None, cors_origins: Iterable[str] = (),
-              api_keys: Iterable[str] = (), chaos: Chaos | None = None) -> App:
+              api_keys: Iterable[str] = (), worker: int | None = None,
+              chaos: Chaos | None = None) -> App:
     """The gateway: the given synthetic models (default: one, when no upstream is given)
     and upstream LLM servers, routed by ``model``; CORS and API keys as
-    :class:`~streamcore.App` has them (``/healthz`` and the demo page need no key);
+    :class:`~streamcore.App` has them (``/healthz`` and the demo page need no key).
+    ``worker``: this process's index under ``--workers`` (``/healthz`` names it).
     ``chaos``: chaos mode on (docs/chaos.md), and ``GET /v1/chaos/faults``."""
     app = App(limits=limits, name="streamcore-gateway", cors_origins=cors_origins,
               api_keys=api_keys)
@@ -275,7 +278,7 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
         """Stop a stream's generation now (any client of the stream may): its readers get
         the ``cancelled`` error event, an upstream request is aborted."""
         stream_id = request.path_params["stream_id"]
-        entry = request.store.find(stream_id) if request.store is not None else None
+        entry = await request.store.fetch(stream_id) if request.store is not None else None
         if entry is None:
             raise RequestError(f"no stream {stream_id!r} (unknown, or no longer retained)",
                                status=404, code="stream_not_found")
@@ -302,8 +305,10 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
             return chaos_listing()
 
     @app.route("GET", "/healthz", public=True)
-    async def healthz(request: Request) -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz(request: Request) -> dict[str, object]:
+        if worker is None:
+            return {"status": "ok"}
+        return {"status": "ok", "worker": worker, "pid": os.getpid()}
 
     from .demo import add_demo_routes  # GET / : the demo page (streamcore/demo/)
     add_demo_routes(app)

@@ -59,6 +59,7 @@ class Server:
         if backlog is None:
             backlog = self.limits.listen_backlog
         ctx = self.ctx
+        await self.store.open()  # a shared store connects before the first stream
         self.heartbeat.start()
         if sock is not None:
             self._server = await self.loop.create_server(
@@ -94,7 +95,7 @@ class Server:
         # the cursor to resume from elsewhere, before their connections close.
         for entry in self.store.live():
             if entry.owner is not None:
-                entry.owner.cancel(ServerShutdown(entry.id, entry.log.next_seq - 1))
+                entry.owner.cancel(ServerShutdown(entry.cursor(entry.log.next_seq - 1)))
         if admission.connections:
             await asyncio.sleep(0)  # the Flusher writes the error events
             for conn in list(admission.connections):
@@ -105,6 +106,7 @@ class Server:
         admission.connections.clear()
         if self._server is not None:
             await self._server.wait_closed()
+        await self.store.close()  # after the streams' ends: a shared store writes them
 
 
 async def start(app: Router, host: str = "127.0.0.1", port: int = 8000, *,
@@ -142,13 +144,15 @@ def tune_gc() -> None:
 
 def run(app: Router, host: str = "127.0.0.1", port: int = 8000, *,
         limits: Limits | None = None, on_ready: Any = None,
-        ssl: ssl_.SSLContext | None = None) -> None:
+        ssl: ssl_.SSLContext | None = None, sock: socket.socket | None = None,
+        store: ReplayStore | None = None) -> None:
     """Serve ``app`` on a new uvloop event loop until SIGTERM (drain, then exit) or SIGINT
-    (stop now)."""
+    (stop now); on ``sock`` if given (a bound socket, e.g. a worker's SO_REUSEPORT one).
+    ``store``: as for :func:`start`."""
     import uvloop
 
     async def main() -> None:
-        server = await start(app, host, port, limits=limits, ssl=ssl)
+        server = await start(app, host, port, limits=limits, ssl=ssl, sock=sock, store=store)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         drain: dict[str, float] = {}
