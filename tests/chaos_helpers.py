@@ -128,8 +128,10 @@ def _complete(data: bytes) -> bool:
     return bool(sep) and found is not None and len(rest) >= int(found.group(1))
 
 
-_IDS = [(re.compile(rb"\b[0-9a-f]{16}-(\d+)"), rb"STREAM-\1"),
+_IDS = [(re.compile(rb"\b[0-9a-f]{16}-(?:[0-9a-f]{6}-)?(\d+)"), rb"STREAM-\1"),
         (re.compile(rb"x-stream-id: [0-9a-f]{16}"), rb"x-stream-id: STREAM"),
+        (re.compile(rb"x-stream-epoch: [0-9a-f]+"), rb"x-stream-epoch: EPOCH"),
+        (re.compile(rb'"stream":"[0-9a-f]{16}","epoch":"[0-9a-f]+"'), rb'"stream":"S"'),
         (re.compile(rb"chatcmpl-[0-9a-f]+"), rb"chatcmpl-ID"),
         (re.compile(rb'"created":\d+'), rb'"created":0'),
         (re.compile(rb"date: [^\r]+"), rb"date: DATE")]
