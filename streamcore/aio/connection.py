@@ -151,6 +151,9 @@ class HTTPConnection(Output):
             self.respond(Response(b"", 204))
             return
         self._extra = access.cors_headers(raw)
+        chaos = self.ctx.chaos
+        if chaos is not None:  # chaos mode: faults for this request, if it names any
+            chaos(self, raw)
         if b"websocket" in raw.header_tokens(b"upgrade"):
             route, params = router.resolve_upgrade(raw.path)
             if not route.public:
