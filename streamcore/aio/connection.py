@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import InternalError, ProtocolError, RequestError, StreamcoreError, shown
 from ..proto import http, ws
 from ..proto.access import require_json
-from ..proto.cursor import parse_event_id
+from ..proto.cursor import parse_cursor, resume_query
 from ..proto.http import HTTPSession, Phase
 from ..store.base import Entry
 from .context import Context
@@ -151,6 +151,9 @@ class HTTPConnection(Output):
             self.respond(Response(b"", 204))
             return
         self._extra = access.cors_headers(raw)
+        chaos = self.ctx.chaos
+        if chaos is not None:  # chaos mode: faults for this request, if it names any
+            chaos(self, raw)
         if b"websocket" in raw.header_tokens(b"upgrade"):
             route, params = router.resolve_upgrade(raw.path)
             if not route.public:
@@ -218,28 +221,35 @@ class HTTPConnection(Output):
 
     def _start_stream(self, items: Any, sse_end: bytes | None, request: Request,
                       resume: str | None = None) -> None:
-        start_seq = 1
+        after: int | None = None
+        epoch: str | None = None
+        if resume is not None:  # the stream-by-id route: ?starting_after=N[&epoch=E]
+            query = resume_query(request.query)
+            after, epoch = query.after, query.epoch
         last_id = request.header("last-event-id")
         if last_id:
-            # WHATWG HTML 9.2.4: a reconnecting EventSource sends the last id it saw.  One
+            # WHATWG HTML 9.2.4: a reconnecting EventSource sends the last id it saw (it
+            # wins over the query, which an EventSource sends unchanged every time).  One
             # that is not ours, or names another stream than the path, is a client's bug:
             # a 400 says so, where a silent replay from the start would repeat the answer.
-            cursor = parse_event_id(last_id)
+            cursor = parse_cursor(last_id)
             if cursor is None:
                 raise RequestError(f"Last-Event-ID {shown(last_id)} is not an event id of this "
-                                   "server ('<stream id>-<sequence number>')",
+                                   "server ('<stream id>-<epoch>-<sequence number>')",
                                    param="Last-Event-ID", code="invalid_last_event_id")
-            if resume not in (None, cursor[0]):
-                raise RequestError(f"Last-Event-ID names stream {cursor[0]!r}, not "
+            if resume not in (None, cursor.stream):
+                raise RequestError(f"Last-Event-ID names stream {cursor.stream!r}, not "
                                    f"{shown(resume)}", param="Last-Event-ID",
                                    code="invalid_last_event_id")
-            resume, start_seq = cursor[0], cursor[1] + 1
+            resume, epoch, after = cursor
         ctx = self.ctx
         if resume is not None:
             entry = ctx.store.find(resume)
             if entry is None:
                 raise RequestError(f"no stream {shown(resume)} (unknown, or no longer "
                                    "retained)", status=404, code="stream_not_found")
+            exact = resume_query(request.query).exact
+            start_seq = entry.resume_at(epoch, after or 0, exact)
             if entry.log.closed and start_seq >= entry.log.next_seq:
                 # Positioned at the end of a stream that ended: 204 tells an EventSource
                 # to stop reconnecting (WHATWG HTML 9.2.3), where a forgotten one would
@@ -263,7 +273,8 @@ class HTTPConnection(Output):
         reader.wake()  # after the source's first step: see SSEReader.framer
 
     def stream_head(self, entry: Entry) -> tuple[bytes, bool]:
-        headers = [*SSE_HEADERS, (b"x-stream-id", entry.id.encode()), *self._extra]
+        headers = [*SSE_HEADERS, (b"x-stream-id", entry.id.encode()),
+                   (b"x-stream-epoch", entry.epoch.encode()), *self._extra]
         if self.close_after_response:
             headers.append((b"connection", b"close"))
         return self.session.stream_head(headers, method=self._method)

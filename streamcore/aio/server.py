@@ -16,6 +16,7 @@ from ..limits import Limits
 from ..store.base import ReplayStore
 from ..store.memory import MemoryStore
 from .admission import Admission
+from .chaos import ChaosHook
 from .connection import HTTPConnection
 from .context import Context
 from .handler import Router
@@ -43,8 +44,9 @@ class Server:
         self.store = store or MemoryStore(loop.time, limits.resume_retention_s,
                                           limits.resume_budget_bytes)
         self.heartbeat = Heartbeat(loop, limits.heartbeat_interval_s)
+        chaos = getattr(app, "chaos", None)  # chaos mode (streamcore.proto.chaos.Chaos)
         self.ctx = Context(loop, limits, app, self.admission, Flusher(loop), self.store,
-                           self.heartbeat)
+                           self.heartbeat, ChaosHook(chaos) if chaos is not None else None)
         self._server: asyncio.Server | None = None
 
     @property
@@ -93,7 +95,7 @@ class Server:
         # the cursor to resume from elsewhere, before their connections close.
         for entry in self.store.live():
             if entry.owner is not None:
-                entry.owner.cancel(ServerShutdown(entry.id, entry.log.next_seq - 1))
+                entry.owner.cancel(ServerShutdown(entry.cursor(entry.log.next_seq - 1)))
         if admission.connections:
             await asyncio.sleep(0)  # the Flusher writes the error events
             for conn in list(admission.connections):
