@@ -249,3 +249,19 @@ def test_flow_marks_concretely() -> None:
 def test_flow_rejects_low_above_high() -> None:
     with pytest.raises(ValueError):
         Flow(high=10, low=11)
+
+
+def test_frames_count_their_overhead_and_trimmed_ones_are_freed() -> None:
+    log = TokenLog(3 * 12, frame_overhead=10)
+    for i in range(5):
+        log.append((b"%02d" % i,), 2)
+    assert (len(log), log.held_bytes, log.appended_bytes) == (3, 36, 60)
+    assert log._frames[:2] == [(), ()]  # trimmed, freed before the next compaction
+    cursor = Cursor(log, 3)
+    assert cursor.backlog_bytes == 36
+    assert cursor.take() == (3, [(b"02",), (b"03",), (b"04",)], 6)
+    log.close()
+    assert log._frames == [(b"02",), (b"03",), (b"04",)] and log.since(3) == log._frames
+    empty = TokenLog(10)
+    empty.close()
+    assert empty.since(1) == []

@@ -50,9 +50,12 @@ class Entry:
     __slots__ = ("error", "hold", "id", "log", "multiline", "owner", "readers", "refused",
                  "sse_end")
 
-    def __init__(self, stream_id: str, log_bytes: int, sse_end: bytes | None = None) -> None:
+    def __init__(self, stream_id: str, log_bytes: int, sse_end: bytes | None = None,
+                 frame_overhead: int = 0) -> None:
         self.id = stream_id
-        self.log = TokenLog(log_bytes)
+        #: ``frame_overhead``: bytes counted per frame besides its payload (see
+        #: :data:`~streamcore.proto.pipe.FRAME_OVERHEAD_BYTES`).
+        self.log = TokenLog(log_bytes, frame_overhead)
         #: The data of the event an SSE reader ends a completed stream with (the gateway's
         #: ``[DONE]``), or None.
         self.sse_end = sse_end
