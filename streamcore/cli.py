@@ -87,6 +87,9 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     _add(where, "log-level", str, "info", "debug, info, warning or error")
     _add(where, "log-format", str, "text",
          "text, or json: one JSON object per log line (time, level, logger, message)")
+    _add(where, "workers", int, 1,
+         "worker processes, each listening on the port (SO_REUSEPORT), supervised: one "
+         "that dies is restarted; the server-wide budgets are shared among them")
     model = serve.add_argument_group("synthetic model")
     _add(model, "model", str, "synthetic", "the model name clients ask for")
     _add(model, "first-token-delay", float, 0.0, "seconds before the first token")
@@ -177,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         return _print_config(parser, args)
     if args.command == "serve":
-        return _serve(parser, args)
+        return _serve(parser, args, list(sys.argv[1:] if argv is None else argv))
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -220,9 +223,11 @@ def _log_setup(level: str, form: str) -> None:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace,
+           argv: Sequence[str] = ()) -> int:
     from .aio.server import Server, run
     from .gateway import build_app
+    from .workers import share, worker_index
 
     if args.log_format not in ("text", "json"):
         parser.error(f"--log-format must be text or json, got {args.log_format!r}")
@@ -230,6 +235,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"--log-level must be debug, info, warning or error, got "
                      f"{args.log_level!r}")
     _log_setup(args.log_level, args.log_format)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    worker = worker_index()
     try:
         limits = limits_from(args)
         model = SyntheticModel(name=args.model, first_token_delay_s=args.first_token_delay,
@@ -255,9 +263,14 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         api_keys = _api_keys(args)
     except OSError as exc:
         parser.error(f"--api-key-file: {exc}")
+    if args.workers > 1 and worker is None:
+        return _supervise(args, argv, limits, model, tls is not None,
+                          [u.target.url() for u in upstreams])
+    if worker is not None:
+        limits = share(limits, args.workers)
     cors = [o.strip() for o in args.cors_origin.split(",") if o.strip()]
     app = build_app(None if upstreams else [model], limits, upstreams=upstreams,
-                    cors_origins=cors, api_keys=api_keys)
+                    cors_origins=cors, api_keys=api_keys, worker=worker)
     if api_keys:
         logging.getLogger("streamcore").info("clients must present one of %d API keys",
                                              len(api_keys))
@@ -270,11 +283,37 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                              upstreams=[u.target.url() for u in upstreams]), flush=True)
 
     try:
-        run(app, args.host, args.port, limits=limits, on_ready=on_ready, ssl=tls)
+        if worker is not None:
+            from .workers import die_with_parent, reuse_port_socket, tell_ready
+
+            die_with_parent()
+            sock = reuse_port_socket(args.host, args.port)
+            run(app, args.host, args.port, limits=limits, ssl=tls, sock=sock,
+                on_ready=lambda server: tell_ready(worker))
+        else:
+            run(app, args.host, args.port, limits=limits, on_ready=on_ready, ssl=tls)
     except OSError as exc:
         print(f"streamcore: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _supervise(args: argparse.Namespace, argv: Sequence[str], limits: Limits,
+               model: SyntheticModel, tls: bool, upstreams: list[str]) -> int:
+    """``--workers N``: this process supervises N workers (:mod:`streamcore.workers`)."""
+    from .workers import Supervisor
+
+    try:
+        supervisor = Supervisor(argv, args.host, args.port, args.workers, limits)
+    except OSError as exc:
+        print(f"streamcore: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+
+    def on_ready(port: int) -> None:
+        print(startup_banner(args.host, port, model, tls=tls, upstreams=upstreams),
+              flush=True)
+
+    return supervisor.run(on_ready)
 
 
 def _api_keys(args: argparse.Namespace) -> list[str]:

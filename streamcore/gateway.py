@@ -9,6 +9,7 @@ body), ``GET /v1/ws`` (the same streams over WebSocket, several per socket), ``G
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -174,10 +175,11 @@ class Catalog:
 
 def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None = None, *,
               upstreams: list[Upstream] | None = None, cors_origins: Iterable[str] = (),
-              api_keys: Iterable[str] = ()) -> App:
+              api_keys: Iterable[str] = (), worker: int | None = None) -> App:
     """The gateway: the given synthetic models (default: one, when no upstream is given)
     and upstream LLM servers, routed by ``model``; CORS and API keys as
-    :class:`~streamcore.App` has them (``/healthz`` and the demo page need no key)."""
+    :class:`~streamcore.App` has them (``/healthz`` and the demo page need no key).
+    ``worker``: this process's index under ``--workers`` (``/healthz`` names it)."""
     app = App(limits=limits, name="streamcore-gateway", cors_origins=cors_origins,
               api_keys=api_keys)
     upstreams = upstreams or []
@@ -267,8 +269,10 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
         return {"object": "list", "data": await catalog.listing(started)}
 
     @app.route("GET", "/healthz", public=True)
-    async def healthz(request: Request) -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz(request: Request) -> dict[str, object]:
+        if worker is None:
+            return {"status": "ok"}
+        return {"status": "ok", "worker": worker, "pid": os.getpid()}
 
     from .demo import add_demo_routes  # GET / : the demo page (streamcore/demo/)
     add_demo_routes(app)

@@ -140,6 +140,12 @@ class Limits:
     #: keep the stream alive until the first token.  0: commit at once.
     upstream_head_hold_s: float = 3.0
 
+    # --- Worker processes (--workers N) --------------------------------------------------
+    #: The longest delay before a worker that keeps dying soon after its start is started
+    #: again (the delay doubles from 0.1 s with each such death): a crash loop costs a
+    #: start every 10 s, not a busy CPU.
+    worker_restart_backoff_max_s: float = 10.0
+
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)

@@ -140,13 +140,13 @@ def tune_gc() -> None:
 
 def run(app: Router, host: str = "127.0.0.1", port: int = 8000, *,
         limits: Limits | None = None, on_ready: Any = None,
-        ssl: ssl_.SSLContext | None = None) -> None:
+        ssl: ssl_.SSLContext | None = None, sock: socket.socket | None = None) -> None:
     """Serve ``app`` on a new uvloop event loop until SIGTERM (drain, then exit) or SIGINT
-    (stop now)."""
+    (stop now); on ``sock`` if given (a bound socket, e.g. a worker's SO_REUSEPORT one)."""
     import uvloop
 
     async def main() -> None:
-        server = await start(app, host, port, limits=limits, ssl=ssl)
+        server = await start(app, host, port, limits=limits, ssl=ssl, sock=sock)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         drain: dict[str, float] = {}
