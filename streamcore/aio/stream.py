@@ -330,9 +330,7 @@ def to_frame(item: Any) -> tuple[Frame, int, bool]:
         data = b"".join(item) if kind is tuple else _exact(item)
     elif kind is dict or kind is list:
         data = dumps(item)
-    elif isinstance(item, bytearray | memoryview):
-        data = bytes(item)
-    elif isinstance(item, bytes):  # a subclass: bytes() copies it into a plain bytes
+    elif isinstance(item, bytes | bytearray | memoryview):  # bytes() copies a bytes subclass
         data = bytes(item)
     else:
         data = str(item).encode()
