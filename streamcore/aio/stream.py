@@ -307,7 +307,10 @@ class Stream:
             entry.error = error.envelope()
             self.log.append((entry.error,), len(entry.error))
         self.log.close()
+        # Nothing of the generation is needed now: dropped, so that no cycle through a
+        # reader (whose ``end`` may be a bound method of the source) outlives it.
         self.source = None
+        self.origin = None
         entry.owner = None
         for reader in list(self.readers):
             reader.wake()
