@@ -265,3 +265,15 @@ def test_frames_count_their_overhead_and_trimmed_ones_are_freed() -> None:
     empty = TokenLog(10)
     empty.close()
     assert empty.since(1) == []
+
+
+def test_a_log_may_start_later_than_seq_1() -> None:
+    """A copy of a stream whose first frames are gone (read back from a shared store)."""
+    log = TokenLog(1 << 10, first_seq=40)
+    assert (log.first_seq, log.next_seq) == (40, 40)
+    log.append((b"a",), 1)
+    assert log.next_seq == 41 and log.since(40) == [(b"a",)]
+    with pytest.raises(FellBehind):
+        log.since(39)
+    cursor = Cursor(log, 41)
+    assert cursor.caught_up

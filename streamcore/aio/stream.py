@@ -171,7 +171,8 @@ class Stream:
         self.source: PushSource | None = source
         # The log counts what its frames hold in memory, not only their wire bytes: see
         # proto/pipe.py (a stalled stream of small tokens held 3x its bound otherwise).
-        self.entry = Entry(stream_id or new_stream_id(), log_bytes, sse_end, frame_overhead)
+        self.entry = Entry(stream_id or new_stream_id(), log_bytes, sse_end,
+                           frame_overhead=frame_overhead)
         self.entry.owner = self
         self.log = self.entry.log
         self.readers: list[Reader] = self.entry.readers  # the same list, for the hot path

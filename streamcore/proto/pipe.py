@@ -36,8 +36,8 @@ FRAME_OVERHEAD_BYTES = 96
 
 
 class TokenLog:
-    """Frames numbered from 1, at most ``max_bytes`` held (payload plus ``frame_overhead``
-    per frame; and never fewer than the newest frame, however large)."""
+    """Frames numbered from ``first_seq`` (1), at most ``max_bytes`` held (payload plus
+    ``frame_overhead`` per frame; and never fewer than the newest frame, however large)."""
 
     __slots__ = (
         "_first_seq",
@@ -50,10 +50,12 @@ class TokenLog:
         "max_bytes",
     )
 
-    def __init__(self, max_bytes: int, frame_overhead: int = 0) -> None:
+    def __init__(self, max_bytes: int, first_seq: int = 1, frame_overhead: int = 0) -> None:
         self._frames: list[Frame] = []
         self._head = 0  # index in _frames of the oldest frame held (lazy trimming)
-        self._first_seq = 1
+        #: A copy of a stream whose first frames are gone (read back from a shared store)
+        #: starts later.
+        self._first_seq = first_seq
         self._held_bytes = 0
         #: Bytes ever appended (held bytes: payload and overhead): the clock that cursors
         #: measure backlog with.

@@ -5,7 +5,10 @@ handle it badly): :meth:`UpstreamSession.request` gives the bytes to send,
 :meth:`UpstreamSession.receive` turns the bytes that come back into :class:`Head`,
 :class:`Body` and :class:`End` events.  h11 de-chunks the body and checks its framing; we
 bound the response head (h11's ``max_incomplete_event_size``) and say whether the
-connection may carry another request (:attr:`UpstreamSession.reusable`).
+connection may carry another request (:attr:`UpstreamSession.reusable`).  h11's bound
+only holds while a head is incomplete, so a head that arrives whole in one read is
+measured too (the server side's rule, :mod:`streamcore.proto.http`): the bound holds
+whatever the segmentation.
 
 Also here: the reading of an upstream's streamed chat completion, chunk by chunk
 (:func:`read_chunk`), so that the gateway re-frames it into streamcore's own chunks.
@@ -22,6 +25,7 @@ import h11
 import orjson
 
 from ..errors import ProtocolError
+from .http import _unparsed
 
 #: Response heads larger than this are refused (bytes).
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
@@ -110,11 +114,14 @@ Event = Head | Body | End
 class UpstreamSession:
     """Requests out, response events in, for one upstream connection."""
 
-    __slots__ = ("_conn", "target")
+    __slots__ = ("_conn", "_fed", "max_head_bytes", "target")
 
     def __init__(self, target: Target, *, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> None:
         self.target = target
+        self.max_head_bytes = max_head_bytes
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_bytes)
+        #: Bytes received and not yet accounted for by a head: the next head starts here.
+        self._fed = 0
 
     def request(self, method: str, path: str, headers: Sequence[tuple[bytes, bytes]],
                 body: bytes = b"") -> bytes:
@@ -131,12 +138,20 @@ class UpstreamSession:
         """Feed bytes (``b""``: the upstream closed); the events they complete."""
         conn = self._conn
         conn.receive_data(data)
+        self._fed += len(data)
         events: list[Event] = []
         try:
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA or event is h11.PAUSED:
                     return events
+                if isinstance(event, h11.InformationalResponse | h11.Response):
+                    # The head just parsed is what h11 consumed since the last one.
+                    left = _unparsed(conn)
+                    size, self._fed = self._fed - left, left
+                    if size > self.max_head_bytes:
+                        raise UpstreamError(f"the upstream's response head is over "
+                                            f"{self.max_head_bytes} bytes")
                 if isinstance(event, h11.Response):
                     events.append(Head(event.status_code, list(event.headers)))
                 elif isinstance(event, h11.Data):
@@ -157,7 +172,9 @@ class UpstreamSession:
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
     def next_cycle(self) -> None:
-        self._conn.start_next_cycle()
+        conn = self._conn
+        conn.start_next_cycle()
+        self._fed = _unparsed(conn)  # (the body's bytes are no head's)
 
 
 # -- a streamed chat completion, read ------------------------------------------------------
