@@ -9,10 +9,16 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from streamcore.proto.jsonbytes import json_string
 from streamcore.proto.upstream import (
+    LEARN_TRIES,
     BadChunk,
     Body,
+    Chunk,
+    ChunkReader,
     End,
     Event,
     Head,
@@ -295,3 +301,123 @@ def test_read_chunk_error_objects() -> None:
 def test_read_chunk_malformed(data: str) -> None:
     with pytest.raises(BadChunk):
         read_chunk(data)
+
+
+# ------------------------------------------------------- chunks: the splice of ChunkReader
+
+LAYOUTS = {  # content-only chunks as servers write them ({} is the content's literal)
+    "streamcore": '{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":'
+                  '"m","choices":[{{"index":0,"delta":{{"content":{}}},"logprobs":null,'
+                  '"finish_reason":null}}],"usage":null}}',
+    "vllm": '{{"id":"chatcmpl-2","object":"chat.completion.chunk","created":2,"model":"m",'
+            '"choices":[{{"index":0,"delta":{{"content":{}}},"logprobs":null,'
+            '"finish_reason":null,"stop_reason":null}}]}}',
+    "llama.cpp": '{{"choices":[{{"finish_reason":null,"index":0,"delta":{{"content":{}}}}}],'
+                 '"created":3,"id":"chatcmpl-3","model":"m","system_fingerprint":"b1",'
+                 '"object":"chat.completion.chunk"}}',
+    "ollama": '{{"id":"chatcmpl-4","object":"chat.completion.chunk","created":4,"model":"m",'
+              '"system_fingerprint":"fp_ollama","choices":[{{"index":0,"delta":{{"role":'
+              '"assistant","content":{}}},"finish_reason":null}}]}}',
+}
+
+
+def outcome(text: str) -> Chunk | str:
+    try:
+        return read_chunk(text)
+    except BadChunk:
+        return "bad"
+
+
+def via(reader: ChunkReader, text: str) -> Chunk | str:
+    literal = reader.content(text)
+    if literal is not None:
+        content = orjson.loads(literal)
+        assert literal == json_string(content)  # what the whole parse re-frames, exactly
+        return Chunk(content=content)
+    try:
+        return reader.read(text)
+    except BadChunk:
+        return "bad"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_chunk_reader_learns_a_layout_and_splices(layout: str) -> None:
+    reader = ChunkReader()
+    first = LAYOUTS[layout].format('"Hello"')
+    assert reader.content(first) is None  # nothing learned yet
+    assert reader.read(first) == Chunk(content="Hello")
+    for text in (" world", "a\"b\\c\n\t", "h\u00e9 \U0001f600", "{}", '"'):
+        literal = json_string(text)
+        assert reader.content(LAYOUTS[layout].format(literal.decode())) == literal
+    # an empty content, an escape json_string does not write, another chunk: read whole
+    for literal in ('""', '"\\u0041"', '"\\/"'):
+        assert reader.content(LAYOUTS[layout].format(literal)) is None
+    assert reader.content(LAYOUTS[layout].format('"a"').replace("null", '"stop"')) is None
+    assert reader.content(chunk({"content": "x"})) is None
+
+
+def test_chunk_reader_learns_only_a_proven_place() -> None:
+    # The content's literal found elsewhere (after it, where rfind looks first): the place
+    # is not learned, because the probes put there do not come back as the content.
+    model_after = '{"choices":[{"delta":{"content":"m"},"index":0}],"model":"m"}'
+    spanning = '{"choices":[{"delta":{"content":","},"index":0}],"id":"a","model":"b"}'
+    written_otherwise = '{"choices":[{"delta":{"content":"\\u00e9"}}]}'
+    for text in (model_after, spanning, written_otherwise):
+        reader = ChunkReader()
+        assert reader.read(text).content in ("m", ",", "\u00e9")
+        assert reader.content(text) is None
+    # a content string written twice in one delta: the last is the content (JSON parsers
+    # keep the last of a duplicate key), and the last is where the probes read back
+    duplicate = '{"choices":[{"delta":{"content":"a","content":%s}}]}'
+    reader = ChunkReader()
+    assert reader.read(duplicate % '"b"') == Chunk(content="b")
+    assert reader.content(duplicate % '"c"') == b'"c"'
+
+
+def test_chunk_reader_stops_trying_to_learn() -> None:
+    reader = ChunkReader()
+    for _ in range(LEARN_TRIES):
+        reader.read('{"choices":[{"delta":{"content":"\\u00e9"}}]}')
+    text = LAYOUTS["vllm"].format('"a"')
+    assert reader.read(text) == Chunk(content="a")
+    assert reader.content(text) is None
+    # chunks that are not content-only do not use up the tries
+    reader = ChunkReader()
+    for other in (chunk({"role": "assistant", "content": ""}), chunk({}, "stop"),
+                  chunk({"tool_calls": []}), chunk({"content": "a"}, usage={"x": 1})):
+        reader.read(other)
+    reader.read(text)
+    assert reader.content(text) == b'"a"'
+
+
+CONTENTS = st.text(max_size=8)
+EDITS = st.sampled_from([
+    lambda t: t, lambda t: t, lambda t: t,
+    lambda t: t.replace('"finish_reason":null', '"finish_reason":"stop"'),
+    lambda t: t.replace('"logprobs":null', '"logprobs":{"content":[]}'),
+    lambda t: t.replace('{"content":', '{"role":"assistant","content":'),
+    lambda t: t.replace('{"content":', '{"tool_calls":[],"content":'),
+    lambda t: t.replace('"content":', '"content":"x","content":'),
+    lambda t: t.replace('"index":0', '"index":0,"delta":{"content":"y"}'),
+    lambda t: t[:-1] + ',"usage":{"completion_tokens":1}}',
+    lambda t: t[:-1] + ',"error":"boom"}',
+    lambda t: t[:-1] + ',"choices":[]}',
+    lambda t: t[:-3],
+    lambda t: t.replace(":", ": "),
+])
+LITERALS = st.one_of(
+    CONTENTS.map(lambda c: json_string(c).decode()),
+    CONTENTS.map(lambda c: orjson.dumps(c).decode()),
+    CONTENTS.map(lambda c: __import__("json").dumps(c)),  # ensure_ascii: \\u escapes
+    st.sampled_from(['""', "null", "1", '"\\/"', '"\\ud800"', '"a\x01"', '"\\x"', '"']),
+)
+
+
+@given(st.sampled_from(sorted(LAYOUTS)), st.lists(st.tuples(LITERALS, EDITS), max_size=12))
+def test_chunk_reader_reads_as_read_chunk(layout: str, items: list[Any]) -> None:
+    """Differential: whatever the chunks, splice or whole parse, the reader's reading of
+    each is read_chunk's."""
+    reader = ChunkReader()
+    for literal, edit in items:
+        text = edit(LAYOUTS[layout].format(literal))
+        assert via(reader, text) == outcome(text), text

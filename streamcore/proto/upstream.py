@@ -8,11 +8,13 @@ bound the response head (h11's ``max_incomplete_event_size``) and say whether th
 connection may carry another request (:attr:`UpstreamSession.reusable`).
 
 Also here: the reading of an upstream's streamed chat completion, chunk by chunk
-(:func:`read_chunk`), so that the gateway re-frames it into streamcore's own chunks.
+(:func:`read_chunk`, and :class:`ChunkReader`'s splice of a content-only chunk), so that
+the gateway re-frames it into streamcore's own chunks.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,7 @@ import h11
 import orjson
 
 from ..errors import ProtocolError
+from .jsonbytes import json_string
 
 #: Response heads larger than this are refused (bytes).
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
@@ -224,3 +227,80 @@ def read_chunk(data: str) -> Chunk:
     else:
         chunk.other = obj
     return chunk
+
+
+#: A JSON string literal exactly as :func:`~streamcore.proto.jsonbytes.json_string` writes
+#: its value (RFC 8259 section 7: the short escapes only; no ``\\u`` and no ``\\/``,
+#: which it never writes): such a literal is re-framed as it is, byte for byte.
+_PLAIN_LITERAL = re.compile(r'"(?:[^"\\\x00-\x1f]++|\\["\\bfnrt])*+"')  # possessive: linear
+
+#: Two different string values put in place of a learned content, to prove the place.
+_PROBES = ('"0"', "0"), ('"1"', "1")
+
+#: Chunks of a stream tried for learning its shape (an upstream that writes its strings
+#: otherwise than ``json_string`` would never be learned: it is parsed whole, as before).
+LEARN_TRIES = 3
+
+
+class ChunkReader:
+    """The chunks of one upstream stream.
+
+    An upstream's content-only chunks differ only in their content string: the same id,
+    model, created and layout around it (vLLM, SGLang, llama.cpp, Ollama, streamcore).
+    The first one is parsed whole (:func:`read_chunk`) and the text around its content
+    string learned; a later chunk that is that text around a plain JSON string literal
+    (:data:`_PLAIN_LITERAL`) is the same chunk with that content, so the literal is taken as
+    it is (:meth:`content`), without parsing the chunk and encoding the string again.
+
+    Exact, not heuristic: the place is learned only when two other string literals put
+    there are read back (whole) as a content-only chunk with exactly those contents and no
+    finish reason, usage or error -- so the place is the content's, and nothing else in
+    the chunk depends on it (JSON is context-free: a string token swapped for another is
+    the same document with that one value changed; duplicate keys included, since the
+    probes are read by the same parser).  Anything else (a role, tool calls, a finish
+    reason, usage, an error, another layout) is parsed whole.
+    """
+
+    __slots__ = ("_prefix", "_suffix", "_tries")
+
+    def __init__(self) -> None:
+        self._prefix: str | None = None
+        self._suffix = ""
+        self._tries = LEARN_TRIES
+
+    def content(self, text: str) -> bytes | None:
+        """The content of a chunk of the learned shape, as its JSON string (exactly
+        ``json_string(content)``); None: read it with :meth:`read`."""
+        prefix = self._prefix
+        if prefix is None or not text.startswith(prefix) or not text.endswith(self._suffix):
+            return None
+        literal = text[len(prefix):len(text) - len(self._suffix)]
+        # Not "" (an empty content is no token: read whole); not overlapping texts.
+        if len(literal) < 3 or _PLAIN_LITERAL.fullmatch(literal) is None:
+            return None
+        return literal.encode()
+
+    def read(self, text: str) -> Chunk:
+        """:func:`read_chunk`; the first few content-only chunks teach the shape."""
+        chunk = read_chunk(text)
+        if (self._prefix is None and self._tries and chunk.content is not None
+                and chunk.other is None and chunk.finish_reason is None
+                and chunk.usage is None):
+            self._tries -= 1
+            self._learn(text, chunk.content)
+        return chunk
+
+    def _learn(self, text: str, content: str) -> None:
+        literal = json_string(content).decode()
+        at = text.rfind(literal)  # the content is usually the last string of a chunk
+        if at < 0:
+            return
+        prefix, suffix = text[:at], text[at + len(literal):]
+        for probe, value in _PROBES:
+            try:
+                chunk = read_chunk(prefix + probe + suffix)
+            except BadChunk:
+                return
+            if chunk != Chunk(content=value):
+                return
+        self._prefix, self._suffix = prefix, suffix
