@@ -198,6 +198,124 @@ def test_malformed_responses_are_upstream_errors(pieces: list[bytes]) -> None:
     assert not s.reusable
 
 
+# ------------------------------------------------------- responses: framing, RFC 9112
+
+
+def test_chunk_extensions_and_trailers_are_skipped() -> None:
+    s = session()
+    body = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"3 ; name=value\r\nabc\r\n2;x\r\nde\r\n0\r\nx-trailer: 1\r\nx-more: 2\r\n\r\n")
+    for how in ("whole", "bytes"):
+        s = session()
+        assert feed(s, cuts(body, how, random.Random(0))) == [
+            Head(200, [(b"transfer-encoding", b"chunked")]), Body(b"abcde"), End()]
+        assert s.reusable
+
+
+def test_no_body_for_204_304_and_head() -> None:
+    for status in (b"204 No Content", b"304 Not Modified"):
+        s = session()
+        assert [type(e) for e in feed(s, [b"HTTP/1.1 " + status + b"\r\n\r\n"])] == [Head, End]
+        assert s.reusable
+    s = UpstreamSession(TARGET)
+    s.request("HEAD", "/v1/models", [])
+    assert [type(e) for e in feed(s, [b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"])] == [
+        Head, End]
+
+
+def test_empty_length_body_and_reason_phrases() -> None:
+    for line in (b"HTTP/1.1 200 OK", b"HTTP/1.1 200", b"HTTP/1.1 200 ", b"HTTP/1.1 200 \xe9 x"):
+        s = session()
+        assert [type(e) for e in feed(s, [line + b"\r\ncontent-length: 0\r\n\r\n"])] == [
+            Head, End], line
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}extra",  # bytes after the end
+])
+def test_not_reusable(head: str) -> None:
+    s = session()
+    assert [type(e) for e in feed(s, [head])] == [Head, Body, End]  # type: ignore[list-item]
+    assert not s.reusable
+
+
+def test_bytes_after_the_end_in_a_later_read_make_it_not_reusable() -> None:
+    s = session()
+    feed(s, [LENGTH])
+    assert s.reusable
+    assert s.receive(b"HTTP/1.1 200 OK\r\n") == []
+    assert not s.reusable
+
+
+def test_keep_alive_connection_stays_reusable() -> None:
+    s = session()
+    feed(s, [b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"])
+    assert s.reusable
+
+
+def test_idle_connection_closed_or_talking() -> None:
+    s = UpstreamSession(TARGET)
+    assert s.receive(b"") == []  # a pooled connection the upstream closed: no error
+    s = UpstreamSession(TARGET)
+    with pytest.raises(UpstreamError, match="no request"):
+        s.receive(b"HTTP/1.1 200 OK\r\n\r\n")
+    s = session()
+    feed(s, [LENGTH])
+    assert s.receive(b"") == [] and not s.reusable
+
+
+MALFORMED_FRAMING = {
+    "te_and_length": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+    "te_gzip": b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+    "length_not_digits": b"HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n",
+    "length_huge": b"HTTP/1.1 200 OK\r\ncontent-length: 1234567890123456789\r\n\r\n",
+    "switching": b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    "status_600": b"HTTP/1.1 600 X\r\n\r\n",
+    "http2": b"HTTP/2 200 OK\r\n\r\n",
+    "obs_fold": b"HTTP/1.1 200 OK\r\nx-a: 1\r\n  folded\r\n\r\n",
+    "ctl_in_value": b"HTTP/1.1 200 OK\r\nx-a: 1\x01\r\n\r\n",
+    "space_before_colon": b"HTTP/1.1 200 OK\r\nx-a : 1\r\n\r\n",
+    "chunk_size_0x": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0x3\r\nabc\r\n",
+    "chunk_size_sign": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n+3\r\nabc\r\n",
+    "chunk_size_long": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                       + b"1" * 17 + b"\r\n",
+    "chunk_line_over_bound": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3;"
+                             + b"x" * 2000,
+    "no_crlf_after_data": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                          b"3\r\nabcd\r\n",
+    "trailers_over_bound": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                           b"0\r\nx-t: " + b"a" * 70000,
+    "head_over_bound_terminated": b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 70000 + b"\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("data", MALFORMED_FRAMING.values(), ids=MALFORMED_FRAMING.keys())
+def test_malformed_framing_is_refused_however_cut(data: bytes) -> None:
+    for how in ("whole", "random"):
+        s = session()
+        with pytest.raises(UpstreamError, match="malformed"):
+            feed(s, cuts(data, how, random.Random(1)))
+        assert not s.reusable
+
+
+def test_eof_mid_trailers_and_after_the_head_of_a_close_delimited_body() -> None:
+    s = session()
+    with pytest.raises(UpstreamError, match="closed"):
+        feed(s, [CHUNKED[:-2]], eof=True)
+    s = session()
+    assert feed(s, [b"HTTP/1.1 200 OK\r\n\r\n"], eof=True) == [Head(200, []), End()]
+    assert not s.reusable
+
+
+@pytest.mark.parametrize("header", [(b"x-a", b"1\r\nx-b: 2"), (b"x-a", b"1\n"),
+                                    (b"x-a", b"\x00"), (b"x-a: 1\r\nx-b", b"2")])
+def test_request_refuses_header_injection(header: tuple[bytes, bytes]) -> None:
+    with pytest.raises(ValueError, match="CR, LF or NUL"):
+        UpstreamSession(TARGET).request("GET", "/v1/models", [header])
+
+
 # ------------------------------------------------------------------------------ the URL
 
 
