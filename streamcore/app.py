@@ -27,6 +27,7 @@ from .aio.handler import EventStream, Request, Response, Route
 from .errors import RequestError, shown
 from .limits import Limits
 from .proto.access import Access
+from .proto.chaos import Chaos
 
 StreamHandler = Callable[[Request], AsyncIterator[Any]]
 PlainHandler = Callable[[Request], Awaitable[Any]]
@@ -58,6 +59,9 @@ class App:
         #: Offer-accept permessage-deflate (RFC 7692).  Off by default: compression costs
         #: CPU per message and memory per socket, and streamed tokens compress poorly.
         self.ws_deflate = False
+        #: Chaos mode (:class:`streamcore.proto.chaos.Chaos`, docs/chaos.md): None (the
+        #: default) and no request's X-Chaos is honoured.
+        self.chaos: Chaos | None = None
 
     def stream(self, method: str, path: str, *, sse_end: bytes | None = None,
                public: bool = False, json: bool = False) -> Callable[

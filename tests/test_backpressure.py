@@ -129,9 +129,8 @@ def test_sse_generator_pauses_and_resumes(loop_name: str) -> None:
         assert head.startswith(b"HTTP/1.1 200 OK\r\n") and ended
         # Complete, in order and byte-exact.
         _, body = split_head(transport.data)
-        sid = stream.id
         payload, _ = unchunk(body)
-        assert payload == b"".join(encode_event(item(i), id=f"{sid}-{i + 1}")
+        assert payload == b"".join(encode_event(item(i), id=stream.entry.cursor(i + 1))
                                    for i in range(count))
         assert [e.data for e in events] == [item(i) for i in range(count)]
         assert stream.state is pipe.COMPLETED
@@ -234,7 +233,7 @@ def test_sse_push_source_pauses_and_resumes(loop_name: str) -> None:
         _, events, ended = sse_events(transport.data)
         assert ended
         assert [e.data for e in events] == [item(i) for i in range(source.seq)] + ["[DONE]"]
-        assert [e.id for e in events[:-1]] == [f"{source.stream.id}-{i + 1}"
+        assert [e.id for e in events[:-1]] == [source.stream.entry.cursor(i + 1)
                                                for i in range(source.seq)]
         assert source.cancelled == 0
 

@@ -304,6 +304,36 @@ def test_malformed_or_ambiguous_requests_get_400(name: str, mode: str) -> None:
     assert not isinstance(exc, HeadTooLarge | BodyTooLarge)
 
 
+@pytest.mark.parametrize("version", [b"1.2", b"1.9"])
+def test_a_higher_http1_minor_version_is_served_as_http11(version: bytes) -> None:
+    """RFC 9110 section 2.5: a higher minor version of a major version we implement is
+    processed as the highest minor version we conform to (HTTP/1.1): kept alive,
+    pipelined, chunked bodies, and a WebSocket handshake (which needs 1.1) all work."""
+    data = (b"GET /a HTTP/%b\r\nHost: h\r\n\r\n" % version
+            + b"POST /b HTTP/%b\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"2\r\nhi\r\n0\r\n\r\n" % version)
+    for chunks in ([data], byte_by_byte(data)):
+        requests = run_session(chunks)
+        assert [(r.path, r.http_version, r.body) for r in requests] == [
+            ("/a", b"1.1", b""), ("/b", b"1.1", b"hi")]
+    session = HTTPSession(LIMITS)
+    request = session.receive(b"GET / HTTP/%b\r\nHost: h\r\n\r\n" % version)
+    assert request is not None
+    head, chunked = session.stream_head([(b"content-type", b"text/event-stream")])
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and chunked
+    assert b"connection: close" not in head
+
+
+@pytest.mark.parametrize("version", [b"2.0", b"3.0", b"9.9", b"0.9", b"2.1"])
+@pytest.mark.parametrize("mode", ["burst", "dribble", "after_valid"])
+def test_another_major_version_gets_505(version: bytes, mode: str) -> None:
+    """RFC 9110 section 15.6.6: 505 refuses the major version of the request."""
+    data = b"GET / HTTP/%b\r\nHost: h\r\n\r\n" % version
+    chunks = {"burst": [data], "dribble": byte_by_byte(data), "after_valid": [GET + data]}[mode]
+    exc, _ = feed_expecting_error(chunks)
+    assert exc.status == 505 and exc.code == "http_version", exc
+
+
 def test_http10_without_host_is_fine() -> None:
     assert run_session([HTTP10])[0].header(b"host") is None
 

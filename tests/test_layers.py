@@ -53,7 +53,8 @@ LAYERS = [
     ("streamcore.aio",),
     ("streamcore.sources", "streamcore.app"),
     ("streamcore.gateway", "streamcore.demo", "streamcore.tls"),
-    ("streamcore.cli", "streamcore.config", "streamcore.__main__", "streamcore"),
+    ("streamcore.cli", "streamcore.config", "streamcore.workers", "streamcore.__main__",
+     "streamcore"),
 ]
 
 

@@ -249,3 +249,15 @@ def test_flow_marks_concretely() -> None:
 def test_flow_rejects_low_above_high() -> None:
     with pytest.raises(ValueError):
         Flow(high=10, low=11)
+
+
+def test_a_log_may_start_later_than_seq_1() -> None:
+    """A copy of a stream whose first frames are gone (read back from a shared store)."""
+    log = TokenLog(1 << 10, first_seq=40)
+    assert (log.first_seq, log.next_seq) == (40, 40)
+    log.append((b"a",), 1)
+    assert log.next_seq == 41 and log.since(40) == [(b"a",)]
+    with pytest.raises(FellBehind):
+        log.since(39)
+    cursor = Cursor(log, 41)
+    assert cursor.caught_up

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from ..limits import Limits
 from ..store.base import ReplayStore
@@ -25,6 +26,8 @@ class Context:
     #: Streams by id for resume: live ones, and ended ones kept for a while.
     store: ReplayStore
     heartbeat: Heartbeat
+    #: Chaos mode's per-request hook (``streamcore.aio.chaos.ChaosHook``), None when off.
+    chaos: Any = None
 
     def new_stream(self, items: object, *, sse_end: bytes | None = None,
                    resumable: bool = False) -> Stream:

@@ -52,7 +52,8 @@ REASONS = {
 #: before the session hands the loop back: a few milliseconds of work at most (a tiny
 #: chunk costs h11 about 3 us), whatever one read of the socket holds.
 EVENTS_PER_CALL = 512
-#: The HTTP versions we speak; any other gets 505 (RFC 9110 section 15.6.6).
+#: The HTTP versions we speak.  A higher minor version of HTTP/1 (h11 reads one digit each,
+#: RFC 9112 section 2.3) is served as HTTP/1.1; any other major version gets 505.
 VERSIONS = (b"1.1", b"1.0")
 #: A Host value (RFC 9112 section 3.2, RFC 3986 section 3.2.2): an IP literal or a name of
 #: unreserved, percent-encoded and sub-delimiter characters, and a port.  A comma is a
@@ -334,12 +335,19 @@ class HTTPSession:
         self._head_bytes = bytearray()
         # (A request line over max_request_line_bytes never gets here: _take_head_bytes
         # answered 414 when its bytes came.)
-        if event.http_version not in VERSIONS:
-            # RFC 9110 section 2.5 would have a 1.x server read HTTP/1.2 as 1.1; we answer
-            # 505 to every version we do not implement, as Apache's strict mode does.
-            raise ProtocolError(
-                f"HTTP/{event.http_version.decode('latin-1')} is not supported "
-                f"(HTTP/1.1 and HTTP/1.0 are)", status=505, code="http_version")
+        version = event.http_version
+        if version not in VERSIONS:
+            if not version.startswith(b"1."):
+                # RFC 9110 section 15.6.6: 505 refuses the *major* version (HTTP/0.9,
+                # HTTP/2.0 and up written as an HTTP/1 request line).
+                raise ProtocolError(
+                    f"HTTP/{version.decode('latin-1')} is not supported "
+                    f"(HTTP/1.1 and HTTP/1.0 are)", status=505, code="http_version")
+            # RFC 9110 section 2.5: a recipient of a higher minor version of a major
+            # version it implements "SHOULD process the message as if it were in the
+            # highest minor version ... to which the recipient is conformant": HTTP/1.2
+            # is served as HTTP/1.1 (and answered in HTTP/1.1, the same section).
+            version = b"1.1"
         # A plain list, once: h11's Headers is a Sequence whose iteration goes through
         # __getitem__ in Python, and a request's headers are looked at several times.
         headers = list(event.headers)
@@ -357,7 +365,7 @@ class HTTPSession:
             path=path.decode("latin-1"),
             query=query.decode("latin-1"),
             headers=headers,
-            http_version=event.http_version,
+            http_version=version,
         )
         self._body_size = 0
         self._chunks = 0

@@ -24,8 +24,8 @@ Frame = tuple[bytes, ...]
 
 
 class TokenLog:
-    """Frames numbered from 1, at most ``max_bytes`` of payload held (and never fewer than
-    the newest frame, however large)."""
+    """Frames numbered from ``first_seq`` (1), at most ``max_bytes`` of payload held (and
+    never fewer than the newest frame, however large)."""
 
     __slots__ = (
         "_first_seq",
@@ -37,10 +37,12 @@ class TokenLog:
         "max_bytes",
     )
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, first_seq: int = 1) -> None:
         self._frames: list[Frame] = []
         self._head = 0  # index in _frames of the oldest frame held (lazy trimming)
-        self._first_seq = 1
+        #: A copy of a stream whose first frames are gone (read back from a shared store)
+        #: starts later.
+        self._first_seq = first_seq
         self._held_bytes = 0
         #: Bytes of payload ever appended: the clock that cursors measure backlog with.
         self.appended_bytes = 0

@@ -108,7 +108,7 @@ class SSEFramer:
     """The body of one SSE response: a stream's log frames as events, heartbeats and the
     end, framed for HTTP/1.1.
 
-    Each frame is one event, ``id: <stream id>-<seq>`` (the cursor format of
+    Each frame is one event, ``id: <stream id>-<epoch>-<seq>`` (the cursor format of
     :mod:`streamcore.proto.cursor`) and its payload as ``data:`` lines.  What one flush
     takes goes out as one chunk (RFC 9112 section 7.1) when ``chunked``; an HTTP/1.0
     client, which cannot read chunks, gets the events as they are and the end of the
@@ -117,8 +117,8 @@ class SSEFramer:
 
     __slots__ = ("chunked", "prefix")
 
-    def __init__(self, stream_id: str, chunked: bool) -> None:
-        self.prefix = id_prefix(stream_id)
+    def __init__(self, stream_id: str, chunked: bool, epoch: str | None = None) -> None:
+        self.prefix = id_prefix(stream_id, epoch)
         self.chunked = chunked
 
     def event(self, seq: int, frame: Frame, size: int) -> bytes:

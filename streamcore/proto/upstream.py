@@ -137,11 +137,11 @@ class UpstreamSession:
     response whose end was framed, that did not ask to close, and nothing after it.
     """
 
-    __slots__ = ("_buf", "_close", "_head_bytes", "_left", "_method", "_state", "target")
+    __slots__ = ("_buf", "_close", "_left", "_method", "_state", "max_head_bytes", "target")
 
     def __init__(self, target: Target, *, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> None:
         self.target = target
-        self._head_bytes = max_head_bytes
+        self.max_head_bytes = max_head_bytes
         self._state = _IDLE
         self._buf = b""
         self._left = 0  # bytes of the body (Content-Length) or of the chunk still to come
@@ -216,10 +216,13 @@ class UpstreamSession:
                 events.append(Body(buf[pos:] if pos else buf))
                 pos = size
             elif state == _HEAD:
+                # Each head measured whole, its blank line included (a 1xx's and the
+                # final one's each), whatever the reads' segmentation.
                 end = buf.find(b"\r\n\r\n", pos)
-                if end < 0 or end - pos > self._head_bytes:
-                    if size - pos > self._head_bytes:
-                        raise self._malformed(f"a response head over {self._head_bytes} bytes")
+                if end < 0 or end + 4 - pos > self.max_head_bytes:
+                    if size - pos > self.max_head_bytes:
+                        raise self._malformed(f"a response head over {self.max_head_bytes} "
+                                              "bytes")
                     break
                 block, pos = buf[pos:end], end + 4
                 self._on_head(block, events)
@@ -228,9 +231,9 @@ class UpstreamSession:
                     pos += 2
                 else:
                     end = buf.find(b"\r\n\r\n", pos)
-                    if end < 0 or end - pos > self._head_bytes:
-                        if size - pos > self._head_bytes:
-                            raise self._malformed(f"trailers over {self._head_bytes} bytes")
+                    if end < 0 or end - pos > self.max_head_bytes:
+                        if size - pos > self.max_head_bytes:
+                            raise self._malformed(f"trailers over {self.max_head_bytes} bytes")
                         break
                     pos = end + 4
                 self._end(events)
