@@ -65,13 +65,14 @@ log = logging.getLogger("streamcore")
 #: Append a stream's new frames: KEYS frames, meta, lease, fence counter; ARGV token ('0':
 #: take the lease), node, lease ms, TTL ms, maxlen, first seq, lengths (comma-separated,
 #: negative: holds a line break), the frames' bytes end to end, end state ('' while
-#: running), sse_end.  Returns the token, or 0 when the lease is another's (fenced).
+#: running), sse_end, the entry's epoch (what its cursors carry: proto/cursor.py).  Returns
+#: the token, or 0 when the lease is another's (fenced).
 _APPEND = """
 local token = ARGV[1]
 if token == '0' then
   token = tostring(redis.call('INCR', KEYS[4]))
   if not redis.call('SET', KEYS[3], token, 'NX', 'PX', ARGV[3]) then return 0 end
-  redis.call('HSET', KEYS[2], 'owner', ARGV[2], 'epoch', token, 'state', 'running',
+  redis.call('HSET', KEYS[2], 'owner', ARGV[2], 'epoch', ARGV[11], 'state', 'running',
              'sse_end', ARGV[10])
 elseif redis.call('GET', KEYS[3]) ~= token then
   return 0
@@ -113,7 +114,7 @@ local seq = 1
 if #last > 0 then seq = tonumber(string.match(last[1][1], '^(%d+)')) + 1 end
 redis.call('XADD', KEYS[1], seq .. '-0', 'd', ARGV[1], 'm', '0')
 redis.call('XADD', KEYS[1], seq .. '-1', 'end', 'error')
-redis.call('HSET', KEYS[2], 'state', 'error', 'epoch', token)
+redis.call('HSET', KEYS[2], 'state', 'error', 'epoch', string.format('%x', token))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return token
@@ -338,7 +339,9 @@ class RedisStore:
             return entry
         if not meta or meta.get(b"state") is None:
             return None
-        entry = Entry(stream_id, self.limits.stream_log_bytes, meta.get(b"sse_end") or None)
+        epoch = meta.get(b"epoch")  # the owner's: a cursor is the same on every node
+        entry = Entry(stream_id, self.limits.stream_log_bytes, meta.get(b"sse_end") or None,
+                      epoch.decode() if epoch else None)
         if entries:
             entry.log = TokenLog(self.limits.stream_log_bytes, _seq_of(entries[0][0]))
         self._local.add(entry)
@@ -516,7 +519,7 @@ class RedisStore:
             state = (b"error" if entry.error is not None else b"completed") if ending else b""
             pipe.evalsha(append, 4, *keys, owned.token, self.node, self._lease_ms,
                          self._ttl_ms, self.limits.redis_stream_maxlen, start, lengths, blob,
-                         state, entry.sse_end or b"")
+                         state, entry.sse_end or b"", entry.epoch)
             batch.append((owned, head, ending))
         if not batch:
             return
