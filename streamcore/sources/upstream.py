@@ -555,6 +555,9 @@ class UpstreamChat:
                                           "the answer (no finish_reason, no [DONE])"))
                 return
         self.conn = None
+        # The exchange's deadline (armed when the answer ended) is over: its handle would
+        # hold this source, its stream and its log until it fired.
+        self._cancel_phase_timer()
         if conn is not None:
             conn.release()  # the whole exchange read: reusable
 
