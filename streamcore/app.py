@@ -11,7 +11,9 @@
 
 Items a stream handler may yield: ``str`` (the event's data), ``bytes`` (UTF-8 data),
 ``dict``/``list`` (JSON-encoded), or a tuple of ``bytes`` (one pre-encoded payload in
-several shared buffers, e.g. a chunk template around one token).  An item is one event
+several buffers, e.g. a chunk template around one token; joined into one).  Every item is
+kept in its stream's log in an exact-size buffer (``bytes`` copied: an ``orjson.dumps``
+result holds its whole write buffer).  An item is one event
 whatever it holds: a line break in it becomes another ``data:`` line of the same event.
 Plain handlers (``@app.route``) return a :class:`Response`, ``dict``/``list`` (JSON),
 ``bytes`` or ``str``.  No global state: every server, stream and limit hangs off its App.

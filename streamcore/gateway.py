@@ -87,6 +87,9 @@ class ChatStream:
         stream = self.stream
         assert stream is not None and self.run is not None
         self.count = self.run.i
+        # The run holds our bound emit: dropping it now leaves no cycle for the collector
+        # (tune_gc makes full collections rare; tests/test_no_cycles.py).
+        self.run = None
         template = self.template
         stream.push((template.finish(self.generation.finish_reason),))
         if self.chat.include_usage:
@@ -101,6 +104,7 @@ class ChatStream:
         if self.run is not None:
             self.count = self.run.i
             self.run.cancel()
+            self.run = None  # no cycle left (see done)
 
     def done_message(self, key: bytes) -> bytes:
         """The WebSocket gateway's last message for this request."""

@@ -391,7 +391,7 @@ def _resumed_at(request: Request, resume: str | None) -> tuple[str | None, int]:
     """The stream a request resumes (its route's, or its Last-Event-ID's if that is one of
     ours) and the first seq it wants; the full checks are ``_start_stream``'s."""
     last_id = request.header("last-event-id")
-    cursor = parse_event_id(last_id) if last_id else None
+    cursor = parse_cursor(last_id) if last_id else None
     if cursor is None:
         return resume, 1
-    return resume or cursor[0], cursor[1] + 1
+    return resume or cursor.stream, cursor.seq + 1

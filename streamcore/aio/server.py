@@ -132,8 +132,12 @@ def tune_gc() -> None:
     objects (measured, 1000 streams at 20 tokens/s: p99 lateness 16-250 ms by default,
     3-10 ms with this).  Objects alive at startup are frozen out of collections, and full
     collections are made 100 times rarer; young generations are collected as usual.  A
-    stream leaves no cyclic garbage (checked), so rarer full collections do not grow
-    memory.  ``run()`` calls this; an embedding service may call it once its own startup
+    finished stream is freed by reference counting, leaving no cyclic garbage, on every
+    path the server has (the synthetic model, a generator handler, a WebSocket handler,
+    the upstream gateway; ``tests/test_no_cycles.py`` runs them with the collector off),
+    so rarer full collections do not grow memory.  A handler of one's own that makes
+    cycles (an exception kept with its traceback, say) is not covered by that.
+    ``run()`` calls this; an embedding service may call it once its own startup
     is done.
     """
     gc.collect()

@@ -55,7 +55,7 @@ from typing import Any
 
 from ..errors import OwnerLost, StoreLost, StoreUnavailable, StreamError
 from ..limits import Limits
-from ..proto.pipe import RUNNING, Frame, TokenLog
+from ..proto.pipe import PAUSED, RUNNING, Cursor, Frame, TokenLog
 from ..proto.state import State
 from .base import Entry, Reader
 from .memory import MemoryStore
@@ -65,13 +65,14 @@ log = logging.getLogger("streamcore")
 #: Append a stream's new frames: KEYS frames, meta, lease, fence counter; ARGV token ('0':
 #: take the lease), node, lease ms, TTL ms, maxlen, first seq, lengths (comma-separated,
 #: negative: holds a line break), the frames' bytes end to end, end state ('' while
-#: running), sse_end.  Returns the token, or 0 when the lease is another's (fenced).
+#: running), sse_end, the entry's epoch (what its cursors carry: proto/cursor.py).  Returns
+#: the token, or 0 when the lease is another's (fenced).
 _APPEND = """
 local token = ARGV[1]
 if token == '0' then
   token = tostring(redis.call('INCR', KEYS[4]))
   if not redis.call('SET', KEYS[3], token, 'NX', 'PX', ARGV[3]) then return 0 end
-  redis.call('HSET', KEYS[2], 'owner', ARGV[2], 'epoch', token, 'state', 'running',
+  redis.call('HSET', KEYS[2], 'owner', ARGV[2], 'epoch', ARGV[11], 'state', 'running',
              'sse_end', ARGV[10])
 elseif redis.call('GET', KEYS[3]) ~= token then
   return 0
@@ -113,7 +114,7 @@ local seq = 1
 if #last > 0 then seq = tonumber(string.match(last[1][1], '^(%d+)')) + 1 end
 redis.call('XADD', KEYS[1], seq .. '-0', 'd', ARGV[1], 'm', '0')
 redis.call('XADD', KEYS[1], seq .. '-1', 'end', 'error')
-redis.call('HSET', KEYS[2], 'state', 'error', 'epoch', token)
+redis.call('HSET', KEYS[2], 'state', 'error', 'epoch', string.format('%x', token))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return token
@@ -142,10 +143,30 @@ def redis_module() -> Any:
     return aioredis
 
 
+class _RemoteReaders:
+    """On the owner: the readers of one of its streams on other nodes, as one reader of
+    the generation, so that its disconnect policy counts them (a client that moved to
+    another node keeps its answer going).  Their nodes renew it (``hold``, every third
+    of a lease); unrenewed for a lease, it leaves.  Its cursor is what Redis holds, so a
+    generation read only elsewhere is paced by the mirror."""
+
+    __slots__ = ("cursor", "expires")
+
+    def __init__(self, log_: TokenLog, sent: int, expires: float) -> None:
+        self.cursor = Cursor(log_, sent)
+        self.expires = expires
+
+    def wake(self) -> None:
+        pass  # the write loop takes the frames, every flush interval
+
+    def flush(self) -> None:
+        pass
+
+
 class _Owned:
     """One of this process's streams, as mirrored to Redis."""
 
-    __slots__ = ("ending", "entry", "sent", "token")
+    __slots__ = ("ending", "entry", "remote", "sent", "token")
 
     def __init__(self, entry: Entry) -> None:
         self.entry = entry
@@ -154,6 +175,8 @@ class _Owned:
         #: The fencing token of our lease ('0': not taken yet).
         self.token = b"0"
         self.ending = False
+        #: Its readers on other nodes, while they hold it.
+        self.remote: _RemoteReaders | None = None
 
 
 class _RemoteOwner:
@@ -240,14 +263,16 @@ class RedisStore:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
+        # One retry, at once: a connection Redis closed (a restart) is made again; a Redis
+        # that is down fails the retry as fast (refused), one that hangs in 2 timeouts.
         timeout = self.limits.redis_timeout_s
         self.node = os.urandom(6).hex().encode()  # per process: forked workers differ
         self._client = aioredis.Redis.from_url(
             self.url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0))
+            retry=Retry(NoBackoff(), 1))
         self._blocking = aioredis.Redis.from_url(
             self.url, socket_timeout=timeout + self.limits.redis_lease_s,
-            socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1),
             single_connection_client=True)
         self._work = asyncio.Event()
         await self._ping()
@@ -338,7 +363,9 @@ class RedisStore:
             return entry
         if not meta or meta.get(b"state") is None:
             return None
-        entry = Entry(stream_id, self.limits.stream_log_bytes, meta.get(b"sse_end") or None)
+        epoch = meta.get(b"epoch")  # the owner's: a cursor is the same on every node
+        entry = Entry(stream_id, self.limits.stream_log_bytes, meta.get(b"sse_end") or None,
+                      epoch.decode() if epoch else None)
         if entries:
             entry.log = TokenLog(self.limits.stream_log_bytes, _seq_of(entries[0][0]))
         self._local.add(entry)
@@ -347,9 +374,11 @@ class RedisStore:
             last_id = entries[-1][0]
             self._deliver(entry, entries)
         if not entry.log.closed:
-            entry.owner = _RemoteOwner(self, entry, meta.get(b"owner", b""))
+            owner = _RemoteOwner(self, entry, meta.get(b"owner", b""))
+            entry.owner = owner
             self._copies[key] = _Copy(entry, key, last_id)
             self._send(self.node, b"wake", stream_id)  # the blocking read adds this key
+            self._send(owner.node, b"hold", stream_id)  # the owner counts our readers
         return entry
 
     # -- copies of other nodes' streams ------------------------------------------------
@@ -449,6 +478,27 @@ class RedisStore:
                 entry = self._local.find(stream_id.decode())
                 if entry is not None and entry.owner is not None:
                     entry.owner.cancel()
+            stream_id = fields.get(b"hold")
+            if stream_id is not None:
+                self._hold(stream_id.decode())
+
+    def _hold(self, stream_id: str) -> None:
+        """Another node has readers of this stream of ours: they count as one reader."""
+        owned = self._owned.get(stream_id)
+        if owned is None or owned.entry.owner is None:
+            return
+        expires = asyncio.get_running_loop().time() + self.limits.redis_lease_s
+        if owned.remote is None:
+            owned.remote = _RemoteReaders(owned.entry.log, owned.sent, expires)
+            owned.entry.attach(owned.remote)
+        owned.remote.expires = expires
+
+    def _release(self, owned: _Owned, now: float) -> None:
+        """Remote readers not renewed for a lease (or a stream that ended) leave."""
+        remote = owned.remote
+        if remote is not None and (now >= remote.expires or owned.entry.owner is None):
+            owned.remote = None
+            owned.entry.detach(remote)
 
     async def _check_owners(self) -> None:
         """Declare the owner of each live copy lost whose lease is gone (the error event
@@ -458,11 +508,20 @@ class RedisStore:
         for key in self._copies:
             sid = key[len(self.prefix) + 2:].decode()
             pipe.evalsha(sha, 4, *self._keys(sid), self._error_frame, self._ttl_ms)
+        holds = 0
+        for copy in self._copies.values():
+            owner = copy.entry.owner
+            if copy.entry.readers and isinstance(owner, _RemoteOwner) and owner.node:
+                key = self._wake_key(owner.node)
+                pipe.xadd(key, {b"hold": copy.entry.id.encode()}, maxlen=256,
+                          approximate=True)
+                holds += 1
         try:
             taken = await pipe.execute()
         except Exception as exc:
             self._unreachable(exc)
             return
+        taken = taken[:len(taken) - holds]
         for key, token in zip(list(self._copies), taken, strict=False):
             if token:
                 log.warning("stream %s: its owner's lease expired; its readers are told "
@@ -497,18 +556,21 @@ class RedisStore:
         pipe = self._client.pipeline(transaction=False)
         append = self._sha["append"]
         renew_sha = self._sha["renew"]
-        batch: list[tuple[_Owned, int, bool]] = []
+        batch: list[tuple[_Owned, int, int, bool]] = []
+        now = asyncio.get_running_loop().time()
         for owned in list(self._owned.values()):
             entry = owned.entry
             log_ = entry.log
             head = log_.next_seq
+            if renew:
+                self._release(owned, now)
             ending = owned.ending
             keys = self._keys(entry.id)
             if owned.sent >= head and not ending and owned.token != b"0":
                 if renew:  # nothing new: keep the lease
                     pipe.evalsha(renew_sha, 3, keys[2], keys[0], keys[1], owned.token,
                                  self._lease_ms, self._ttl_ms)
-                    batch.append((owned, head, False))
+                    batch.append((owned, head, log_.appended_bytes, False))
                 continue
             start = max(owned.sent, log_.first_seq)
             frames = log_.since(start) if start < head else []
@@ -516,8 +578,8 @@ class RedisStore:
             state = (b"error" if entry.error is not None else b"completed") if ending else b""
             pipe.evalsha(append, 4, *keys, owned.token, self.node, self._lease_ms,
                          self._ttl_ms, self.limits.redis_stream_maxlen, start, lengths, blob,
-                         state, entry.sse_end or b"")
-            batch.append((owned, head, ending))
+                         state, entry.sse_end or b"", entry.epoch)
+            batch.append((owned, head, log_.appended_bytes, ending))
         if not batch:
             return
         if renew:
@@ -525,7 +587,7 @@ class RedisStore:
         results = await pipe.execute(raise_on_error=False)
         if not self._sha:
             await self._load_scripts()
-        for (owned, head, ending), result in zip(batch, results, strict=False):
+        for (owned, head, appended, ending), result in zip(batch, results, strict=False):
             entry = owned.entry
             if isinstance(result, Exception) and "NOSCRIPT" in str(result):
                 self._sha.clear()  # Redis restarted between two flushes: load them again
@@ -544,8 +606,16 @@ class RedisStore:
                 if owned.token == b"0":
                     owned.token = str(result).encode()
                 owned.sent = max(owned.sent, head)
+                remote = owned.remote
+                if remote is not None and remote.cursor.next_seq < head:
+                    remote.cursor.next_seq = head  # Redis has them: the readers there may
+                    remote.cursor.taken_bytes = appended  # take them
+                    owner = entry.owner
+                    if owner is not None and owner.state is PAUSED and owner.origin is remote:
+                        owner.writable_changed()
                 if ending:
                     self._owned.pop(entry.id, None)
+                    self._release(owned, now)
 
     # -- reachability ------------------------------------------------------------------
 
@@ -578,6 +648,10 @@ class RedisStore:
         self.available = False
         if self._work is not None:
             self._work.set()  # the write loop asks again (it may be waiting for streams)
+        for owned in self._owned.values():  # readers elsewhere no longer hold our streams
+            if owned.remote is not None:
+                owned.remote.expires = 0.0
+                self._release(owned, 0.0)
         self._owned.clear()
         for copy in list(self._copies.values()):
             self._end_copy(copy.entry, StoreLost("the shared replay store (Redis) stopped "
