@@ -20,11 +20,13 @@ run() {
     echo "$1: exit $rc; $(grep -E 'DONE|no invariant broken|stat::number_of_executed_units' "fuzz/work/logs/$1.log" | tail -2 | tr '\n' ' ')"
     return $rc
 }
-targets=(fuzz_http fuzz_ws fuzz_sse fuzz_cursor fuzz_chat fuzz_wsapi)
+targets=(fuzz_http fuzz_ws fuzz_sse fuzz_cursor fuzz_chat fuzz_wsapi fuzz_upstream)
 for ((i = 0; i < ${#targets[@]}; i += 2)); do
     run "${targets[i]}" & a=$!
-    run "${targets[i + 1]}" & b=$!
+    if ((i + 1 < ${#targets[@]})); then
+        run "${targets[i + 1]}" & b=$!
+        wait $b || status=1
+    fi
     wait $a || status=1
-    wait $b || status=1
 done
 exit $status

@@ -11,7 +11,9 @@
 
 Items a stream handler may yield: ``str`` (the event's data), ``bytes`` (UTF-8 data),
 ``dict``/``list`` (JSON-encoded), or a tuple of ``bytes`` (one pre-encoded payload in
-several shared buffers, e.g. a chunk template around one token).  An item is one event
+several buffers, e.g. a chunk template around one token; joined into one).  Every item is
+kept in its stream's log in an exact-size buffer (``bytes`` copied: an ``orjson.dumps``
+result holds its whole write buffer).  An item is one event
 whatever it holds: a line break in it becomes another ``data:`` line of the same event.
 Plain handlers (``@app.route``) return a :class:`Response`, ``dict``/``list`` (JSON),
 ``bytes`` or ``str``.  No global state: every server, stream and limit hangs off its App.
@@ -28,6 +30,7 @@ from .errors import RequestError, shown
 from .limits import Limits
 from .metrics import Metrics
 from .proto.access import Access
+from .proto.chaos import Chaos
 
 StreamHandler = Callable[[Request], AsyncIterator[Any]]
 PlainHandler = Callable[[Request], Awaitable[Any]]
@@ -62,6 +65,9 @@ class App:
         #: Offer-accept permessage-deflate (RFC 7692).  Off by default: compression costs
         #: CPU per message and memory per socket, and streamed tokens compress poorly.
         self.ws_deflate = False
+        #: Chaos mode (:class:`streamcore.proto.chaos.Chaos`, docs/chaos.md): None (the
+        #: default) and no request's X-Chaos is honoured.
+        self.chaos: Chaos | None = None
 
     def stream(self, method: str, path: str, *, sse_end: bytes | None = None,
                public: bool = False, json: bool = False) -> Callable[

@@ -14,9 +14,11 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .limits import Limits, field_docs
 from .sources.synthetic import MAX_ANSWER_TOKENS, SyntheticModel
+from .store.base import ReplayStore
 
 ENV_PREFIX = "STREAMCORE_"
 #: The distribution's name on the package index ("streamcore" there is another project).
@@ -73,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--print", action="store_true", dest="print_config",
                         help="print the effective configuration")
     _serve_options(config)
+    chaos = commands.add_parser(
+        "chaos", help="run a chaos server: the gateway with chaos mode on",
+        description="'serve --chaos': the same endpoints and synthetic models (synthetic, "
+                    "synthetic-utf8), and every response a request asks for faults by "
+                    "X-Chaos or ?chaos= breaks as they say (GET /v1/chaos/faults lists "
+                    "them; docs/chaos.md). With --scorecard: run real clients against "
+                    "every fault and print what each did (python -m streamcore.scorecard "
+                    "takes more options).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _serve_options(chaos)
+    chaos.add_argument("--scorecard", action="store_true",
+                       help="drive the clients against every fault (on a server of its own) "
+                            "and print the table instead of serving")
     return parser
 
 
@@ -132,6 +147,23 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     tls = serve.add_argument_group("TLS (HTTPS and WSS; both files or neither)")
     _add(tls, "tls-cert", str, "", "PEM certificate chain file; serve HTTPS with --tls-key")
     _add(tls, "tls-key", str, "", "PEM private key file of --tls-cert")
+    chaos = serve.add_argument_group("chaos mode (docs/chaos.md)")
+    chaos.add_argument(
+        "--chaos", type=int, nargs="?", const=1, metavar="1|0",
+        default=int(str(_env_default("chaos", 0))),
+        help="honour a request's X-Chaos header or chaos query parameter: break its response "
+             "on purpose, as the named faults say (GET /v1/chaos/faults). Never on a "
+             "production server [env STREAMCORE_CHAOS; %(default)s]")
+    _add(chaos, "chaos-faults", str, "",
+         "comma-separated faults for every response a request names none for "
+         "(/healthz excepted); needs --chaos")
+    _add(chaos, "seed", int, -1, "the faults' seed when a request gives no X-Chaos-Seed or "
+         "chaos_seed (-1: a new one per response, sent in X-Chaos-Seed)")
+    store = serve.add_argument_group("resume store")
+    _add(store, "store", str, "memory",
+         "where streams are kept for resume: memory (this process), or "
+         "redis://HOST:PORT/DB (Redis Streams, shared by processes and nodes; needs the "
+         "redis extra: pip install 'streamcore-server[redis]')")
     limits = serve.add_argument_group("limits (every bound, with units)")
     docs = field_docs()
     for field in dataclasses.fields(Limits):
@@ -183,6 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         return _print_config(parser, args)
     if args.command == "serve":
+        return _serve(parser, args, list(sys.argv[1:] if argv is None else argv))
+    if args.command == "chaos":
+        if args.scorecard:
+            from .scorecard import main as scorecard
+
+            return scorecard([])
+        args.chaos = 1
         return _serve(parser, args, list(sys.argv[1:] if argv is None else argv))
     parser.error(f"unknown command {args.command}")
     return 2
@@ -266,14 +305,28 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace,
         api_keys = _api_keys(args)
     except OSError as exc:
         parser.error(f"--api-key-file: {exc}")
+    try:
+        store = store_from(args.store, limits)  # checked before any worker starts
+    except (ValueError, RuntimeError) as exc:
+        parser.error(str(exc))
     if args.workers > 1 and worker is None:
         return _supervise(args, argv, limits, model, tls is not None,
                           [u.target.url() for u in upstreams])
     if worker is not None:
         limits = share(limits, args.workers)
+        store = store_from(args.store, limits)  # each worker its own connections
     cors = [o.strip() for o in args.cors_origin.split(",") if o.strip()]
-    app = build_app(None if upstreams else [model], limits, upstreams=upstreams,
-                    cors_origins=cors, api_keys=api_keys, worker=worker,
+    chaos = _chaos_of(parser, args)
+    models = [model]
+    if chaos is not None:  # with multi-byte characters, for the split-utf8 fault
+        from .gateway import UTF8Model
+
+        models.append(UTF8Model(first_token_delay_s=model.first_token_delay_s,
+                                tokens_per_s=model.tokens_per_s,
+                                default_tokens=model.default_tokens,
+                                max_answer_tokens=model.max_answer_tokens))
+    app = build_app(None if upstreams else models, limits, upstreams=upstreams,
+                    cors_origins=cors, api_keys=api_keys, worker=worker, chaos=chaos,
                     metrics_public=bool(args.metrics_public))
     if worker is not None:
         from .metrics import Metrics
@@ -291,7 +344,8 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace,
 
     def on_ready(server: Server) -> None:
         print(startup_banner(args.host, server.port, model, tls=tls is not None,
-                             upstreams=[u.target.url() for u in upstreams]), flush=True)
+                             upstreams=[u.target.url() for u in upstreams],
+                             chaos=chaos is not None), flush=True)
 
     try:
         if worker is not None:
@@ -299,14 +353,29 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace,
 
             die_with_parent()
             sock = reuse_port_socket(args.host, args.port)
-            run(app, args.host, args.port, limits=limits, ssl=tls, sock=sock,
+            run(app, args.host, args.port, limits=limits, ssl=tls, sock=sock, store=store,
                 on_ready=lambda server: tell_ready(worker))
         else:
-            run(app, args.host, args.port, limits=limits, on_ready=on_ready, ssl=tls)
+            run(app, args.host, args.port, limits=limits, on_ready=on_ready, ssl=tls,
+                store=store)
     except OSError as exc:
         print(f"streamcore: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def store_from(spec: str, limits: Limits) -> ReplayStore | None:
+    """The store ``--store`` names: None for ``memory`` (the server makes its own), a
+    :class:`~streamcore.store.redis_streams.RedisStore` for a ``redis://`` URL.  A
+    ValueError for anything else; a RuntimeError when the redis extra is missing."""
+    if spec == "memory":
+        return None
+    if not spec.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"--store must be memory or redis://HOST:PORT/DB, got {spec!r}")
+    from .store.redis_streams import RedisStore, redis_module
+
+    redis_module()  # the extra is installed, or a clear error now rather than at the first stream
+    return RedisStore(spec, limits)
 
 
 def _supervise(args: argparse.Namespace, argv: Sequence[str], limits: Limits,
@@ -325,6 +394,24 @@ def _supervise(args: argparse.Namespace, argv: Sequence[str], limits: Limits,
               flush=True)
 
     return supervisor.run(on_ready)
+
+
+def _chaos_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """Chaos mode's settings (``--chaos``, ``--chaos-faults``, ``--seed``), or None."""
+    from .errors import RequestError
+    from .proto.chaos import Chaos
+
+    faults = tuple(f.strip() for f in args.chaos_faults.split(",") if f.strip())
+    if not args.chaos:
+        if faults:
+            parser.error("--chaos-faults needs --chaos")
+        return None
+    logging.getLogger("streamcore").warning(
+        "chaos mode: requests may ask for broken responses (X-Chaos); not for production")
+    try:
+        return Chaos(faults, args.seed if args.seed >= 0 else None)
+    except RequestError as exc:
+        parser.error(f"--chaos-faults: {exc.message}")
 
 
 def _api_keys(args: argparse.Namespace) -> list[str]:
@@ -349,7 +436,7 @@ ENDPOINTS = (
 
 
 def startup_banner(host: str, port: int, model: SyntheticModel, *, tls: bool = False,
-                   upstreams: Sequence[str] = ()) -> str:
+                   upstreams: Sequence[str] = (), chaos: bool = False) -> str:
     """The lines ``streamcore serve`` prints once it listens: where to point a client."""
     address = f"[{host}]" if ":" in host else host
     base = f"{'https' if tls else 'http'}://{address}:{port}"
@@ -360,7 +447,9 @@ def startup_banner(host: str, port: int, model: SyntheticModel, *, tls: bool = F
                 else "unpaced")
         what = f"model {model.name!r} ({rate})"
     lines = [f"streamcore {version()} serving {what} on {base}"]
-    for method, path, what in ENDPOINTS:
+    endpoints = ENDPOINTS + ((("GET", "/v1/chaos/faults",
+                               "chaos mode's faults (X-Chaos: NAME,...)"),) if chaos else ())
+    for method, path, what in endpoints:
         url = ("ws" + base[4:] if path == "/v1/ws" else base) + path  # wss for https
         lines.append(f"  {method:<4} {url:<{len(base) + 22}}  {what}")
     return "\n".join(lines)

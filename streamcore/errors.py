@@ -125,6 +125,21 @@ class Overloaded(RequestError):
         super().__init__(message, headers=[(b"retry-after", str(retry_after_s).encode())])
 
 
+class HistoryLost(RequestError):
+    """A resume cursor of another epoch than the stream's: the history it counts in was
+    lost (a shared store restarted, an owner replaced), so its sequence number means
+    nothing now.  Answered this way when the client asked for exact replay only;
+    otherwise the reader gets a snapshot."""
+
+    status = 410
+    code = "history_lost"
+
+    def __init__(self, stream_id: str, epoch: str, current: str) -> None:
+        super().__init__(f"the history of stream {stream_id!r} that epoch {epoch!r} counts "
+                         f"in was lost (its epoch is now {current!r}): resume without "
+                         "'replay=exact' for a snapshot, or start again", param="epoch")
+
+
 class StreamError(StreamcoreError):
     """A stream that cannot go on; told to its readers as an error event."""
 
@@ -162,9 +177,9 @@ class ServerShutdown(StreamError):
 
     code = "server_shutdown"
 
-    def __init__(self, stream_id: str, last_seq: int) -> None:
+    def __init__(self, last_event_id: str) -> None:
         super().__init__(f"the server is shutting down: resume the stream elsewhere after "
-                         f"event {stream_id}-{last_seq}")
+                         f"event {last_event_id}")
 
 
 class HandlerIdle(StreamError):
@@ -183,6 +198,31 @@ class HandlerFailed(StreamError):
 
     def __init__(self, exc: BaseException) -> None:
         super().__init__(f"the stream failed: {type(exc).__name__}")
+
+
+class StoreUnavailable(Overloaded):
+    """The shared replay store (Redis) does not answer: a new stream is refused (503 with
+    Retry-After) rather than served without the resume it promises elsewhere."""
+
+    code = "store_unavailable"
+
+
+class OwnerLost(StreamError):
+    """The node generating a stream stopped renewing its lease (it died, or lost Redis):
+    the answer is incomplete and cannot go on (the stream gets a new epoch)."""
+
+    code = "owner_lost"
+
+    def __init__(self, message: str = "the node generating this stream stopped answering "
+                 "(its lease expired): the answer is incomplete") -> None:
+        super().__init__(message)
+
+
+class StoreLost(StreamError):
+    """A stream read from the shared store (Redis) cannot go on: the store stopped
+    answering, or lost the stream's events."""
+
+    code = "store_unavailable"
 
 
 class InternalError(StreamcoreError):

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from .aio.stream import Stream
@@ -21,6 +22,8 @@ from .errors import RequestError
 from .limits import Limits
 from .metrics import OPENMETRICS_TYPE, TEXT_TYPE, wants_openmetrics
 from .proto import wsapi
+from .proto.chaos import Chaos
+from .proto.chaos import listing as chaos_listing
 from .proto.jsonbytes import json_string
 from .proto.openai import (
     ChatRequest,
@@ -90,6 +93,9 @@ class ChatStream:
         stream = self.stream
         assert stream is not None and self.run is not None
         self.count = self.run.i
+        # The run holds our bound emit: dropping it now leaves no cycle for the collector
+        # (tune_gc makes full collections rare; tests/test_no_cycles.py).
+        self.run = None
         template = self.template
         stream.push((template.finish(self.generation.finish_reason),))
         if self.chat.include_usage:
@@ -104,11 +110,31 @@ class ChatStream:
         if self.run is not None:
             self.count = self.run.i
             self.run.cancel()
+            self.run = None  # no cycle left (see done)
 
     def done_message(self, key: bytes) -> bytes:
         """The WebSocket gateway's last message for this request."""
         return wsapi.done_message(key, self.generation.finish_reason,
                                   usage_object(self.generation.prompt_tokens, self.count))
+
+
+#: The ``synthetic-utf8`` model's letters: 2-, 3- and 4-byte UTF-8 characters in every
+#: answer (chaos mode's ``split-utf8`` fault cuts them across writes).
+UTF8_LETTERS = str.maketrans({"e": "é", "o": "ø", "a": "å", "c": "ç", "k": "ḱ", "b": "\U0001d41b"})
+
+
+@dataclass(frozen=True, slots=True)
+class UTF8Model(SyntheticModel):
+    """The synthetic model with multi-byte characters in its words (UTF8_LETTERS)."""
+
+    name: str = "synthetic-utf8"
+
+
+class UTF8ChatStream(ChatStream):
+    __slots__ = ()
+
+    def emit(self, text: str) -> bool:
+        return super().emit(text.translate(UTF8_LETTERS))
 
 
 class Catalog:
@@ -175,21 +201,24 @@ class Catalog:
         """The push source of a streamed answer."""
         found = await self.resolve(chat.model)
         if isinstance(found, SyntheticModel):
-            return ChatStream(chat, found.start(chat))
+            kind = UTF8ChatStream if isinstance(found, UTF8Model) else ChatStream
+            return kind(chat, found.start(chat))
         return UpstreamChat(chat, found, self.limits)
 
 
 def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None = None, *,
               upstreams: list[Upstream] | None = None, cors_origins: Iterable[str] = (),
               api_keys: Iterable[str] = (), worker: int | None = None,
-              metrics_public: bool = False) -> App:
+              chaos: Chaos | None = None, metrics_public: bool = False) -> App:
     """The gateway: the given synthetic models (default: one, when no upstream is given)
     and upstream LLM servers, routed by ``model``; CORS and API keys as
     :class:`~streamcore.App` has them (``/healthz`` and the demo page need no key).
     ``worker``: this process's index under ``--workers`` (``/healthz`` names it).
+    ``chaos``: chaos mode on (docs/chaos.md), and ``GET /v1/chaos/faults``.
     ``GET /metrics`` needs the API key (when one is set) unless ``metrics_public``."""
     app = App(limits=limits, name="streamcore-gateway", cors_origins=cors_origins,
               api_keys=api_keys)
+    app.chaos = chaos
     upstreams = upstreams or []
     synthetic = models if models is not None else ([] if upstreams else [SyntheticModel()])
     catalog = Catalog({model.name: model for model in synthetic}, upstreams, app.limits)
@@ -241,7 +270,10 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
             return Response(body, status, content_type=content_type)
         generation = found.start(chat)
         tokens = [token async for token in generation]
-        return Response(completion_body(new_completion_id(), chat.model, "".join(tokens),
+        text = "".join(tokens)
+        if isinstance(found, UTF8Model):
+            text = text.translate(UTF8_LETTERS)
+        return Response(completion_body(new_completion_id(), chat.model, text,
                                         generation.finish_reason, generation.prompt_tokens,
                                         len(tokens)))
 
@@ -257,7 +289,7 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
         """Stop a stream's generation now (any client of the stream may): its readers get
         the ``cancelled`` error event, an upstream request is aborted."""
         stream_id = request.path_params["stream_id"]
-        entry = request.store.find(stream_id) if request.store is not None else None
+        entry = await request.store.fetch(stream_id) if request.store is not None else None
         if entry is None:
             raise RequestError(f"no stream {stream_id!r} (unknown, or no longer retained)",
                                status=404, code="stream_not_found")
@@ -283,6 +315,13 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
         openmetrics = wants_openmetrics(request.header("accept"))
         return Response(app.metrics.render(openmetrics),
                         content_type=OPENMETRICS_TYPE if openmetrics else TEXT_TYPE)
+
+    if chaos is not None:
+        @app.route("GET", "/v1/chaos/faults", public=True)
+        async def chaos_faults(request: Request) -> dict[str, object]:
+            """Every fault chaos mode knows: name, category, what it does on the wire,
+            what a correct client must do."""
+            return chaos_listing()
 
     @app.route("GET", "/healthz", public=True)
     async def healthz(request: Request) -> dict[str, object]:

@@ -53,7 +53,8 @@ class Limits:
     write_stall_timeout_s: float = 30.0
 
     # --- Streams -------------------------------------------------------------------------
-    #: Replay log per stream (the token pipe ring), counted in wire bytes.  ~1000 OpenAI
+    #: Replay log per stream (the token pipe ring), counted as held in memory: each
+    #: frame's bytes plus the 96 of the objects that hold it (proto/pipe.py).  ~750 OpenAI
     #: chunks of ~250 bytes: a long answer can be resumed from its start.  It is also most
     #: of what a stalled client costs (measured: ~1 MB RSS per stalled long stream at
     #: 1 MiB), so it is kept modest; raise it for longer replays.
@@ -144,6 +145,24 @@ class Limits:
     #: again (the delay doubles from 0.1 s with each such death): a crash loop costs a
     #: start every 10 s, not a busy CPU.
     worker_restart_backoff_max_s: float = 10.0
+
+    # --- Shared replay store (--store redis://...) ---------------------------------------
+    #: The owner's lease on a stream's generation (renewed every third of it): a node that
+    #: dies is declared lost this long after its last renewal, and its readers elsewhere get
+    #: an ``owner_lost`` error event within a third of it more.  3 s rides out a GC pause or
+    #: a Redis failover, and leaves no reader waiting long.
+    redis_lease_s: float = 3.0
+    #: Frames go to Redis at most this often, all streams' in one pipelined round trip: the
+    #: store's cost is per flush, not per token.  5 ms is far below what a resuming client
+    #: can notice, and batches ~5 tokens of a 1000 tokens/s stream.
+    redis_flush_interval_s: float = 0.005
+    #: Entries kept per stream in Redis (XADD MAXLEN ~): ~4 times the ~1000 chunks of
+    #: ``stream_log_bytes``; Redis memory per stream is bounded by it, and by the TTL
+    #: (``resume_retention_s`` after the end).
+    redis_stream_maxlen: int = 4096
+    #: A Redis command unanswered this long means Redis is unreachable: new streams get
+    #: 503 ``store_unavailable`` until it answers again.
+    redis_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

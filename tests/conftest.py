@@ -161,12 +161,13 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None,
 
 @contextlib.contextmanager
 def serve_cli(*args: str, env: dict[str, str] | None = None,
-              port: int | None = None) -> Iterator[CLIServer]:
+              port: int | None = None, command: str = "serve") -> Iterator[CLIServer]:
     """``python -m streamcore serve --port <free> *args`` until /healthz answers.
 
     With ``port`` given, no ``--port`` flag is passed (e.g. to test STREAMCORE_PORT).
+    ``command``: another command that serves (``chaos``).
     """
-    argv = [sys.executable, "-m", "streamcore", "serve"]
+    argv = [sys.executable, "-m", "streamcore", command]
     if port is None:
         port = free_port()
         argv += ["--port", str(port)]

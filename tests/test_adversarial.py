@@ -463,7 +463,7 @@ def test_item_with_line_breaks_is_one_event(server: Server, kind: str) -> None:
     assert len(events) == 1, events
     event = events[0]
     assert event.event in ("", "message", None), event
-    assert event.id != "x" and re.fullmatch(r"[0-9a-f]{16}-1", event.id or ""), event
+    assert event.id != "x" and re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]{6}-1", event.id or ""), event
     assert "\nid: x\nevent: y\ndata: z" in event.data
 
 

@@ -110,8 +110,8 @@ def test_eventsource_reconnects_and_gets_every_item_once(
     assert data == [f"tick {i}" for i in range(1, total + 1)], (
         f"{len(data)} items; duplicates or gaps: {data[:drop + 5]} ...")
     ids = [i for _, i in state["received"]]
-    sid = ids[0].rpartition("-")[0]
-    assert ids == [f"{sid}-{i}" for i in range(1, total + 1)]
+    prefix = ids[0].rpartition("-")[0]  # <stream id>-<epoch>
+    assert ids == [f"{prefix}-{i}" for i in range(1, total + 1)]
     assert holder["cut"] == 1, "the first connection was not cut"
     assert state["opens"] == 2 and state["errors"] >= 1, state
     assert holder["started"] == 1, "the reconnect started a new generation, not a resume"
@@ -225,7 +225,10 @@ def non_streamed(url: str, body: dict[str, Any]) -> str:
 
 
 def check_ids(out: dict[str, Any], stream_id: str, first: int = 1) -> int:
-    assert out["ids"] == [f"{stream_id}-{i}" for i in range(first, first + len(out["ids"]))]
+    """Ids ``<stream id>-<epoch>-<seq>`` from ``first`` on, one epoch throughout."""
+    epoch = out["ids"][0].split("-")[1] if out["ids"] else ""
+    assert out["ids"] == [f"{stream_id}-{epoch}-{i}"
+                          for i in range(first, first + len(out["ids"]))]
     return first + len(out["ids"])
 
 
@@ -259,7 +262,7 @@ def test_fetch_cut_then_resume_and_eventsource_follow(
     assert first["status"] == 200 and first["events"] == 6 and first["done"] == 0, first
     after = check_ids(first, sid)
 
-    rest = page.evaluate("([sid, last]) => window.resume(sid, last)", [sid, f"{sid}-6"])
+    rest = page.evaluate("([sid, last]) => window.resume(sid, last)", [sid, first["ids"][-1]])
     assert rest["status"] == 200 and rest["streamId"] == sid, rest
     assert not rest["errors"] and rest["done"] == 1, rest
     check_ids(rest, sid, after)

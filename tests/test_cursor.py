@@ -1,4 +1,5 @@
-"""The cursor format (:mod:`streamcore.proto.cursor`): ``<stream id>-<seq>``, and its strict,
+"""The cursor format (:mod:`streamcore.proto.cursor`): ``<stream id>-<epoch>-<seq>`` (and the
+older ``<stream id>-<seq>``), and its strict,
 bounded parser (a client controls the string, as ``Last-Event-ID``)."""
 
 from __future__ import annotations
@@ -9,13 +10,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamcore.errors import RequestError
 from streamcore.proto.cursor import (
+    MAX_EPOCH_LENGTH,
     MAX_SEQ_DIGITS,
     MAX_STREAM_ID_LENGTH,
+    Position,
+    ResumeQuery,
     event_id,
     id_prefix,
+    new_epoch,
     new_stream_id,
+    parse_cursor,
     parse_event_id,
+    resume_query,
+    valid_epoch,
     valid_stream_id,
 )
 
@@ -43,7 +52,9 @@ def test_round_trip_examples() -> None:
     assert parse_event_id(event_id("0123456789abcdef", 1)) == ("0123456789abcdef", 1)
     # '-' is not a stream-id character, so the split is never ambiguous.
     assert not valid_stream_id("a-b")
-    assert parse_event_id("a-b-1") is None
+    assert parse_event_id("a-b-1") == ("a", 1)  # stream a, epoch b
+    assert parse_event_id("a-x-1") is None  # an epoch is hex
+    assert parse_event_id("a-b-c-1") is None
     uuid_like = "6fa459ea.ee8a.3ca4.894e.db77e160355e"
     assert parse_event_id(f"{uuid_like}-42") == (uuid_like, 42)
 
@@ -113,3 +124,63 @@ def test_parser_never_raises_and_only_accepts_what_round_trips(value: str) -> No
         assert value.isascii()
         # The same number, maybe with leading zeros.
         assert value.startswith(stream_id + "-") and int(value[len(stream_id) + 1:]) == seq
+
+
+# -- the epoch (issue 10): <stream id>-<epoch>-<seq> ---------------------------------------
+
+epochs = st.text(alphabet="0123456789abcdef", min_size=1, max_size=MAX_EPOCH_LENGTH)
+
+
+def test_new_epochs_are_6_hex_digits_and_valid() -> None:
+    made = {new_epoch() for _ in range(50)}
+    assert len(made) > 40  # 24 random bits: a repeat in 50 is rare
+    for epoch in made:
+        assert re.fullmatch(r"[0-9a-f]{6}", epoch) and valid_epoch(epoch)
+    for bad in ("", "A1", "g", "1" * (MAX_EPOCH_LENGTH + 1), "-1", "1 "):
+        assert not valid_epoch(bad)
+
+
+@given(stream_ids, epochs, seqs)
+def test_round_trip_with_epoch(stream_id: str, epoch: str, seq: int) -> None:
+    value = event_id(stream_id, seq, epoch)
+    assert value == f"{stream_id}-{epoch}-{seq}"
+    assert parse_cursor(value) == Position(stream_id, epoch, seq)
+    assert (id_prefix(stream_id, epoch) + b"%d" % seq).decode() == value
+    # The older form is read as a position in whatever history the stream has now.
+    assert parse_cursor(event_id(stream_id, seq)) == Position(stream_id, None, seq)
+
+
+@pytest.mark.parametrize("value", [
+    "abc-ABC-1",          # an epoch is lowercase hex
+    "abc-g1-1",
+    "abc--1",
+    "abc-1-",
+    "abc-" + "1" * (MAX_EPOCH_LENGTH + 1) + "-1",
+    "abc-1-2-3",
+])
+def test_strict_parser_refuses_bad_epochs(value: str) -> None:
+    assert parse_cursor(value) is None
+
+
+def test_resume_query() -> None:
+    assert resume_query("") == ResumeQuery(None, None, False)
+    assert resume_query("starting_after=0") == ResumeQuery(0, None, False)
+    assert resume_query("starting_after=12&epoch=ab12&replay=exact&model=x") == \
+        ResumeQuery(12, "ab12", True)
+    assert resume_query("replay=snapshot").exact is False
+
+
+@pytest.mark.parametrize(("query", "param"), [
+    ("starting_after=-1", "starting_after"),
+    ("starting_after=", "starting_after"),
+    ("starting_after=1" + "0" * MAX_SEQ_DIGITS, "starting_after"),
+    ("starting_after=%C2%B2", "starting_after"),  # '²'
+    ("epoch=XY", "epoch"),
+    ("epoch=", "epoch"),
+    ("replay=maybe", "replay"),
+    ("&".join(["a=1"] * 40), None),
+])
+def test_resume_query_refuses(query: str, param: str | None) -> None:
+    with pytest.raises(RequestError) as caught:
+        resume_query(query)
+    assert caught.value.param == param and caught.value.code == "invalid_value"

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("target", ["fuzz_http", "fuzz_sse", "fuzz_ws", "fuzz_cursor",
-                                    "fuzz_chat", "fuzz_wsapi"])
+                                    "fuzz_chat", "fuzz_wsapi", "fuzz_upstream"])
 def test_fuzz_target_runs_clean(target: str) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "fuzz" / f"{target}.py"), "--seconds", "2"],

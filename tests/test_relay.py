@@ -75,6 +75,7 @@ def test_responses_api_stream_relayed_event_by_event(
             client, "POST", f"{served.url}/v1/responses",
             json={"model": "fast", "input": "hi", "stream": True}) as source:
         sid = source.response.headers["x-stream-id"]
+        sid += "-" + source.response.headers["x-stream-epoch"]
         events = list(source.iter_sse())
     assert [orjson.loads(e.data) for e in events] == RESPONSE_EVENTS
     assert [e.id for e in events] == [f"{sid}-{i}" for i in range(1, 5)]

@@ -27,6 +27,8 @@ from conftest import FAST_LIMITS, Served, assert_openai_error, wait_for
 import streamcore
 from streamcore.gateway import build_app
 from streamcore.limits import Limits
+from streamcore.proto import pipe
+from streamcore.proto.cursor import parse_cursor
 from streamcore.sources.synthetic import SyntheticModel
 
 MESSAGES = [{"role": "user", "content": "please explain in plain words how a server can "
@@ -73,10 +75,10 @@ def read_stream(client: httpx.Client, method: str, url: str, *, json: Any = None
 
 
 def seq_of(event: httpx_sse.ServerSentEvent, stream_id: str) -> int:
-    prefix, _, seq = event.id.rpartition("-")
-    assert prefix == stream_id, f"event id {event.id!r} is not of stream {stream_id!r}"
-    assert seq.isdigit(), event.id
-    return int(seq)
+    position = parse_cursor(event.id)
+    assert position is not None, event.id
+    assert position.stream == stream_id, f"event id {event.id!r} is not of stream {stream_id!r}"
+    return position.seq
 
 
 def error_of(event: httpx_sse.ServerSentEvent) -> dict[str, Any] | None:
@@ -245,7 +247,7 @@ def test_resume_mid_stream_gets_the_whole_stream_exactly_once(
     assert first.cut and first.stream_id
     sid = first.stream_id
     last_id = first.events[-1].id
-    assert last_id == f"{sid}-8"
+    assert seq_of(first.events[-1], sid) == 8
     wait_no_reader(served, sid)
     time.sleep(0.15)  # the stream goes on without a reader (grace)
     state = stream_state(served, sid)
@@ -472,7 +474,7 @@ def test_two_readers_at_once_both_get_every_event_in_order(
 
     origin, second, third, origin_running = asyncio.run(main())
     assert origin_running, "the second reader came after the end: no concurrency tested"
-    sid = origin[0].id.rpartition("-")[0]
+    sid = origin[0].id.partition("-")[0]
     events = check_whole(origin, sid)
     assert len(events) == 42
     pairs = [(e.id, e.data) for e in origin]
@@ -489,7 +491,8 @@ def test_retention_budget_evicts_the_oldest_finished_streams(
     # Measure what one such stream's log holds (the same prompt: the same sizes).
     probe = gateway(serve, FAST_LIMITS)
     events = read_stream(client, "POST", f"{probe.url}/v1/chat/completions", json=body).events
-    held = sum(len(e.data) for e in events if e.data != DONE)
+    # (each frame counted with its overhead: what holds it in memory)
+    held = sum(len(e.data) + pipe.FRAME_OVERHEAD_BYTES for e in events if e.data != DONE)
     assert held > 1000
 
     limits = FAST_LIMITS.replace(resume_budget_bytes=int(held * 1.5))
@@ -532,9 +535,10 @@ def test_grace_without_reader_produces_at_most_half_the_log(
     wait_no_reader(served, sid)
     at_leave = ticks.produced
     # Half the log, counted from the start or from where the reader left: either way at
-    # most this many items (the last one crosses the half).
-    bound = at_leave + log_bytes // 2 // size + 1
-    wait_for(lambda: ticks.produced >= log_bytes // 2 // size)
+    # most this many items (the last one crosses the half; each counts its overhead too).
+    cost = size + pipe.FRAME_OVERHEAD_BYTES
+    bound = at_leave + log_bytes // 2 // cost + 1
+    wait_for(lambda: ticks.produced >= log_bytes // 2 // cost)
     time.sleep(0.4)  # unbounded, it would produce ~70 more items in this time
     assert ticks.produced <= bound, f"{ticks.produced} items produced without a reader"
     state = stream_state(served, sid)
@@ -611,7 +615,58 @@ def test_a_stream_cut_by_shutdown_says_so_with_its_cursor(
     *items, last = got
     error = error_of(last)
     assert error is not None and error["code"] == "server_shutdown", last.data
-    sid = items[0].id.rpartition("-")[0]
-    assert f"after event {sid}-{len(items)}" in error["message"]
+    assert f"after event {items[-1].id}" in error["message"]
+    assert seq_of(items[-1], items[0].id.partition("-")[0]) == len(items)
     assert [e.data for e in items] == [ticks.item(i) for i in range(1, len(items) + 1)]
     assert all(e.data != DONE for e in got)
+
+
+# ------------------------------------------------------- the cursor's epoch, starting_after
+
+
+def test_starting_after_and_epoch_in_the_query(
+        serve: Callable[..., Served], client: httpx.Client) -> None:
+    """``GET /v1/streams/{id}?starting_after=N[&epoch=E]`` is the cursor ``<id>-<E>-<N>`` in
+    the query; Last-Event-ID wins over it (an EventSource resends its URL unchanged)."""
+    served = gateway(serve, FAST_LIMITS)
+    first = read_stream(client, "POST", f"{served.url}/v1/chat/completions",
+                        json=chat_body(10))
+    sid = first.stream_id
+    assert sid
+    events = check_whole(first.events, sid)
+    epoch = parse_cursor(events[0].id).epoch  # type: ignore[union-attr]
+    base = f"{served.url}/v1/streams/{sid}"
+    for query in (f"starting_after=4&epoch={epoch}", "starting_after=4"):
+        got = read_stream(client, "GET", f"{base}?{query}")
+        assert [(e.id, e.data) for e in got.events] == \
+            [(e.id, e.data) for e in first.events[4:]], query
+    got = read_stream(client, "GET", f"{base}?starting_after=2",
+                      last_event_id=events[6].id)
+    assert [e.id for e in got.events[:-1]] == [e.id for e in events[7:]]
+    end = read_stream(client, "GET", f"{base}?starting_after={len(events)}")
+    assert end.status == 204
+    for query in ("starting_after=x", "epoch=XYZ", "replay=sometimes"):
+        bad = read_stream(client, "GET", f"{base}?{query}")
+        assert bad.status == 400, query
+        assert assert_openai_error(bad.body)["code"] == "invalid_value"
+
+
+def test_a_cursor_of_another_epoch_is_history_lost_for_exact_replay(
+        serve: Callable[..., Served], client: httpx.Client) -> None:
+    """A cursor whose epoch is not the stream's counts in a history that was lost: with
+    ``replay=exact`` that is a 410 ``history_lost`` (a seq of one history is never served
+    as if of another)."""
+    served = gateway(serve, FAST_LIMITS)
+    first = read_stream(client, "POST", f"{served.url}/v1/chat/completions",
+                        json=chat_body(10))
+    sid = first.stream_id
+    assert sid
+    epoch = parse_cursor(first.events[0].id).epoch  # type: ignore[union-attr]
+    other = "0" if epoch != "0" else "1"
+    for method, url, payload in (
+            ("GET", f"{served.url}/v1/streams/{sid}?replay=exact", None),
+            ("POST", f"{served.url}/v1/chat/completions?replay=exact", chat_body(10))):
+        got = read_stream(client, method, url, json=payload, last_event_id=f"{sid}-{other}-3")
+        assert got.status == 410, (method, got)
+        error = assert_openai_error(got.body)
+        assert error["code"] == "history_lost" and error["param"] == "epoch"

@@ -612,10 +612,11 @@ def test_sse_headers_and_ids(served: Served) -> None:
         assert response.headers["x-accel-buffering"] == "no"
         assert response.headers["transfer-encoding"] == "chunked"
         stream_id = response.headers["x-stream-id"]
+        epoch = response.headers["x-stream-epoch"]
         received = list(events.iter_sse())
     assert [e.data for e in received] == [f"tok{i}" for i in range(5)]
-    # <stream id>-<sequence number>, from 1 (README, "curl").
-    assert [e.id for e in received] == [f"{stream_id}-{seq}" for seq in range(1, 6)]
+    # <stream id>-<epoch>-<sequence number>, from 1 (README, "curl").
+    assert [e.id for e in received] == [f"{stream_id}-{epoch}-{seq}" for seq in range(1, 6)]
 
 
 def test_heartbeats_while_waiting_for_the_first_token(served: Served) -> None:

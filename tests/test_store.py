@@ -196,3 +196,18 @@ def test_ended_without_add_is_kept_too() -> None:
     a = entry_of("a", 1)
     store.ended(a)
     assert store.find("a") is a
+
+
+def test_forget_lets_a_live_or_kept_entry_go_now() -> None:
+    clock = Clock()
+    store = MemoryStore(clock, 60.0, 1 << 20)
+    live, kept = entry_of("live", 10), entry_of("kept", 20)
+    store.add(live)
+    store.add(kept)
+    store.ended(kept)
+    assert store.retained_bytes == 20
+    store.forget("live")
+    store.forget("kept")
+    store.forget("never")
+    assert store.find("live") is None and store.find("kept") is None
+    assert store.retained_bytes == 0 and store.live() == []

@@ -171,7 +171,7 @@ def check_complete(got: Got, model: str = "m") -> str:
     assert got.status == 200, got.body
     assert got.datas.count(DONE) == 1 and got.datas[-1] == DONE, got.datas[-3:]
     assert got.error is None
-    stream_id = got.headers["x-stream-id"]
+    stream_id = got.headers["x-stream-id"] + "-" + got.headers["x-stream-epoch"]
     assert [e.id for e in got.events[:-1]] == [
         f"{stream_id}-{i}" for i in range(1, len(got.events))]
     chunks = got.chunks

@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import InternalError, ProtocolError, RequestError, StreamcoreError, shown
 from ..proto import http, ws
 from ..proto.access import require_json
-from ..proto.cursor import parse_event_id
+from ..proto.cursor import parse_cursor, resume_query
 from ..proto.http import HTTPSession, Phase
 from ..store.base import Entry
 from .context import Context
@@ -162,6 +162,9 @@ class HTTPConnection(Output):
             self.respond(Response(b"", 204))
             return
         self._extra = access.cors_headers(raw)
+        chaos = self.ctx.chaos
+        if chaos is not None:  # chaos mode: faults for this request, if it names any
+            chaos(self, raw)
         if b"websocket" in raw.header_tokens(b"upgrade"):
             route, params = router.resolve_upgrade(raw.path)
             if not route.public:
@@ -184,6 +187,10 @@ class HTTPConnection(Output):
     async def _run_plain(self, route: Route, request: Request) -> None:
         try:
             result = await route.handler(request)
+            if isinstance(result, EventStream):
+                wanted, next_seq = _resumed_at(request, result.resume)
+                if wanted is not None:  # a shared store reads the stream back first
+                    await self.ctx.store.fetch(wanted, next_seq)
             self._task = None
             if self.transport is None:
                 return
@@ -226,24 +233,29 @@ class HTTPConnection(Output):
 
     def _start_stream(self, items: Any, sse_end: bytes | None, request: Request,
                       resume: str | None = None) -> None:
-        start_seq = 1
+        after: int | None = None
+        epoch: str | None = None
+        if resume is not None:  # the stream-by-id route: ?starting_after=N[&epoch=E]
+            query = resume_query(request.query)
+            after, epoch = query.after, query.epoch
         last_id = request.header("last-event-id")
         if last_id:
-            # WHATWG HTML 9.2.4: a reconnecting EventSource sends the last id it saw.  One
+            # WHATWG HTML 9.2.4: a reconnecting EventSource sends the last id it saw (it
+            # wins over the query, which an EventSource sends unchanged every time).  One
             # that is not ours, or names another stream than the path, is a client's bug:
             # a 400 says so, where a silent replay from the start would repeat the answer.
-            cursor = parse_event_id(last_id)
+            cursor = parse_cursor(last_id)
             if cursor is None:
                 self._resumed("invalid")
                 raise RequestError(f"Last-Event-ID {shown(last_id)} is not an event id of this "
-                                   "server ('<stream id>-<sequence number>')",
+                                   "server ('<stream id>-<epoch>-<sequence number>')",
                                    param="Last-Event-ID", code="invalid_last_event_id")
-            if resume not in (None, cursor[0]):
+            if resume not in (None, cursor.stream):
                 self._resumed("invalid")
-                raise RequestError(f"Last-Event-ID names stream {cursor[0]!r}, not "
+                raise RequestError(f"Last-Event-ID names stream {cursor.stream!r}, not "
                                    f"{shown(resume)}", param="Last-Event-ID",
                                    code="invalid_last_event_id")
-            resume, start_seq = cursor[0], cursor[1] + 1
+            resume, epoch, after = cursor
         ctx = self.ctx
         if resume is not None:
             entry = ctx.store.find(resume)
@@ -251,6 +263,8 @@ class HTTPConnection(Output):
                 self._resumed("not_found")
                 raise RequestError(f"no stream {shown(resume)} (unknown, or no longer "
                                    "retained)", status=404, code="stream_not_found")
+            exact = resume_query(request.query).exact
+            start_seq = entry.resume_at(epoch, after or 0, exact)
             if entry.log.closed and start_seq >= entry.log.next_seq:
                 # Positioned at the end of a stream that ended: 204 tells an EventSource
                 # to stop reconnecting (WHATWG HTML 9.2.3), where a forgotten one would
@@ -284,7 +298,8 @@ class HTTPConnection(Output):
             metrics.child("streamcore_resume_replayed_events_total", "sse").inc(replayed)
 
     def stream_head(self, entry: Entry) -> tuple[bytes, bool]:
-        headers = [*SSE_HEADERS, (b"x-stream-id", entry.id.encode()), *self._extra]
+        headers = [*SSE_HEADERS, (b"x-stream-id", entry.id.encode()),
+                   (b"x-stream-epoch", entry.epoch.encode()), *self._extra]
         if self.close_after_response:
             headers.append((b"connection", b"close"))
         self._responded(200)
@@ -400,3 +415,13 @@ class HTTPConnection(Output):
             self.close_transport()
             return True
         return False
+
+
+def _resumed_at(request: Request, resume: str | None) -> tuple[str | None, int]:
+    """The stream a request resumes (its route's, or its Last-Event-ID's if that is one of
+    ours) and the first seq it wants; the full checks are ``_start_stream``'s."""
+    last_id = request.header("last-event-id")
+    cursor = parse_cursor(last_id) if last_id else None
+    if cursor is None:
+        return resume, 1
+    return resume or cursor.stream, cursor.seq + 1

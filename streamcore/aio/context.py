@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -33,6 +34,8 @@ class Context:
     #: Streams by id for resume: live ones, and ended ones kept for a while.
     store: ReplayStore
     heartbeat: Heartbeat
+    #: Chaos mode's per-request hook (``streamcore.aio.chaos.ChaosHook``), None when off.
+    chaos: Any = None
     metrics: Metrics = field(default_factory=Metrics)
 
     def new_stream(self, items: object, *, sse_end: bytes | None = None,
@@ -72,6 +75,9 @@ class Context:
 
     def _ended(self, stream: Stream, resumable: bool, model: str, transport: str,
                active: Child, source: object) -> None:
+        # This callback holds the source, which holds the stream: no cycle left behind.
+        stream.on_end = None
+        left, stream.left = stream.left, None
         if resumable:
             self.store.ended(stream.entry)
         active.inc(-1)
@@ -82,10 +88,10 @@ class Context:
             outcome = "failed"
         elif self.admission.draining:  # cancelled with ServerShutdown by Server.close
             outcome = "shutdown"
-        elif stream.readers or stream.left is None:
+        elif stream.readers or left is None:
             outcome = "cancelled"  # asked for while someone still read
         else:
-            reader, left_at = stream.left
+            reader, left_at = left
             outcome = getattr(reader, "why", "client_gone")
             self.metrics.child("streamcore_cancel_propagation_seconds").observe(
                 time.monotonic() - left_at)

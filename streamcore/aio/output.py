@@ -57,8 +57,8 @@ class Output(asyncio.Protocol):
     """A connection's output side.  Subclasses say what to do when the transport takes
     bytes again (:meth:`writable_again`) and call :meth:`_output_lost` when it is gone."""
 
-    __slots__ = ("_close_timer", "_stall_timer", "admission", "bytes_out", "limits", "loop",
-                 "peer", "read_paused", "transport", "write_paused")
+    __slots__ = ("_close_timer", "_stall_timer", "admission", "bytes_out", "chaos", "limits",
+                 "loop", "peer", "read_paused", "transport", "write_paused")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limits: Limits,
                  admission: Admission) -> None:
@@ -74,6 +74,8 @@ class Output(asyncio.Protocol):
         self.bytes_out = 0
         self._stall_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        #: Chaos mode's state for a chaotic connection (streamcore.aio.chaos), else None.
+        self.chaos: Any = None
 
     # -- the write path ----------------------------------------------------------------
 

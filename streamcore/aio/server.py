@@ -17,6 +17,7 @@ from ..metrics import Metrics
 from ..store.base import ReplayStore
 from ..store.memory import MemoryStore
 from .admission import Admission
+from .chaos import ChaosHook
 from .connection import HTTPConnection
 from .context import Context
 from .handler import Router
@@ -47,8 +48,10 @@ class Server:
         self.store = store or MemoryStore(loop.time, limits.resume_retention_s,
                                           limits.resume_budget_bytes)
         self.heartbeat = Heartbeat(loop, limits.heartbeat_interval_s)
+        chaos = getattr(app, "chaos", None)  # chaos mode (streamcore.proto.chaos.Chaos)
         self.ctx = Context(loop, limits, app, self.admission, Flusher(loop, metrics),
-                           self.store, self.heartbeat, metrics)
+                           self.store, self.heartbeat,
+                           ChaosHook(chaos) if chaos is not None else None, metrics)
         self._server: asyncio.Server | None = None
 
     @property
@@ -61,6 +64,7 @@ class Server:
         if backlog is None:
             backlog = self.limits.listen_backlog
         ctx = self.ctx
+        await self.store.open()  # a shared store connects before the first stream
         self.heartbeat.start()
         if sock is not None:
             self._server = await self.loop.create_server(
@@ -96,7 +100,7 @@ class Server:
         # the cursor to resume from elsewhere, before their connections close.
         for entry in self.store.live():
             if entry.owner is not None:
-                entry.owner.cancel(ServerShutdown(entry.id, entry.log.next_seq - 1))
+                entry.owner.cancel(ServerShutdown(entry.cursor(entry.log.next_seq - 1)))
         if admission.connections:
             await asyncio.sleep(0)  # the Flusher writes the error events
             for conn in list(admission.connections):
@@ -107,6 +111,7 @@ class Server:
         admission.connections.clear()
         if self._server is not None:
             await self._server.wait_closed()
+        await self.store.close()  # after the streams' ends: a shared store writes them
 
 
 async def start(app: Router, host: str = "127.0.0.1", port: int = 8000, *,
@@ -132,8 +137,12 @@ def tune_gc() -> None:
     objects (measured, 1000 streams at 20 tokens/s: p99 lateness 16-250 ms by default,
     3-10 ms with this).  Objects alive at startup are frozen out of collections, and full
     collections are made 100 times rarer; young generations are collected as usual.  A
-    stream leaves no cyclic garbage (checked), so rarer full collections do not grow
-    memory.  ``run()`` calls this; an embedding service may call it once its own startup
+    finished stream is freed by reference counting, leaving no cyclic garbage, on every
+    path the server has (the synthetic model, a generator handler, a WebSocket handler,
+    the upstream gateway; ``tests/test_no_cycles.py`` runs them with the collector off),
+    so rarer full collections do not grow memory.  A handler of one's own that makes
+    cycles (an exception kept with its traceback, say) is not covered by that.
+    ``run()`` calls this; an embedding service may call it once its own startup
     is done.
     """
     gc.collect()
@@ -144,13 +153,15 @@ def tune_gc() -> None:
 
 def run(app: Router, host: str = "127.0.0.1", port: int = 8000, *,
         limits: Limits | None = None, on_ready: Any = None,
-        ssl: ssl_.SSLContext | None = None, sock: socket.socket | None = None) -> None:
+        ssl: ssl_.SSLContext | None = None, sock: socket.socket | None = None,
+        store: ReplayStore | None = None) -> None:
     """Serve ``app`` on a new uvloop event loop until SIGTERM (drain, then exit) or SIGINT
-    (stop now); on ``sock`` if given (a bound socket, e.g. a worker's SO_REUSEPORT one)."""
+    (stop now); on ``sock`` if given (a bound socket, e.g. a worker's SO_REUSEPORT one).
+    ``store``: as for :func:`start`."""
     import uvloop
 
     async def main() -> None:
-        server = await start(app, host, port, limits=limits, ssl=ssl, sock=sock)
+        server = await start(app, host, port, limits=limits, ssl=ssl, sock=sock, store=store)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         drain: dict[str, float] = {}

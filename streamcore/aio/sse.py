@@ -91,7 +91,7 @@ class SSEReader(BaseReader):
             if self.entry.hold and log_.next_seq == 1 and not log_.closed:
                 return  # the head waits: the source may still refuse with a status
             head, chunked = conn.stream_head(self.entry)
-            framer = self.framer = SSEFramer(self.entry.id, chunked)
+            framer = self.framer = SSEFramer(self.entry.id, chunked, self.entry.epoch)
             bufs.append(head)
             size = len(head)
         if cursor.next_seq < log_.next_seq:

@@ -239,8 +239,9 @@ class SSERun {
       this.end("done", `[DONE] after ${this.lastSeq} events, each once and in order`, "good");
       return;
     }
+    // <stream id>-<epoch>-<seq>: the seq after the last "-" (docs/resume.md).
     const prefix = `${sse.state.streamId}-`;
-    const seq = id && id.startsWith(prefix) ? Number(id.slice(prefix.length)) : NaN;
+    const seq = id && id.startsWith(prefix) ? Number(id.slice(id.lastIndexOf("-") + 1)) : NaN;
     if (seq !== this.lastSeq + 1) {
       sse.problem(`event ${id} after seq ${this.lastSeq}: ` +
                   (seq <= this.lastSeq ? "a repeat" : "a gap"));

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..errors import RequestError, StreamError
+from ..errors import HistoryLost, RequestError, StreamError
+from ..proto.cursor import event_id, new_epoch
 from ..proto.pipe import Cursor, TokenLog
 from ..proto.state import State
 
@@ -45,14 +46,27 @@ class Entry:
 
     It outlives its generation: after the end it stays findable for resume (the store's
     retention), with ``owner`` None.
+
+    ``epoch`` names this history of the stream (:mod:`streamcore.proto.cursor`); every
+    cursor a reader is given carries it (:meth:`cursor`).  A store that loses a stream's
+    frames and carries the stream on (a shared store restarted; an owner's lease lost and
+    the stream taken over) must give its entry a new epoch (``new_epoch()``): a reader
+    whose cursor names another epoch then gets a snapshot of the new history or the
+    ``history_lost`` error, never frames of one history numbered as if from the other.
+    A store that keeps a stream's history whole (the memory store) never changes it.
     """
 
-    __slots__ = ("error", "hold", "id", "log", "multiline", "owner", "readers", "refused",
-                 "sse_end")
+    __slots__ = ("epoch", "error", "hold", "id", "log", "multiline", "owner", "readers",
+                 "refused", "sse_end")
 
-    def __init__(self, stream_id: str, log_bytes: int, sse_end: bytes | None = None) -> None:
+    def __init__(self, stream_id: str, log_bytes: int, sse_end: bytes | None = None,
+                 epoch: str | None = None, frame_overhead: int = 0) -> None:
         self.id = stream_id
-        self.log = TokenLog(log_bytes)
+        #: The history this entry's sequence numbers count in (random, 6 hex digits).
+        self.epoch = epoch or new_epoch()
+        #: ``frame_overhead``: bytes counted per frame besides its payload (see
+        #: :data:`~streamcore.proto.pipe.FRAME_OVERHEAD_BYTES`).
+        self.log = TokenLog(log_bytes, frame_overhead=frame_overhead)
         #: The data of the event an SSE reader ends a completed stream with (the gateway's
         #: ``[DONE]``), or None.
         self.sse_end = sse_end
@@ -83,6 +97,19 @@ class Entry:
             if self.owner is not None:
                 self.owner.reader_left(reader)
 
+    def cursor(self, seq: int) -> str:
+        """The cursor (SSE event id) of event ``seq`` of this history."""
+        return event_id(self.id, seq, self.epoch)
+
+    def resume_at(self, epoch: str | None, after: int, exact: bool) -> int:
+        """The first sequence number for a reader that has every event up to ``after`` of
+        history ``epoch`` (None: whatever history the stream has).  A cursor of another
+        epoch: :class:`~streamcore.errors.HistoryLost` (``exact`` is for the snapshot
+        to come; until then every client gets the error)."""
+        if epoch is not None and epoch != self.epoch:
+            raise HistoryLost(self.id, epoch, self.epoch)
+        return after + 1
+
     def mark_multiline(self) -> None:
         """The next frame appended holds a line break."""
         if self.multiline is None:
@@ -104,3 +131,14 @@ class ReplayStore(Protocol):
 
     def live(self) -> list[Entry]:
         """The entries whose generation still runs."""
+
+    async def fetch(self, stream_id: str, next_seq: int = 1) -> Entry | None:
+        """:meth:`find`, asking a shared store when this process has no copy (the copy is
+        then what :meth:`find` returns), holding ``next_seq - 1`` if it can.  Called
+        before a resume starts reading."""
+
+    async def open(self) -> None:
+        """Connect and start (a server calls it before it listens)."""
+
+    async def close(self) -> None:
+        """Write what is pending and disconnect (a server calls it last)."""

@@ -49,6 +49,24 @@ class MemoryStore:
     def live(self) -> list[Entry]:
         return list(self._live.values())
 
+    def forget(self, stream_id: str) -> None:
+        """Let a stream go now, live or kept (a shared store's copy that is no longer
+        true)."""
+        self._live.pop(stream_id, None)
+        kept = self._retained.pop(stream_id, None)
+        if kept is not None:
+            self._retained_bytes -= kept[0].log.held_bytes
+
+    async def fetch(self, stream_id: str, next_seq: int = 1) -> Entry | None:
+        """As :meth:`find`: one process's memory has nothing more to ask."""
+        return self.find(stream_id)
+
+    async def open(self) -> None:
+        """Nothing to connect to."""
+
+    async def close(self) -> None:
+        """Nothing to let go of."""
+
     def _evict(self) -> None:
         now = self._clock()
         retained = self._retained
