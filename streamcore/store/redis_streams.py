@@ -214,12 +214,16 @@ class _RemoteOwner:
 
 
 class _Copy:
-    __slots__ = ("entry", "key", "last_id")
+    """A live copy of another node's stream, kept up to date by the blocking reader."""
 
-    def __init__(self, entry: Entry, key: bytes, last_id: bytes) -> None:
+    __slots__ = ("entry", "idle_since", "key", "last_id")
+
+    def __init__(self, entry: Entry, key: bytes, last_id: bytes, now: float) -> None:
         self.entry = entry
         self.key = key
         self.last_id = last_id
+        #: When it was last seen without a reader here.
+        self.idle_since = now
 
 
 class RedisStore:
@@ -380,7 +384,7 @@ class RedisStore:
         if not entry.log.closed:
             owner = _RemoteOwner(self, entry, meta.get(b"owner", b""))
             entry.owner = owner
-            self._copies[key] = _Copy(entry, key, last_id)
+            self._copies[key] = _Copy(entry, key, last_id, asyncio.get_running_loop().time())
             self._send(self.node, b"wake", stream_id)  # the blocking read adds this key
             self._send(owner.node, b"hold", stream_id)  # the owner counts our readers
         return entry
@@ -473,7 +477,19 @@ class RedisStore:
                     self._deliver(found.entry, entries)
             if loop.time() >= check_at and self._copies:
                 check_at = loop.time() + block_ms / 1000
+                self._drop_unread(loop.time())
                 await self._check_owners()
+
+    def _drop_unread(self, now: float) -> None:
+        """A live copy nobody here has read for a lease is dropped (a later resume reads
+        Redis again): copies cost memory only while they have readers."""
+        for key, copy in list(self._copies.items()):
+            if copy.entry.readers:
+                copy.idle_since = now
+            elif now - copy.idle_since >= self.limits.redis_lease_s:
+                del self._copies[key]
+                copy.entry.owner = None
+                self._local.forget(copy.entry.id)
 
     def _commands(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         for _, fields in entries:
