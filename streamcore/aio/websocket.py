@@ -25,7 +25,7 @@ from ..store.base import Entry
 from .context import Context
 from .handler import Request, Route
 from .output import Output
-from .stream import BaseReader, PushSource
+from .stream import FLUSH_BYTES, BaseReader, Flusher, PushSource
 
 log = logging.getLogger("streamcore")
 
@@ -94,6 +94,44 @@ class WSReader(BaseReader):
         self.conn.stream_finished(self, bufs, error)
 
 
+class MessageBatch:
+    """The messages a handler sent (``await ws.send``) during one loop iteration, written
+    together by the :class:`~streamcore.aio.stream.Flusher` once it is done: one
+    ``writelines`` per connection and iteration, not one ``write(2)`` per message.  Past
+    FLUSH_BYTES they are written at once, so that the transport's backpressure (which
+    ``ws.send`` waits on) still sees them."""
+
+    __slots__ = ("bufs", "conn", "flusher", "scheduled", "size")
+
+    def __init__(self, conn: Output, flusher: Flusher) -> None:
+        self.conn = conn
+        self.flusher = flusher
+        self.bufs: list[bytes] = []
+        self.size = 0
+        self.scheduled = False
+
+    def add(self, data: bytes) -> None:
+        self.bufs.append(data)
+        self.size += len(data)
+        if self.size >= FLUSH_BYTES:
+            self.flush()
+        elif not self.scheduled:
+            self.scheduled = True
+            flusher = self.flusher
+            flusher.pending.append(self)
+            if not flusher.scheduled:
+                flusher.scheduled = True
+                flusher.loop.call_soon(flusher.run)
+
+    def flush(self) -> None:
+        self.scheduled = False  # (still queued if flushed early: that run finds it empty)
+        bufs = self.bufs
+        if bufs:
+            self.bufs = []
+            size, self.size = self.size, 0
+            self.conn.sendv(bufs, size)
+
+
 class WebSocketConnection(Output):
     """One WebSocket: inbound messages to a handler, streams and messages out."""
 
@@ -122,6 +160,7 @@ class WebSocketConnection(Output):
         self._ping_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.close_after_stream = False
+        self.batch = MessageBatch(self, ctx.flusher)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -268,12 +307,26 @@ class WebSocketConnection(Output):
 
     # -- messages out ---------------------------------------------------------------
 
-    def send_message(self, data: str | bytes) -> bool:
-        """One whole message (compressed if negotiated); False if the socket is closing."""
+    def send_message(self, data: str | bytes, *, utf8: bool = False) -> bool:
+        """One whole message (compressed if negotiated), written with the others of this
+        loop iteration; ``utf8``: ``data`` is the UTF-8 of a text message.  False if the
+        socket is closing."""
         if self.transport is None or not self.session.open:
             return False
-        self.send(self.session.message(data))
+        session = self.session
+        self.batch.add(session.text_message(data) if utf8 else  # type: ignore[arg-type]
+                       session.message(data))
         return True
+
+    def send(self, data: bytes) -> None:
+        if self.batch.bufs:  # what the handler sent goes first: one order on the wire
+            self.batch.flush()
+        super().send(data)
+
+    def sendv(self, bufs: list[bytes], size: int = -1) -> None:
+        if self.batch.bufs:
+            self.batch.flush()
+        super().sendv(bufs, size)
 
     async def drained(self) -> None:
         """Return once the transport takes bytes again (at once if it does)."""
@@ -436,13 +489,21 @@ class WebSocket:
                 return
 
     async def send(self, data: str | bytes) -> None:
-        """Send one message (compressed if negotiated); waits while the peer is slow."""
-        if not self.conn.send_message(data):
+        """Send one message (compressed if negotiated); waits while the peer is slow.
+        Messages sent during one loop iteration go out in one write."""
+        conn = self.conn
+        if not conn.send_message(data):
             raise WebSocketClosed(ws.ABNORMAL)
-        await self.conn.drained()
+        if conn.write_paused:  # (the check inlined: no coroutine per message otherwise)
+            await conn.drained()
 
     async def send_json(self, obj: Any) -> None:
-        await self.send(orjson.dumps(obj).decode())
+        """``obj`` as JSON in one text message."""
+        conn = self.conn
+        if not conn.send_message(orjson.dumps(obj), utf8=True):
+            raise WebSocketClosed(ws.ABNORMAL)
+        if conn.write_paused:
+            await conn.drained()
 
     def stream(self, key: str | None, items: AsyncIterator[Any] | PushSource, *,
                end: Callable[[], bytes | None] | None = None) -> None:
