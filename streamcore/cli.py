@@ -80,9 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="'serve --chaos': the same endpoints and synthetic models (synthetic, "
                     "synthetic-utf8), and every response a request asks for faults by "
                     "X-Chaos or ?chaos= breaks as they say (GET /v1/chaos/faults lists "
-                    "them; docs/chaos.md).",
+                    "them; docs/chaos.md). With --scorecard: run real clients against "
+                    "every fault and print what each did (python -m streamcore.scorecard "
+                    "takes more options).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _serve_options(chaos)
+    chaos.add_argument("--scorecard", action="store_true",
+                       help="drive the clients against every fault (on a server of its own) "
+                            "and print the table instead of serving")
     return parser
 
 
@@ -209,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(parser, args, list(sys.argv[1:] if argv is None else argv))
     if args.command == "chaos":
+        if args.scorecard:
+            from .scorecard import main as scorecard
+
+            return scorecard([])
         args.chaos = 1
         return _serve(parser, args, list(sys.argv[1:] if argv is None else argv))
     parser.error(f"unknown command {args.command}")

@@ -54,7 +54,7 @@ LAYERS = [
     ("streamcore.sources", "streamcore.app"),
     ("streamcore.gateway", "streamcore.demo", "streamcore.tls"),
     ("streamcore.cli", "streamcore.config", "streamcore.workers", "streamcore.__main__",
-     "streamcore"),
+     "streamcore", "streamcore.scorecard"),
 ]
 
 
