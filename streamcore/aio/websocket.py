@@ -25,7 +25,7 @@ from ..store.base import Entry
 from .context import Context
 from .handler import Request, Route
 from .output import Output
-from .stream import FLUSH_BYTES, BaseReader, Flusher, PushSource
+from .stream import FLUSH_BYTES, BaseReader, PushSource
 
 log = logging.getLogger("streamcore")
 
@@ -94,44 +94,6 @@ class WSReader(BaseReader):
         self.conn.stream_finished(self, bufs, error)
 
 
-class MessageBatch:
-    """The messages a handler sent (``await ws.send``) during one loop iteration, written
-    together by the :class:`~streamcore.aio.stream.Flusher` once it is done: one
-    ``writelines`` per connection and iteration, not one ``write(2)`` per message.  Past
-    FLUSH_BYTES they are written at once, so that the transport's backpressure (which
-    ``ws.send`` waits on) still sees them."""
-
-    __slots__ = ("bufs", "conn", "flusher", "scheduled", "size")
-
-    def __init__(self, conn: Output, flusher: Flusher) -> None:
-        self.conn = conn
-        self.flusher = flusher
-        self.bufs: list[bytes] = []
-        self.size = 0
-        self.scheduled = False
-
-    def add(self, data: bytes) -> None:
-        self.bufs.append(data)
-        self.size += len(data)
-        if self.size >= FLUSH_BYTES:
-            self.flush()
-        elif not self.scheduled:
-            self.scheduled = True
-            flusher = self.flusher
-            flusher.pending.append(self)
-            if not flusher.scheduled:
-                flusher.scheduled = True
-                flusher.loop.call_soon(flusher.run)
-
-    def flush(self) -> None:
-        self.scheduled = False  # (still queued if flushed early: that run finds it empty)
-        bufs = self.bufs
-        if bufs:
-            self.bufs = []
-            size, self.size = self.size, 0
-            self.conn.sendv(bufs, size)
-
-
 class WebSocketConnection(Output):
     """One WebSocket: inbound messages to a handler, streams and messages out."""
 
@@ -160,7 +122,13 @@ class WebSocketConnection(Output):
         self._ping_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.close_after_stream = False
-        self.batch = MessageBatch(self, ctx.flusher)
+        #: The messages the handler sent (``await ws.send``) during this loop iteration,
+        #: written together by the Flusher once it is done (:meth:`flush`): one write per
+        #: connection and iteration, not one ``write(2)`` per message.  (Kept here, not in
+        #: an object of its own that would point back: no cycle, see test_no_cycles.py.)
+        self._batch: list[bytes] = []
+        self._batch_size = 0
+        self.scheduled = False
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -314,18 +282,38 @@ class WebSocketConnection(Output):
         if self.transport is None or not self.session.open:
             return False
         session = self.session
-        self.batch.add(session.text_message(data) if utf8 else  # type: ignore[arg-type]
-                       session.message(data))
+        frame = (session.text_message(data) if utf8 else  # type: ignore[arg-type]
+                 session.message(data))
+        self._batch.append(frame)
+        self._batch_size += len(frame)
+        if self._batch_size >= FLUSH_BYTES:  # at once: the transport's backpressure (which
+            self.flush()                     # ws.send waits on) must see them
+        elif not self.scheduled:
+            self.scheduled = True
+            flusher = self.ctx.flusher
+            flusher.pending.append(self)
+            if not flusher.scheduled:
+                flusher.scheduled = True
+                flusher.loop.call_soon(flusher.run)
         return True
 
+    def flush(self) -> None:
+        """Write the batch of messages (the Flusher's call, or an early one)."""
+        self.scheduled = False  # (still queued if flushed early: that run finds it empty)
+        bufs = self._batch
+        if bufs:
+            self._batch = []
+            size, self._batch_size = self._batch_size, 0
+            super().sendv(bufs, size)
+
     def send(self, data: bytes) -> None:
-        if self.batch.bufs:  # what the handler sent goes first: one order on the wire
-            self.batch.flush()
+        if self._batch:  # what the handler sent goes first: one order on the wire
+            self.flush()
         super().send(data)
 
     def sendv(self, bufs: list[bytes], size: int = -1) -> None:
-        if self.batch.bufs:
-            self.batch.flush()
+        if self._batch:
+            self.flush()
         super().sendv(bufs, size)
 
     async def drained(self) -> None:
