@@ -28,6 +28,7 @@ from typing import Any
 from .aio.handler import EventStream, Request, Response, Route
 from .errors import RequestError, shown
 from .limits import Limits
+from .metrics import Metrics
 from .proto.access import Access
 from .proto.chaos import Chaos
 
@@ -46,6 +47,9 @@ class App:
                  cors_origins: Iterable[str] = (), api_keys: Iterable[str | bytes] = ()) -> None:
         self.limits = limits or Limits()
         self.name = name
+        #: What its servers count (:mod:`streamcore.metrics`): in this process's memory,
+        #: or, under ``--workers``, in a file of the run directory every worker reads.
+        self.metrics = Metrics()
         #: CORS allow-list (``"*"``: any origin) and the API keys clients must present
         #: (``Authorization: Bearer``), checked before any handler that is not ``public``
         #: (:mod:`streamcore.proto.access`).  Empty: no CORS headers, no key needed.

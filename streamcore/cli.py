@@ -134,6 +134,9 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
         help="a key clients must send as 'Authorization: Bearer KEY' (repeatable; the "
              "WebSocket handshake too; /healthz and the demo page need none); compared in "
              "constant time, never logged [env STREAMCORE_API_KEY, comma-separated]")
+    _add(access, "metrics-public", int, 0,
+         "1: GET /metrics needs no API key (default: it needs one when keys are set; "
+         "Prometheus sends it with 'authorization: credentials')")
     access.add_argument(
         "--api-key-file", metavar="PATH", default=None,
         help="a file of keys, one per line (blank lines and # comments ignored)")
@@ -323,7 +326,15 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace,
                                 default_tokens=model.default_tokens,
                                 max_answer_tokens=model.max_answer_tokens))
     app = build_app(None if upstreams else models, limits, upstreams=upstreams,
-                    cors_origins=cors, api_keys=api_keys, worker=worker, chaos=chaos)
+                    cors_origins=cors, api_keys=api_keys, worker=worker, chaos=chaos,
+                    metrics_public=bool(args.metrics_public))
+    if worker is not None:
+        from .metrics import Metrics
+        from .workers import RUN_DIR_ENV
+
+        run_dir = os.environ.get(RUN_DIR_ENV)
+        if run_dir:
+            app.metrics = Metrics(run_dir, worker)
     if api_keys:
         logging.getLogger("streamcore").info("clients must present one of %d API keys",
                                              len(api_keys))

@@ -38,11 +38,13 @@ def run(main: Callable[[], Coroutine[Any, Any, Any]], loop_name: str = "uvloop")
 
 
 class Conn:
-    """What a reader needs of a connection: a transport, and whether it is paused."""
+    """What a reader needs of a connection: a transport, whether it is paused, and the
+    bytes it wrote (counted per flush)."""
 
     def __init__(self) -> None:
         self.write_paused = False
         self.transport: Any = Transport()
+        self.bytes_out = 0
 
 
 class Transport:

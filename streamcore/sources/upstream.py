@@ -230,6 +230,14 @@ class UpstreamChat:
                  "include_usage", "limits", "loop", "routes", "started", "status", "stream",
                  "task", "template")
 
+    #: The role chunk is the first frame: the first token is the second (metrics' TTFT).
+    first_token_seq = 2
+
+    @property
+    def upstream_attempts(self) -> int:
+        """Requests made upstream so far (fallbacks and a stale keep-alive retried)."""
+        return self._attempt + 1 + self._retried
+
     def __init__(self, chat: ChatRequest, routes: Sequence[Route], limits: Limits) -> None:
         self.routes = list(routes)
         self.limits = limits
