@@ -239,8 +239,9 @@ def select(chaos: Chaos, header: bytes | None, query: str, seed_header: bytes | 
            websocket: bool, fresh_seed: int) -> Selection | None:
     """The faults of one request: ``X-Chaos`` (``header``) or ``?chaos=``, else the
     server's that apply to it (a WebSocket fault to a WebSocket, ...); the seed from
-    ``X-Chaos-Seed`` or ``?chaos_seed=``, else the server's, else ``fresh_seed``.  None: no fault.  :class:`RequestError` (400) for an unknown fault
-    name (listing the valid ones), one that does not apply, or a bad seed."""
+    ``X-Chaos-Seed`` or ``?chaos_seed=``, else the server's, else ``fresh_seed``.  None:
+    no fault.  :class:`RequestError` (400) for an unknown fault name (listing the valid
+    ones), one that does not apply, or a bad seed."""
     params = parse_qs(query) if "chaos" in query else {}
     text = header.decode("latin-1") if header is not None else ",".join(params.get("chaos", ()))
     names = tuple(name.strip() for name in text.split(",") if name.strip())
