@@ -181,7 +181,7 @@ class HTTPConnection(Output):
         self.admission.check_new_work()
         request = Request(raw, params, self.peer, router, store=self.ctx.store)
         if route.streaming:
-            self._start_stream(route.handler(request), route.sse_end, request)
+            self._start_stream(route.handler(request), route.sse_end, request, ids=route.ids)
         else:
             # A real task: the handler may use asyncio.timeout(), anyio, httpx, ...
             self._task = self.loop.create_task(self._run_plain(route, request))
@@ -198,7 +198,8 @@ class HTTPConnection(Output):
                 return
             if isinstance(result, EventStream):
                 self._extra = self._extra + result.headers
-                self._start_stream(result.items, result.sse_end, request, result.resume)
+                self._start_stream(result.items, result.sse_end, request, result.resume,
+                                   ids=result.ids)
             else:
                 self.respond(to_response(result))
         except asyncio.CancelledError:
@@ -234,7 +235,7 @@ class HTTPConnection(Output):
     # -- streams ---------------------------------------------------------------------
 
     def _start_stream(self, items: Any, sse_end: bytes | None, request: Request,
-                      resume: str | None = None) -> None:
+                      resume: str | None = None, *, ids: bool = True) -> None:
         after: int | None = None
         epoch: str | None = None
         if resume is not None:  # the stream-by-id route: ?starting_after=N[&epoch=E]
@@ -280,14 +281,16 @@ class HTTPConnection(Output):
             self.reader.wake()
             return
         head_only = self._method == "HEAD"
-        stream = ctx.new_stream(items, sse_end=sse_end, resumable=not head_only,
+        # Without ids nobody can resume it: not in the store, its log not retained.
+        stream = ctx.new_stream(items, sse_end=sse_end, resumable=ids and not head_only,
                                 transport=None if head_only else "sse")
         if head_only:  # the head of the stream, and no generation
-            head, _ = self.stream_head(stream.entry)
+            head, _ = self.stream_head(stream.entry, ids)
             self.send(head)
             self.response_done()
             return
-        reader = self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, stream.entry)
+        reader = self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, stream.entry,
+                                         ids=ids)
         ctx.time_first_token(reader, stream, self._received)
         reader.start(origin=True)
         stream.start()
@@ -299,9 +302,11 @@ class HTTPConnection(Output):
         if replayed:
             metrics.child("streamcore_resume_replayed_events_total", "sse").inc(replayed)
 
-    def stream_head(self, entry: Entry) -> tuple[bytes, bool]:
+    def stream_head(self, entry: Entry, ids: bool = True) -> tuple[bytes, bool]:
         headers = [*SSE_HEADERS, (b"x-stream-id", entry.id.encode()),
                    (b"x-stream-epoch", entry.epoch.encode()), *self._extra]
+        if not ids:  # a stream nobody can resume has no id to give
+            del headers[len(SSE_HEADERS):len(SSE_HEADERS) + 2]
         if self.close_after_response:
             headers.append((b"connection", b"close"))
         self.ctx.metrics.child("streamcore_http_responses_total", "200").inc()

@@ -88,6 +88,12 @@ class Observer(Protocol):
     def observe(self, value: float) -> None: ...
 
 
+class Flushable(Protocol):
+    """What a :class:`Flusher` flushes: a reader, or a WebSocket's batch of messages."""
+
+    def flush(self) -> None: ...
+
+
 class Flusher:
     """Readers woken during one loop iteration, flushed together once it is done: one
     ``call_soon`` per iteration for all streams, not one per token.  Readers queue
@@ -97,7 +103,7 @@ class Flusher:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, metrics: Metrics | None = None) -> None:
         self.loop = loop
-        self.pending: list[BaseReader] = []
+        self.pending: list[Flushable] = []
         self.scheduled = False
         self.metrics = metrics = metrics or Metrics()
         #: Per transport: events written, bytes written, token-to-write latency.
@@ -383,22 +389,24 @@ def to_frame(item: Any) -> tuple[Frame, int, bool]:
     nothing tells such bytes from exact ones, so bytes are copied (~0.1 us for a chunk) and
     a tuple's buffers are joined into one."""
     kind = type(item)
-    if kind is str:
+    if kind is bytes:
+        data = _EMPTY.join((item, _EMPTY))  # a copy: join returns a lone bytes as it is
+    elif kind is str:
         data = item.encode()
-    elif kind is bytes or kind is tuple:
-        data = b"".join(item) if kind is tuple else _exact(item)
+    elif kind is tuple:
+        data = _EMPTY.join(item)
     elif kind is dict or kind is list:
         data = dumps(item)
     elif isinstance(item, bytes | bytearray | memoryview):  # bytes() copies a bytes subclass
         data = bytes(item)
     else:
         data = str(item).encode()
-    return (data,), len(data), b"\n" not in data and b"\r" not in data
+    # Integer needles: memchr, 5x faster than b"\n" in data (CPython 3.11).
+    return (data,), len(data), _LF not in data and _CR not in data
 
 
-def _exact(data: bytes) -> bytes:
-    """``data`` in an exact-size buffer (``bytes(data)`` would return ``data`` itself)."""
-    return bytes(memoryview(data))
+_EMPTY = b""
+_LF, _CR = 10, 13
 
 
 class GeneratorSource:
@@ -468,12 +476,20 @@ class GeneratorSource:
         log_ = stream.log
         limit = stream.flush_bytes
         mark = log_.appended_bytes
+        push = stream.push
+        join = _EMPTY.join
         try:
             async for item in agen:
-                frame, size, single = to_frame(item)
+                if type(item) is bytes:  # to_frame's first case, inlined: the common item
+                    data = join((item, _EMPTY))
+                    frame: Frame = (data,)
+                    size = len(data)
+                    single = _LF not in data and _CR not in data
+                else:
+                    frame, size, single = to_frame(item)
                 if not single:
                     stream.entry.mark_multiline()
-                if not stream.push(frame, size):
+                if not push(frame, size):
                     self.waiter = asyncio.get_running_loop().create_future()
                     await self.waiter
                     mark = log_.appended_bytes
