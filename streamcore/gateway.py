@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .aio.context import Fields, access
 from .aio.stream import Stream
 from .aio.websocket import WebSocket
 from .app import App, EventStream, Request, Response
@@ -112,6 +113,13 @@ class ChatStream:
             self.run.cancel()
             self.run = None  # no cycle left (see done)
 
+    def report(self) -> dict[str, Any]:
+        """For the stream's log line: the usage, counted here."""
+        count = self.run.i if self.run is not None else self.count
+        prompt = self.generation.prompt_tokens
+        return {"usage": {"prompt_tokens": prompt, "completion_tokens": count,
+                          "total_tokens": prompt + count, "source": "counted"}}
+
     def done_message(self, key: bytes) -> bytes:
         """The WebSocket gateway's last message for this request."""
         return wsapi.done_message(key, self.generation.finish_reason,
@@ -151,6 +159,8 @@ class Catalog:
         self.upstreams = upstreams
         self.limits = limits
         self._found: dict[int, tuple[float, tuple[str, ...]]] = {}
+        #: Log each streamed request's messages (--log-prompts).
+        self.log_prompts = False
 
     async def models_of(self, upstream: Upstream) -> tuple[str, ...]:
         if upstream.models is not None:
@@ -200,28 +210,39 @@ class Catalog:
     async def source(self, chat: ChatRequest) -> ChatStream | UpstreamChat:
         """The push source of a streamed answer."""
         found = await self.resolve(chat.model)
+        messages = chat.messages  # a ChatStream keeps none of its request
+        source: ChatStream | UpstreamChat
         if isinstance(found, SyntheticModel):
             kind = UTF8ChatStream if isinstance(found, UTF8Model) else ChatStream
-            return kind(chat, found.start(chat))
-        return UpstreamChat(chat, found, self.limits)
+            source = kind(chat, found.start(chat))
+        else:
+            source = UpstreamChat(chat, found, self.limits)
+        if self.log_prompts:
+            fields = {"event": "prompt", "completion_id": source.template.completion_id,
+                      "model": chat.model, "messages": messages}
+            access.info("%s", Fields(fields), extra={"fields": fields})
+        return source
 
 
 def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None = None, *,
               upstreams: list[Upstream] | None = None, cors_origins: Iterable[str] = (),
               api_keys: Iterable[str] = (), worker: int | None = None,
-              chaos: Chaos | None = None, metrics_public: bool = False) -> App:
+              chaos: Chaos | None = None, metrics_public: bool = False,
+              log_prompts: bool = False) -> App:
     """The gateway: the given synthetic models (default: one, when no upstream is given)
     and upstream LLM servers, routed by ``model``; CORS and API keys as
     :class:`~streamcore.App` has them (``/healthz`` and the demo page need no key).
     ``worker``: this process's index under ``--workers`` (``/healthz`` names it).
     ``chaos``: chaos mode on (docs/chaos.md), and ``GET /v1/chaos/faults``.
-    ``GET /metrics`` needs the API key (when one is set) unless ``metrics_public``."""
+    ``GET /metrics`` needs the API key (when one is set) unless ``metrics_public``.
+    ``log_prompts``: a ``prompt`` line (``streamcore.access``) per chat request."""
     app = App(limits=limits, name="streamcore-gateway", cors_origins=cors_origins,
               api_keys=api_keys)
     app.chaos = chaos
     upstreams = upstreams or []
     synthetic = models if models is not None else ([] if upstreams else [SyntheticModel()])
     catalog = Catalog({model.name: model for model in synthetic}, upstreams, app.limits)
+    catalog.log_prompts = log_prompts
     started = int(time.time())
 
     if upstreams:
