@@ -47,7 +47,7 @@ MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 #: The layers, bottom up; a module may import its own layer and those below.
 LAYERS = [
-    ("streamcore.errors", "streamcore.limits"),
+    ("streamcore.errors", "streamcore.limits", "streamcore.metrics"),
     ("streamcore.proto",),
     ("streamcore.store",),
     ("streamcore.aio",),
