@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import InternalError, ProtocolError, RequestError, StreamcoreError, shown
 from ..proto import http, ws
 from ..proto.access import require_json
-from ..proto.cursor import parse_cursor, resume_query
+from ..proto.cursor import disconnect_policy, parse_cursor, resume_query
 from ..proto.http import HTTPSession, Phase
 from ..store.base import Entry
 from .context import Context
@@ -256,18 +256,21 @@ class HTTPConnection(Output):
                 # otherwise come back every few seconds for the whole retention time.
                 self.respond(Response(b"", 204))
                 return
-            self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, entry, start_seq)
+            self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, entry, start_seq,
+                                    retry_ms=ctx.retry_ms)
             self.reader.start(origin=False)
             self.reader.wake()
             return
         head_only = self._method == "HEAD"
-        stream = ctx.new_stream(items, sse_end=sse_end, resumable=not head_only)
+        policy = disconnect_policy(request.header("x-disconnect-policy"))
+        stream = ctx.new_stream(items, sse_end=sse_end, resumable=not head_only, policy=policy)
         if head_only:  # the head of the stream, and no generation
             head, _ = self.stream_head(stream.entry)
             self.send(head)
             self.response_done()
             return
-        reader = self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, stream.entry)
+        reader = self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, stream.entry,
+                                         retry_ms=ctx.retry_ms)
         reader.start(origin=True)
         stream.start()
         reader.wake()  # after the source's first step: see SSEReader.framer
