@@ -26,6 +26,7 @@ from .proto.chaos import listing as chaos_listing
 from .proto.jsonbytes import json_string
 from .proto.openai import (
     ChatRequest,
+    ChatText,
     ChunkTemplate,
     completion_body,
     new_completion_id,
@@ -56,9 +57,11 @@ class ChatStream:
     finish chunk and, if asked, the usage chunk.  A push source (see
     :class:`~streamcore.aio.stream.PushSource`): no task and no future per token."""
 
-    __slots__ = ("chat", "count", "fixed", "generation", "run", "stream", "template")
+    __slots__ = ("chat", "count", "fixed", "generation", "run", "snapshot_bytes", "stream",
+                 "template")
 
-    def __init__(self, chat: ChatRequest, generation: Generation) -> None:
+    def __init__(self, chat: ChatRequest, generation: Generation,
+                 snapshot_bytes: int = 0) -> None:
         self.chat = chat
         self.generation = generation
         self.template = ChunkTemplate(new_completion_id(), chat.model,
@@ -68,11 +71,16 @@ class ChatStream:
         self.fixed = len(self.template.prefix) + len(self.template.suffix)
         self.run: Run | None = None
         self.stream: Stream | None = None
+        #: Text kept for a snapshot (Limits.stream_snapshot_bytes; 0: none).
+        self.snapshot_bytes = snapshot_bytes
         chat.raw = {}  # what a long-lived stream keeps of its request: only what it uses
         chat.messages = []
 
     def start_push(self, stream: Stream) -> None:
         self.stream = stream
+        if self.snapshot_bytes:
+            stream.entry.keep_text(ChatText(self.snapshot_bytes))
+        stream.entry.ws_end = self.done_message
         stream.push((self.template.role(),))
         self.run = self.generation.run(self)
 
@@ -192,7 +200,7 @@ class Catalog:
         found = await self.resolve(chat.model)
         if isinstance(found, SyntheticModel):
             kind = UTF8ChatStream if isinstance(found, UTF8Model) else ChatStream
-            return kind(chat, found.start(chat))
+            return kind(chat, found.start(chat), self.limits.stream_snapshot_bytes)
         return UpstreamChat(chat, found, self.limits)
 
 
@@ -325,7 +333,11 @@ async def _ws_message(ws: WebSocket, message: str | bytes, catalog: Catalog) -> 
             chat = parse_chat_object(command.body, stream_implied=True)
             stream = await catalog.source(chat)
             key = wsapi.key_of(request_id)
-            ws.stream(request_id, stream, end=lambda: stream.done_message(key))
+            ws.stream(request_id, stream, end=lambda: stream.done_message(key),
+                      sse_end=SSE_DONE, disconnect=command.disconnect)
+        elif isinstance(command, wsapi.Resume):  # any stream of ours, SSE-started too
+            await ws.resume(request_id, command.stream, command.after, epoch=command.epoch,
+                            exact=command.exact)
         elif ws.cancel(request_id):
             await ws.send(wsapi.cancelled_message(wsapi.key_of(request_id)).decode())
         else:

@@ -249,15 +249,15 @@ class HTTPConnection(Output):
                 raise RequestError(f"no stream {shown(resume)} (unknown, or no longer "
                                    "retained)", status=404, code="stream_not_found")
             exact = resume_query(request.query).exact
-            start_seq = entry.resume_at(epoch, after or 0, exact)
-            if entry.log.closed and start_seq >= entry.log.next_seq:
+            start_seq, snapshot = entry.resume_at(epoch, after or 0, exact)
+            if snapshot is None and entry.log.closed and start_seq >= entry.log.next_seq:
                 # Positioned at the end of a stream that ended: 204 tells an EventSource
                 # to stop reconnecting (WHATWG HTML 9.2.3), where a forgotten one would
                 # otherwise come back every few seconds for the whole retention time.
                 self.respond(Response(b"", 204))
                 return
             self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, entry, start_seq,
-                                    retry_ms=ctx.retry_ms)
+                                    retry_ms=ctx.retry_ms, snapshot=snapshot)
             self.reader.start(origin=False)
             self.reader.wake()
             return

@@ -17,10 +17,26 @@ difference is what the reader has not taken yet.  That is two integers per token
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from ..errors import FellBehind
 from .state import State, Table
 
 Frame = tuple[bytes, ...]
+
+
+class Folder(Protocol):
+    """Keeps what a snapshot needs of the frames that leave a log (e.g. a chat stream's
+    text: :class:`streamcore.proto.openai.ChatText`), and makes the snapshot."""
+
+    #: Bytes it holds (counted with the log in the retention budget).
+    kept_bytes: int
+
+    def fold(self, frames: list[Frame]) -> None:
+        """``frames`` leave the log for good (oldest first, after those folded before)."""
+
+    def snapshot(self, frames: list[Frame]) -> bytes | None:
+        """The snapshot of what was folded and then ``frames``; None if it cannot be made."""
 
 
 class TokenLog:
@@ -34,6 +50,7 @@ class TokenLog:
         "_held_bytes",
         "appended_bytes",
         "closed",
+        "folder",
         "max_bytes",
     )
 
@@ -48,6 +65,9 @@ class TokenLog:
         self.appended_bytes = 0
         self.max_bytes = max_bytes
         self.closed = False
+        #: Given the frames the ring drops, when it compacts (not per frame): a snapshot
+        #: needs them.  None: they are let go.
+        self.folder: Folder | None = None
 
     @property
     def first_seq(self) -> int:
@@ -86,6 +106,8 @@ class TokenLog:
         self._first_seq += head - self._head
         # Compact once the dead prefix is half the list: amortised O(1) per frame.
         if head > len(frames) // 2:
+            if self.folder is not None:
+                self.folder.fold(frames[:head])
             del frames[:head]
             head = 0
         self._head = head
@@ -100,6 +122,11 @@ class TokenLog:
         if seq < self._first_seq:
             raise FellBehind(seq, self._first_seq)
         return self._frames[self._head + seq - self._first_seq :]
+
+    def through(self, seq: int) -> list[Frame]:
+        """Every frame not folded yet (dropped or held), up to ``seq`` included: with
+        what the folder kept, the whole stream through ``seq``."""
+        return self._frames[: seq - (self._first_seq - self._head) + 1]
 
     def close(self) -> None:
         self.closed = True

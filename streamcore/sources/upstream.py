@@ -33,7 +33,7 @@ from ..errors import RequestError, StreamError
 from ..limits import Limits
 from ..proto import wsapi
 from ..proto.jsonbytes import dumps, json_string
-from ..proto.openai import ChatRequest, ChunkTemplate, new_completion_id
+from ..proto.openai import ChatRequest, ChatText, ChunkTemplate, new_completion_id
 from ..proto.sse import Decoder, SSEDecodeError
 from ..proto.sse import Event as SSEEvent
 from ..proto.upstream import (
@@ -269,6 +269,9 @@ class UpstreamChat:
 
     def start_push(self, stream: Stream) -> None:
         self.stream = stream
+        if self.limits.stream_snapshot_bytes:  # what a snapshot needs (docs/resume.md)
+            stream.entry.keep_text(ChatText(self.limits.stream_snapshot_bytes))
+        stream.entry.ws_end = self.done_message
         loop = self.loop = asyncio.get_running_loop()
         self.started = loop.time()
         limits = self.limits
