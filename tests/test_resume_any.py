@@ -25,6 +25,9 @@ from streamcore.gateway import build_app
 from streamcore.limits import Limits
 from streamcore.sources.synthetic import SyntheticModel
 
+#: The default disconnect policy (linger), with the tests' short timeouts.
+LINGER = FAST_LIMITS.replace(disconnect_policy=Limits().disconnect_policy)
+
 MESSAGES = [{"role": "user", "content": "tell me how a stream is resumed on another "
              "transport after its connection was cut at some random byte"}]
 
@@ -62,7 +65,7 @@ def entry_of(served: Served, stream_id: str) -> dict[str, Any] | None:
 @pytest.fixture(scope="module")
 def shared() -> Iterator[Served]:
     """One gateway for the hypothesis examples (the default policy: linger 5 s)."""
-    limits = FAST_LIMITS.replace(keepalive_timeout_s=5.0)
+    limits = LINGER.replace(keepalive_timeout_s=5.0)
     served = Served(build_app([SyntheticModel(tokens_per_s=1500.0)], limits), limits)
     yield served
     served.close()
@@ -134,7 +137,7 @@ def test_cut_anywhere_and_resume_on_either_transport_gives_the_whole_text_once(
 
 def test_a_stream_started_on_one_transport_continues_on_the_other(
         serve: Callable[..., Served]) -> None:
-    served = gateway(serve, FAST_LIMITS, tokens_per_s=400.0)
+    served = gateway(serve, LINGER, tokens_per_s=400.0)
     port = served.port
     body = chat(40)
     text = expected_text(served, body)
@@ -159,7 +162,7 @@ def test_a_stream_started_on_one_transport_continues_on_the_other(
 
 
 def test_websocket_resume_errors(serve: Callable[..., Served]) -> None:
-    served = gateway(serve, FAST_LIMITS)
+    served = gateway(serve, LINGER)
     port = served.port
     got = rc.ws(port, {"type": "resume", "id": "x", "stream": "0123456789abcdef", "after": 3})
     assert got.error["code"] == "stream_not_found" and got.error["param"] == "stream"
@@ -184,7 +187,7 @@ def test_a_cursor_the_log_no_longer_holds_gets_a_snapshot_then_the_tail(
     """A small log: a reader resuming from seq 2 after it wrapped gets a ``snapshot`` event
     (the text so far and the finish state, with its cursor), then the tail; with
     ``replay=exact`` the plain ``fell_behind`` error instead."""
-    limits = FAST_LIMITS.replace(stream_log_bytes=4096)
+    limits = LINGER.replace(stream_log_bytes=4096)
     served = gateway(serve, limits, tokens_per_s=300.0)
     port = served.port
     body = chat(300)
@@ -229,7 +232,7 @@ def test_a_cursor_of_another_epoch_gets_a_snapshot_or_history_lost(
     """The history a cursor counts in was lost (its epoch is not the stream's): a snapshot
     of the history the stream has, never its events numbered as if they were the
     client's; ``replay=exact``: 410 ``history_lost`` (SSE), the error message (WS)."""
-    served = gateway(serve, FAST_LIMITS)
+    served = gateway(serve, LINGER)
     port = served.port
     body = chat(20)
     whole = rc.sse(port, "POST", "/v1/chat/completions", body=body)
@@ -291,7 +294,7 @@ def cut_ticks(served: Served, headers: list[tuple[str, str]] | None = None) -> t
 
 def test_policy_cancel_stops_at_once(serve: Callable[..., Served]) -> None:
     ticks = Ticks(1000, 0.01)
-    limits = FAST_LIMITS.replace(disconnect_policy="cancel")
+    limits = LINGER.replace(disconnect_policy="cancel")
     served = serve(ticks.app(limits), limits)
     cut_ticks(served)
     wait_for(lambda: ticks.closed_at is not None, timeout=1.0)
@@ -301,7 +304,7 @@ def test_policy_linger_is_the_default_and_cancels_after_its_window(
         serve: Callable[..., Served]) -> None:
     assert Limits().disconnect_policy == "linger" and Limits().resume_grace_s == 5.0
     ticks = Ticks(10_000, 0.01)
-    limits = FAST_LIMITS.replace(resume_grace_s=0.5)
+    limits = LINGER.replace(resume_grace_s=0.5)
     served = serve(ticks.app(limits), limits)
     sid, left = cut_ticks(served)
     time.sleep(0.25)
@@ -315,7 +318,7 @@ def test_policy_linger_is_the_default_and_cancels_after_its_window(
 def test_policy_per_request_header_and_bad_value(serve: Callable[..., Served]) -> None:
     """The server says cancel; a request asking ``X-Disconnect-Policy: linger`` lingers."""
     ticks = Ticks(10_000, 0.01)
-    limits = FAST_LIMITS.replace(disconnect_policy="cancel", resume_grace_s=0.5)
+    limits = LINGER.replace(disconnect_policy="cancel", resume_grace_s=0.5)
     served = serve(ticks.app(limits), limits)
     cut_ticks(served, headers=[("x-disconnect-policy", "linger")])
     time.sleep(0.2)
@@ -329,7 +332,7 @@ def test_policy_detach_runs_to_the_end_past_the_log_for_a_later_reader(
     """Detached, the generation is not paused for want of a reader: it runs to its end,
     the log keeping the newest frames and the snapshot the text before them; a reader
     coming later gets the snapshot, then the rest and [DONE]."""
-    limits = FAST_LIMITS.replace(stream_log_bytes=4096, resume_grace_s=0.2)
+    limits = LINGER.replace(stream_log_bytes=4096, resume_grace_s=0.2)
     served = gateway(serve, limits, tokens_per_s=3000.0)
     body = chat(400)
     text = expected_text(served, body)
@@ -358,7 +361,7 @@ def test_policy_detach_without_room_lingers(serve: Callable[..., Served]) -> Non
     """The detach budget (resume_budget_bytes over log + snapshot) is full: the stream
     lingers instead of running on for nobody."""
     ticks = Ticks(10_000, 0.01)
-    limits = FAST_LIMITS.replace(disconnect_policy="detach", resume_grace_s=0.3,
+    limits = LINGER.replace(disconnect_policy="detach", resume_grace_s=0.3,
                                  resume_budget_bytes=1000)
     served = serve(ticks.app(limits), limits)
     cut_ticks(served)
@@ -367,11 +370,11 @@ def test_policy_detach_without_room_lingers(serve: Callable[..., Served]) -> Non
 
 def test_sse_responses_tell_an_eventsource_when_to_come_back(
         serve: Callable[..., Served]) -> None:
-    served = gateway(serve, FAST_LIMITS.replace(resume_grace_s=5.0))
+    served = gateway(serve, LINGER.replace(resume_grace_s=5.0))
     with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=chat(3)) as response:
         raw = b"".join(response.iter_raw())
-    assert raw.startswith(b"retry: 1000\n"), raw[:80]
-    quick = gateway(serve, FAST_LIMITS.replace(resume_grace_s=0.0))
+    assert raw.count(b"retry: 1000\n") == 1 and raw.startswith(b"id: "), raw[:80]
+    quick = gateway(serve, LINGER.replace(resume_grace_s=0.0))
     with httpx.stream("POST", f"{quick.url}/v1/chat/completions", json=chat(3)) as response:
         raw = b"".join(response.iter_raw())
     assert b"retry:" not in raw

@@ -123,7 +123,7 @@ def chunks(template: ChunkTemplate, tokens: list[str]) -> list[Frame]:
 def test_chat_text_folds_and_snapshots() -> None:
     template = ChunkTemplate("chatcmpl-x", "m", include_usage=True, created=5)
     tokens = [f"t{i} " for i in range(10)]
-    frames = chunks(template, tokens) + [(template.usage(3, 10),)]
+    frames = [*chunks(template, tokens), (template.usage(3, 10),)]
     text = ChatText(1000)
     assert orjson.loads(text.snapshot([]) or b"") == {
         "object": "chat.completion.snapshot", "choices": [], "usage": None}

@@ -41,9 +41,12 @@ class Context:
     def retry_ms(self) -> int:
         """The SSE ``retry:`` an EventSource is told (WHATWG HTML 9.2.6): a fifth of the
         linger window (at most 1 s, at least 100 ms), so that it is back in time; 0 (none
-        sent: the browser's own 3-5 s) when nothing lingers."""
-        grace = self.limits.resume_grace_s
-        return 0 if grace <= 0 else max(100, min(1000, int(grace * 200)))
+        sent: the browser's own 3-5 s) when nothing lingers by default."""
+        limits = self.limits
+        grace = limits.resume_grace_s
+        if grace <= 0 or limits.disconnect_policy == "cancel":
+            return 0
+        return max(100, min(1000, int(grace * 200)))
 
     def new_stream(self, items: object, *, sse_end: bytes | None = None,
                    resumable: bool = False, policy: str | None = None) -> Stream:

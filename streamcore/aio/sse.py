@@ -100,12 +100,6 @@ class SSEReader(BaseReader):
             framer = self.framer = SSEFramer(self.entry.id, chunked, self.entry.epoch)
             bufs.append(head)
             size = len(head)
-            if self.retry_ms:
-                # A field line alone, no blank line: applied as it is parsed (9.2.6), and
-                # no empty event dispatched.
-                retry = framer.chunk(b"retry: %d\n" % self.retry_ms)
-                bufs += retry
-                size += sum(map(len, retry))
             if self.snapshot is not None:
                 snap = framer.snapshot(cursor.next_seq - 1, self.snapshot)
                 bufs += snap
@@ -123,6 +117,13 @@ class SSEReader(BaseReader):
         if log_.closed and cursor.next_seq >= log_.next_seq:
             self._finish(bufs, None)
             return
+        if self.retry_ms:  # the first flush: after its events, the body starts as before
+            # A field line alone, no blank line: applied as it is parsed (9.2.6), and no
+            # empty event dispatched.
+            retry = framer.chunk(b"retry: %d\n" % self.retry_ms)
+            self.retry_ms = 0
+            bufs += retry
+            size += sum(map(len, retry))
         if bufs:
             conn.sendv(bufs, size)
         self.progressed()
