@@ -8,7 +8,12 @@ nothing else escapes; no head over ``MAX_HEAD`` bytes is accepted, however the b
 cut; the event stream gives events or ``SSEDecodeError``; each event is ``[DONE]``, a
 ``Chunk`` with well-typed fields (a passed-on chunk re-encodes as JSON), or ``BadChunk``;
 a refusal becomes a 4xx/5xx ``RequestError`` with a well-formed envelope.  The input cut
-once at a point its first byte picks, or in one piece, gives the same outcome.
+once at a point its first byte picks, in one piece, or (under 2 KiB) byte by byte, gives the
+same outcome.
+
+And the splice of ``ChunkReader`` (the gateway's hot path): the input as text in the place
+of the content string of a learned chunk layout, escaped or not, and as a whole chunk --
+whatever the reader takes by its splice is exactly what ``read_chunk`` makes of the chunk.
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ import orjson
 
 from fuzz._driver import main
 from streamcore.errors import RequestError
+from streamcore.proto.jsonbytes import json_string
 from streamcore.proto.sse import Decoder, SSEDecodeError
 from streamcore.proto.upstream import (
     BadChunk,
     Body,
+    Chunk,
+    ChunkReader,
     End,
     Head,
     UpstreamError,
@@ -39,6 +47,8 @@ from streamcore.sources.upstream import refusal
 TARGET = parse_target("http://127.0.0.1:8001/v1")
 MAX_HEAD = 512
 MAX_EVENT = 1024
+LAYOUT = ('{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":'
+          '[{"index":0,"delta":{"content":%s},"logprobs":null,"finish_reason":null}]}')
 
 
 def exchange(parts: list[bytes]) -> tuple[Any, ...]:
@@ -101,10 +111,32 @@ def read_stream(body: bytes) -> list[object]:
     return out
 
 
+def outcome(text: str) -> Chunk | str:
+    try:
+        return read_chunk(text)
+    except BadChunk:
+        return "bad chunk"
+
+
+def check_splice(data: bytes) -> None:
+    reader = ChunkReader()
+    reader.read(LAYOUT % '"first"')
+    text = data.decode("utf-8", "replace")
+    for chunk in (LAYOUT % text, LAYOUT % json_string(text).decode(), text):
+        literal = reader.content(chunk)
+        if literal is not None:
+            content = orjson.loads(literal)
+            assert literal == json_string(content)
+            assert outcome(chunk) == Chunk(content=content), chunk
+
+
 def target(data: bytes) -> None:
+    check_splice(data)
     cut = data[0] % (len(data) + 1) if data else 0
     whole = exchange([data])
     assert exchange([data[:cut], data[cut:]]) == whole, "the outcome depends on the cut"
+    if len(data) < 2048:
+        assert exchange([bytes([b]) for b in data]) == whole, "byte by byte, another outcome"
     if whole[0] != "ok" or whole[1] is None:
         return
     _, head, body, _ = whole

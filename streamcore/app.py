@@ -11,7 +11,9 @@
 
 Items a stream handler may yield: ``str`` (the event's data), ``bytes`` (UTF-8 data),
 ``dict``/``list`` (JSON-encoded), or a tuple of ``bytes`` (one pre-encoded payload in
-several shared buffers, e.g. a chunk template around one token).  An item is one event
+several buffers, e.g. a chunk template around one token; joined into one).  Every item is
+kept in its stream's log in an exact-size buffer (``bytes`` copied: an ``orjson.dumps``
+result holds its whole write buffer).  An item is one event
 whatever it holds: a line break in it becomes another ``data:`` line of the same event.
 Plain handlers (``@app.route``) return a :class:`Response`, ``dict``/``list`` (JSON),
 ``bytes`` or ``str``.  No global state: every server, stream and limit hangs off its App.
@@ -26,6 +28,7 @@ from typing import Any
 from .aio.handler import EventStream, Request, Response, Route
 from .errors import RequestError, shown
 from .limits import Limits
+from .metrics import Metrics
 from .proto.access import Access
 from .proto.chaos import Chaos
 
@@ -44,6 +47,9 @@ class App:
                  cors_origins: Iterable[str] = (), api_keys: Iterable[str | bytes] = ()) -> None:
         self.limits = limits or Limits()
         self.name = name
+        #: What its servers count (:mod:`streamcore.metrics`): in this process's memory,
+        #: or, under ``--workers``, in a file of the run directory every worker reads.
+        self.metrics = Metrics()
         #: CORS allow-list (``"*"``: any origin) and the API keys clients must present
         #: (``Authorization: Bearer``), checked before any handler that is not ``public``
         #: (:mod:`streamcore.proto.access`).  Empty: no CORS headers, no key needed.

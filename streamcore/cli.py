@@ -80,9 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="'serve --chaos': the same endpoints and synthetic models (synthetic, "
                     "synthetic-utf8), and every response a request asks for faults by "
                     "X-Chaos or ?chaos= breaks as they say (GET /v1/chaos/faults lists "
-                    "them; docs/chaos.md).",
+                    "them; docs/chaos.md). With --scorecard: run real clients against "
+                    "every fault and print what each did (python -m streamcore.scorecard "
+                    "takes more options).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _serve_options(chaos)
+    chaos.add_argument("--scorecard", action="store_true",
+                       help="drive the clients against every fault (on a server of its own) "
+                            "and print the table instead of serving")
     return parser
 
 
@@ -129,6 +134,9 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
         help="a key clients must send as 'Authorization: Bearer KEY' (repeatable; the "
              "WebSocket handshake too; /healthz and the demo page need none); compared in "
              "constant time, never logged [env STREAMCORE_API_KEY, comma-separated]")
+    _add(access, "metrics-public", int, 0,
+         "1: GET /metrics needs no API key (default: it needs one when keys are set; "
+         "Prometheus sends it with 'authorization: credentials')")
     access.add_argument(
         "--api-key-file", metavar="PATH", default=None,
         help="a file of keys, one per line (blank lines and # comments ignored)")
@@ -210,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(parser, args, list(sys.argv[1:] if argv is None else argv))
     if args.command == "chaos":
+        if args.scorecard:
+            from .scorecard import main as scorecard
+
+            return scorecard([])
         args.chaos = 1
         return _serve(parser, args, list(sys.argv[1:] if argv is None else argv))
     parser.error(f"unknown command {args.command}")
@@ -315,7 +327,15 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace,
                                 default_tokens=model.default_tokens,
                                 max_answer_tokens=model.max_answer_tokens))
     app = build_app(None if upstreams else models, limits, upstreams=upstreams,
-                    cors_origins=cors, api_keys=api_keys, worker=worker, chaos=chaos)
+                    cors_origins=cors, api_keys=api_keys, worker=worker, chaos=chaos,
+                    metrics_public=bool(args.metrics_public))
+    if worker is not None:
+        from .metrics import Metrics
+        from .workers import RUN_DIR_ENV
+
+        run_dir = os.environ.get(RUN_DIR_ENV)
+        if run_dir:
+            app.metrics = Metrics(run_dir, worker)
     if api_keys:
         logging.getLogger("streamcore").info("clients must present one of %d API keys",
                                              len(api_keys))

@@ -20,6 +20,7 @@ from .aio.websocket import WebSocket
 from .app import App, EventStream, Request, Response
 from .errors import RequestError
 from .limits import Limits
+from .metrics import OPENMETRICS_TYPE, TEXT_TYPE, wants_openmetrics
 from .proto import wsapi
 from .proto.chaos import Chaos
 from .proto.chaos import listing as chaos_listing
@@ -57,12 +58,16 @@ class ChatStream:
     finish chunk and, if asked, the usage chunk.  A push source (see
     :class:`~streamcore.aio.stream.PushSource`): no task and no future per token."""
 
-    __slots__ = ("chat", "count", "fixed", "generation", "run", "snapshot_bytes", "stream",
-                 "template")
+    __slots__ = ("chat", "chat_model", "count", "fixed", "generation", "run",
+                 "snapshot_bytes", "stream", "template")
+
+    #: The role chunk is the first frame: the first token is the second (metrics' TTFT).
+    first_token_seq = 2
 
     def __init__(self, chat: ChatRequest, generation: Generation,
                  snapshot_bytes: int = 0) -> None:
         self.chat = chat
+        self.chat_model = chat.model
         self.generation = generation
         self.template = ChunkTemplate(new_completion_id(), chat.model,
                                       include_usage=chat.include_usage)
@@ -95,6 +100,9 @@ class ChatStream:
         stream = self.stream
         assert stream is not None and self.run is not None
         self.count = self.run.i
+        # The run holds our bound emit: dropping it now leaves no cycle for the collector
+        # (tune_gc makes full collections rare; tests/test_no_cycles.py).
+        self.run = None
         template = self.template
         stream.push((template.finish(self.generation.finish_reason),))
         if self.chat.include_usage:
@@ -109,6 +117,7 @@ class ChatStream:
         if self.run is not None:
             self.count = self.run.i
             self.run.cancel()
+            self.run = None  # no cycle left (see done)
 
     def done_message(self, key: bytes) -> bytes:
         """The WebSocket gateway's last message for this request."""
@@ -207,12 +216,13 @@ class Catalog:
 def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None = None, *,
               upstreams: list[Upstream] | None = None, cors_origins: Iterable[str] = (),
               api_keys: Iterable[str] = (), worker: int | None = None,
-              chaos: Chaos | None = None) -> App:
+              chaos: Chaos | None = None, metrics_public: bool = False) -> App:
     """The gateway: the given synthetic models (default: one, when no upstream is given)
     and upstream LLM servers, routed by ``model``; CORS and API keys as
     :class:`~streamcore.App` has them (``/healthz`` and the demo page need no key).
     ``worker``: this process's index under ``--workers`` (``/healthz`` names it).
-    ``chaos``: chaos mode on (docs/chaos.md), and ``GET /v1/chaos/faults``."""
+    ``chaos``: chaos mode on (docs/chaos.md), and ``GET /v1/chaos/faults``.
+    ``GET /metrics`` needs the API key (when one is set) unless ``metrics_public``."""
     app = App(limits=limits, name="streamcore-gateway", cors_origins=cors_origins,
               api_keys=api_keys)
     app.chaos = chaos
@@ -304,6 +314,14 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
     @app.route("GET", "/v1/models")
     async def list_models_(request: Request) -> dict[str, object]:
         return {"object": "list", "data": await catalog.listing(started)}
+
+    @app.route("GET", "/metrics", public=metrics_public)
+    async def metrics(request: Request) -> Response:
+        """Prometheus text (OpenMetrics when the Accept header asks for it), summed over
+        every worker (streamcore.metrics)."""
+        openmetrics = wants_openmetrics(request.header("accept"))
+        return Response(app.metrics.render(openmetrics),
+                        content_type=OPENMETRICS_TYPE if openmetrics else TEXT_TYPE)
 
     if chaos is not None:
         @app.route("GET", "/v1/chaos/faults", public=True)

@@ -56,7 +56,8 @@ class Limits:
     write_stall_timeout_s: float = 30.0
 
     # --- Streams -------------------------------------------------------------------------
-    #: Replay log per stream (the token pipe ring), counted in wire bytes.  ~1000 OpenAI
+    #: Replay log per stream (the token pipe ring), counted as held in memory: each
+    #: frame's bytes plus the 96 of the objects that hold it (proto/pipe.py).  ~750 OpenAI
     #: chunks of ~250 bytes: a long answer can be resumed from its start.  It is also most
     #: of what a stalled client costs (measured: ~1 MB RSS per stalled long stream at
     #: 1 MiB), so it is kept modest; raise it for longer replays.

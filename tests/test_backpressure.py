@@ -57,6 +57,8 @@ def item(i: int) -> str:
 
 
 ITEM_SIZE = len(item(0))
+#: What one item counts in a stream's log and backlogs: its payload and its overhead.
+ITEM_COST = ITEM_SIZE + pipe.FRAME_OVERHEAD_BYTES
 
 
 def run(loop_name: str, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
@@ -118,10 +120,10 @@ def test_sse_generator_pauses_and_resumes(loop_name: str) -> None:
         # the backlog passed the high-water mark (and not before it).
         assert len(transport.calls) == writes
         backlog = stream.origin.cursor.backlog_bytes  # type: ignore[union-attr]
-        assert HIGH < backlog <= HIGH + ITEM_SIZE
+        assert HIGH < backlog <= HIGH + ITEM_COST
         stopped = len(pulled)
         assert stream.log.next_seq - 1 == stopped < count  # every item pulled is in the log
-        assert stopped - at_pause in (backlog // ITEM_SIZE - 1, backlog // ITEM_SIZE)
+        assert stopped - at_pause in (backlog // ITEM_COST - 1, backlog // ITEM_COST)
         conn.resume_writing()
         assert server.admission.paused_bytes == 0
         await until(lambda: transport.data.endswith(b"0\r\n\r\n"))
@@ -160,7 +162,7 @@ def test_sse_paused_before_the_first_byte_writes_nothing_until_resumed(loop_name
         transport.feed(GET % b"/burst")
         await spin(30)
         assert transport.calls == []
-        assert HIGH // ITEM_SIZE < len(pulled) <= HIGH // ITEM_SIZE + 2
+        assert HIGH // ITEM_COST < len(pulled) <= HIGH // ITEM_COST + 2
         assert the_stream(server).state is pipe.PAUSED
         conn.resume_writing()
         await until(lambda: transport.data.endswith(b"0\r\n\r\n"))
@@ -219,8 +221,8 @@ def test_sse_push_source_pauses_and_resumes(loop_name: str) -> None:
         conn.pause_writing()
         writes = len(transport.calls)
         # push returns True until the backlog passes the high-water mark, then False.
-        results = source.produce(HIGH // ITEM_SIZE + 3)
-        first_false = HIGH // ITEM_SIZE  # the push that takes the backlog past HIGH
+        results = source.produce(HIGH // ITEM_COST + 3)
+        first_false = HIGH // ITEM_COST  # the push that takes the backlog past HIGH
         assert results == [True] * first_false + [False] * 3
         assert source.stream is not None and source.stream.state is pipe.PAUSED
         await spin(20)
@@ -265,7 +267,7 @@ def test_websocket_stream_pauses_and_resumes(loop_name: str) -> None:
         assert len(transport.calls) == writes
         stopped = len(pulled)
         assert at_pause < stopped < count
-        assert (stopped - at_pause) * ITEM_SIZE <= HIGH + ITEM_SIZE
+        assert (stopped - at_pause) * ITEM_COST <= HIGH + ITEM_COST
         assert stream.state is pipe.PAUSED
         conn.resume_writing()
         await until(lambda: server_closed(transport))

@@ -136,7 +136,7 @@ CHECKS: dict[str, Callable[[Got, Got], None]] = {
                 >= COMMENT_FLOOD * len(base.events())),
         assert_(got.texts() == base.texts())),
     "empty-data": lambda got, base: (
-        assert_(got.body().count(b"data:\ndata: ") == len(base.events())),
+        assert_(got.body().count(b"data:\ndata: {") == len(base.events()) - 1),
         assert_([t.lstrip("\n") for t in got.texts()] == base.texts())),
     "multiline-data": lambda got, base: (
         assert_(got.body().count(b"data: ") > 3 * len(base.events())),
@@ -411,3 +411,12 @@ def test_cli_chaos_command_and_serve_flag() -> None:
         done = subprocess.run([sys.executable, "-m", "streamcore", "serve", *argv],
                               cwd=ROOT, capture_output=True, timeout=30)
         assert done.returncode == 2 and error in done.stderr.decode()
+
+
+def test_docs_fault_table_is_the_registry() -> None:
+    from tests.conftest import ROOT
+
+    doc = (ROOT / "docs" / "chaos.md").read_text()
+    for fault in FAULTS.values():
+        assert (f"| `{fault.name}` | {fault.category} | {fault.applies} | {fault.does} | "
+                f"{fault.client_must} | {fault.expect} |") in doc, fault.name

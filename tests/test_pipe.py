@@ -251,6 +251,22 @@ def test_flow_rejects_low_above_high() -> None:
         Flow(high=10, low=11)
 
 
+def test_frames_count_their_overhead_and_trimmed_ones_are_freed() -> None:
+    log = TokenLog(3 * 12, frame_overhead=10)
+    for i in range(5):
+        log.append((b"%02d" % i,), 2)
+    assert (len(log), log.held_bytes, log.appended_bytes) == (3, 36, 60)
+    assert log._frames[:2] == [(), ()]  # trimmed, freed before the next compaction
+    cursor = Cursor(log, 3)
+    assert cursor.backlog_bytes == 36
+    assert cursor.take() == (3, [(b"02",), (b"03",), (b"04",)], 6)
+    log.close()
+    assert log._frames == [(b"02",), (b"03",), (b"04",)] and log.since(3) == log._frames
+    empty = TokenLog(10)
+    empty.close()
+    assert empty.since(1) == []
+
+
 def test_a_log_may_start_later_than_seq_1() -> None:
     """A copy of a stream whose first frames are gone (read back from a shared store)."""
     log = TokenLog(1 << 10, first_seq=40)

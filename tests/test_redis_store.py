@@ -331,3 +331,19 @@ def test_workers_resume_on_whichever_worker_the_reconnect_lands(
                 else:
                     assert got.status == 404, (worker, owner, got.status)
                     assert assert_openai_error(got.body)["code"] == "stream_not_found"
+
+
+def test_readers_on_another_node_keep_the_generation_going_past_the_grace(
+        redis_server: RedisServer) -> None:
+    """The owner counts the readers of its stream elsewhere: a client that moved to B gets
+    the whole answer, though A's own client left and A's grace (0.5 s) is far shorter
+    than the answer (~2.5 s)."""
+    with node(redis_server, "--token-rate", "120", "--resume-grace-s", "0.5") as a, \
+            node(redis_server) as b, httpx.Client(timeout=20) as client:
+        first = read_stream(client, "POST", f"{a.url}/v1/chat/completions", json=body(300),
+                            stop_after=5)
+        assert first.stream_id
+        rest = read_stream(client, "GET", f"{b.url}/v1/streams/{first.stream_id}",
+                           last_event_id=first.events[-1].id)
+        events = check_whole(first.events + rest.events, first.stream_id)
+        assert len(events) > 300

@@ -27,6 +27,7 @@ from conftest import FAST_LIMITS, Served, assert_openai_error, wait_for
 import streamcore
 from streamcore.gateway import build_app
 from streamcore.limits import Limits
+from streamcore.proto import pipe
 from streamcore.proto.cursor import parse_cursor
 from streamcore.sources.synthetic import SyntheticModel
 
@@ -492,7 +493,8 @@ def test_retention_budget_evicts_the_oldest_finished_streams(
     # Measure what one such stream's log holds (the same prompt: the same sizes).
     probe = gateway(serve, FAST_LIMITS)
     events = read_stream(client, "POST", f"{probe.url}/v1/chat/completions", json=body).events
-    held = sum(len(e.data) for e in events if e.data != DONE)
+    # (each frame counted with its overhead: what holds it in memory)
+    held = sum(len(e.data) + pipe.FRAME_OVERHEAD_BYTES for e in events if e.data != DONE)
     assert held > 1000
 
     limits = FAST_LIMITS.replace(resume_budget_bytes=int(held * 1.5))
@@ -536,9 +538,10 @@ def test_grace_without_reader_produces_at_most_half_the_log(
     wait_no_reader(served, sid)
     at_leave = ticks.produced
     # Half the log, counted from the start or from where the reader left: either way at
-    # most this many items (the last one crosses the half).
-    bound = at_leave + log_bytes // 2 // size + 1
-    wait_for(lambda: ticks.produced >= log_bytes // 2 // size)
+    # most this many items (the last one crosses the half; each counts its overhead too).
+    cost = size + pipe.FRAME_OVERHEAD_BYTES
+    bound = at_leave + log_bytes // 2 // cost + 1
+    wait_for(lambda: ticks.produced >= log_bytes // 2 // cost)
     time.sleep(0.4)  # unbounded, it would produce ~70 more items in this time
     assert ticks.produced <= bound, f"{ticks.produced} items produced without a reader"
     state = stream_state(served, sid)

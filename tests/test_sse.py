@@ -201,6 +201,78 @@ def test_only_cr_lf_crlf_break_lines() -> None:
     assert decode(f"data: {text}\n\n".encode()) == [Event(text)]
 
 
+# ------------------------------------------------- decoder: the fast path for whole events
+
+# Blocks of the shape the fast path takes (``data: ...`` alone or after ``id: ...``, LF
+# only), and blocks it must hand to the line-by-line parser, in any mix.
+FAST_BLOCK = st.one_of(
+    st.builds(lambda v: b"data: " + v.encode() + b"\n\n", FIELD_TEXT),
+    st.builds(lambda i, v: b"id: " + i.encode() + b"\ndata: " + v.encode() + b"\n\n",
+              FIELD_TEXT, FIELD_TEXT),
+    st.sampled_from([b"id: a\x00b\ndata: x\n\n", b"id: 1\nevent: e\ndata: x\n\n",
+                     b"data: a\ndata: b\n\n", b": c\ndata: x\n\n", b"data:x\n\n",
+                     b"id: 2\n\n", b"\n", b"retry: 5\ndata: r\n\n", b"data: a\r\n\r\n",
+                     b"id: 3\nid: 4\ndata: y\n\n", b"event: e\n", b"data: open\n",
+                     b"data: \xff\xe2\x82\n\n", b"\xef\xbb\xbfdata: z\n\n"]),
+)
+
+
+@given(st.sampled_from([b"", b"\xef\xbb\xbf"]), st.lists(FAST_BLOCK),
+       st.sampled_from([b"", b"data: unterminated", b"id: 9\ndata: x\n", b"data: y\n"]),
+       st.data())
+def test_fast_path_same_events_as_line_by_line(bom: bytes, blocks: list[bytes], tail: bytes,
+                                               data: st.DataObject) -> None:
+    stream = bom + b"".join(blocks) + tail
+    expected = reference(stream)
+    assert decode_chunks([stream]) == expected  # whole: the fast path where it applies
+    assert decode_chunks([stream[i : i + 1] for i in range(len(stream))]) == expected
+    assert decode_chunks(cut(stream, data.draw(st.lists(st.integers(0, len(stream)))))) == expected
+    # event by event, as an upstream's reads come
+    assert decode_chunks(blocks and [bom + blocks[0], *blocks[1:], tail]) == expected
+
+
+def test_fast_path_shapes() -> None:
+    d = Decoder()
+    assert d.feed(b"data: a\n\nid: 7\ndata: b\n\ndata: c\n\n") == [
+        Event("a"), Event("b", id="7"), Event("c", id="7")]
+    assert d.last_event_id == "7"
+    # a block it does not take, between two it does, and a partial event after them
+    assert d.feed(b"data: d\n\nevent: e\ndata: f\n\ndata: g\n\ndata: h") == [
+        Event("d", id="7"), Event("f", "e", "7"), Event("g", id="7")]
+    assert d.feed(b"\n\n") == [Event("h", id="7")]
+    # an id from a block begun in an earlier read still applies
+    assert d.feed(b"id: 8\n") == []
+    assert d.feed(b"data: i\n\n") == [Event("i", id="8")]
+    # a data line begun earlier: line by line
+    assert d.feed(b"data: j\n") == []
+    assert d.feed(b"data: k\n\ndata: l\n\n") == [Event("j\nk", id="8"), Event("l", id="8")]
+
+
+def test_fast_path_bom_only_at_start() -> None:
+    assert decode(b"\xef\xbb\xbfdata: x\n\n\xef\xbb\xbfdata: y\n\ndata: z\n\n") == [
+        Event("x"), Event("z")]
+
+
+def test_fast_path_id_with_nul_is_ignored() -> None:
+    assert decode(b"id: 1\n\nid: a\x00b\ndata: x\n\n") == [Event("x", id="1")]
+
+
+@pytest.mark.parametrize("stream", [
+    b"data: 12345\n\n",             # a data line over the line limit
+    b"id: 123456789\ndata: x\n\n",  # an id line over it
+    b"data: 1\n\ndata: 12345",      # complete events, then a pending line over it
+])
+def test_fast_path_line_limit(stream: bytes) -> None:
+    with pytest.raises(SSEDecodeError):
+        Decoder(max_line_bytes=10).feed(stream)
+
+
+def test_fast_path_event_limit() -> None:
+    assert Decoder(max_event_bytes=5).feed(b"data: 1234\n\n") == [Event("1234")]
+    with pytest.raises(SSEDecodeError):
+        Decoder(max_event_bytes=5).feed(b"data: 12345\n\n")
+
+
 # ------------------------------------------------------------------------------ BOM
 
 

@@ -38,11 +38,13 @@ def run(main: Callable[[], Coroutine[Any, Any, Any]], loop_name: str = "uvloop")
 
 
 class Conn:
-    """What a reader needs of a connection: a transport, and whether it is paused."""
+    """What a reader needs of a connection: a transport, whether it is paused, and the
+    bytes it wrote (counted per flush)."""
 
     def __init__(self) -> None:
         self.write_paused = False
         self.transport: Any = Transport()
+        self.bytes_out = 0
 
 
 class Transport:
@@ -96,9 +98,12 @@ class Source:
 
 
 def new_stream(source: Any, *, log_bytes: int = 4096, high: int = 2048, low: int = 512,
-               grace_s: float = 0.0, **kw: Any) -> Stream:
+               grace_s: float = 0.0, frame_overhead: int = 0, **kw: Any) -> Stream:
+    """A stream whose log counts payload bytes only (``frame_overhead=0``), so that these
+    tests reckon in the bytes they push; the overhead is counted in
+    :func:`test_the_log_counts_each_frame_overhead` and ``test_held_memory.py``."""
     return Stream(source, log_bytes=log_bytes, high_water=high, low_water=low,
-                  grace_s=grace_s, **kw)
+                  grace_s=grace_s, frame_overhead=frame_overhead, **kw)
 
 
 def attach(stream: Stream, *, origin: bool = True) -> Reader:
@@ -426,10 +431,10 @@ class Thing:
     ({"a": [1, "x"]}, (b'{"a":[1,"x"]}',), 13, True),
     ({"a": "l\nb"}, (b'{"a":"l\\nb"}',), 12, True),  # JSON escapes its line breaks
     ([1, 2], (b"[1,2]",), 5, True),
-    ((b"pre", b"tok", b"suf"), (b"pre", b"tok", b"suf"), 9, True),
-    ((b"pre", b"t\nk"), (b"pre", b"t\nk"), 6, False),
-    ((b"p\r", b"k"), (b"p\r", b"k"), 3, False),
-    ((), (), 0, True),
+    ((b"pre", b"tok", b"suf"), (b"pretoksuf",), 9, True),  # joined: one exact buffer
+    ((b"pre", b"t\nk"), (b"pret\nk",), 6, False),
+    ((b"p\r", b"k"), (b"p\rk",), 3, False),
+    ((), (b"",), 0, True),
     (12, (b"12",), 2, True),
     (Thing(), ("thing\u00e9".encode(),), 7, True),
 ])
@@ -441,11 +446,43 @@ def test_to_frame(item: Any, frame: Frame, size: int, single: bool) -> None:
     assert got_single is single
 
 
-def test_to_frame_keeps_bytes_and_tuples_as_they_are() -> None:
-    data = b"shared"
-    assert to_frame(data)[0][0] is data
-    frame = (b"a", data)
-    assert to_frame(frame)[0] is frame
+class Bytes(bytes):
+    pass
+
+
+def test_to_frame_copies_bytes_to_their_exact_size() -> None:
+    """``orjson.dumps`` returns bytes holding its whole write buffer (1-4 KiB): kept as
+    they are, a log of small chunks holds many times its bound (test_held_memory.py)."""
+    data = orjson.dumps({"a": 1})
+    frame, size, single = to_frame(data)
+    assert frame == (b'{"a":1}',) and frame[0] is not data and size == 7 and single
+    sub = to_frame(Bytes(b"x\n"))
+    assert sub == ((b"x\n",), 2, False) and type(sub[0][0]) is bytes
+
+
+def test_the_log_counts_each_frame_overhead() -> None:
+    """A stream's log counts each frame's payload plus FRAME_OVERHEAD_BYTES (what holds it
+    in memory), in its bound and in backlogs; readers still get the payload size."""
+    async def main() -> None:
+        over = pipe.FRAME_OVERHEAD_BYTES
+        stream = Stream(Source(), log_bytes=10 * (over + 10), high_water=1 << 20,
+                        low_water=1 << 19)
+        stream.start()
+        reader = attach(stream)
+        for i in range(12):
+            stream.push((b"%010d" % i,))
+        assert stream.log.appended_bytes == 12 * (over + 10)
+        assert len(stream.log) == 10 and stream.log.held_bytes == 10 * (over + 10)
+        reader.cursor.next_seq = stream.log.first_seq
+        reader.cursor.taken_bytes = stream.log.appended_bytes - stream.log.held_bytes
+        first, frames, size = reader.cursor.take()
+        assert (first, len(frames), size) == (3, 10, 100)
+        stream.push((b"x",))
+        assert reader.cursor.take_newest() == ((b"x",), 1)
+        stream.end()
+        assert stream.entry.log._frames[0] == (b"%010d" % 3,)  # closed: no dead slots kept
+
+    run(main)
 
 
 def test_to_frame_json_is_exact_size() -> None:

@@ -9,10 +9,16 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from streamcore.proto.jsonbytes import json_string
 from streamcore.proto.upstream import (
+    LEARN_TRIES,
     BadChunk,
     Body,
+    Chunk,
+    ChunkReader,
     End,
     Event,
     Head,
@@ -233,6 +239,124 @@ def test_malformed_responses_are_upstream_errors(pieces: list[bytes]) -> None:
     assert not s.reusable
 
 
+# ------------------------------------------------------- responses: framing, RFC 9112
+
+
+def test_chunk_extensions_and_trailers_are_skipped() -> None:
+    s = session()
+    body = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"3 ; name=value\r\nabc\r\n2;x\r\nde\r\n0\r\nx-trailer: 1\r\nx-more: 2\r\n\r\n")
+    for how in ("whole", "bytes"):
+        s = session()
+        assert feed(s, cuts(body, how, random.Random(0))) == [
+            Head(200, [(b"transfer-encoding", b"chunked")]), Body(b"abcde"), End()]
+        assert s.reusable
+
+
+def test_no_body_for_204_304_and_head() -> None:
+    for status in (b"204 No Content", b"304 Not Modified"):
+        s = session()
+        assert [type(e) for e in feed(s, [b"HTTP/1.1 " + status + b"\r\n\r\n"])] == [Head, End]
+        assert s.reusable
+    s = UpstreamSession(TARGET)
+    s.request("HEAD", "/v1/models", [])
+    assert [type(e) for e in feed(s, [b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"])] == [
+        Head, End]
+
+
+def test_empty_length_body_and_reason_phrases() -> None:
+    for line in (b"HTTP/1.1 200 OK", b"HTTP/1.1 200", b"HTTP/1.1 200 ", b"HTTP/1.1 200 \xe9 x"):
+        s = session()
+        assert [type(e) for e in feed(s, [line + b"\r\ncontent-length: 0\r\n\r\n"])] == [
+            Head, End], line
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}extra",  # bytes after the end
+])
+def test_not_reusable(head: str) -> None:
+    s = session()
+    assert [type(e) for e in feed(s, [head])] == [Head, Body, End]  # type: ignore[list-item]
+    assert not s.reusable
+
+
+def test_bytes_after_the_end_in_a_later_read_make_it_not_reusable() -> None:
+    s = session()
+    feed(s, [LENGTH])
+    assert s.reusable
+    assert s.receive(b"HTTP/1.1 200 OK\r\n") == []
+    assert not s.reusable
+
+
+def test_keep_alive_connection_stays_reusable() -> None:
+    s = session()
+    feed(s, [b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"])
+    assert s.reusable
+
+
+def test_idle_connection_closed_or_talking() -> None:
+    s = UpstreamSession(TARGET)
+    assert s.receive(b"") == []  # a pooled connection the upstream closed: no error
+    s = UpstreamSession(TARGET)
+    with pytest.raises(UpstreamError, match="no request"):
+        s.receive(b"HTTP/1.1 200 OK\r\n\r\n")
+    s = session()
+    feed(s, [LENGTH])
+    assert s.receive(b"") == [] and not s.reusable
+
+
+MALFORMED_FRAMING = {
+    "te_and_length": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+    "te_gzip": b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+    "length_not_digits": b"HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n",
+    "length_huge": b"HTTP/1.1 200 OK\r\ncontent-length: 1234567890123456789\r\n\r\n",
+    "switching": b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    "status_600": b"HTTP/1.1 600 X\r\n\r\n",
+    "http2": b"HTTP/2 200 OK\r\n\r\n",
+    "obs_fold": b"HTTP/1.1 200 OK\r\nx-a: 1\r\n  folded\r\n\r\n",
+    "ctl_in_value": b"HTTP/1.1 200 OK\r\nx-a: 1\x01\r\n\r\n",
+    "space_before_colon": b"HTTP/1.1 200 OK\r\nx-a : 1\r\n\r\n",
+    "chunk_size_0x": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0x3\r\nabc\r\n",
+    "chunk_size_sign": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n+3\r\nabc\r\n",
+    "chunk_size_long": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                       + b"1" * 17 + b"\r\n",
+    "chunk_line_over_bound": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3;"
+                             + b"x" * 2000,
+    "no_crlf_after_data": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                          b"3\r\nabcd\r\n",
+    "trailers_over_bound": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                           b"0\r\nx-t: " + b"a" * 70000,
+    "head_over_bound_terminated": b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 70000 + b"\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("data", MALFORMED_FRAMING.values(), ids=MALFORMED_FRAMING.keys())
+def test_malformed_framing_is_refused_however_cut(data: bytes) -> None:
+    for how in ("whole", "random"):
+        s = session()
+        with pytest.raises(UpstreamError, match="malformed"):
+            feed(s, cuts(data, how, random.Random(1)))
+        assert not s.reusable
+
+
+def test_eof_mid_trailers_and_after_the_head_of_a_close_delimited_body() -> None:
+    s = session()
+    with pytest.raises(UpstreamError, match="closed"):
+        feed(s, [CHUNKED[:-2]], eof=True)
+    s = session()
+    assert feed(s, [b"HTTP/1.1 200 OK\r\n\r\n"], eof=True) == [Head(200, []), End()]
+    assert not s.reusable
+
+
+@pytest.mark.parametrize("header", [(b"x-a", b"1\r\nx-b: 2"), (b"x-a", b"1\n"),
+                                    (b"x-a", b"\x00"), (b"x-a: 1\r\nx-b", b"2")])
+def test_request_refuses_header_injection(header: tuple[bytes, bytes]) -> None:
+    with pytest.raises(ValueError, match="CR, LF or NUL"):
+        UpstreamSession(TARGET).request("GET", "/v1/models", [header])
+
+
 # ------------------------------------------------------------------------------ the URL
 
 
@@ -336,3 +460,123 @@ def test_read_chunk_error_objects() -> None:
 def test_read_chunk_malformed(data: str) -> None:
     with pytest.raises(BadChunk):
         read_chunk(data)
+
+
+# ------------------------------------------------------- chunks: the splice of ChunkReader
+
+LAYOUTS = {  # content-only chunks as servers write them ({} is the content's literal)
+    "streamcore": '{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":'
+                  '"m","choices":[{{"index":0,"delta":{{"content":{}}},"logprobs":null,'
+                  '"finish_reason":null}}],"usage":null}}',
+    "vllm": '{{"id":"chatcmpl-2","object":"chat.completion.chunk","created":2,"model":"m",'
+            '"choices":[{{"index":0,"delta":{{"content":{}}},"logprobs":null,'
+            '"finish_reason":null,"stop_reason":null}}]}}',
+    "llama.cpp": '{{"choices":[{{"finish_reason":null,"index":0,"delta":{{"content":{}}}}}],'
+                 '"created":3,"id":"chatcmpl-3","model":"m","system_fingerprint":"b1",'
+                 '"object":"chat.completion.chunk"}}',
+    "ollama": '{{"id":"chatcmpl-4","object":"chat.completion.chunk","created":4,"model":"m",'
+              '"system_fingerprint":"fp_ollama","choices":[{{"index":0,"delta":{{"role":'
+              '"assistant","content":{}}},"finish_reason":null}}]}}',
+}
+
+
+def outcome(text: str) -> Chunk | str:
+    try:
+        return read_chunk(text)
+    except BadChunk:
+        return "bad"
+
+
+def via(reader: ChunkReader, text: str) -> Chunk | str:
+    literal = reader.content(text)
+    if literal is not None:
+        content = orjson.loads(literal)
+        assert literal == json_string(content)  # what the whole parse re-frames, exactly
+        return Chunk(content=content)
+    try:
+        return reader.read(text)
+    except BadChunk:
+        return "bad"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_chunk_reader_learns_a_layout_and_splices(layout: str) -> None:
+    reader = ChunkReader()
+    first = LAYOUTS[layout].format('"Hello"')
+    assert reader.content(first) is None  # nothing learned yet
+    assert reader.read(first) == Chunk(content="Hello")
+    for text in (" world", "a\"b\\c\n\t", "h\u00e9 \U0001f600", "{}", '"'):
+        literal = json_string(text)
+        assert reader.content(LAYOUTS[layout].format(literal.decode())) == literal
+    # an empty content, an escape json_string does not write, another chunk: read whole
+    for literal in ('""', '"\\u0041"', '"\\/"'):
+        assert reader.content(LAYOUTS[layout].format(literal)) is None
+    assert reader.content(LAYOUTS[layout].format('"a"').replace("null", '"stop"')) is None
+    assert reader.content(chunk({"content": "x"})) is None
+
+
+def test_chunk_reader_learns_only_a_proven_place() -> None:
+    # The content's literal found elsewhere (after it, where rfind looks first): the place
+    # is not learned, because the probes put there do not come back as the content.
+    model_after = '{"choices":[{"delta":{"content":"m"},"index":0}],"model":"m"}'
+    spanning = '{"choices":[{"delta":{"content":","},"index":0}],"id":"a","model":"b"}'
+    written_otherwise = '{"choices":[{"delta":{"content":"\\u00e9"}}]}'
+    for text in (model_after, spanning, written_otherwise):
+        reader = ChunkReader()
+        assert reader.read(text).content in ("m", ",", "\u00e9")
+        assert reader.content(text) is None
+    # a content string written twice in one delta: the last is the content (JSON parsers
+    # keep the last of a duplicate key), and the last is where the probes read back
+    duplicate = '{"choices":[{"delta":{"content":"a","content":%s}}]}'
+    reader = ChunkReader()
+    assert reader.read(duplicate % '"b"') == Chunk(content="b")
+    assert reader.content(duplicate % '"c"') == b'"c"'
+
+
+def test_chunk_reader_stops_trying_to_learn() -> None:
+    reader = ChunkReader()
+    for _ in range(LEARN_TRIES):
+        reader.read('{"choices":[{"delta":{"content":"\\u00e9"}}]}')
+    text = LAYOUTS["vllm"].format('"a"')
+    assert reader.read(text) == Chunk(content="a")
+    assert reader.content(text) is None
+    # chunks that are not content-only do not use up the tries
+    reader = ChunkReader()
+    for other in (chunk({"role": "assistant", "content": ""}), chunk({}, "stop"),
+                  chunk({"tool_calls": []}), chunk({"content": "a"}, usage={"x": 1})):
+        reader.read(other)
+    reader.read(text)
+    assert reader.content(text) == b'"a"'
+
+
+CONTENTS = st.text(max_size=8)
+EDITS = st.sampled_from([
+    lambda t: t, lambda t: t, lambda t: t,
+    lambda t: t.replace('"finish_reason":null', '"finish_reason":"stop"'),
+    lambda t: t.replace('"logprobs":null', '"logprobs":{"content":[]}'),
+    lambda t: t.replace('{"content":', '{"role":"assistant","content":'),
+    lambda t: t.replace('{"content":', '{"tool_calls":[],"content":'),
+    lambda t: t.replace('"content":', '"content":"x","content":'),
+    lambda t: t.replace('"index":0', '"index":0,"delta":{"content":"y"}'),
+    lambda t: t[:-1] + ',"usage":{"completion_tokens":1}}',
+    lambda t: t[:-1] + ',"error":"boom"}',
+    lambda t: t[:-1] + ',"choices":[]}',
+    lambda t: t[:-3],
+    lambda t: t.replace(":", ": "),
+])
+LITERALS = st.one_of(
+    CONTENTS.map(lambda c: json_string(c).decode()),
+    CONTENTS.map(lambda c: orjson.dumps(c).decode()),
+    CONTENTS.map(lambda c: __import__("json").dumps(c)),  # ensure_ascii: \\u escapes
+    st.sampled_from(['""', "null", "1", '"\\/"', '"\\ud800"', '"a\x01"', '"\\x"', '"']),
+)
+
+
+@given(st.sampled_from(sorted(LAYOUTS)), st.lists(st.tuples(LITERALS, EDITS), max_size=12))
+def test_chunk_reader_reads_as_read_chunk(layout: str, items: list[Any]) -> None:
+    """Differential: whatever the chunks, splice or whole parse, the reader's reading of
+    each is read_chunk's."""
+    reader = ChunkReader()
+    for literal, edit in items:
+        text = edit(LAYOUTS[layout].format(literal))
+        assert via(reader, text) == outcome(text), text

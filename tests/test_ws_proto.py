@@ -878,3 +878,23 @@ def test_nothing_is_parsed_after_closed(ending: str) -> None:
     assert session.state.terminal and not session.backlog
     assert session.parse_more() == []
     assert session.receive(late) == [] and session.parse_more() == []
+
+
+@pytest.mark.parametrize("bad", [frame(CLOSE, close_payload(999)), frame(TEXT, b"\xff"),
+                                 frame(TEXT, b"x", masked=False)])
+def test_a_protocol_error_while_closing_fails_the_connection(bad: bytes) -> None:
+    """After our Close, what comes instead of the peer's is a protocol error (RFC 6455
+    section 7.1.7): FAILED with its code, not a clean close, and no second Close from us
+    (tests/test_ws_lifecycle_stateful.py found it taken for the peer's answer)."""
+    session = new_session()
+    session.close(1000)
+    session.outbox.clear()
+    events = session.receive(bad)
+    assert session.state is ws.FAILED
+    assert closed_code(events) in (1002, 1007)
+    assert session.outbox == []
+    # A real answer still closes cleanly.
+    session = new_session()
+    session.close(1000)
+    assert closed_code(session.receive(frame(CLOSE, close_payload(1000)))) == 1000
+    assert session.state is ws.CLOSED

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from ..errors import InternalError, ProtocolError, RequestError, StreamcoreError, shown
@@ -34,8 +35,8 @@ class HTTPConnection(Output):
     :class:`~.websocket.WebSocketConnection` on upgrade."""
 
     # An idle stream's connection is mostly this object: slots keep it small.
-    __slots__ = ("_extra", "_method", "_task", "_timer", "close_after_response", "ctx",
-                 "reader", "session")
+    __slots__ = ("_extra", "_method", "_received", "_task", "_timer", "close_after_response",
+                 "ctx", "reader", "session")
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx.loop, ctx.limits, ctx.admission)
@@ -46,6 +47,8 @@ class HTTPConnection(Output):
         #: The SSE response being written, if any.
         self.reader: SSEReader | None = None
         self._method = "GET"
+        #: When the current request came (time.monotonic): time to first token from it.
+        self._received = 0.0
         #: Headers every response to the current request carries (CORS, a stream's own).
         self._extra: list[tuple[bytes, bytes]] = []
         self.close_after_response = False
@@ -121,6 +124,8 @@ class HTTPConnection(Output):
         reader = self.reader
         if reader is not None:
             self.reader = None
+            if isinstance(exc, TimeoutError):  # TCP_USER_TIMEOUT: the kernel gave up on it
+                reader.why = "slow_consumer"
             reader.gone()
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -131,12 +136,18 @@ class HTTPConnection(Output):
         if self.reader is not None:
             self.reader.flush()
 
+    def _write_stalled(self) -> None:
+        if self.reader is not None:  # its stream ends as slow_consumer
+            self.reader.why = "slow_consumer"
+        super()._write_stalled()
+
     # -- requests ----------------------------------------------------------------------
 
     def handle(self, raw: http.Request) -> None:
         """Dispatch one complete request."""
         self._set_timer(None)
         self._method = raw.method
+        self._received = time.monotonic()
         try:
             self._dispatch(raw)
         except Exception as exc:
@@ -199,6 +210,7 @@ class HTTPConnection(Output):
         """Write a complete response, then go on to the next request (or close)."""
         if self.transport is None:
             return
+        self._responded(response.status)
         session = self.session
         headers = [(b"content-type", response.content_type),
                    (b"content-length", b"%d" % len(response.body)), *response.headers,
@@ -234,10 +246,12 @@ class HTTPConnection(Output):
             # a 400 says so, where a silent replay from the start would repeat the answer.
             cursor = parse_cursor(last_id)
             if cursor is None:
+                self._resumed("invalid")
                 raise RequestError(f"Last-Event-ID {shown(last_id)} is not an event id of this "
                                    "server ('<stream id>-<epoch>-<sequence number>')",
                                    param="Last-Event-ID", code="invalid_last_event_id")
             if resume not in (None, cursor.stream):
+                self._resumed("invalid")
                 raise RequestError(f"Last-Event-ID names stream {cursor.stream!r}, not "
                                    f"{shown(resume)}", param="Last-Event-ID",
                                    code="invalid_last_event_id")
@@ -246,6 +260,7 @@ class HTTPConnection(Output):
         if resume is not None:
             entry = ctx.store.find(resume)
             if entry is None:
+                self._resumed("not_found")
                 raise RequestError(f"no stream {shown(resume)} (unknown, or no longer "
                                    "retained)", status=404, code="stream_not_found")
             exact = resume_query(request.query).exact
@@ -254,8 +269,10 @@ class HTTPConnection(Output):
                 # Positioned at the end of a stream that ended: 204 tells an EventSource
                 # to stop reconnecting (WHATWG HTML 9.2.3), where a forgotten one would
                 # otherwise come back every few seconds for the whole retention time.
+                self._resumed("ended")
                 self.respond(Response(b"", 204))
                 return
+            self._resumed("replayed", entry.log.next_seq - max(start_seq, entry.log.first_seq))
             self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, entry, start_seq,
                                     retry_ms=ctx.retry_ms, snapshot=snapshot)
             self.reader.start(origin=False)
@@ -263,7 +280,8 @@ class HTTPConnection(Output):
             return
         head_only = self._method == "HEAD"
         policy = disconnect_policy(request.header("x-disconnect-policy"))
-        stream = ctx.new_stream(items, sse_end=sse_end, resumable=not head_only, policy=policy)
+        stream = ctx.new_stream(items, sse_end=sse_end, resumable=not head_only,
+                                transport=None if head_only else "sse", policy=policy)
         if head_only:  # the head of the stream, and no generation
             head, _ = self.stream_head(stream.entry)
             self.send(head)
@@ -271,16 +289,27 @@ class HTTPConnection(Output):
             return
         reader = self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, stream.entry,
                                          retry_ms=ctx.retry_ms)
+        ctx.time_first_token(reader, stream, self._received)
         reader.start(origin=True)
         stream.start()
         reader.wake()  # after the source's first step: see SSEReader.framer
+
+    def _resumed(self, outcome: str, replayed: int = 0) -> None:
+        metrics = self.ctx.metrics
+        metrics.child("streamcore_resumes_total", "sse", outcome).inc()
+        if replayed:
+            metrics.child("streamcore_resume_replayed_events_total", "sse").inc(replayed)
 
     def stream_head(self, entry: Entry) -> tuple[bytes, bool]:
         headers = [*SSE_HEADERS, (b"x-stream-id", entry.id.encode()),
                    (b"x-stream-epoch", entry.epoch.encode()), *self._extra]
         if self.close_after_response:
             headers.append((b"connection", b"close"))
+        self._responded(200)
         return self.session.stream_head(headers, method=self._method)
+
+    def _responded(self, status: int) -> None:
+        self.ctx.metrics.child("streamcore_http_responses_total", str(status)).inc()
 
     def stream_refused(self, reader: SSEReader, exc: RequestError) -> None:
         if self.reader is reader:
@@ -356,6 +385,7 @@ class HTTPConnection(Output):
         """A complete error response, then close; made without h11, whose state may be an
         error by now."""
         self.session.fail()
+        self._responded(exc.status)
         self.send(http.error_response(exc.status, exc.envelope(), exc.headers))
         self.close_transport()
 

@@ -109,6 +109,7 @@ class SSEReader(BaseReader):
             try:
                 seq, frames, payload = cursor.take()
             except FellBehind as exc:
+                self.why = "fell_behind"
                 self._finish(bufs, exc.envelope())
                 return
             events, n = framer.events(seq, frames, payload, self.entry.multiline)

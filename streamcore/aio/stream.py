@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -31,13 +32,16 @@ from ..errors import (
     StreamcoreError,
     StreamError,
 )
+from ..metrics import Child, Metrics
 from ..proto.cursor import new_stream_id
 from ..proto.jsonbytes import dumps
 from ..proto.pipe import (
     CREATED,
+    FRAME_OVERHEAD_BYTES,
     PAUSED,
     RUNNING,
     STREAM_STATES,
+    Cursor,
     Flow,
     Frame,
 )
@@ -85,12 +89,32 @@ class Flusher:
     ``call_soon`` per iteration for all streams, not one per token.  Readers queue
     themselves (:meth:`BaseReader.wake`)."""
 
-    __slots__ = ("loop", "pending", "scheduled")
+    __slots__ = ("loop", "meters", "metrics", "pending", "scheduled")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, metrics: Metrics | None = None) -> None:
         self.loop = loop
         self.pending: list[BaseReader] = []
         self.scheduled = False
+        self.metrics = metrics = metrics or Metrics()
+        #: Per transport: events written, bytes written, token-to-write latency.
+        self.meters = {t: (metrics.child("streamcore_stream_events_written_total", t),
+                           metrics.child("streamcore_stream_bytes_written_total", t),
+                           metrics.child("streamcore_token_write_latency_seconds", t))
+                       for t in ("sse", "websocket")}
+
+    def flushed(self, reader: BaseReader, events: int, nbytes: int) -> None:
+        """Count one flush that wrote ``events`` (never per token: once per flush)."""
+        written, sent, latency = self.meters[reader.transport]
+        written.inc(events)
+        sent.inc(nbytes)
+        now = time.monotonic()
+        if reader.woken_at:
+            latency.observe(now - reader.woken_at)
+            reader.woken_at = 0.0
+        ttft = reader.ttft
+        if ttft is not None and reader.cursor.next_seq > reader.ttft_seq:
+            reader.ttft = None
+            ttft.observe(now - reader.ttft_from)
 
     def run(self) -> None:
         self.scheduled = False
@@ -105,9 +129,13 @@ class BaseReader:
     Subclasses write ``_flush``; a failure there is a bug of ours that ends this reader's
     connection only."""
 
-    __slots__ = ("conn", "cursor", "done", "entry", "flusher", "scheduled")
+    __slots__ = ("conn", "cursor", "done", "entry", "flusher", "scheduled", "ttft",
+                 "ttft_from", "ttft_seq", "why", "woken_at")
 
     conn: Any
+    cursor: Cursor
+    #: The metrics label of this reader's transport.
+    transport = "sse"
 
     def __init__(self, flusher: Flusher, entry: Entry) -> None:
         self.flusher = flusher
@@ -116,10 +144,21 @@ class BaseReader:
         self.scheduled = False
         #: Finished (or failed): writes nothing more.
         self.done = False
+        #: When the oldest frame not yet written woke this reader (time.monotonic; 0: none).
+        self.woken_at = 0.0
+        #: The origin reader's time-to-first-token histogram, until the frame numbered
+        #: ``ttft_seq`` is written (``ttft_from``: when the request came).
+        self.ttft: Child | None = None
+        self.ttft_from = 0.0
+        self.ttft_seq = 1
+        #: Why this reader left, if it leaves before the end (a stream's outcome).
+        self.why = "client_gone"
 
     def wake(self) -> None:
         if not self.scheduled:  # once per token: the Flusher's queue, inlined
             self.scheduled = True
+            if not self.woken_at:  # once per flush
+                self.woken_at = time.monotonic()
             flusher = self.flusher
             flusher.pending.append(self)
             if not flusher.scheduled:
@@ -131,17 +170,23 @@ class BaseReader:
         conn = self.conn
         if self.done or conn.write_paused or conn.transport is None:
             return
+        cursor = self.cursor
+        seq = cursor.next_seq
+        sent = conn.bytes_out
         try:
             self._flush(conn)
         except Exception:  # a bug of ours: this connection ends, the others go on
             log.exception("writing a stream failed")
             self.done = True
             abort(conn.transport)
+            return
+        if cursor.next_seq != seq:
+            self.flusher.flushed(self, cursor.next_seq - seq, conn.bytes_out - sent)
 
     def progressed(self) -> None:
         """This reader took frames: a paused stream it drives may go on."""
         owner = self.entry.owner
-        if owner is not None and owner.state is PAUSED and owner.origin is self:  # type: ignore[comparison-overlap]
+        if owner is not None and owner.state is PAUSED and owner.origin is self:
             owner.writable_changed()
 
     def _flush(self, conn: Any) -> None:
@@ -164,8 +209,8 @@ class Stream:
     """One generation: its source, its entry (log and readers), its flow control."""
 
     __slots__ = ("_detached", "_grace", "_left_at", "detach_budget", "entry", "flow",
-                 "flush_bytes", "grace_s", "log", "on_end", "origin", "policy", "readers",
-                 "source", "state")
+                 "flush_bytes", "grace_s", "left", "log", "on_end", "origin", "policy",
+                 "readers", "source", "state")
 
     def __init__(
         self,
@@ -180,9 +225,13 @@ class Stream:
         sse_end: bytes | None = None,
         policy: str = "linger",
         detach_budget: DetachBudget | None = None,
+        frame_overhead: int = FRAME_OVERHEAD_BYTES,
     ) -> None:
         self.source: PushSource | None = source
-        self.entry = Entry(stream_id or new_stream_id(), log_bytes, sse_end)
+        # The log counts what its frames hold in memory, not only their wire bytes: see
+        # proto/pipe.py (a stalled stream of small tokens held 3x its bound otherwise).
+        self.entry = Entry(stream_id or new_stream_id(), log_bytes, sse_end,
+                           frame_overhead=frame_overhead)
         self.entry.owner = self
         self.log = self.entry.log
         self.readers: list[Reader] = self.entry.readers  # the same list, for the hot path
@@ -206,6 +255,9 @@ class Stream:
         self.detach_budget = detach_budget
         #: Running on without a reader, holding a place in ``detach_budget``.
         self._detached = False
+        #: The last reader to leave while none was left, and when (time.monotonic): why
+        #: a cancelled stream ended, and how long its cancel took (metrics).
+        self.left: tuple[Reader, float] | None = None
 
     @property
     def id(self) -> str:
@@ -241,6 +293,7 @@ class Stream:
         of a reader (its log keeps the newest frames, its snapshot the text before)."""
         if not self.readers:  # before writable_changed(), which measures from it
             self._left_at = reader.cursor.taken_bytes
+            self.left = (reader, time.monotonic())
         if self.origin is reader:
             self.origin = self.readers[0] if self.readers else None
             self.writable_changed()
@@ -342,7 +395,10 @@ class Stream:
             entry.error = error.envelope()
             self.log.append((entry.error,), len(entry.error))
         self.log.close()
+        # Nothing of the generation is needed now: dropped, so that no cycle through a
+        # reader (whose ``end`` may be a bound method of the source) outlives it.
         self.source = None
+        self.origin = None
         entry.owner = None
         for reader in list(self.readers):
             reader.wake()
@@ -355,24 +411,27 @@ class Stream:
 
 
 def to_frame(item: Any) -> tuple[Frame, int, bool]:
-    """A handler's item as ``(frame, size, single_line)``.  Every frame kept is exact-size
-    (``orjson.dumps`` returns a buffer with 4 KiB of slack: see ``proto/jsonbytes.py``)."""
+    """A handler's item as ``(frame, size, single_line)``.  Every frame kept is exact-size:
+    ``orjson.dumps`` returns a buffer with 1-4 KiB of slack (``proto/jsonbytes.py``), and
+    nothing tells such bytes from exact ones, so bytes are copied (~0.1 us for a chunk) and
+    a tuple's buffers are joined into one."""
     kind = type(item)
     if kind is str:
         data = item.encode()
-    elif kind is bytes:
-        data = item
-    elif kind is tuple:
-        # One event whatever its buffers hold: a line break must not inject a field.
-        single = not any(b"\n" in part or b"\r" in part for part in item)
-        return item, sum(map(len, item)), single
-    elif isinstance(item, dict | list):
+    elif kind is bytes or kind is tuple:
+        data = b"".join(item) if kind is tuple else _exact(item)
+    elif kind is dict or kind is list:
         data = dumps(item)
-    elif isinstance(item, bytes | bytearray | memoryview):
+    elif isinstance(item, bytes | bytearray | memoryview):  # bytes() copies a bytes subclass
         data = bytes(item)
     else:
         data = str(item).encode()
     return (data,), len(data), b"\n" not in data and b"\r" not in data
+
+
+def _exact(data: bytes) -> bytes:
+    """``data`` in an exact-size buffer (``bytes(data)`` would return ``data`` itself)."""
+    return bytes(memoryview(data))
 
 
 class GeneratorSource:

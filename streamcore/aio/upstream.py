@@ -80,7 +80,7 @@ class UpstreamConnection(asyncio.Protocol):
             consumer.upstream_events(events)
 
     def eof_received(self) -> bool | None:
-        self.data_received(b"")  # h11: a close-delimited body ends, or a truncated one fails
+        self.data_received(b"")  # a close-delimited body ends, or a truncated one fails
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -51,6 +52,8 @@ class WSReader(BaseReader):
 
     __slots__ = ("end", "framer", "key")
 
+    transport = "websocket"
+
     def __init__(self, conn: WebSocketConnection, entry: Entry, key: bytes | None,
                  end: Callable[[], bytes | None] | None, start_seq: int | None = None) -> None:
         super().__init__(conn.ctx.flusher, entry)
@@ -76,6 +79,7 @@ class WSReader(BaseReader):
             try:
                 seq, frames, _ = cursor.take()
             except FellBehind as exc:
+                self.why = "fell_behind"
                 self._finish([], exc.envelope())
                 return
             error = self.entry.error
@@ -222,12 +226,22 @@ class WebSocketConnection(Output):
     def eof_received(self) -> bool | None:
         return None
 
+    def _write_stalled(self) -> None:
+        self._write_stalled_readers()
+        super()._write_stalled()
+
+    def _write_stalled_readers(self) -> None:
+        for reader in self.readers.values():  # their streams end as slow_consumer
+            reader.why = "slow_consumer"
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session.closed is None:
             self.session.receive(None)
         if self._ping_timer is not None:
             self._ping_timer.cancel()
         self._output_lost()
+        if isinstance(exc, TimeoutError):  # TCP_USER_TIMEOUT: the kernel gave up on it
+            self._write_stalled_readers()
         self._stop_streams()
         self._wake_inbox()
         for fut in self._drain_waiters:
@@ -360,9 +374,10 @@ class WebSocketConnection(Output):
         self._check_room(key)
         self.admission.check_new_work()
         stream = self.ctx.new_stream(items, sse_end=sse_end, resumable=key is not None,
-                                     policy=policy)
+                                     transport="websocket", policy=policy)
         entry = stream.entry
         reader = WSReader(self, entry, key, end)
+        self.ctx.time_first_token(reader, stream, time.monotonic())
         if key is not None:
             self.send_frame(wsapi.stream_message(key, entry.id, entry.epoch))
         entry.attach(reader, origin=True)
@@ -393,9 +408,11 @@ class WebSocketConnection(Output):
     def cancel_stream(self, key: bytes | None) -> bool:
         """Stop one stream now, its generation too (the client asked): its generator is
         closed in this loop iteration."""
-        reader = self._leave(key)
+        reader = self.readers.get(key)
         if reader is None:
             return False
+        reader.why = "cancelled"
+        self._leave(key)
         owner = reader.entry.owner
         if owner is not None:
             owner.cancel()

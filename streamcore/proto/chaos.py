@@ -128,8 +128,9 @@ _TABLE = [
           "id:...)", _SAME, TEXT),
     Fault("comments", "sse", f"{COMMENT_FLOOD} comment lines before every event, some "
           "looking like data (:data: {})", "ignore comments: " + _SAME, TEXT),
-    Fault("empty-data", "sse", "an empty data: line before each event's data line (its "
-          "data then starts with a line feed, which JSON allows)", _SAME, TEXT),
+    Fault("empty-data", "sse", "an empty data: line before each JSON data line (the "
+          "event's data then starts with a line feed, which JSON allows; [DONE] is left "
+          "alone)", _SAME, TEXT),
     Fault("multiline-data", "sse", "each JSON payload split over several data: lines "
           "(at commas between members)", "join data lines with LF: " + _SAME, TEXT),
     Fault("event-retry", "sse", "every event carries event: message and retry: 3000",

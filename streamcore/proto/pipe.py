@@ -13,6 +13,12 @@ drops the oldest frames, and a reader whose cursor points before the oldest fram
 Backpressure is counted in bytes without touching frames: the log keeps a running total of
 bytes ever appended, a cursor remembers that total when it last took frames, and their
 difference is what the reader has not taken yet.  That is two integers per token.
+
+Bytes are counted as *held*: a frame costs its payload plus ``frame_overhead`` (the
+objects that hold it: :data:`FRAME_OVERHEAD_BYTES` for a stream's log), so that a log of
+small frames is bounded by the memory it takes, not by its wire bytes alone (a 60-byte
+chunk takes ~150 bytes of memory).  Readers get the payload bytes back exactly: a cursor's
+backlog of ``n`` frames is their payload plus ``n`` times the overhead.
 """
 
 from __future__ import annotations
@@ -23,6 +29,12 @@ from ..errors import FellBehind
 from .state import State, Table
 
 Frame = tuple[bytes, ...]
+
+#: What CPython allocates around one frame of one exact-size ``bytes`` besides its payload:
+#: the bytes object's header (33, rounded up by pymalloc to 8), the 1-tuple (48 with its GC
+#: header) and the log's list slot (8, with the list's over-allocation).  Measured in
+#: ``tests/test_held_memory.py``: RSS per frame of ~60 payload bytes is ~150.
+FRAME_OVERHEAD_BYTES = 96
 
 
 class Folder(Protocol):
@@ -40,8 +52,8 @@ class Folder(Protocol):
 
 
 class TokenLog:
-    """Frames numbered from ``first_seq`` (1), at most ``max_bytes`` of payload held (and
-    never fewer than the newest frame, however large)."""
+    """Frames numbered from ``first_seq`` (1), at most ``max_bytes`` held (payload plus
+    ``frame_overhead`` per frame; and never fewer than the newest frame, however large)."""
 
     __slots__ = (
         "_first_seq",
@@ -51,19 +63,22 @@ class TokenLog:
         "appended_bytes",
         "closed",
         "folder",
+        "frame_overhead",
         "max_bytes",
     )
 
-    def __init__(self, max_bytes: int, first_seq: int = 1) -> None:
+    def __init__(self, max_bytes: int, first_seq: int = 1, frame_overhead: int = 0) -> None:
         self._frames: list[Frame] = []
         self._head = 0  # index in _frames of the oldest frame held (lazy trimming)
         #: A copy of a stream whose first frames are gone (read back from a shared store)
         #: starts later.
         self._first_seq = first_seq
         self._held_bytes = 0
-        #: Bytes of payload ever appended: the clock that cursors measure backlog with.
+        #: Bytes ever appended (held bytes: payload and overhead): the clock that cursors
+        #: measure backlog with.
         self.appended_bytes = 0
         self.max_bytes = max_bytes
+        self.frame_overhead = frame_overhead
         self.closed = False
         #: Given the frames the ring drops, when it compacts (not per frame): a snapshot
         #: needs them.  None: they are let go.
@@ -91,6 +106,7 @@ class TokenLog:
         if self.closed:
             raise RuntimeError("append to a closed log")
         self._frames.append(frame)
+        size += self.frame_overhead
         self.appended_bytes += size
         self._held_bytes += size
         if self._held_bytes > self.max_bytes:
@@ -100,8 +116,10 @@ class TokenLog:
         frames = self._frames
         head = self._head
         last = len(frames) - 1
+        overhead = self.frame_overhead
         while self._held_bytes > self.max_bytes and head < last:
-            self._held_bytes -= sum(map(len, frames[head]))
+            self._held_bytes -= sum(map(len, frames[head])) + overhead
+            frames[head] = ()  # freed now, not at the next compaction (memory is the bound)
             head += 1
         self._first_seq += head - self._head
         # Compact once the dead prefix is half the list: amortised O(1) per frame.
@@ -130,6 +148,11 @@ class TokenLog:
 
     def close(self) -> None:
         self.closed = True
+        if self._head:  # a retained log keeps no dead slots
+            if self.folder is not None:
+                self.folder.fold(self._frames[:self._head])
+            del self._frames[:self._head]
+            self._head = 0
 
 
 class Cursor:
@@ -145,12 +168,14 @@ class Cursor:
         #: ``log.appended_bytes`` as of ``next_seq``: the backlog is the difference.
         self.taken_bytes = log.appended_bytes
         if log.first_seq <= self.next_seq < log.next_seq:  # resuming from the log (once)
-            self.taken_bytes -= sum(sum(map(len, f)) for f in log.since(self.next_seq))
+            self.taken_bytes -= sum(sum(map(len, f)) + log.frame_overhead
+                                    for f in log.since(self.next_seq))
         # (a cursor before the log's first frame is behind: take() raises FellBehind)
 
     @property
     def backlog_bytes(self) -> int:
-        """Payload bytes appended to the log that this reader has not taken."""
+        """Bytes (held: payload and overhead) appended to the log that this reader has not
+        taken."""
         return self.log.appended_bytes - self.taken_bytes
 
     @property
@@ -165,7 +190,7 @@ class Cursor:
         log = self.log
         first = self.next_seq
         frames = log.since(first)
-        size = log.appended_bytes - self.taken_bytes
+        size = log.appended_bytes - self.taken_bytes - log.frame_overhead * len(frames)
         self.next_seq = first + len(frames)
         self.taken_bytes = log.appended_bytes
         return first, frames, size
@@ -175,7 +200,7 @@ class Cursor:
         ``log.next_seq - next_seq == 1``): ``(frame, payload_bytes)``.  The newest frame
         is always held, so this cannot fall behind."""
         log = self.log
-        size = log.appended_bytes - self.taken_bytes
+        size = log.appended_bytes - self.taken_bytes - log.frame_overhead
         self.next_seq += 1
         self.taken_bytes = log.appended_bytes
         return log.newest, size

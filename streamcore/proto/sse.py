@@ -15,7 +15,7 @@ skips decoding comments and unknown fields altogether.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .cursor import id_prefix
 from .http import CRLF, LAST_CHUNK, chunk_head
@@ -199,13 +199,14 @@ class SSEDecodeError(ValueError):
     """The event stream exceeded a decoder limit (line or event data size)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """A dispatched event (9.2.6, "dispatch the event").
 
     ``id`` is the last event ID in effect at dispatch (the browser's ``lastEventId``);
     ``retry`` is the reconnection time set by a valid ``retry`` field in this event's own
-    block, or ``None``.
+    block, or ``None``.  A named tuple, not a frozen dataclass: made once per upstream
+    token by the gateway, and a frozen dataclass's ``__init__`` costs five times as much
+    (benchmarks/RESULTS.md, "Gateway overhead").
     """
 
     data: str
@@ -216,6 +217,9 @@ class Event:
 
 def _decode(b: bytes) -> str:
     return b.decode("utf-8", "replace")
+
+
+_new_event = tuple.__new__
 
 
 class Decoder:
@@ -281,6 +285,54 @@ class Decoder:
                 if not data:
                     return []
         has_cr = b"\r" in data
+        if (not has_cr and not self._pending and not self._data and not self._event_type
+                and self._event_retry is None):
+            end = data.find(b"\n\n")
+            if end >= 0:
+                return self._fast(data, end)
+        return self._general(data, has_cr)
+
+    def _fast(self, data: bytes, end: int) -> list[Event]:
+        """Whole events, LF only, from the start of a line with nothing of an event
+        pending: each block up to a blank line is one event.  The overwhelmingly common
+        block, ``data: ...`` alone or after ``id: ...``, is taken with bytes methods; any
+        other block goes line by line through :meth:`_line` (which is what the general
+        path does with it too); what follows the last blank line goes to :meth:`_general`.
+        The same events as line by line: a blank line always dispatches and leaves no
+        event state behind, so each block starts from the state the one before left."""
+        if self._at_start:
+            self._at_start = False  # a line is complete in ``data``
+            if data.startswith(_BOM):  # 9.2.5: one leading BOM is ignored
+                data = data[3:]
+                end -= 3
+        events: list[Event] = []
+        max_line = self.max_line_bytes
+        max_event = self.max_event_bytes
+        pos = 0
+        while end >= 0:
+            start = pos
+            if data.startswith(b"id: ", pos):
+                nl = data.find(b"\n", pos, end)
+                if nl >= 0 and nl - pos <= max_line and data.find(b"\0", pos + 4, nl) < 0:
+                    start = nl + 1
+            if (data.startswith(b"data: ", start) and end - start <= max_line
+                    and end - start - 5 <= max_event and data.find(b"\n", start, end) < 0):
+                if start != pos:
+                    self._id_buffer = _decode(data[pos + 4:start - 1])
+                self._last_event_id = self._id_buffer
+                events.append(_new_event(Event, (_decode(data[start + 6:end]), "message",
+                                                 self._last_event_id, None)))
+            else:
+                for line in data[pos:end].split(b"\n"):
+                    self._line(line, events)
+                self._dispatch(events)
+            pos = end + 2
+            end = data.find(b"\n\n", pos)
+        if pos < len(data):
+            events += self._general(data[pos:], False)
+        return events
+
+    def _general(self, data: bytes, has_cr: bool) -> list[Event]:
         if not has_cr and b"\n" not in data:
             self._pending.append(data)
             self._pending_len += len(data)

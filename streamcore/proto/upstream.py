@@ -1,31 +1,29 @@
-"""The client side of one HTTP/1.1 connection to an upstream LLM server, on h11, sans-I/O.
+"""The client side of one HTTP/1.1 connection to an upstream LLM server, sans-I/O.
 
 One request at a time (no pipelining: RFC 9112 section 9.3.2 allows it, upstream servers
 handle it badly): :meth:`UpstreamSession.request` gives the bytes to send,
 :meth:`UpstreamSession.receive` turns the bytes that come back into :class:`Head`,
-:class:`Body` and :class:`End` events.  h11 de-chunks the body and checks its framing; we
-bound the response head (h11's ``max_incomplete_event_size``) and say whether the
-connection may carry another request (:attr:`UpstreamSession.reusable`).  h11's bound
-only holds while a head is incomplete, so a head that arrives whole in one read is
-measured too (the server side's rule, :mod:`streamcore.proto.http`): the bound holds
-whatever the segmentation.
+:class:`Body` and :class:`End` events, de-chunks the body and checks its framing, bounds
+the response head and says whether the connection may carry another request
+(:attr:`UpstreamSession.reusable`).
 
 Also here: the reading of an upstream's streamed chat completion, chunk by chunk
-(:func:`read_chunk`), so that the gateway re-frames it into streamcore's own chunks.
+(:func:`read_chunk`, and :class:`ChunkReader`'s splice of a content-only chunk), so that
+the gateway re-frames it into streamcore's own chunks.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import h11
 import orjson
 
 from ..errors import ProtocolError
-from .http import _unparsed
+from .jsonbytes import json_string
 
 #: Response heads larger than this are refused (bytes).
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
@@ -111,70 +109,211 @@ class End:
 Event = Head | Body | End
 
 
-class UpstreamSession:
-    """Requests out, response events in, for one upstream connection."""
+#: A chunk-size line (RFC 9112 section 7.1): hex digits (at most 16: a size that fits in
+#: 64 bits), optional extensions, which are ignored (7.1.1).
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[^\r\n]*)?")
+#: The longest chunk-size line accepted (its extensions included), bytes.
+MAX_CHUNK_LINE = 1024
+#: A status line (RFC 9112 section 4); the reason phrase is ignored.
+_STATUS = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?")
+#: A field line (RFC 9112 section 5, RFC 9110 section 5.5): a token, a colon, the value
+#: without its leading and trailing whitespace; no obs-fold (5.2), no control characters.
+_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*"
+                    rb"((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*")
 
-    __slots__ = ("_conn", "_fed", "max_head_bytes", "target")
+# Where a response is.
+_IDLE, _HEAD, _LENGTH, _CHUNK_LINE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _CLOSE, _DONE = range(9)
+
+
+class UpstreamSession:
+    """Requests out, response events in, for one upstream connection.
+
+    A small HTTP/1.1 client written for this one use, not h11: h11 cost about a quarter of
+    the gateway's CPU per request and 12-16 us per upstream read (one per token of a paced
+    model) -- benchmarks/RESULTS.md, "Gateway overhead".  It is strict where a pooled
+    connection could otherwise fall out of step with the upstream (RFC 9112): the head
+    bounded, CRLF line ends, one Content-Length or ``Transfer-Encoding: chunked`` (never
+    both, section 6.1), chunk sizes in hex only, and a connection is reused only after a
+    response whose end was framed, that did not ask to close, and nothing after it.
+    """
+
+    __slots__ = ("_buf", "_close", "_left", "_method", "_state", "max_head_bytes", "target")
 
     def __init__(self, target: Target, *, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> None:
         self.target = target
         self.max_head_bytes = max_head_bytes
-        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_bytes)
-        #: Bytes received and not yet accounted for by a head: the next head starts here.
-        self._fed = 0
+        self._state = _IDLE
+        self._buf = b""
+        self._left = 0  # bytes of the body (Content-Length) or of the chunk still to come
+        self._close = False  # the connection ends with this exchange
+        self._method = ""
 
     def request(self, method: str, path: str, headers: Sequence[tuple[bytes, bytes]],
                 body: bytes = b"") -> bytes:
         """A whole request with a Content-Length body (upstream servers need not read
         chunked request bodies)."""
-        conn = self._conn
-        all_headers = [(b"host", self.target.authority),
-                       (b"content-length", b"%d" % len(body)), *headers]
-        out = conn.send(h11.Request(method=method, target=path.encode(), headers=all_headers))
-        out = (out or b"") + (conn.send(h11.Data(data=body)) or b"" if body else b"")
-        return out + (conn.send(h11.EndOfMessage()) or b"")
+        lines = [b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n"
+                 % (method.encode(), path.encode(), self.target.authority, len(body))]
+        for name, value in headers:
+            # A CR or LF would end the field and inject others (RFC 9110 section 5.5).
+            if b"\r" in value or b"\n" in value or b"\0" in value or b":" in name:
+                raise ValueError(f"header {name!r}: a value must not hold CR, LF or NUL")
+            lines.append(b"%s: %s\r\n" % (name, value))
+        lines.append(b"\r\n")
+        lines.append(body)
+        self._method = method
+        self._state = _HEAD
+        return b"".join(lines)
 
     def receive(self, data: bytes) -> list[Event]:
         """Feed bytes (``b""``: the upstream closed); the events they complete."""
-        conn = self._conn
-        conn.receive_data(data)
-        self._fed += len(data)
         events: list[Event] = []
-        try:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA or event is h11.PAUSED:
-                    return events
-                if isinstance(event, h11.InformationalResponse | h11.Response):
-                    # The head just parsed is what h11 consumed since the last one.
-                    left = _unparsed(conn)
-                    size, self._fed = self._fed - left, left
-                    if size > self.max_head_bytes:
-                        raise UpstreamError(f"the upstream's response head is over "
-                                            f"{self.max_head_bytes} bytes")
-                if isinstance(event, h11.Response):
-                    events.append(Head(event.status_code, list(event.headers)))
-                elif isinstance(event, h11.Data):
-                    events.append(Body(bytes(event.data)))
-                elif isinstance(event, h11.EndOfMessage):
-                    events.append(End())
-                    return events
-                elif isinstance(event, h11.ConnectionClosed):
-                    return events
-                # InformationalResponse (1xx): nothing to do
-        except h11.RemoteProtocolError as exc:
-            raise UpstreamError(f"the upstream sent a malformed response: {exc}") from None
+        if not data:
+            self._eof(events)
+            return events
+        state = self._state
+        if state in (_DONE, _IDLE):
+            # Nothing is asked: bytes now would be read as the next response's.
+            self._close = True
+            if state == _IDLE:
+                raise UpstreamError("the upstream sent a response to no request")
+            return events
+        buf = self._buf + data if self._buf else data
+        pos = 0
+        size = len(buf)
+        while pos < size:
+            state = self._state
+            if state in (_CHUNK_DATA, _LENGTH):
+                take = min(self._left, size - pos)
+                events.append(Body(buf[pos:pos + take]))
+                pos += take
+                self._left -= take
+                if not self._left:
+                    if state == _LENGTH:
+                        self._end(events)
+                    else:
+                        self._state = _CHUNK_END
+            elif state == _CHUNK_LINE:
+                nl = buf.find(b"\r\n", pos, pos + MAX_CHUNK_LINE + 2)
+                if nl < 0:
+                    if size - pos > MAX_CHUNK_LINE:
+                        raise self._malformed("a chunk-size line too long")
+                    break
+                match = _CHUNK_SIZE.fullmatch(buf, pos, nl)
+                if match is None:
+                    raise self._malformed(f"a bad chunk-size line {buf[pos:nl][:40]!r}")
+                pos = nl + 2
+                self._left = int(match[1], 16)
+                self._state = _CHUNK_DATA if self._left else _TRAILERS
+            elif state == _CHUNK_END:
+                if size - pos < 2:
+                    break
+                if buf[pos:pos + 2] != b"\r\n":
+                    raise self._malformed("no CRLF after a chunk's data")
+                pos += 2
+                self._state = _CHUNK_LINE
+            elif state == _CLOSE:
+                events.append(Body(buf[pos:] if pos else buf))
+                pos = size
+            elif state == _HEAD:
+                # Each head measured whole, its blank line included (a 1xx's and the
+                # final one's each), whatever the reads' segmentation.
+                end = buf.find(b"\r\n\r\n", pos)
+                if end < 0 or end + 4 - pos > self.max_head_bytes:
+                    if size - pos > self.max_head_bytes:
+                        raise self._malformed(f"a response head over {self.max_head_bytes} "
+                                              "bytes")
+                    break
+                block, pos = buf[pos:end], end + 4
+                self._on_head(block, events)
+            elif state == _TRAILERS:  # trailer fields are skipped (RFC 9112 section 7.1.2)
+                if buf.startswith(b"\r\n", pos):
+                    pos += 2
+                else:
+                    end = buf.find(b"\r\n\r\n", pos)
+                    if end < 0 or end - pos > self.max_head_bytes:
+                        if size - pos > self.max_head_bytes:
+                            raise self._malformed(f"trailers over {self.max_head_bytes} bytes")
+                        break
+                    pos = end + 4
+                self._end(events)
+            else:  # _DONE: bytes after the response's end
+                self._close = True
+                pos = size
+        self._buf = buf[pos:] if pos < size else b""
+        return events
+
+    def _on_head(self, block: bytes, events: list[Event]) -> None:
+        lines = block.split(b"\r\n")
+        status_line = _STATUS.fullmatch(lines[0])
+        if status_line is None:
+            raise self._malformed(f"a bad status line {lines[0][:40]!r}")
+        headers: list[tuple[bytes, bytes]] = []
+        for line in lines[1:]:
+            field = _FIELD.fullmatch(line)
+            if field is None:
+                raise self._malformed(f"a bad field line {line[:40]!r}")
+            headers.append((field[1].lower(), field[2]))
+        status = int(status_line[2])
+        if status < 200:  # 1xx: informational, the response follows (RFC 9110 15.2)
+            if status == 101:
+                raise self._malformed("101 Switching Protocols, never asked")
+            return
+        head = Head(status, headers)
+        events.append(head)
+        # HTTP/1.0 or "Connection: close": the connection ends with this response
+        # (RFC 9112 section 9.3; 1.0 keep-alive is not worth its ambiguity here).
+        self._close = status_line[1] == b"0" or any(
+            token.strip().lower() == b"close"
+            for k, v in headers if k == b"connection" for token in v.split(b","))
+        te = [v for k, v in headers if k == b"transfer-encoding"]
+        lengths = [v for k, v in headers if k == b"content-length"]
+        if self._method == "HEAD" or status in (204, 304):  # no body (RFC 9112 6.3)
+            self._end(events)
+        elif te:
+            if lengths:  # RFC 9112 section 6.1: never both; which one is right is unknown
+                raise self._malformed("both Transfer-Encoding and Content-Length")
+            if b",".join(te).strip().lower() != b"chunked":
+                raise self._malformed(f"an unsupported Transfer-Encoding {te!r}")
+            self._state = _CHUNK_LINE
+        elif lengths:
+            if len(lengths) > 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
+                raise self._malformed(f"a bad Content-Length {lengths!r}")
+            self._left = int(lengths[0])
+            if self._left:
+                self._state = _LENGTH
+            else:
+                self._end(events)
+        else:  # the body ends with the connection (RFC 9112 section 6.3, rule 8)
+            self._close = True
+            self._state = _CLOSE
+
+    def _end(self, events: list[Event]) -> None:
+        self._state = _DONE
+        events.append(End())
+
+    def _eof(self, events: list[Event]) -> None:
+        state = self._state
+        self._close = True
+        if state == _CLOSE:
+            self._end(events)
+        elif state != _DONE and state != _IDLE:
+            self._state = _IDLE
+            raise UpstreamError("the upstream closed the connection mid-response")
+
+    def _malformed(self, what: str) -> UpstreamError:
+        self._close = True
+        self._state = _IDLE
+        return UpstreamError(f"the upstream sent a malformed response: {what}")
 
     @property
     def reusable(self) -> bool:
         """Whether the last exchange is complete and the connection may carry another."""
-        conn = self._conn
-        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+        return self._state == _DONE and not self._close
 
     def next_cycle(self) -> None:
-        conn = self._conn
-        conn.start_next_cycle()
-        self._fed = _unparsed(conn)  # (the body's bytes are no head's)
+        self._state = _IDLE
+        self._buf = b""
 
 
 # -- a streamed chat completion, read ------------------------------------------------------
@@ -241,3 +380,80 @@ def read_chunk(data: str) -> Chunk:
     else:
         chunk.other = obj
     return chunk
+
+
+#: A JSON string literal exactly as :func:`~streamcore.proto.jsonbytes.json_string` writes
+#: its value (RFC 8259 section 7: the short escapes only; no ``\\u`` and no ``\\/``,
+#: which it never writes): such a literal is re-framed as it is, byte for byte.
+_PLAIN_LITERAL = re.compile(r'"(?:[^"\\\x00-\x1f]++|\\["\\bfnrt])*+"')  # possessive: linear
+
+#: Two different string values put in place of a learned content, to prove the place.
+_PROBES = ('"0"', "0"), ('"1"', "1")
+
+#: Chunks of a stream tried for learning its shape (an upstream that writes its strings
+#: otherwise than ``json_string`` would never be learned: it is parsed whole, as before).
+LEARN_TRIES = 3
+
+
+class ChunkReader:
+    """The chunks of one upstream stream.
+
+    An upstream's content-only chunks differ only in their content string: the same id,
+    model, created and layout around it (vLLM, SGLang, llama.cpp, Ollama, streamcore).
+    The first one is parsed whole (:func:`read_chunk`) and the text around its content
+    string learned; a later chunk that is that text around a plain JSON string literal
+    (:data:`_PLAIN_LITERAL`) is the same chunk with that content, so the literal is taken as
+    it is (:meth:`content`), without parsing the chunk and encoding the string again.
+
+    Exact, not heuristic: the place is learned only when two other string literals put
+    there are read back (whole) as a content-only chunk with exactly those contents and no
+    finish reason, usage or error -- so the place is the content's, and nothing else in
+    the chunk depends on it (JSON is context-free: a string token swapped for another is
+    the same document with that one value changed; duplicate keys included, since the
+    probes are read by the same parser).  Anything else (a role, tool calls, a finish
+    reason, usage, an error, another layout) is parsed whole.
+    """
+
+    __slots__ = ("_prefix", "_suffix", "_tries")
+
+    def __init__(self) -> None:
+        self._prefix: str | None = None
+        self._suffix = ""
+        self._tries = LEARN_TRIES
+
+    def content(self, text: str) -> bytes | None:
+        """The content of a chunk of the learned shape, as its JSON string (exactly
+        ``json_string(content)``); None: read it with :meth:`read`."""
+        prefix = self._prefix
+        if prefix is None or not text.startswith(prefix) or not text.endswith(self._suffix):
+            return None
+        literal = text[len(prefix):len(text) - len(self._suffix)]
+        # Not "" (an empty content is no token: read whole); not overlapping texts.
+        if len(literal) < 3 or _PLAIN_LITERAL.fullmatch(literal) is None:
+            return None
+        return literal.encode()
+
+    def read(self, text: str) -> Chunk:
+        """:func:`read_chunk`; the first few content-only chunks teach the shape."""
+        chunk = read_chunk(text)
+        if (self._prefix is None and self._tries and chunk.content is not None
+                and chunk.other is None and chunk.finish_reason is None
+                and chunk.usage is None):
+            self._tries -= 1
+            self._learn(text, chunk.content)
+        return chunk
+
+    def _learn(self, text: str, content: str) -> None:
+        literal = json_string(content).decode()
+        at = text.rfind(literal)  # the content is usually the last string of a chunk
+        if at < 0:
+            return
+        prefix, suffix = text[:at], text[at + len(literal):]
+        for probe, value in _PROBES:
+            try:
+                chunk = read_chunk(prefix + probe + suffix)
+            except BadChunk:
+                return
+            if chunk != Chunk(content=value):
+                return
+        self._prefix, self._suffix = prefix, suffix

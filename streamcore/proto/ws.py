@@ -433,8 +433,14 @@ class WSSession:
             # wsproto failed to parse: "Fail the WebSocket Connection" (section 7.1.7).
             self.outbox.append(conn.send(CloseConnection(code=code, reason=event.reason)))
             self._to("fail")
-        else:  # the peer's answer to our Close
+        elif conn.state is ConnectionState.CLOSED:  # the peer's answer to our Close
             self._to("recv_close")
+        else:
+            # Still LOCAL_CLOSING: wsproto failed to parse what came instead of the peer's
+            # Close (found by tests/test_ws_lifecycle_stateful.py: it was taken for a
+            # clean close).  A protocol error, section 7.1.7; our Close is out already,
+            # so nothing more is sent.
+            self._to("fail")
         self.closed = Closed(code, event.reason or "")
         return self.closed
 

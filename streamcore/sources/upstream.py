@@ -39,13 +39,13 @@ from ..proto.sse import Event as SSEEvent
 from ..proto.upstream import (
     BadChunk,
     Body,
+    ChunkReader,
     End,
     Event,
     Head,
     Target,
     UpstreamError,
     parse_target,
-    read_chunk,
 )
 
 log = logging.getLogger("streamcore")
@@ -224,11 +224,19 @@ def upstream_body(chat: ChatRequest, model: str, *, stream: bool) -> bytes:
 class UpstreamChat:
     """A streamed chat completion from the first upstream of ``routes`` that answers."""
 
-    __slots__ = ("_attempt", "_bodies", "_decoder", "_done", "_error_body", "_finish",
+    __slots__ = ("_attempt", "_bodies", "_chunks", "_decoder", "_done", "_error_body", "_finish",
                  "_first", "_head", "_hold", "_last_rx", "_retried", "_sse_left", "_timer",
                  "_total", "_usage", "_waiting", "chat_model", "conn", "count", "fixed",
                  "include_usage", "limits", "loop", "routes", "started", "status", "stream",
                  "task", "template")
+
+    #: The role chunk is the first frame: the first token is the second (metrics' TTFT).
+    first_token_seq = 2
+
+    @property
+    def upstream_attempts(self) -> int:
+        """Requests made upstream so far (fallbacks and a stale keep-alive retried)."""
+        return self._attempt + 1 + self._retried
 
     def __init__(self, chat: ChatRequest, routes: Sequence[Route], limits: Limits) -> None:
         self.routes = list(routes)
@@ -246,6 +254,7 @@ class UpstreamChat:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._attempt = -1
         self._decoder: Decoder | None = None
+        self._chunks = ChunkReader()
         self._timer: asyncio.TimerHandle | None = None
         self._total: asyncio.TimerHandle | None = None
         self._hold: asyncio.TimerHandle | None = None
@@ -397,6 +406,7 @@ class UpstreamChat:
             limits = self.limits
             self._decoder = Decoder(max_line_bytes=limits.upstream_max_event_bytes,
                                     max_event_bytes=limits.upstream_max_event_bytes)
+            self._chunks = ChunkReader()
             self._arm(limits.upstream_first_token_timeout_s, "the upstream sent no token "
                       f"within upstream_first_token_timeout_s "
                       f"({limits.upstream_first_token_timeout_s} s)")
@@ -420,15 +430,27 @@ class UpstreamChat:
         is paused and the rest kept (``_sse_left``) for :meth:`resume_push` (pushing them
         anyway would overrun the log, and a reader that keeps up would fall off it).
         False: waiting."""
+        chunks = self._chunks
+        template = self.template
         for i, event in enumerate(events):
             if self._done:
                 break
             text = event.data
+            literal = chunks.content(text)
+            if literal is not None and self._first:
+                # The hot path: a content-only chunk of the shape learned (ChunkReader).
+                self.count += 1
+                if not stream.push((template.prefix, literal, template.suffix),
+                                   self.fixed + len(literal)) and self.conn is not None:
+                    self.conn.pause_reading()
+                    self._sse_left = list(events[i + 1:])
+                    return False
+                continue
             if text == "[DONE]":
                 self._complete(stream)
                 break
             try:
-                chunk = read_chunk(text)
+                chunk = chunks.read(text)
             except BadChunk as exc:
                 self._fail(UpstreamFailed(f"the upstream sent a malformed chunk: {exc}"))
                 return True
@@ -450,7 +472,6 @@ class UpstreamChat:
             if chunk.content is not None:
                 self.count += 1
                 data_ = json_string(chunk.content)
-                template = self.template
                 more = stream.push((template.prefix, data_, template.suffix),
                                    self.fixed + len(data_)) and more
             elif chunk.other is not None:
@@ -545,6 +566,9 @@ class UpstreamChat:
                                           "the answer (no finish_reason, no [DONE])"))
                 return
         self.conn = None
+        # The exchange's deadline (armed when the answer ended) is over: its handle would
+        # hold this source, its stream and its log until it fired.
+        self._cancel_phase_timer()
         if conn is not None:
             conn.release()  # the whole exchange read: reusable
 

@@ -61,11 +61,13 @@ class Entry:
                  "refused", "sse_end", "ws_end")
 
     def __init__(self, stream_id: str, log_bytes: int, sse_end: bytes | None = None,
-                 epoch: str | None = None) -> None:
+                 epoch: str | None = None, frame_overhead: int = 0) -> None:
         self.id = stream_id
         #: The history this entry's sequence numbers count in (random, 6 hex digits).
         self.epoch = epoch or new_epoch()
-        self.log = TokenLog(log_bytes)
+        #: ``frame_overhead``: bytes counted per frame besides its payload (see
+        #: :data:`~streamcore.proto.pipe.FRAME_OVERHEAD_BYTES`).
+        self.log = TokenLog(log_bytes, frame_overhead=frame_overhead)
         #: The data of the event an SSE reader ends a completed stream with (the gateway's
         #: ``[DONE]``), or None.
         self.sse_end = sse_end
