@@ -12,7 +12,7 @@ from streamcore.errors import RequestError
 from streamcore.proto import wsapi
 from streamcore.proto.cursor import disconnect_policy
 from streamcore.proto.openai import ChatText, ChunkTemplate
-from streamcore.proto.pipe import Frame, TokenLog
+from streamcore.proto.pipe import FOLD_BATCH, Frame, TokenLog
 from streamcore.proto.sse import Decoder, SSEFramer
 
 
@@ -96,21 +96,27 @@ def test_the_log_folds_what_it_drops_in_batches_and_keeps_the_rest() -> None:
     log = TokenLog(40)
     folder = Folded()
     log.folder = folder
-    frames = [(b"%09d" % i,) for i in range(1, 101)]  # 9 bytes each: 4 held
+    frames = [(b"%09d" % i,) for i in range(1, 301)]  # 9 bytes each: 4 held
     for frame in frames:
         log.append(frame, 9)
-    assert log.first_seq == 97
-    assert 1 < len(folder.batches) < 60  # in batches, at compactions, not per frame
+    assert log.first_seq == 297
+    # In batches of FOLD_BATCH, never one call per frame; the rest pending.
+    assert [len(b) for b in folder.batches] == [FOLD_BATCH] * (296 // FOLD_BATCH)
     folded = [f for batch in folder.batches for f in batch]
     assert folded == frames[:len(folded)]
     # Folded, then every frame not folded yet: the whole stream, through any seq.
-    for seq in (100, 98, len(folded) + 1):
+    for seq in (300, 298, 296):
         assert folder.snapshot(log.through(seq)) == b"".join(f[0] for f in frames[:seq])
+    # Closed: what was pending is folded; the log keeps its frames.
+    log.close()
+    assert [f for batch in folder.batches for f in batch] == frames[:296]
+    assert folder.snapshot(log.through(300)) == b"".join(f[0] for f in frames)
     # Without a folder, the dropped frames are let go.
     plain = TokenLog(40)
     for frame in frames:
         plain.append(frame, 9)
-    assert plain.first_seq == 97
+    plain.close()
+    assert plain.first_seq == 297 and plain.through(300) == frames[296:]
 
 
 def chunks(template: ChunkTemplate, tokens: list[str]) -> list[Frame]:

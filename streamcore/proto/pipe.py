@@ -37,6 +37,11 @@ Frame = tuple[bytes, ...]
 FRAME_OVERHEAD_BYTES = 96
 
 
+#: Dropped frames given to a log's folder at a time: a bounded list of pending frames
+#: (~16 KiB of chat chunks), one call per this many.
+FOLD_BATCH = 64
+
+
 class Folder(Protocol):
     """Keeps what a snapshot needs of the frames that leave a log (e.g. a chat stream's
     text: :class:`streamcore.proto.openai.ChatText`), and makes the snapshot."""
@@ -56,6 +61,7 @@ class TokenLog:
     ``frame_overhead`` per frame; and never fewer than the newest frame, however large)."""
 
     __slots__ = (
+        "_dropped",
         "_first_seq",
         "_frames",
         "_head",
@@ -80,9 +86,11 @@ class TokenLog:
         self.max_bytes = max_bytes
         self.frame_overhead = frame_overhead
         self.closed = False
-        #: Given the frames the ring drops, when it compacts (not per frame): a snapshot
-        #: needs them.  None: they are let go.
+        #: Given the frames the ring drops, :data:`FOLD_BATCH` at a time (a snapshot needs
+        #: them).  None: they are let go.
         self.folder: Folder | None = None
+        #: Frames dropped and not folded yet (fewer than FOLD_BATCH), oldest first.
+        self._dropped: list[Frame] = []
 
     @property
     def first_seq(self) -> int:
@@ -117,15 +125,19 @@ class TokenLog:
         head = self._head
         last = len(frames) - 1
         overhead = self.frame_overhead
+        folder = self.folder
         while self._held_bytes > self.max_bytes and head < last:
             self._held_bytes -= sum(map(len, frames[head])) + overhead
+            if folder is not None:
+                self._dropped.append(frames[head])
             frames[head] = ()  # freed now, not at the next compaction (memory is the bound)
             head += 1
         self._first_seq += head - self._head
+        if folder is not None and len(self._dropped) >= FOLD_BATCH:
+            folder.fold(self._dropped)  # one call for many frames, never one per token
+            self._dropped = []
         # Compact once the dead prefix is half the list: amortised O(1) per frame.
         if head > len(frames) // 2:
-            if self.folder is not None:
-                self.folder.fold(frames[:head])
             del frames[:head]
             head = 0
         self._head = head
@@ -144,13 +156,16 @@ class TokenLog:
     def through(self, seq: int) -> list[Frame]:
         """Every frame not folded yet (dropped or held), up to ``seq`` included: with
         what the folder kept, the whole stream through ``seq``."""
-        return self._frames[: seq - (self._first_seq - self._head) + 1]
+        head = self._head
+        return self._dropped + self._frames[head : head + seq - self._first_seq + 1]
 
     def close(self) -> None:
         self.closed = True
+        if self._dropped:  # a retained log keeps nothing unfolded beside its frames
+            assert self.folder is not None
+            self.folder.fold(self._dropped)
+            self._dropped = []
         if self._head:  # a retained log keeps no dead slots
-            if self.folder is not None:
-                self.folder.fold(self._frames[:self._head])
             del self._frames[:self._head]
             self._head = 0
 
