@@ -85,7 +85,6 @@ class ChatStream:
         self.stream = stream
         if self.snapshot_bytes:
             stream.entry.keep_text(ChatText(self.snapshot_bytes))
-        stream.entry.ws_end = self.done_message
         stream.push((self.template.role(),))
         self.run = self.generation.run(self)
 
@@ -107,6 +106,11 @@ class ChatStream:
         stream.push((template.finish(self.generation.finish_reason),))
         if self.chat.include_usage:
             stream.push((template.usage(self.generation.prompt_tokens, self.count),))
+        # The done message for a WebSocket reader resuming it, of plain values: the entry
+        # outlives this source and must not hold it (no cycle: tests/test_no_cycles.py).
+        finish = self.generation.finish_reason
+        usage = usage_object(self.generation.prompt_tokens, self.count)
+        stream.entry.ws_end = lambda key: wsapi.done_message(key, finish, usage)
         stream.end()
 
     def resume_push(self) -> None:

@@ -66,9 +66,10 @@ source.onmessage = (e) => {
 def test_eventsource_reconnects_and_gets_every_item_once(
         serve: Callable[..., Served], page: Page) -> None:
     """The server cuts the EventSource's connection after ``DROP`` items; the browser
-    reconnects by itself (after its default reconnection time, ~3 s in Chromium: streamcore
-    sends no ``retry:`` field) with ``Last-Event-ID``, and the stream, kept alive by the
-    grace, goes on from there: every item exactly once, in order."""
+    reconnects by itself (after the reconnection time streamcore's ``retry:`` field sets,
+    1 s; tests/test_browser_resume.py cuts the network instead) with ``Last-Event-ID``,
+    and the stream, kept alive by the grace, goes on from there: every item exactly
+    once, in order."""
     total, drop = 200, 20  # 20 ms apart: ~4 s, so the reconnect lands mid-stream
     limits = FAST_LIMITS.replace(disconnect_policy="linger", resume_grace_s=8.0,
                                  keepalive_timeout_s=5.0)

@@ -280,7 +280,6 @@ class UpstreamChat:
         self.stream = stream
         if self.limits.stream_snapshot_bytes:  # what a snapshot needs (docs/resume.md)
             stream.entry.keep_text(ChatText(self.limits.stream_snapshot_bytes))
-        stream.entry.ws_end = self.done_message
         loop = self.loop = asyncio.get_running_loop()
         self.started = loop.time()
         limits = self.limits
@@ -613,6 +612,10 @@ class UpstreamChat:
     def _ended(self, stream: Stream) -> None:
         """The answer is whole: the stream ends; the exchange's own end is still due."""
         self._cancel_timers()
+        # The done message for any WebSocket reader, made of plain values: the entry
+        # outlives this source and must not hold it (no reference cycle through it).
+        finish, usage = self._finish or "stop", self._usage_object()
+        stream.entry.ws_end = lambda key: wsapi.done_message(key, finish, usage)
         stream.end()
         self._log("completed")
         if self.conn is not None and self.loop is not None:
