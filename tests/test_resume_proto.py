@@ -77,6 +77,8 @@ def test_sse_snapshot_event() -> None:
             raw = rest[:-2]
         events = Decoder().feed(raw)
         assert [(e.event, e.id, e.data) for e in events] == [("snapshot", "s-ab-4", '{"x":1}')]
+    bare = b"".join(SSEFramer("s", False, "ab", ids=False).snapshot(4, b"{}"))
+    assert bare == b"event: snapshot\ndata: {}\n\n"
 
 
 class Folded:
