@@ -117,8 +117,12 @@ def test_cut_anywhere_and_resume_on_either_transport_gives_the_whole_text_once(
                 got = rc.sse(port, "GET", f"/v1/streams/{sid}",
                              headers=[("last-event-id", f"{sid}-{epoch}-{after}")],
                              cut_after=cut, reset=reset)
-            if got.status == 204:  # positioned at the end of an ended stream
-                pytest.fail("204 before [DONE] was received")
+            if got.status == 204:
+                # Positioned at the end of an ended stream: the client had every event
+                # (the error event, if any, is one with an id) and was cut before the
+                # end marker, which has none: 204 is that end (checked below).
+                ended = True
+                break
             assert got.status == 200, got
         else:
             got = rc.ws(port, {"type": "resume", "id": f"r{i + 1}", "stream": sid,
