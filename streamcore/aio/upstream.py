@@ -150,11 +150,9 @@ class UpstreamPool:
         :class:`Unavailable` if none can be had within the connect timeout."""
         deadline = self.loop.time() + self.limits.upstream_connect_timeout_s
         while True:
-            while self._idle:
-                conn = self._idle.pop()
-                if conn.open:
-                    conn.uses += 1
-                    return conn
+            conn = self._take_idle()
+            if conn is not None:
+                return conn
             if len(self._open) < self.limits.upstream_pool_size:
                 conn = await self._connect(deadline)
                 conn.uses += 1
@@ -170,6 +168,20 @@ class UpstreamPool:
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+
+    def idle(self) -> UpstreamConnection | None:
+        """An idle connection ready for a request now, or None (then :meth:`acquire`):
+        the common case without a task, an await and a loop iteration before the request
+        goes out.  None while requests wait for a connection: they come first."""
+        return None if self._waiters else self._take_idle()
+
+    def _take_idle(self) -> UpstreamConnection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.open:
+                conn.uses += 1
+                return conn
+        return None
 
     async def _connect(self, deadline: float) -> UpstreamConnection:
         target = self.target
@@ -213,8 +225,9 @@ class UpstreamPool:
             self._wake()
 
     def _wake(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        # A woken waiter stays listed until it runs (acquire's finally): until then the
+        # connection freed for it is not idle() for a newcomer to take.
+        for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
                 return
