@@ -165,9 +165,8 @@ class UpstreamPool:
                 raise Unavailable(f"every connection to {self.target.url()} is busy "
                                   f"(upstream_pool_size {self.limits.upstream_pool_size})",
                                   503, "upstream_busy") from None
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+            finally:  # woken, timed out or cancelled: it waits no more
+                self._waiters.remove(waiter)
 
     def idle(self) -> UpstreamConnection | None:
         """An idle connection ready for a request now, or None (then :meth:`acquire`):
@@ -176,12 +175,13 @@ class UpstreamPool:
         return None if self._waiters else self._take_idle()
 
     def _take_idle(self) -> UpstreamConnection | None:
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.open:
-                conn.uses += 1
-                return conn
-        return None
+        # Every idle connection is open: one the upstream closes is forgotten at once
+        # (connection_lost), and only an open one is put back (release).
+        if not self._idle:
+            return None
+        conn = self._idle.pop()
+        conn.uses += 1
+        return conn
 
     async def _connect(self, deadline: float) -> UpstreamConnection:
         target = self.target
