@@ -106,14 +106,17 @@ general_settings:
 def streamcore_upstream(rate: float) -> Server:
     return Server("upstream", [PY, "-m", "streamcore", "serve", "--host", "127.0.0.1",
                                "--port", "{port}", "--token-rate", f"{rate:g}",
-                               "--max-answer-tokens", "1000000", "--log-level", "warning"],
+                               "--max-answer-tokens", "1000000", "--log-level", "warning",
+                               # every load connection comes from 127.0.0.1: no per-address
+                               # cap (max_connections_per_ip, 256) at 1000 streams
+                               "--max-connections-per-ip", "0"],
                   ("sse",), "streamcore, synthetic model (the upstream)")
 
 
 def front_servers(upstream_port: int, args: argparse.Namespace) -> dict[str, Server]:
     spec = f"http://127.0.0.1:{upstream_port}/v1 models=synthetic"
     gw = [PY, "-m", "streamcore", "serve", "--host", "127.0.0.1", "--port", "{port}",
-          "--upstream", spec, "--log-level", "warning"]
+          "--upstream", spec, "--log-level", "warning", "--max-connections-per-ip", "0"]
     if args.upstream_pool_size:
         gw += ["--upstream-pool-size", str(args.upstream_pool_size)]
     servers = {

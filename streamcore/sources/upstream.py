@@ -703,6 +703,8 @@ class UpstreamChat:
         return wsapi.done_message(key, self._finish or "stop", self._usage_object())
 
     def _log(self, outcome: str) -> None:
+        if not log.isEnabledFor(logging.INFO):  # its arguments cost more than the check
+            return
         stream = self.stream
         route = self.routes[min(max(self._attempt, 0), len(self.routes) - 1)]
         usage = self._usage_object()
