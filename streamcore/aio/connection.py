@@ -21,7 +21,7 @@ from ..proto.access import require_json
 from ..proto.cursor import parse_cursor, resume_query
 from ..proto.http import HTTPSession, Phase
 from ..store.base import Entry
-from .context import Context
+from .context import Context, Fields, access
 from .handler import EventStream, Request, Response, Route, to_response
 from .output import Output, watch_peer
 from .sse import SSE_HEADERS, SSEReader
@@ -35,8 +35,8 @@ class HTTPConnection(Output):
     :class:`~.websocket.WebSocketConnection` on upgrade."""
 
     # An idle stream's connection is mostly this object: slots keep it small.
-    __slots__ = ("_extra", "_method", "_received", "_task", "_timer", "close_after_response",
-                 "ctx", "reader", "session")
+    __slots__ = ("_extra", "_method", "_path", "_received", "_task", "_timer",
+                 "close_after_response", "ctx", "reader", "session")
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx.loop, ctx.limits, ctx.admission)
@@ -47,6 +47,7 @@ class HTTPConnection(Output):
         #: The SSE response being written, if any.
         self.reader: SSEReader | None = None
         self._method = "GET"
+        self._path = ""
         #: When the current request came (time.monotonic): time to first token from it.
         self._received = 0.0
         #: Headers every response to the current request carries (CORS, a stream's own).
@@ -147,6 +148,7 @@ class HTTPConnection(Output):
         """Dispatch one complete request."""
         self._set_timer(None)
         self._method = raw.method
+        self._path = raw.path
         self._received = time.monotonic()
         try:
             self._dispatch(raw)
@@ -211,7 +213,7 @@ class HTTPConnection(Output):
         """Write a complete response, then go on to the next request (or close)."""
         if self.transport is None:
             return
-        self._responded(response.status)
+        self._responded(response.status, len(response.body))
         session = self.session
         headers = [(b"content-type", response.content_type),
                    (b"content-length", b"%d" % len(response.body)), *response.headers,
@@ -307,11 +309,20 @@ class HTTPConnection(Output):
             del headers[len(SSE_HEADERS):len(SSE_HEADERS) + 2]
         if self.close_after_response:
             headers.append((b"connection", b"close"))
-        self._responded(200)
+        self.ctx.metrics.child("streamcore_http_responses_total", "200").inc()
         return self.session.stream_head(headers, method=self._method)
 
-    def _responded(self, status: int) -> None:
+    def _responded(self, status: int, nbytes: int) -> None:
+        """A complete response (a stream's line is its stream's, at its end): counted, and
+        one log line (never a header: no key, no cookie)."""
         self.ctx.metrics.child("streamcore_http_responses_total", str(status)).inc()
+        if access.isEnabledFor(logging.INFO):
+            fields = {"event": "request", "method": self._method, "path": self._path,
+                      "status": status, "bytes": nbytes,
+                      "duration_s": round(time.monotonic() - self._received, 6)
+                      if self._received else None,
+                      "peer": self.peer[0] if isinstance(self.peer, tuple) else None}
+            access.info("%s", Fields(fields), extra={"fields": fields})
 
     def stream_refused(self, reader: SSEReader, exc: RequestError) -> None:
         if self.reader is reader:
@@ -387,7 +398,7 @@ class HTTPConnection(Output):
         """A complete error response, then close; made without h11, whose state may be an
         error by now."""
         self.session.fail()
-        self._responded(exc.status)
+        self._responded(exc.status, 0)
         self.send(http.error_response(exc.status, exc.envelope(), exc.headers))
         self.close_transport()
 

@@ -32,7 +32,7 @@ from ..errors import (
     StreamcoreError,
     StreamError,
 )
-from ..metrics import Child, Metrics
+from ..metrics import Metrics
 from ..proto.cursor import new_stream_id
 from ..proto.jsonbytes import dumps
 from ..proto.pipe import (
@@ -82,6 +82,10 @@ class PushSource(Protocol):
     def resume_push(self) -> None: ...
 
     def cancel_push(self) -> None: ...
+
+
+class Observer(Protocol):
+    def observe(self, value: float) -> None: ...
 
 
 class Flushable(Protocol):
@@ -152,9 +156,10 @@ class BaseReader:
         self.done = False
         #: When the oldest frame not yet written woke this reader (time.monotonic; 0: none).
         self.woken_at = 0.0
-        #: The origin reader's time-to-first-token histogram, until the frame numbered
-        #: ``ttft_seq`` is written (``ttft_from``: when the request came).
-        self.ttft: Child | None = None
+        #: The origin reader's time-to-first-token histogram (or what observes for it),
+        #: until the frame numbered ``ttft_seq`` is written (``ttft_from``: when the
+        #: request came).
+        self.ttft: Observer | None = None
         self.ttft_from = 0.0
         self.ttft_seq = 1
         #: Why this reader left, if it leaves before the end (a stream's outcome).
@@ -203,7 +208,7 @@ class Stream:
     """One generation: its source, its entry (log and readers), its flow control."""
 
     __slots__ = ("_grace", "_left_at", "entry", "flow", "flush_bytes", "grace_s", "left",
-                 "log", "on_end", "origin", "readers", "source", "state")
+                 "log", "meter", "on_end", "origin", "readers", "source", "state")
 
     def __init__(
         self,
@@ -242,6 +247,8 @@ class Stream:
         #: The last reader to leave while none was left, and when (time.monotonic): why
         #: a cancelled stream ended, and how long its cancel took (metrics).
         self.left: tuple[Reader, float] | None = None
+        #: What the server counts and logs of this stream (``Context``'s), if anything.
+        self.meter: Any = None
 
     @property
     def id(self) -> str:
