@@ -28,6 +28,7 @@ from typing import Any
 from .aio.handler import EventStream, Request, Response, Route
 from .errors import RequestError, shown
 from .limits import Limits
+from .metrics import Metrics
 from .proto.access import Access
 from .proto.chaos import Chaos
 
@@ -46,6 +47,9 @@ class App:
                  cors_origins: Iterable[str] = (), api_keys: Iterable[str | bytes] = ()) -> None:
         self.limits = limits or Limits()
         self.name = name
+        #: What its servers count (:mod:`streamcore.metrics`): in this process's memory,
+        #: or, under ``--workers``, in a file of the run directory every worker reads.
+        self.metrics = Metrics()
         #: CORS allow-list (``"*"``: any origin) and the API keys clients must present
         #: (``Authorization: Bearer``), checked before any handler that is not ``public``
         #: (:mod:`streamcore.proto.access`).  Empty: no CORS headers, no key needed.
@@ -66,14 +70,16 @@ class App:
         self.chaos: Chaos | None = None
 
     def stream(self, method: str, path: str, *, sse_end: bytes | None = None,
-               public: bool = False, json: bool = False) -> Callable[
+               public: bool = False, json: bool = False, ids: bool = True) -> Callable[
             [StreamHandler], StreamHandler]:
         """Register an async-generator handler: its items become events of an SSE stream
         (``sse_end``: the data of a last event after a stream that completed).
-        ``public``: no API key needed; ``json``: a body must be JSON (else 415)."""
+        ``public``: no API key needed; ``json``: a body must be JSON (else 415); ``ids``:
+        events carry ids and the stream can be resumed (False: neither, see
+        :class:`EventStream`)."""
         def register(handler: StreamHandler) -> StreamHandler:
             self._add(Route(method.upper(), path, handler, True, sse_end, public=public,
-                            json=json))
+                            json=json, ids=ids))
             return handler
         return register
 

@@ -80,9 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="'serve --chaos': the same endpoints and synthetic models (synthetic, "
                     "synthetic-utf8), and every response a request asks for faults by "
                     "X-Chaos or ?chaos= breaks as they say (GET /v1/chaos/faults lists "
-                    "them; docs/chaos.md).",
+                    "them; docs/chaos.md). With --scorecard: run real clients against "
+                    "every fault and print what each did (python -m streamcore.scorecard "
+                    "takes more options).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _serve_options(chaos)
+    chaos.add_argument("--scorecard", action="store_true",
+                       help="drive the clients against every fault (on a server of its own) "
+                            "and print the table instead of serving")
     return parser
 
 
@@ -97,6 +102,9 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     _add(where, "log-level", str, "info", "debug, info, warning or error")
     _add(where, "log-format", str, "text",
          "text, or json: one JSON object per log line (time, level, logger, message)")
+    _add(where, "log-prompts", int, 0,
+         "1: log each chat request's messages (a 'prompt' line, joined to its stream's "
+         "line by completion_id); off by default: prompts are the users' data")
     _add(where, "workers", int, 1,
          "worker processes, each listening on the port (SO_REUSEPORT), supervised: one "
          "that dies is restarted; the server-wide budgets are shared among them")
@@ -129,6 +137,9 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
         help="a key clients must send as 'Authorization: Bearer KEY' (repeatable; the "
              "WebSocket handshake too; /healthz and the demo page need none); compared in "
              "constant time, never logged [env STREAMCORE_API_KEY, comma-separated]")
+    _add(access, "metrics-public", int, 0,
+         "1: GET /metrics needs no API key (default: it needs one when keys are set; "
+         "Prometheus sends it with 'authorization: credentials')")
     access.add_argument(
         "--api-key-file", metavar="PATH", default=None,
         help="a file of keys, one per line (blank lines and # comments ignored)")
@@ -209,6 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(parser, args, list(sys.argv[1:] if argv is None else argv))
     if args.command == "chaos":
+        if args.scorecard:
+            from .scorecard import main as scorecard
+
+            return scorecard([])
         args.chaos = 1
         return _serve(parser, args, list(sys.argv[1:] if argv is None else argv))
     parser.error(f"unknown command {args.command}")
@@ -241,6 +256,10 @@ def _log_setup(level: str, form: str) -> None:
                 entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
                          + f".{int(record.msecs):03d}Z", "level": record.levelname.lower(),
                          "logger": record.name, "message": record.getMessage()}
+                fields = getattr(record, "fields", None)
+                if isinstance(fields, dict):  # an access line: its fields, not a sentence
+                    del entry["message"]
+                    entry.update(fields)
                 if record.exc_info:
                     entry["exception"] = self.formatException(record.exc_info)
                 return json.dumps(entry, ensure_ascii=False)
@@ -314,7 +333,16 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace,
                                 default_tokens=model.default_tokens,
                                 max_answer_tokens=model.max_answer_tokens))
     app = build_app(None if upstreams else models, limits, upstreams=upstreams,
-                    cors_origins=cors, api_keys=api_keys, worker=worker, chaos=chaos)
+                    cors_origins=cors, api_keys=api_keys, worker=worker, chaos=chaos,
+                    metrics_public=bool(args.metrics_public),
+                    log_prompts=bool(args.log_prompts))
+    if worker is not None:
+        from .metrics import Metrics
+        from .workers import RUN_DIR_ENV
+
+        run_dir = os.environ.get(RUN_DIR_ENV)
+        if run_dir:
+            app.metrics = Metrics(run_dir, worker)
     if api_keys:
         logging.getLogger("streamcore").info("clients must present one of %d API keys",
                                              len(api_keys))
@@ -412,6 +440,8 @@ ENDPOINTS = (
     ("GET", "/v1/ws", "the same streams over WebSocket"),
     ("GET", "/v1/models", "the models"),
     ("GET", "/healthz", "liveness"),
+    ("GET", "/v1/streams", "the stream inspector (DELETE /v1/streams/{id} stops one)"),
+    ("GET", "/metrics", "Prometheus metrics"),
 )
 
 

@@ -47,14 +47,14 @@ MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 #: The layers, bottom up; a module may import its own layer and those below.
 LAYERS = [
-    ("streamcore.errors", "streamcore.limits"),
+    ("streamcore.errors", "streamcore.limits", "streamcore.metrics"),
     ("streamcore.proto",),
     ("streamcore.store",),
     ("streamcore.aio",),
     ("streamcore.sources", "streamcore.app"),
     ("streamcore.gateway", "streamcore.demo", "streamcore.tls"),
     ("streamcore.cli", "streamcore.config", "streamcore.workers", "streamcore.__main__",
-     "streamcore"),
+     "streamcore", "streamcore.scorecard"),
 ]
 
 

@@ -878,3 +878,47 @@ def test_nothing_is_parsed_after_closed(ending: str) -> None:
     assert session.state.terminal and not session.backlog
     assert session.parse_more() == []
     assert session.receive(late) == [] and session.parse_more() == []
+
+
+@pytest.mark.parametrize("n", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_plain_messages_are_framed_as_wsproto_frames_them(n: int) -> None:
+    """Without permessage-deflate a message is framed by us (text and binary headers of
+    every length class), byte for byte what wsproto makes."""
+    server = Connection(ConnectionType.SERVER)
+    session = new_session()
+    assert session.message("a" * n) == server.send(TextMessage("a" * n))
+    assert session.message(b"b" * n) == server.send(BytesMessage(b"b" * n))
+    assert ws.binary_header(n) + b"b" * n == server.send(BytesMessage(b"b" * n))
+
+
+def test_text_message_from_utf8_bytes() -> None:
+    """ws.send_json's way: the UTF-8 of a text message framed as it is; with deflate the
+    message goes through wsproto (compressed); nothing once the session is closing."""
+    plain = new_session()
+    assert plain.text_message("h\u00e9".encode()) == plain.message("h\u00e9")
+    c, deflated = deflate_client_pair()
+    c.receive_data(deflated.text_message(b'{"a":"' + b"x" * 300 + b'"}'))
+    (event,) = list(c.events())
+    assert isinstance(event, TextMessage) and event.data == '{"a":"' + "x" * 300 + '"}'
+    plain.close()
+    assert plain.text_message(b"x") == b""
+
+
+@pytest.mark.parametrize("bad", [frame(CLOSE, close_payload(999)), frame(TEXT, b"\xff"),
+                                 frame(TEXT, b"x", masked=False)])
+def test_a_protocol_error_while_closing_fails_the_connection(bad: bytes) -> None:
+    """After our Close, what comes instead of the peer's is a protocol error (RFC 6455
+    section 7.1.7): FAILED with its code, not a clean close, and no second Close from us
+    (tests/test_ws_lifecycle_stateful.py found it taken for the peer's answer)."""
+    session = new_session()
+    session.close(1000)
+    session.outbox.clear()
+    events = session.receive(bad)
+    assert session.state is ws.FAILED
+    assert closed_code(events) in (1002, 1007)
+    assert session.outbox == []
+    # A real answer still closes cleanly.
+    session = new_session()
+    session.close(1000)
+    assert closed_code(session.receive(frame(CLOSE, close_payload(1000)))) == 1000
+    assert session.state is ws.CLOSED

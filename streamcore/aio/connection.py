@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from ..errors import InternalError, ProtocolError, RequestError, StreamcoreError, shown
@@ -20,7 +21,7 @@ from ..proto.access import require_json
 from ..proto.cursor import parse_cursor, resume_query
 from ..proto.http import HTTPSession, Phase
 from ..store.base import Entry
-from .context import Context
+from .context import Context, Fields, access
 from .handler import EventStream, Request, Response, Route, to_response
 from .output import Output, watch_peer
 from .sse import SSE_HEADERS, SSEReader
@@ -34,8 +35,8 @@ class HTTPConnection(Output):
     :class:`~.websocket.WebSocketConnection` on upgrade."""
 
     # An idle stream's connection is mostly this object: slots keep it small.
-    __slots__ = ("_extra", "_method", "_task", "_timer", "close_after_response", "ctx",
-                 "reader", "session")
+    __slots__ = ("_extra", "_method", "_path", "_received", "_task", "_timer",
+                 "close_after_response", "ctx", "reader", "session")
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx.loop, ctx.limits, ctx.admission)
@@ -46,6 +47,9 @@ class HTTPConnection(Output):
         #: The SSE response being written, if any.
         self.reader: SSEReader | None = None
         self._method = "GET"
+        self._path = ""
+        #: When the current request came (time.monotonic): time to first token from it.
+        self._received = 0.0
         #: Headers every response to the current request carries (CORS, a stream's own).
         self._extra: list[tuple[bytes, bytes]] = []
         self.close_after_response = False
@@ -121,6 +125,8 @@ class HTTPConnection(Output):
         reader = self.reader
         if reader is not None:
             self.reader = None
+            if isinstance(exc, TimeoutError):  # TCP_USER_TIMEOUT: the kernel gave up on it
+                reader.why = "slow_consumer"
             reader.gone()
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -131,12 +137,19 @@ class HTTPConnection(Output):
         if self.reader is not None:
             self.reader.flush()
 
+    def _write_stalled(self) -> None:
+        if self.reader is not None:  # its stream ends as slow_consumer
+            self.reader.why = "slow_consumer"
+        super()._write_stalled()
+
     # -- requests ----------------------------------------------------------------------
 
     def handle(self, raw: http.Request) -> None:
         """Dispatch one complete request."""
         self._set_timer(None)
         self._method = raw.method
+        self._path = raw.path
+        self._received = time.monotonic()
         try:
             self._dispatch(raw)
         except Exception as exc:
@@ -168,7 +181,7 @@ class HTTPConnection(Output):
         self.admission.check_new_work()
         request = Request(raw, params, self.peer, router, store=self.ctx.store)
         if route.streaming:
-            self._start_stream(route.handler(request), route.sse_end, request)
+            self._start_stream(route.handler(request), route.sse_end, request, ids=route.ids)
         else:
             # A real task: the handler may use asyncio.timeout(), anyio, httpx, ...
             self._task = self.loop.create_task(self._run_plain(route, request))
@@ -185,7 +198,8 @@ class HTTPConnection(Output):
                 return
             if isinstance(result, EventStream):
                 self._extra = self._extra + result.headers
-                self._start_stream(result.items, result.sse_end, request, result.resume)
+                self._start_stream(result.items, result.sse_end, request, result.resume,
+                                   ids=result.ids)
             else:
                 self.respond(to_response(result))
         except asyncio.CancelledError:
@@ -199,6 +213,7 @@ class HTTPConnection(Output):
         """Write a complete response, then go on to the next request (or close)."""
         if self.transport is None:
             return
+        self._responded(response.status, len(response.body))
         session = self.session
         headers = [(b"content-type", response.content_type),
                    (b"content-length", b"%d" % len(response.body)), *response.headers,
@@ -220,7 +235,7 @@ class HTTPConnection(Output):
     # -- streams ---------------------------------------------------------------------
 
     def _start_stream(self, items: Any, sse_end: bytes | None, request: Request,
-                      resume: str | None = None) -> None:
+                      resume: str | None = None, *, ids: bool = True) -> None:
         after: int | None = None
         epoch: str | None = None
         if resume is not None:  # the stream-by-id route: ?starting_after=N[&epoch=E]
@@ -234,10 +249,12 @@ class HTTPConnection(Output):
             # a 400 says so, where a silent replay from the start would repeat the answer.
             cursor = parse_cursor(last_id)
             if cursor is None:
+                self._resumed("invalid")
                 raise RequestError(f"Last-Event-ID {shown(last_id)} is not an event id of this "
                                    "server ('<stream id>-<epoch>-<sequence number>')",
                                    param="Last-Event-ID", code="invalid_last_event_id")
             if resume not in (None, cursor.stream):
+                self._resumed("invalid")
                 raise RequestError(f"Last-Event-ID names stream {cursor.stream!r}, not "
                                    f"{shown(resume)}", param="Last-Event-ID",
                                    code="invalid_last_event_id")
@@ -246,6 +263,7 @@ class HTTPConnection(Output):
         if resume is not None:
             entry = ctx.store.find(resume)
             if entry is None:
+                self._resumed("not_found")
                 raise RequestError(f"no stream {shown(resume)} (unknown, or no longer "
                                    "retained)", status=404, code="stream_not_found")
             exact = resume_query(request.query).exact
@@ -254,30 +272,57 @@ class HTTPConnection(Output):
                 # Positioned at the end of a stream that ended: 204 tells an EventSource
                 # to stop reconnecting (WHATWG HTML 9.2.3), where a forgotten one would
                 # otherwise come back every few seconds for the whole retention time.
+                self._resumed("ended")
                 self.respond(Response(b"", 204))
                 return
+            self._resumed("replayed", entry.log.next_seq - max(start_seq, entry.log.first_seq))
             self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, entry, start_seq)
             self.reader.start(origin=False)
             self.reader.wake()
             return
         head_only = self._method == "HEAD"
-        stream = ctx.new_stream(items, sse_end=sse_end, resumable=not head_only)
+        # Without ids nobody can resume it: not in the store, its log not retained.
+        stream = ctx.new_stream(items, sse_end=sse_end, resumable=ids and not head_only,
+                                transport=None if head_only else "sse")
         if head_only:  # the head of the stream, and no generation
-            head, _ = self.stream_head(stream.entry)
+            head, _ = self.stream_head(stream.entry, ids)
             self.send(head)
             self.response_done()
             return
-        reader = self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, stream.entry)
+        reader = self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, stream.entry,
+                                         ids=ids)
+        ctx.time_first_token(reader, stream, self._received)
         reader.start(origin=True)
         stream.start()
         reader.wake()  # after the source's first step: see SSEReader.framer
 
-    def stream_head(self, entry: Entry) -> tuple[bytes, bool]:
+    def _resumed(self, outcome: str, replayed: int = 0) -> None:
+        metrics = self.ctx.metrics
+        metrics.child("streamcore_resumes_total", "sse", outcome).inc()
+        if replayed:
+            metrics.child("streamcore_resume_replayed_events_total", "sse").inc(replayed)
+
+    def stream_head(self, entry: Entry, ids: bool = True) -> tuple[bytes, bool]:
         headers = [*SSE_HEADERS, (b"x-stream-id", entry.id.encode()),
                    (b"x-stream-epoch", entry.epoch.encode()), *self._extra]
+        if not ids:  # a stream nobody can resume has no id to give
+            del headers[len(SSE_HEADERS):len(SSE_HEADERS) + 2]
         if self.close_after_response:
             headers.append((b"connection", b"close"))
+        self.ctx.metrics.child("streamcore_http_responses_total", "200").inc()
         return self.session.stream_head(headers, method=self._method)
+
+    def _responded(self, status: int, nbytes: int) -> None:
+        """A complete response (a stream's line is its stream's, at its end): counted, and
+        one log line (never a header: no key, no cookie)."""
+        self.ctx.metrics.child("streamcore_http_responses_total", str(status)).inc()
+        if access.isEnabledFor(logging.INFO):
+            fields = {"event": "request", "method": self._method, "path": self._path,
+                      "status": status, "bytes": nbytes,
+                      "duration_s": round(time.monotonic() - self._received, 6)
+                      if self._received else None,
+                      "peer": self.peer[0] if isinstance(self.peer, tuple) else None}
+            access.info("%s", Fields(fields), extra={"fields": fields})
 
     def stream_refused(self, reader: SSEReader, exc: RequestError) -> None:
         if self.reader is reader:
@@ -353,6 +398,7 @@ class HTTPConnection(Output):
         """A complete error response, then close; made without h11, whose state may be an
         error by now."""
         self.session.fail()
+        self._responded(exc.status, 0)
         self.send(http.error_response(exc.status, exc.envelope(), exc.headers))
         self.close_transport()
 

@@ -129,7 +129,7 @@ class Output(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        self.admission.paused_bytes += self.limits.write_high_water_bytes
+        self.admission.paused(self.limits.write_high_water_bytes)
         self._stall_timer = self.loop.call_later(self.limits.write_stall_timeout_s,
                                                  self._write_stalled)
 
@@ -148,7 +148,7 @@ class Output(asyncio.Protocol):
             self._stall_timer = None
         if self.write_paused:
             self.write_paused = False
-            self.admission.paused_bytes -= self.limits.write_high_water_bytes
+            self.admission.paused(-self.limits.write_high_water_bytes)
 
     def _write_stalled(self) -> None:
         self._stall_timer = None

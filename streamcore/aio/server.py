@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ServerShutdown
 from ..limits import Limits
+from ..metrics import Metrics
 from ..store.base import ReplayStore
 from ..store.memory import MemoryStore
 from .admission import Admission
@@ -35,18 +36,22 @@ class Server:
     servers (and apps) can live in one process and one loop: nothing here is global."""
 
     def __init__(self, app: Router, limits: Limits | None = None, *,
-                 store: ReplayStore | None = None) -> None:
+                 store: ReplayStore | None = None, metrics: Metrics | None = None) -> None:
         self.app = app
         self.limits = limits = limits or app.limits
         loop = asyncio.get_running_loop()
         self.loop = loop
-        self.admission = Admission(limits)
+        #: Counted here; the app's own (``App.metrics``) if it has one, so that its
+        #: ``/metrics`` route shows them.
+        self.metrics = metrics = metrics or getattr(app, "metrics", None) or Metrics()
+        self.admission = Admission(limits, metrics)
         self.store = store or MemoryStore(loop.time, limits.resume_retention_s,
                                           limits.resume_budget_bytes)
         self.heartbeat = Heartbeat(loop, limits.heartbeat_interval_s)
         chaos = getattr(app, "chaos", None)  # chaos mode (streamcore.proto.chaos.Chaos)
-        self.ctx = Context(loop, limits, app, self.admission, Flusher(loop), self.store,
-                           self.heartbeat, ChaosHook(chaos) if chaos is not None else None)
+        self.ctx = Context(loop, limits, app, self.admission, Flusher(loop, metrics),
+                           self.store, self.heartbeat,
+                           ChaosHook(chaos) if chaos is not None else None, metrics)
         self._server: asyncio.Server | None = None
 
     @property

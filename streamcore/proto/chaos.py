@@ -128,8 +128,9 @@ _TABLE = [
           "id:...)", _SAME, TEXT),
     Fault("comments", "sse", f"{COMMENT_FLOOD} comment lines before every event, some "
           "looking like data (:data: {})", "ignore comments: " + _SAME, TEXT),
-    Fault("empty-data", "sse", "an empty data: line before each event's data line (its "
-          "data then starts with a line feed, which JSON allows)", _SAME, TEXT),
+    Fault("empty-data", "sse", "an empty data: line before each JSON data line (the "
+          "event's data then starts with a line feed, which JSON allows; [DONE] is left "
+          "alone)", _SAME, TEXT),
     Fault("multiline-data", "sse", "each JSON payload split over several data: lines "
           "(at commas between members)", "join data lines with LF: " + _SAME, TEXT),
     Fault("event-retry", "sse", "every event carries event: message and retry: 3000",
@@ -237,17 +238,20 @@ def _check(names: tuple[str, ...], applies: str | None) -> None:
 def select(chaos: Chaos, header: bytes | None, query: str, seed_header: bytes | None, *,
            websocket: bool, fresh_seed: int) -> Selection | None:
     """The faults of one request: ``X-Chaos`` (``header``) or ``?chaos=``, else the
-    server's; the seed from ``X-Chaos-Seed`` or ``?chaos_seed=``, else the server's, else
-    ``fresh_seed``.  None: no fault.  :class:`RequestError` (400) for an unknown fault
-    name (listing the valid ones), one that does not apply, or a bad seed."""
+    server's that apply to it (a WebSocket fault to a WebSocket, ...); the seed from
+    ``X-Chaos-Seed`` or ``?chaos_seed=``, else the server's, else ``fresh_seed``.  None:
+    no fault.  :class:`RequestError` (400) for an unknown fault name (listing the valid
+    ones), one that does not apply, or a bad seed."""
     params = parse_qs(query) if "chaos" in query else {}
     text = header.decode("latin-1") if header is not None else ",".join(params.get("chaos", ()))
     names = tuple(name.strip() for name in text.split(",") if name.strip())
-    if not names:
-        names = chaos.faults
-    if not names:
-        return None
-    _check(names, WS if websocket else HTTP)
+    applies = WS if websocket else HTTP
+    if names:
+        _check(names, applies)
+    else:  # the server's faults: those that apply to this response
+        names = tuple(name for name in chaos.faults if FAULTS[name].applies in (BOTH, applies))
+        if not names:
+            return None
     seed_text = (seed_header.decode("latin-1") if seed_header is not None
                  else next(iter(params.get("chaos_seed", ())), None))
     seed = chaos.seed if chaos.seed is not None else fresh_seed
@@ -291,9 +295,10 @@ class Wire:
             self.actions.append(how)
             self.dead = True
 
-    def unit(self, data: bytes, *, token: bool, start: int = 0) -> None:
-        """One event or message (``data[start:]`` is the event itself, after its
-        framing); ``token``: it carries content."""
+    def unit(self, data: bytes, *, token: bool, start: int = 0, tail: int = 0) -> None:
+        """One event or message: ``data[start:len(data) - tail]`` is the event itself
+        (a cut mid-event falls inside it), between its framing; ``token``: it carries
+        content."""
         if self.dead:
             return
         faults = self.faults
@@ -309,8 +314,8 @@ class Wire:
             if "stall-mid" in faults:
                 self.pause(STALL_S)
             cut = "reset-mid-event" in faults or "close-mid-event" in faults
-            if cut and len(data) - start >= 2:
-                self.write(data[:self.rng.randint(start + 1, len(data) - 1)])
+            if cut and len(data) - tail - start >= 2:
+                self.write(data[:self.rng.randint(start + 1, len(data) - tail - 1)])
                 self.end(RESET if "reset-mid-event" in faults else CLOSE)
                 return
         self.write(data)

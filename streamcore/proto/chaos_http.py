@@ -234,7 +234,7 @@ class HTTPChaos:
             lines = [piece for line in lines for piece in self._multiline(line)]
         if "empty-data" in faults:
             lines = [new for line in lines
-                     for new in ([b"data:", line] if line.startswith(b"data: ") else [line])]
+                     for new in ([b"data:", line] if line.startswith(b"data: {") else [line])]
         if "nul-id" in faults or "odd-ids" in faults:
             odd = b"\0" if "nul-id" in faults else _ODD_ID
             lines = [line + odd if line.startswith(b"id: ") else line for line in lines]
@@ -289,7 +289,7 @@ class HTTPChaos:
             self.wire.end(CLOSE)
             self._end()
             return
-        self.wire.unit(head + data + CRLF, token=token, start=len(head))
+        self.wire.unit(head + data + CRLF, token=token, start=len(head), tail=2)
 
     def _end(self) -> None:
         self._ended = True

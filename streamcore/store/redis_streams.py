@@ -62,43 +62,54 @@ from .memory import MemoryStore
 
 log = logging.getLogger("streamcore")
 
-#: Append a stream's new frames: KEYS frames, meta, lease, fence counter; ARGV token ('0':
-#: take the lease), node, lease ms, TTL ms, maxlen, first seq, lengths (comma-separated,
-#: negative: holds a line break), the frames' bytes end to end, end state ('' while
-#: running), sse_end, the entry's epoch (what its cursors carry: proto/cursor.py).  Returns
-#: the token, or 0 when the lease is another's (fenced).
+#: Append the new frames (and ends) of every stream of a flush, in one call: KEYS the
+#: fence counter, then per stream its frames, meta and lease keys; ARGV node, lease ms, TTL
+#: ms, maxlen, then per stream: "<token> <first seq> <end state>" (token 0: take the lease;
+#: end state empty while running), the lengths of its new frames (comma-separated;
+#: negative: the frame holds a line break), their bytes end to end, and (when taking the
+#: lease) "<epoch> <sse_end>".  No frames: the lease is renewed.  Returns per stream its
+#: token, or 0 when the lease is another's (fenced).
 _APPEND = """
-local token = ARGV[1]
-if token == '0' then
-  token = tostring(redis.call('INCR', KEYS[4]))
-  if not redis.call('SET', KEYS[3], token, 'NX', 'PX', ARGV[3]) then return 0 end
-  redis.call('HSET', KEYS[2], 'owner', ARGV[2], 'epoch', ARGV[11], 'state', 'running',
-             'sse_end', ARGV[10])
-elseif redis.call('GET', KEYS[3]) ~= token then
-  return 0
-else
-  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+local node, lease, ttl, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local function one(ks, km, kl, head, lengths, blob, claim)
+  local token, seq, state = string.match(head, '^(%d+) (%d+) ?(%a*)$')
+  if token == '0' then
+    token = tostring(redis.call('INCR', KEYS[1]))
+    if not redis.call('SET', kl, token, 'NX', 'PX', lease) then return 0 end
+    local epoch, sse_end = string.match(claim, '^(%S*) ?(.*)$')
+    redis.call('HSET', km, 'owner', node, 'epoch', epoch, 'state', 'running',
+               'sse_end', sse_end)
+  elseif redis.call('GET', kl) ~= token then
+    return 0
+  else
+    redis.call('PEXPIRE', kl, lease)
+  end
+  seq = tonumber(seq)
+  local pos = 1
+  for len in string.gmatch(lengths, '[^,]+') do
+    local n = tonumber(len)
+    local m = '0'
+    if n < 0 then n = -n; m = '1' end
+    redis.call('XADD', ks, 'MAXLEN', '~', maxlen, seq .. '-0',
+               'd', string.sub(blob, pos, pos + n - 1), 'm', m)
+    pos = pos + n
+    seq = seq + 1
+  end
+  if state ~= '' then
+    redis.call('XADD', ks, (seq - 1) .. '-1', 'end', state)
+    redis.call('HSET', km, 'state', state)
+    redis.call('DEL', kl)
+  end
+  redis.call('PEXPIRE', ks, ttl)
+  redis.call('PEXPIRE', km, ttl)
+  return tonumber(token)
 end
-local seq = tonumber(ARGV[6])
-local blob = ARGV[8]
-local pos = 1
-for len in string.gmatch(ARGV[7], '[^,]+') do
-  local n = tonumber(len)
-  local m = '0'
-  if n < 0 then n = -n; m = '1' end
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], seq .. '-0',
-             'd', string.sub(blob, pos, pos + n - 1), 'm', m)
-  pos = pos + n
-  seq = seq + 1
+local out = {}
+for i = 0, (#KEYS - 1) / 3 - 1 do
+  out[i + 1] = one(KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i], ARGV[5 + 4 * i],
+                   ARGV[6 + 4 * i], ARGV[7 + 4 * i], ARGV[8 + 4 * i])
 end
-if ARGV[9] ~= '' then
-  redis.call('XADD', KEYS[1], (seq - 1) .. '-1', 'end', ARGV[9])
-  redis.call('HSET', KEYS[2], 'state', ARGV[9])
-  redis.call('DEL', KEYS[3])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return tonumber(token)
+return out
 """
 
 #: Declare a stream's owner lost if its lease is gone while it still runs: KEYS frames,
@@ -118,15 +129,6 @@ redis.call('HSET', KEYS[2], 'state', 'error', 'epoch', string.format('%x', token
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return token
-"""
-
-#: Renew a lease if it is still ours: KEYS lease, frames, meta; ARGV token, lease ms, TTL.
-_RENEW = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[3], ARGV[3])
-return 1
 """
 
 #: How soon an unreachable Redis is asked again (seconds).
@@ -166,10 +168,12 @@ class _RemoteReaders:
 class _Owned:
     """One of this process's streams, as mirrored to Redis."""
 
-    __slots__ = ("ending", "entry", "remote", "sent", "token")
+    __slots__ = ("ending", "entry", "keys", "remote", "sent", "token")
 
-    def __init__(self, entry: Entry) -> None:
+    def __init__(self, entry: Entry, keys: tuple[bytes, ...]) -> None:
         self.entry = entry
+        #: Its frames, meta and lease keys.
+        self.keys = keys
         #: The first seq not yet in Redis.
         self.sent = entry.log.first_seq
         #: The fencing token of our lease ('0': not taken yet).
@@ -210,12 +214,16 @@ class _RemoteOwner:
 
 
 class _Copy:
-    __slots__ = ("entry", "key", "last_id")
+    """A live copy of another node's stream, kept up to date by the blocking reader."""
 
-    def __init__(self, entry: Entry, key: bytes, last_id: bytes) -> None:
+    __slots__ = ("entry", "idle_since", "key", "last_id")
+
+    def __init__(self, entry: Entry, key: bytes, last_id: bytes, now: float) -> None:
         self.entry = entry
         self.key = key
         self.last_id = last_id
+        #: When it was last seen without a reader here.
+        self.idle_since = now
 
 
 class RedisStore:
@@ -309,7 +317,7 @@ class RedisStore:
                                    "no new stream until it does",
                                    self.limits.retry_after_s)
         self._local.add(entry)
-        self._owned[entry.id] = _Owned(entry)
+        self._owned[entry.id] = _Owned(entry, self._keys(entry.id)[:3])
         assert self._work is not None
         self._work.set()
 
@@ -376,7 +384,7 @@ class RedisStore:
         if not entry.log.closed:
             owner = _RemoteOwner(self, entry, meta.get(b"owner", b""))
             entry.owner = owner
-            self._copies[key] = _Copy(entry, key, last_id)
+            self._copies[key] = _Copy(entry, key, last_id, asyncio.get_running_loop().time())
             self._send(self.node, b"wake", stream_id)  # the blocking read adds this key
             self._send(owner.node, b"hold", stream_id)  # the owner counts our readers
         return entry
@@ -469,7 +477,19 @@ class RedisStore:
                     self._deliver(found.entry, entries)
             if loop.time() >= check_at and self._copies:
                 check_at = loop.time() + block_ms / 1000
+                self._drop_unread(loop.time())
                 await self._check_owners()
+
+    def _drop_unread(self, now: float) -> None:
+        """A live copy nobody here has read for a lease is dropped (a later resume reads
+        Redis again): copies cost memory only while they have readers."""
+        for key, copy in list(self._copies.items()):
+            if copy.entry.readers:
+                copy.idle_since = now
+            elif now - copy.idle_since >= self.limits.redis_lease_s:
+                del self._copies[key]
+                copy.entry.owner = None
+                self._local.forget(copy.entry.id)
 
     def _commands(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         for _, fields in entries:
@@ -551,11 +571,11 @@ class RedisStore:
                 self._unreachable(exc)
 
     async def _flush(self, renew: bool = False) -> None:
-        """Every stream's new frames (and ends), one script call per stream, all in one
-        pipelined round trip; leases renewed every third of a lease."""
-        pipe = self._client.pipeline(transaction=False)
-        append = self._sha["append"]
-        renew_sha = self._sha["renew"]
+        """Every stream's new frames (and ends) in one script call, one round trip (the
+        per-token cost is a share of it); leases renewed every third of a lease."""
+        keys: list[bytes] = [self.prefix + b"fence"]
+        args: list[Any] = [self.node, self._lease_ms, self._ttl_ms,
+                           self.limits.redis_stream_maxlen]
         batch: list[tuple[_Owned, int, int, bool]] = []
         now = asyncio.get_running_loop().time()
         for owned in list(self._owned.values()):
@@ -565,63 +585,60 @@ class RedisStore:
             if renew:
                 self._release(owned, now)
             ending = owned.ending
-            keys = self._keys(entry.id)
-            if owned.sent >= head and not ending and owned.token != b"0":
-                if renew:  # nothing new: keep the lease
-                    pipe.evalsha(renew_sha, 3, keys[2], keys[0], keys[1], owned.token,
-                                 self._lease_ms, self._ttl_ms)
-                    batch.append((owned, head, log_.appended_bytes, False))
-                continue
+            token = owned.token
+            if owned.sent >= head and not ending and token != b"0" and not renew:
+                continue  # nothing new, the lease not due
             start = max(owned.sent, log_.first_seq)
             frames = log_.since(start) if start < head else []
             blob, lengths = _pack(frames, start, entry.multiline)
-            state = (b"error" if entry.error is not None else b"completed") if ending else b""
-            pipe.evalsha(append, 4, *keys, owned.token, self.node, self._lease_ms,
-                         self._ttl_ms, self.limits.redis_stream_maxlen, start, lengths, blob,
-                         state, entry.sse_end or b"", entry.epoch)
+            state = (b" error" if entry.error is not None else b" completed") if ending else b""
+            keys += owned.keys
+            args += (b"%s %d%s" % (token, start, state), lengths, blob,
+                     b"%s %s" % (entry.epoch.encode(), entry.sse_end or b"")
+                     if token == b"0" else b"")
             batch.append((owned, head, log_.appended_bytes, ending))
         if not batch:
             return
+        pipe = self._client.pipeline(transaction=False)
+        pipe.evalsha(self._sha["append"], len(keys), *keys, *args)
         if renew:
             pipe.pexpire(self._wake_key(self.node), self._ttl_ms)
-        results = await pipe.execute(raise_on_error=False)
-        if not self._sha:
-            await self._load_scripts()
+        results = (await pipe.execute(raise_on_error=False))[0]
+        if isinstance(results, Exception):
+            if "NOSCRIPT" in str(results):  # Redis restarted between two flushes
+                await self._load_scripts()
+            else:  # a bug of ours: no mirroring rather than an error per flush
+                log.error("redis refused the frames of %d streams: %s", len(batch), results)
+                self._owned.clear()
+            return
         for (owned, head, appended, ending), result in zip(batch, results, strict=False):
             entry = owned.entry
-            if isinstance(result, Exception) and "NOSCRIPT" in str(result):
-                self._sha.clear()  # Redis restarted between two flushes: load them again
-                continue
-            if isinstance(result, Exception):  # a script error: a bug of ours
-                log.error("stream %s: redis refused its frames: %s", entry.id, result)
-                self._owned.pop(entry.id, None)
-            elif not result:
+            if not result:
                 self._owned.pop(entry.id, None)
                 log.warning("stream %s: this node lost its lease; generation stopped",
                             entry.id)
                 if entry.owner is not None:
                     entry.owner.cancel(OwnerLost("this stream's lease was taken over: its "
                                                  "generation stopped here"))
-            else:
-                if owned.token == b"0":
-                    owned.token = str(result).encode()
-                owned.sent = max(owned.sent, head)
-                remote = owned.remote
-                if remote is not None and remote.cursor.next_seq < head:
-                    remote.cursor.next_seq = head  # Redis has them: the readers there may
-                    remote.cursor.taken_bytes = appended  # take them
-                    owner = entry.owner
-                    if owner is not None and owner.state is PAUSED and owner.origin is remote:
-                        owner.writable_changed()
-                if ending:
-                    self._owned.pop(entry.id, None)
-                    self._release(owned, now)
+                continue
+            if owned.token == b"0":
+                owned.token = b"%d" % result
+            owned.sent = max(owned.sent, head)
+            remote = owned.remote
+            if remote is not None and remote.cursor.next_seq < head:
+                remote.cursor.next_seq = head  # Redis has them: the readers there may
+                remote.cursor.taken_bytes = appended  # take them
+                owner = entry.owner
+                if owner is not None and owner.state is PAUSED and owner.origin is remote:
+                    owner.writable_changed()
+            if ending:
+                self._owned.pop(entry.id, None)
+                self._release(owned, now)
 
     # -- reachability ------------------------------------------------------------------
 
     async def _load_scripts(self) -> None:
-        for name, text in (("append", _APPEND), ("take_over", _TAKE_OVER),
-                           ("renew", _RENEW)):
+        for name, text in (("append", _APPEND), ("take_over", _TAKE_OVER)):
             self._sha[name] = await self._client.script_load(text)
 
     async def _ping(self) -> None:
