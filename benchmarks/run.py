@@ -89,8 +89,12 @@ SERVERS: dict[str, Server] = {s.name: s for s in [
            [PY, "-m", "streamcore", "serve", "--host", "127.0.0.1", "--port", "{port}",
             "--token-rate", "{rate}", "--first-token-delay", "0", "--default-tokens", "1000000",
             "--max-answer-tokens", "1000000",
-            "--max-connections", "200000", "--log-level", "warning"],
+            "--max-connections", "200000", "--max-connections-per-ip", "0",
+            "--log-level", "warning"],
            ("sse", "ws"), "streamcore (uvloop, h11/wsproto)", needs=("streamcore",)),
+    Server("streamcore_user", _peer("streamcore_user.py"), ("sse", "ws"),
+           "streamcore, a user's @app.stream / @app.websocket handler",
+           needs=("streamcore",)),
     Server("raw_asyncio", _peer("raw_asyncio.py"), ("sse", "ws"),
            "raw asyncio.Protocol, pre-encoded (floor)", needs=("uvloop",)),
     Server("nginx", [PY, os.path.join(PEERS, "nginx_static.py"), "--host", "127.0.0.1",
@@ -174,6 +178,10 @@ class Running:
             # A tree from before the flag (a --streamcore-ref measured as "before"): its
             # synthetic model had no answer cap to lift.
             at = cmd.index("--max-answer-tokens")
+            del cmd[at:at + 2]
+        if "--max-connections-per-ip" in cmd and not _knows_limit(server.cwd,
+                                                                  "max_connections_per_ip"):
+            at = cmd.index("--max-connections-per-ip")  # a tree from before the cap
             del cmd[at:at + 2]
         self.cmd = pinned(cmd, cpu)
         self.log_path = os.path.join(out_dir, f"server-{server.name}.log")
@@ -650,6 +658,15 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def _knows_limit(tree: str, name: str) -> bool:
+    """Whether ``tree``'s Limits has the field ``name`` (each is a CLI flag)."""
+    try:
+        with open(os.path.join(tree, "streamcore", "limits.py")) as f:
+            return f"    {name}:" in f.read()
+    except OSError:
+        return True
+
+
 def _knows_flag(tree: str, flag: str) -> bool:
     """Whether the streamcore CLI in ``tree`` has ``--flag``."""
     cli = os.path.join(tree, "streamcore", "cli.py")
@@ -768,6 +785,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.streamcore_ref:
         directory, commit = snapshot(args.streamcore_ref)
         SERVERS["streamcore"].cwd = directory
+        SERVERS["streamcore_user"].cwd = directory  # its streamcore: the snapshot's
         import atexit
 
         atexit.register(shutil.rmtree, directory, True)

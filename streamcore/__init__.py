@@ -22,6 +22,7 @@ from .errors import (
     StreamError,
 )
 from .limits import Limits
+from .sources.paced import Paced
 from .store import Entry, MemoryStore, ReplayStore
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
     "HeadTooLarge",
     "Limits",
     "MemoryStore",
+    "Paced",
     "ProtocolError",
     "PushSource",
     "ReplayStore",

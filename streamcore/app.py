@@ -70,14 +70,16 @@ class App:
         self.chaos: Chaos | None = None
 
     def stream(self, method: str, path: str, *, sse_end: bytes | None = None,
-               public: bool = False, json: bool = False) -> Callable[
+               public: bool = False, json: bool = False, ids: bool = True) -> Callable[
             [StreamHandler], StreamHandler]:
         """Register an async-generator handler: its items become events of an SSE stream
         (``sse_end``: the data of a last event after a stream that completed).
-        ``public``: no API key needed; ``json``: a body must be JSON (else 415)."""
+        ``public``: no API key needed; ``json``: a body must be JSON (else 415); ``ids``:
+        events carry ids and the stream can be resumed (False: neither, see
+        :class:`EventStream`)."""
         def register(handler: StreamHandler) -> StreamHandler:
             self._add(Route(method.upper(), path, handler, True, sse_end, public=public,
-                            json=json))
+                            json=json, ids=ids))
             return handler
         return register
 

@@ -102,6 +102,9 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     _add(where, "log-level", str, "info", "debug, info, warning or error")
     _add(where, "log-format", str, "text",
          "text, or json: one JSON object per log line (time, level, logger, message)")
+    _add(where, "log-prompts", int, 0,
+         "1: log each chat request's messages (a 'prompt' line, joined to its stream's "
+         "line by completion_id); off by default: prompts are the users' data")
     _add(where, "workers", int, 1,
          "worker processes, each listening on the port (SO_REUSEPORT), supervised: one "
          "that dies is restarted; the server-wide budgets are shared among them")
@@ -253,6 +256,10 @@ def _log_setup(level: str, form: str) -> None:
                 entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
                          + f".{int(record.msecs):03d}Z", "level": record.levelname.lower(),
                          "logger": record.name, "message": record.getMessage()}
+                fields = getattr(record, "fields", None)
+                if isinstance(fields, dict):  # an access line: its fields, not a sentence
+                    del entry["message"]
+                    entry.update(fields)
                 if record.exc_info:
                     entry["exception"] = self.formatException(record.exc_info)
                 return json.dumps(entry, ensure_ascii=False)
@@ -327,7 +334,8 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace,
                                 max_answer_tokens=model.max_answer_tokens))
     app = build_app(None if upstreams else models, limits, upstreams=upstreams,
                     cors_origins=cors, api_keys=api_keys, worker=worker, chaos=chaos,
-                    metrics_public=bool(args.metrics_public))
+                    metrics_public=bool(args.metrics_public),
+                    log_prompts=bool(args.log_prompts))
     if worker is not None:
         from .metrics import Metrics
         from .workers import RUN_DIR_ENV
@@ -432,6 +440,8 @@ ENDPOINTS = (
     ("GET", "/v1/ws", "the same streams over WebSocket"),
     ("GET", "/v1/models", "the models"),
     ("GET", "/healthz", "liveness"),
+    ("GET", "/v1/streams", "the stream inspector (DELETE /v1/streams/{id} stops one)"),
+    ("GET", "/metrics", "Prometheus metrics"),
 )
 
 

@@ -15,6 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
+from .aio.context import Fields, access
 from .aio.stream import Stream
 from .aio.websocket import WebSocket
 from .app import App, EventStream, Request, Response
@@ -44,6 +47,7 @@ from .sources.upstream import (
     list_models,
     relay,
 )
+from .store.base import Entry
 
 log = logging.getLogger("streamcore")
 
@@ -112,6 +116,13 @@ class ChatStream:
             self.run.cancel()
             self.run = None  # no cycle left (see done)
 
+    def report(self) -> dict[str, Any]:
+        """For the stream's log line: the usage, counted here."""
+        count = self.run.i if self.run is not None else self.count
+        prompt = self.generation.prompt_tokens
+        return {"usage": {"prompt_tokens": prompt, "completion_tokens": count,
+                          "total_tokens": prompt + count, "source": "counted"}}
+
     def done_message(self, key: bytes) -> bytes:
         """The WebSocket gateway's last message for this request."""
         return wsapi.done_message(key, self.generation.finish_reason,
@@ -151,6 +162,8 @@ class Catalog:
         self.upstreams = upstreams
         self.limits = limits
         self._found: dict[int, tuple[float, tuple[str, ...]]] = {}
+        #: Log each streamed request's messages (--log-prompts).
+        self.log_prompts = False
 
     async def models_of(self, upstream: Upstream) -> tuple[str, ...]:
         if upstream.models is not None:
@@ -200,28 +213,39 @@ class Catalog:
     async def source(self, chat: ChatRequest) -> ChatStream | UpstreamChat:
         """The push source of a streamed answer."""
         found = await self.resolve(chat.model)
+        messages = chat.messages  # a ChatStream keeps none of its request
+        source: ChatStream | UpstreamChat
         if isinstance(found, SyntheticModel):
             kind = UTF8ChatStream if isinstance(found, UTF8Model) else ChatStream
-            return kind(chat, found.start(chat))
-        return UpstreamChat(chat, found, self.limits)
+            source = kind(chat, found.start(chat))
+        else:
+            source = UpstreamChat(chat, found, self.limits)
+        if self.log_prompts:
+            fields = {"event": "prompt", "completion_id": source.template.completion_id,
+                      "model": chat.model, "messages": messages}
+            access.info("%s", Fields(fields), extra={"fields": fields})
+        return source
 
 
 def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None = None, *,
               upstreams: list[Upstream] | None = None, cors_origins: Iterable[str] = (),
               api_keys: Iterable[str] = (), worker: int | None = None,
-              chaos: Chaos | None = None, metrics_public: bool = False) -> App:
+              chaos: Chaos | None = None, metrics_public: bool = False,
+              log_prompts: bool = False) -> App:
     """The gateway: the given synthetic models (default: one, when no upstream is given)
     and upstream LLM servers, routed by ``model``; CORS and API keys as
     :class:`~streamcore.App` has them (``/healthz`` and the demo page need no key).
     ``worker``: this process's index under ``--workers`` (``/healthz`` names it).
     ``chaos``: chaos mode on (docs/chaos.md), and ``GET /v1/chaos/faults``.
-    ``GET /metrics`` needs the API key (when one is set) unless ``metrics_public``."""
+    ``GET /metrics`` needs the API key (when one is set) unless ``metrics_public``.
+    ``log_prompts``: a ``prompt`` line (``streamcore.access``) per chat request."""
     app = App(limits=limits, name="streamcore-gateway", cors_origins=cors_origins,
               api_keys=api_keys)
     app.chaos = chaos
     upstreams = upstreams or []
     synthetic = models if models is not None else ([] if upstreams else [SyntheticModel()])
     catalog = Catalog({model.name: model for model in synthetic}, upstreams, app.limits)
+    catalog.log_prompts = log_prompts
     started = int(time.time())
 
     if upstreams:
@@ -284,6 +308,25 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
         how a browser's EventSource, which can only GET, follows a POSTed stream."""
         return EventStream(None, sse_end=SSE_DONE, resume=request.path_params["stream_id"])
 
+    @app.route("GET", "/v1/streams")
+    async def list_streams(request: Request) -> dict[str, Any]:
+        """The stream inspector: this process's live streams, then the ended ones kept
+        for resume (with ``--workers``, each worker lists its own)."""
+        store = request.store
+        if store is None:
+            return {"object": "list", "data": []}
+        entries = getattr(store, "entries", store.live)()
+        now = time.time()
+        return {"object": "list", "worker": worker,
+                "data": [inspect(entry, now) for entry in entries]}
+
+    @app.route("DELETE", "/v1/streams/{stream_id}")
+    async def delete_stream(request: Request) -> dict[str, Any]:
+        """Stop a stream (as ``POST /v1/streams/{id}/cancel``): its generation is
+        cancelled, its readers get the ``cancelled`` error event."""
+        stopped: dict[str, Any] = await cancel_stream(request)
+        return stopped
+
     @app.route("POST", "/v1/streams/{stream_id}/cancel")
     async def cancel_stream(request: Request) -> dict[str, Any]:
         """Stop a stream's generation now (any client of the stream may): its readers get
@@ -332,6 +375,32 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
     from .demo import add_demo_routes  # GET / : the demo page (streamcore/demo/)
     add_demo_routes(app)
     return app
+
+
+def inspect(entry: Entry, now: float) -> dict[str, Any]:
+    """One row of the stream inspector (``GET /v1/streams``)."""
+    model, transport, created = entry.meta or ("", "", now)
+    owner = entry.owner
+    if owner is not None:
+        state = owner.state.name.lower()
+    elif entry.error is None:
+        state = "completed"
+    else:
+        try:
+            code = orjson.loads(entry.error)["error"]["code"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            code = None
+        state = "cancelled" if code in ("cancelled", "server_shutdown") else "failed"
+    buffered = 0
+    for reader in entry.readers:
+        buffered += reader.cursor.backlog_bytes
+        transport_ = getattr(getattr(reader, "conn", None), "transport", None)
+        if transport_ is not None:
+            buffered += transport_.get_write_buffer_size()
+    return {"id": entry.id, "object": "stream", "model": model, "transport": transport,
+            "state": state, "created": int(created), "age_s": round(now - created, 3),
+            "tokens": entry.log.next_seq - 1, "readers": len(entry.readers),
+            "buffered_bytes": buffered, "log_bytes": entry.log.held_bytes}
 
 
 async def _ws_message(ws: WebSocket, message: str | bytes, catalog: Catalog) -> None:

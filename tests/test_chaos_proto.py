@@ -131,8 +131,12 @@ def test_select() -> None:
     assert select(chaos, None, "", None, websocket=False, fresh_seed=5) is None
     found = select(chaos, b"crlf, bom", "", None, websocket=False, fresh_seed=5)
     assert found == Selection(frozenset({"crlf", "bom"}), 5)
-    found = select(Chaos(("crlf",), 9), None, "a=1", None, websocket=False, fresh_seed=5)
-    assert found == Selection(frozenset({"crlf"}), 9)
+    server = Chaos(("crlf", "split-bytes"), 9)
+    found = select(server, None, "a=1", None, websocket=False, fresh_seed=5)
+    assert found == Selection(frozenset({"crlf", "split-bytes"}), 9)
+    found = select(server, None, "", None, websocket=True, fresh_seed=5)
+    assert found == Selection(frozenset({"split-bytes"}), 9)  # crlf: HTTP only
+    assert select(Chaos(("crlf",)), None, "", None, websocket=True, fresh_seed=5) is None
     found = select(chaos, None, "chaos=ws-drop&chaos_seed=3", None, websocket=True,
                    fresh_seed=5)
     assert found == Selection(frozenset({"ws-drop"}), 3)

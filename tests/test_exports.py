@@ -18,6 +18,7 @@ DOCUMENTED = [
     "HeadTooLarge",
     "Limits",
     "MemoryStore",
+    "Paced",
     "ProtocolError",
     "PushSource",
     "ReplayStore",

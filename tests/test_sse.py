@@ -685,3 +685,19 @@ def test_framer_comment_is_a_heartbeat_never_a_blank_line(chunked: bool) -> None
     assert data == (b"2\r\n:\n\r\n" if chunked else b":\n")
     assert Decoder().feed(b"id: s-1\ndata: x\n\n" + b":\n") == [Event("x", id="s-1")]
     assert b"".join(framer.chunk(b"abc")) == (b"3\r\nabc\r\n" if chunked else b"abc")
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_framer_without_ids(chunked: bool) -> None:
+    """EventStream(ids=False): the same events, without ``id:`` lines (9.2.6: an event
+    without an id leaves the client's last event id as it was)."""
+    framer = SSEFramer("s", chunked, ids=False)
+    assert framer.prefix is None
+    one = framer.event(7, (b'{"a":', b"1}"), 7)
+    assert one == (b"f\r\ndata: {\"a\":1}\n\n\r\n" if chunked else b'data: {"a":1}\n\n')
+    bufs, total = framer.events(1, [(b"a\nb",), (b"c",)], 4, {1})
+    data = b"".join(bufs)
+    assert total == len(data)
+    body = b"".join(unchunk(data)) if chunked else data
+    assert body == b"data: a\ndata: b\n\ndata: c\n\n"
+    assert [(e.data, e.id) for e in Decoder().feed(body)] == [("a\nb", ""), ("c", "")]

@@ -754,3 +754,30 @@ def test_flusher_flushes_each_woken_reader_once_per_iteration() -> None:
         assert flushes == [1] and len(reader.frames) == 10
 
     run(main)
+
+
+def test_the_generator_adapter_keeps_every_item_exact_and_marks_line_breaks() -> None:
+    """Bytes (the common item: inlined in the adapter) and the other types, through a
+    running stream: copies of exact size, line breaks marked for SSE."""
+    async def main() -> None:
+        dumped = orjson.dumps({"t": "x"})
+
+        async def gen() -> AsyncIterator[Any]:
+            yield dumped
+            yield b"a\nb"
+            yield b"a\rb"
+            yield "s"
+            yield {"k": 1}
+
+        stream = new_stream(GeneratorSource(gen()), log_bytes=1 << 20)
+        attach(stream)
+        done = asyncio.Event()
+        stream.on_end = lambda s: done.set()
+        stream.start()
+        await done.wait()
+        frames = stream.log.since(1)
+        assert frames == [(b'{"t":"x"}',), (b"a\nb",), (b"a\rb",), (b"s",), (b'{"k":1}',)]
+        assert frames[0][0] is not dumped
+        assert stream.entry.multiline == {2, 3}
+
+    run(main)

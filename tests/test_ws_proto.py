@@ -880,6 +880,30 @@ def test_nothing_is_parsed_after_closed(ending: str) -> None:
     assert session.receive(late) == [] and session.parse_more() == []
 
 
+@pytest.mark.parametrize("n", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_plain_messages_are_framed_as_wsproto_frames_them(n: int) -> None:
+    """Without permessage-deflate a message is framed by us (text and binary headers of
+    every length class), byte for byte what wsproto makes."""
+    server = Connection(ConnectionType.SERVER)
+    session = new_session()
+    assert session.message("a" * n) == server.send(TextMessage("a" * n))
+    assert session.message(b"b" * n) == server.send(BytesMessage(b"b" * n))
+    assert ws.binary_header(n) + b"b" * n == server.send(BytesMessage(b"b" * n))
+
+
+def test_text_message_from_utf8_bytes() -> None:
+    """ws.send_json's way: the UTF-8 of a text message framed as it is; with deflate the
+    message goes through wsproto (compressed); nothing once the session is closing."""
+    plain = new_session()
+    assert plain.text_message("h\u00e9".encode()) == plain.message("h\u00e9")
+    c, deflated = deflate_client_pair()
+    c.receive_data(deflated.text_message(b'{"a":"' + b"x" * 300 + b'"}'))
+    (event,) = list(c.events())
+    assert isinstance(event, TextMessage) and event.data == '{"a":"' + "x" * 300 + '"}'
+    plain.close()
+    assert plain.text_message(b"x") == b""
+
+
 @pytest.mark.parametrize("bad", [frame(CLOSE, close_payload(999)), frame(TEXT, b"\xff"),
                                  frame(TEXT, b"x", masked=False)])
 def test_a_protocol_error_while_closing_fails_the_connection(bad: bytes) -> None:

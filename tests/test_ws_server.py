@@ -1106,3 +1106,31 @@ def test_unread_client_messages_do_not_make_a_live_peer_look_dead(
     got, code = run(main())
     assert code == 1000, f"closed with {code} after {len(got)} of {ticks} items"
     assert got == [f"tick {i}" for i in range(ticks)]
+
+
+def test_messages_sent_in_one_loop_iteration_arrive_whole_and_in_order(
+        serve: Callable[..., Served]) -> None:
+    """``await ws.send`` batches what one loop iteration sends into one write (and writes
+    at once past FLUSH_BYTES): every message arrives, in order, before the close, with
+    JSON (send_json: its UTF-8 framed as it is) and binary ones among them."""
+    app = streamcore.App(limits=LIMITS)
+
+    @app.websocket("/burst")
+    async def burst(ws: Any) -> None:
+        async for message in ws:
+            for i in range(200):  # ~200 KiB: several early flushes, never yielding
+                await ws.send(f"{message!s}-{i}-" + "x" * 1000)
+            await ws.send_json({"n": "\u00e9"})
+            await ws.send(b"\x00bin")
+            await ws.close()
+
+    served = serve(app, LIMITS)
+
+    async def main() -> list[str | bytes]:
+        async with client(served, "/burst") as ws:
+            await ws.send("m")
+            return [message async for message in ws]
+
+    got = run(main())
+    assert got[:200] == [f"m-{i}-" + "x" * 1000 for i in range(200)]
+    assert got[200:] == ['{"n":"\u00e9"}', b"\x00bin"]

@@ -21,7 +21,7 @@ from ..proto.access import require_json
 from ..proto.cursor import parse_cursor, resume_query
 from ..proto.http import HTTPSession, Phase
 from ..store.base import Entry
-from .context import Context
+from .context import Context, Fields, access
 from .handler import EventStream, Request, Response, Route, to_response
 from .output import Output, watch_peer
 from .sse import SSE_HEADERS, SSEReader
@@ -35,8 +35,8 @@ class HTTPConnection(Output):
     :class:`~.websocket.WebSocketConnection` on upgrade."""
 
     # An idle stream's connection is mostly this object: slots keep it small.
-    __slots__ = ("_extra", "_method", "_received", "_task", "_timer", "close_after_response",
-                 "ctx", "reader", "session")
+    __slots__ = ("_extra", "_method", "_path", "_received", "_task", "_timer",
+                 "close_after_response", "ctx", "reader", "session")
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx.loop, ctx.limits, ctx.admission)
@@ -47,6 +47,7 @@ class HTTPConnection(Output):
         #: The SSE response being written, if any.
         self.reader: SSEReader | None = None
         self._method = "GET"
+        self._path = ""
         #: When the current request came (time.monotonic): time to first token from it.
         self._received = 0.0
         #: Headers every response to the current request carries (CORS, a stream's own).
@@ -147,6 +148,7 @@ class HTTPConnection(Output):
         """Dispatch one complete request."""
         self._set_timer(None)
         self._method = raw.method
+        self._path = raw.path
         self._received = time.monotonic()
         try:
             self._dispatch(raw)
@@ -179,7 +181,7 @@ class HTTPConnection(Output):
         self.admission.check_new_work()
         request = Request(raw, params, self.peer, router, store=self.ctx.store)
         if route.streaming:
-            self._start_stream(route.handler(request), route.sse_end, request)
+            self._start_stream(route.handler(request), route.sse_end, request, ids=route.ids)
         else:
             # A real task: the handler may use asyncio.timeout(), anyio, httpx, ...
             self._task = self.loop.create_task(self._run_plain(route, request))
@@ -196,7 +198,8 @@ class HTTPConnection(Output):
                 return
             if isinstance(result, EventStream):
                 self._extra = self._extra + result.headers
-                self._start_stream(result.items, result.sse_end, request, result.resume)
+                self._start_stream(result.items, result.sse_end, request, result.resume,
+                                   ids=result.ids)
             else:
                 self.respond(to_response(result))
         except asyncio.CancelledError:
@@ -210,7 +213,7 @@ class HTTPConnection(Output):
         """Write a complete response, then go on to the next request (or close)."""
         if self.transport is None:
             return
-        self._responded(response.status)
+        self._responded(response.status, len(response.body))
         session = self.session
         headers = [(b"content-type", response.content_type),
                    (b"content-length", b"%d" % len(response.body)), *response.headers,
@@ -232,7 +235,7 @@ class HTTPConnection(Output):
     # -- streams ---------------------------------------------------------------------
 
     def _start_stream(self, items: Any, sse_end: bytes | None, request: Request,
-                      resume: str | None = None) -> None:
+                      resume: str | None = None, *, ids: bool = True) -> None:
         after: int | None = None
         epoch: str | None = None
         if resume is not None:  # the stream-by-id route: ?starting_after=N[&epoch=E]
@@ -278,14 +281,16 @@ class HTTPConnection(Output):
             self.reader.wake()
             return
         head_only = self._method == "HEAD"
-        stream = ctx.new_stream(items, sse_end=sse_end, resumable=not head_only,
+        # Without ids nobody can resume it: not in the store, its log not retained.
+        stream = ctx.new_stream(items, sse_end=sse_end, resumable=ids and not head_only,
                                 transport=None if head_only else "sse")
         if head_only:  # the head of the stream, and no generation
-            head, _ = self.stream_head(stream.entry)
+            head, _ = self.stream_head(stream.entry, ids)
             self.send(head)
             self.response_done()
             return
-        reader = self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, stream.entry)
+        reader = self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, stream.entry,
+                                         ids=ids)
         ctx.time_first_token(reader, stream, self._received)
         reader.start(origin=True)
         stream.start()
@@ -297,16 +302,27 @@ class HTTPConnection(Output):
         if replayed:
             metrics.child("streamcore_resume_replayed_events_total", "sse").inc(replayed)
 
-    def stream_head(self, entry: Entry) -> tuple[bytes, bool]:
+    def stream_head(self, entry: Entry, ids: bool = True) -> tuple[bytes, bool]:
         headers = [*SSE_HEADERS, (b"x-stream-id", entry.id.encode()),
                    (b"x-stream-epoch", entry.epoch.encode()), *self._extra]
+        if not ids:  # a stream nobody can resume has no id to give
+            del headers[len(SSE_HEADERS):len(SSE_HEADERS) + 2]
         if self.close_after_response:
             headers.append((b"connection", b"close"))
-        self._responded(200)
+        self.ctx.metrics.child("streamcore_http_responses_total", "200").inc()
         return self.session.stream_head(headers, method=self._method)
 
-    def _responded(self, status: int) -> None:
+    def _responded(self, status: int, nbytes: int) -> None:
+        """A complete response (a stream's line is its stream's, at its end): counted, and
+        one log line (never a header: no key, no cookie)."""
         self.ctx.metrics.child("streamcore_http_responses_total", str(status)).inc()
+        if access.isEnabledFor(logging.INFO):
+            fields = {"event": "request", "method": self._method, "path": self._path,
+                      "status": status, "bytes": nbytes,
+                      "duration_s": round(time.monotonic() - self._received, 6)
+                      if self._received else None,
+                      "peer": self.peer[0] if isinstance(self.peer, tuple) else None}
+            access.info("%s", Fields(fields), extra={"fields": fields})
 
     def stream_refused(self, reader: SSEReader, exc: RequestError) -> None:
         if self.reader is reader:
@@ -382,7 +398,7 @@ class HTTPConnection(Output):
         """A complete error response, then close; made without h11, whose state may be an
         error by now."""
         self.session.fail()
-        self._responded(exc.status)
+        self._responded(exc.status, 0)
         self.send(http.error_response(exc.status, exc.envelope(), exc.headers))
         self.close_transport()
 

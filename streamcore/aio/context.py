@@ -7,6 +7,7 @@ and finished by outcome, at the two transitions, never per token."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,13 +15,17 @@ from typing import Any
 import orjson
 
 from ..limits import Limits
-from ..metrics import Child, Metrics
+from ..metrics import Metrics
 from ..proto.pipe import CANCELLED, COMPLETED
 from ..store.base import ReplayStore
 from .admission import Admission
 from .handler import Router
 from .sse import Heartbeat
 from .stream import BaseReader, Flusher, Stream, source_of
+
+#: One line per request and per stream (docs/operations.md): ``--log-format json`` makes
+#: each a JSON object.
+access = logging.getLogger("streamcore.access")
 
 
 @dataclass(slots=True, eq=False)
@@ -41,8 +46,8 @@ class Context:
     def new_stream(self, items: object, *, sse_end: bytes | None = None,
                    resumable: bool = False, transport: str | None = None) -> Stream:
         """A stream with this server's limits; ``resumable``: findable in the store by id
-        while it runs and after it ended; ``transport``: counted in the metrics under this
-        label (None: a stream that will not run, e.g. for a HEAD)."""
+        while it runs and after it ended; ``transport``: counted in the metrics and logged
+        under this label (None: a stream that will not run, e.g. for a HEAD)."""
         limits = self.limits
         stream = Stream(source_of(items, limits.stream_idle_timeout_s),
                         log_bytes=limits.stream_log_bytes,
@@ -53,57 +58,99 @@ class Context:
         if resumable:
             self.store.add(stream.entry)
         if transport is not None:
-            model = model_of(items)
-            metrics = self.metrics
-            metrics.child("streamcore_streams_started_total", model, transport).inc()
-            active = metrics.child("streamcore_streams_active", model, transport)
-            active.inc()
-            source = stream.source
-            stream.on_end = lambda s: self._ended(s, resumable, model, transport, active,
-                                                  source)
+            meter = stream.meter = StreamMeter(self, stream, resumable, transport)
+            stream.on_end = meter.ended
         elif resumable:
-            stream.on_end = lambda s: self.store.ended(s.entry)
+            stream.on_end = self._stored
         return stream
+
+    def _stored(self, stream: Stream) -> None:
+        stream.on_end = None
+        self.store.ended(stream.entry)
 
     def time_first_token(self, reader: BaseReader, stream: Stream, received: float) -> None:
         """Measure the origin reader's time to first token, from ``received``
         (time.monotonic) to the first token's bytes written."""
-        reader.ttft = self.metrics.child("streamcore_time_to_first_token_seconds",
-                                         model_of(stream.source), reader.transport)
+        meter = stream.meter
+        if meter is None:
+            return
+        meter.received = received
+        reader.ttft = meter
         reader.ttft_from = received
         reader.ttft_seq = getattr(stream.source, "first_token_seq", 1)
 
-    def _ended(self, stream: Stream, resumable: bool, model: str, transport: str,
-               active: Child, source: object) -> None:
+
+class StreamMeter:
+    """What a server counts and logs of one stream: started and active now, then at its
+    end the outcome, its time to first token, and one log line."""
+
+    __slots__ = ("active", "ctx", "model", "received", "resumable", "source", "started",
+                 "transport", "ttft_s")
+
+    def __init__(self, ctx: Context, stream: Stream, resumable: bool, transport: str) -> None:
+        self.ctx = ctx
+        self.source: object = stream.source
+        self.model = model = model_of(stream.source)
+        self.transport = transport
+        self.resumable = resumable
+        self.started = self.received = time.monotonic()
+        stream.entry.meta = (model, transport, time.time())
+        self.ttft_s: float | None = None
+        metrics = ctx.metrics
+        metrics.child("streamcore_streams_started_total", model, transport).inc()
+        self.active = metrics.child("streamcore_streams_active", model, transport)
+        self.active.inc()
+
+    def observe(self, value: float) -> None:
+        """The origin reader wrote the first token ``value`` seconds after the request."""
+        self.ttft_s = value
+        self.ctx.metrics.child("streamcore_time_to_first_token_seconds", self.model,
+                               self.transport).observe(value)
+
+    def ended(self, stream: Stream) -> None:
         # This callback holds the source, which holds the stream: no cycle left behind.
         stream.on_end = None
+        stream.meter = None
         left, stream.left = stream.left, None
-        if resumable:
-            self.store.ended(stream.entry)
-        active.inc(-1)
+        ctx = self.ctx
+        if self.resumable:
+            ctx.store.ended(stream.entry)
+        self.active.inc(-1)
+        metrics = ctx.metrics
         state = stream.state
         if state is COMPLETED:
             outcome = "completed"
         elif state is not CANCELLED:
             outcome = "failed"
-        elif self.admission.draining:  # cancelled with ServerShutdown by Server.close
+        elif ctx.admission.draining:  # cancelled with ServerShutdown by Server.close
             outcome = "shutdown"
         elif stream.readers or left is None:
             outcome = "cancelled"  # asked for while someone still read
         else:
             reader, left_at = left
             outcome = getattr(reader, "why", "client_gone")
-            self.metrics.child("streamcore_cancel_propagation_seconds").observe(
+            metrics.child("streamcore_cancel_propagation_seconds").observe(
                 time.monotonic() - left_at)
-        self.metrics.child("streamcore_streams_finished_total", model, transport,
-                           outcome).inc()
-        attempts = getattr(source, "upstream_attempts", None)
+        metrics.child("streamcore_streams_finished_total", self.model, self.transport,
+                      outcome).inc()
+        report_of = getattr(self.source, "report", None)
+        report: dict[str, Any] = report_of() if callable(report_of) else {}
+        attempts = report.get("attempts")
         if isinstance(attempts, int) and attempts > 0:
             self._upstream_ended(stream, attempts)
+        if access.isEnabledFor(logging.INFO):
+            fields = self._fields(stream, outcome, report)
+            if self.ttft_s is None and stream.readers:
+                # The readers write the last frames at the end of this loop iteration:
+                # the line waits for them, so that it has the time to first token.
+                ctx.loop.call_soon(self._log, fields)
+            else:
+                self._log(fields)
+        self.source = None
 
     def _upstream_ended(self, stream: Stream, attempts: int) -> None:
         """An upstream's stream: its request's outcome, retries, an abort."""
-        metrics = self.metrics
+        metrics = self.ctx.metrics
         state = stream.state
         if state is COMPLETED:
             outcome = "completed"
@@ -116,6 +163,48 @@ class Context:
         if attempts > 1:
             metrics.child("streamcore_upstream_retries_total").inc(attempts - 1)
 
+    def _log(self, fields: dict[str, Any]) -> None:
+        """One line per stream (``streamcore.access``): never a key, never a prompt."""
+        if self.ttft_s is not None:
+            fields["ttft_s"] = round(self.ttft_s, 6)
+        access.info("%s", Fields(fields), extra={"fields": fields})
+
+    def _fields(self, stream: Stream, outcome: str, report: dict[str, Any]) -> dict[str, Any]:
+        log_ = stream.log
+        usage = report.get("usage")
+        fields: dict[str, Any] = {
+            "event": "stream", "stream": stream.id, "completion_id": getattr(
+                getattr(self.source, "template", None), "completion_id", None),
+            "model": self.model,
+            "transport": self.transport, "outcome": outcome,
+            "error": _error_code(stream.entry.error, known=None) if stream.entry.error
+            else None,
+            "events": log_.next_seq - 1, "bytes": log_.appended_bytes,
+            "ttft_s": None,
+            "duration_s": round(time.monotonic() - self.received, 6),
+        }
+        if isinstance(usage, dict):
+            fields["usage"] = {k: v for k, v in usage.items() if k != "source"}
+            fields["usage_source"] = usage.get("source")
+        if "upstream" in report:
+            fields["upstream"] = report["upstream"]
+            fields["attempts"] = report.get("attempts")
+        return fields
+
+
+class Fields:
+    """A log line's fields, written ``key=value`` by a text formatter (the JSON formatter
+    takes ``record.fields`` as they are)."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return " ".join(f"{k}={orjson.dumps(v).decode() if not isinstance(v, str) else v}"
+                        for k, v in self.fields.items() if v is not None)
+
 
 #: Error codes a failed upstream stream is counted under; any other (an upstream's own
 #: code, relayed: unbounded) is counted as ``upstream_error``.
@@ -125,13 +214,17 @@ UPSTREAM_CODES = frozenset({
     "upstream_504", "stream_idle", "internal_error", "handler_failed"})
 
 
-def _error_code(envelope: bytes | None) -> str:
-    """The ``code`` of an OpenAI error envelope, as a label of bounded cardinality."""
+def _error_code(envelope: bytes | None,
+                known: frozenset[str] | None = UPSTREAM_CODES) -> str:
+    """The ``code`` of an OpenAI error envelope; a label of bounded cardinality when
+    ``known`` is given (any other code is ``upstream_error``)."""
     try:
         code = orjson.loads(envelope or b"{}")["error"]["code"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         code = None
-    return code if code in UPSTREAM_CODES else "upstream_error"
+    if known is None:
+        return code if isinstance(code, str) else "error"
+    return code if code in known else "upstream_error"
 
 
 def model_of(source: object) -> str:

@@ -129,6 +129,10 @@ class EventStream:
     #: Extra response headers (``(name, value)`` bytes, names lowercase) on the stream's
     #: head, e.g. a handler's own CORS or cache headers.
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: SSE events carry ``id:`` lines and the stream is kept for resume (Last-Event-ID).
+    #: False, for a stream nobody will resume: no ``id:`` line (fewer bytes and less CPU
+    #: per event), no X-Stream-Id header, not in the store, its log not retained.
+    ids: bool = True
 
 
 def to_response(result: Any) -> Response:
@@ -156,6 +160,8 @@ class Route:
     public: bool = False
     #: Takes a JSON body: another content type is refused with 415.
     json: bool = False
+    #: SSE events carry ids and the stream is resumable (see :class:`EventStream`).
+    ids: bool = True
 
 
 class Router(Protocol):

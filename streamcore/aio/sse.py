@@ -34,8 +34,9 @@ class Responder(Protocol):
 
     def sendv(self, bufs: list[bytes], size: int = -1) -> None: ...
 
-    def stream_head(self, entry: Entry) -> tuple[bytes, bool]:
-        """The response head, and whether the body is chunked."""
+    def stream_head(self, entry: Entry, ids: bool = True) -> tuple[bytes, bool]:
+        """The response head (naming the stream when ``ids``), and whether the body is
+        chunked."""
 
     def stream_refused(self, reader: SSEReader, exc: RequestError) -> None:
         """Answer the request with ``exc`` instead of a stream (nothing was sent yet)."""
@@ -47,11 +48,13 @@ class Responder(Protocol):
 class SSEReader(BaseReader):
     """Writes one stream to one HTTP response: the events of each flush in one chunk."""
 
-    __slots__ = ("framer", "hb_seen", "heartbeat")
+    __slots__ = ("framer", "hb_seen", "heartbeat", "ids")
 
     def __init__(self, conn: Responder, flusher: Flusher, heartbeat: Heartbeat, entry: Entry,
-                 start_seq: int | None = None) -> None:
+                 start_seq: int | None = None, ids: bool = True) -> None:
         super().__init__(flusher, entry)
+        #: Events carry ids (a resumable stream); False: none (EventStream(ids=False)).
+        self.ids = ids
         self.conn = conn
         self.heartbeat = heartbeat
         self.cursor = Cursor(entry.log, start_seq)
@@ -90,8 +93,9 @@ class SSEReader(BaseReader):
                 return
             if self.entry.hold and log_.next_seq == 1 and not log_.closed:
                 return  # the head waits: the source may still refuse with a status
-            head, chunked = conn.stream_head(self.entry)
-            framer = self.framer = SSEFramer(self.entry.id, chunked, self.entry.epoch)
+            head, chunked = conn.stream_head(self.entry, self.ids)
+            framer = self.framer = SSEFramer(self.entry.id, chunked, self.entry.epoch,
+                                             self.ids)
             bufs.append(head)
             size = len(head)
         if cursor.next_seq < log_.next_seq:

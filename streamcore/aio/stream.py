@@ -32,7 +32,7 @@ from ..errors import (
     StreamcoreError,
     StreamError,
 )
-from ..metrics import Child, Metrics
+from ..metrics import Metrics
 from ..proto.cursor import new_stream_id
 from ..proto.jsonbytes import dumps
 from ..proto.pipe import (
@@ -84,6 +84,16 @@ class PushSource(Protocol):
     def cancel_push(self) -> None: ...
 
 
+class Observer(Protocol):
+    def observe(self, value: float) -> None: ...
+
+
+class Flushable(Protocol):
+    """What a :class:`Flusher` flushes: a reader, or a WebSocket's batch of messages."""
+
+    def flush(self) -> None: ...
+
+
 class Flusher:
     """Readers woken during one loop iteration, flushed together once it is done: one
     ``call_soon`` per iteration for all streams, not one per token.  Readers queue
@@ -93,7 +103,7 @@ class Flusher:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, metrics: Metrics | None = None) -> None:
         self.loop = loop
-        self.pending: list[BaseReader] = []
+        self.pending: list[Flushable] = []
         self.scheduled = False
         self.metrics = metrics = metrics or Metrics()
         #: Per transport: events written, bytes written, token-to-write latency.
@@ -146,9 +156,10 @@ class BaseReader:
         self.done = False
         #: When the oldest frame not yet written woke this reader (time.monotonic; 0: none).
         self.woken_at = 0.0
-        #: The origin reader's time-to-first-token histogram, until the frame numbered
-        #: ``ttft_seq`` is written (``ttft_from``: when the request came).
-        self.ttft: Child | None = None
+        #: The origin reader's time-to-first-token histogram (or what observes for it),
+        #: until the frame numbered ``ttft_seq`` is written (``ttft_from``: when the
+        #: request came).
+        self.ttft: Observer | None = None
         self.ttft_from = 0.0
         self.ttft_seq = 1
         #: Why this reader left, if it leaves before the end (a stream's outcome).
@@ -197,7 +208,7 @@ class Stream:
     """One generation: its source, its entry (log and readers), its flow control."""
 
     __slots__ = ("_grace", "_left_at", "entry", "flow", "flush_bytes", "grace_s", "left",
-                 "log", "on_end", "origin", "readers", "source", "state")
+                 "log", "meter", "on_end", "origin", "readers", "source", "state")
 
     def __init__(
         self,
@@ -236,6 +247,8 @@ class Stream:
         #: The last reader to leave while none was left, and when (time.monotonic): why
         #: a cancelled stream ended, and how long its cancel took (metrics).
         self.left: tuple[Reader, float] | None = None
+        #: What the server counts and logs of this stream (``Context``'s), if anything.
+        self.meter: Any = None
 
     @property
     def id(self) -> str:
@@ -376,22 +389,24 @@ def to_frame(item: Any) -> tuple[Frame, int, bool]:
     nothing tells such bytes from exact ones, so bytes are copied (~0.1 us for a chunk) and
     a tuple's buffers are joined into one."""
     kind = type(item)
-    if kind is str:
+    if kind is bytes:
+        data = _EMPTY.join((item, _EMPTY))  # a copy: join returns a lone bytes as it is
+    elif kind is str:
         data = item.encode()
-    elif kind is bytes or kind is tuple:
-        data = b"".join(item) if kind is tuple else _exact(item)
+    elif kind is tuple:
+        data = _EMPTY.join(item)
     elif kind is dict or kind is list:
         data = dumps(item)
     elif isinstance(item, bytes | bytearray | memoryview):  # bytes() copies a bytes subclass
         data = bytes(item)
     else:
         data = str(item).encode()
-    return (data,), len(data), b"\n" not in data and b"\r" not in data
+    # Integer needles: memchr, 5x faster than b"\n" in data (CPython 3.11).
+    return (data,), len(data), _LF not in data and _CR not in data
 
 
-def _exact(data: bytes) -> bytes:
-    """``data`` in an exact-size buffer (``bytes(data)`` would return ``data`` itself)."""
-    return bytes(memoryview(data))
+_EMPTY = b""
+_LF, _CR = 10, 13
 
 
 class GeneratorSource:
@@ -461,12 +476,20 @@ class GeneratorSource:
         log_ = stream.log
         limit = stream.flush_bytes
         mark = log_.appended_bytes
+        push = stream.push
+        join = _EMPTY.join
         try:
             async for item in agen:
-                frame, size, single = to_frame(item)
+                if type(item) is bytes:  # to_frame's first case, inlined: the common item
+                    data = join((item, _EMPTY))
+                    frame: Frame = (data,)
+                    size = len(data)
+                    single = _LF not in data and _CR not in data
+                else:
+                    frame, size, single = to_frame(item)
                 if not single:
                     stream.entry.mark_multiline()
-                if not stream.push(frame, size):
+                if not push(frame, size):
                     self.waiter = asyncio.get_running_loop().create_future()
                     await self.waiter
                     mark = log_.appended_bytes

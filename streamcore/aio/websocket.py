@@ -26,7 +26,7 @@ from ..store.base import Entry
 from .context import Context
 from .handler import Request, Route
 from .output import Output
-from .stream import BaseReader, PushSource
+from .stream import FLUSH_BYTES, BaseReader, PushSource
 
 log = logging.getLogger("streamcore")
 
@@ -126,6 +126,13 @@ class WebSocketConnection(Output):
         self._ping_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.close_after_stream = False
+        #: The messages the handler sent (``await ws.send``) during this loop iteration,
+        #: written together by the Flusher once it is done (:meth:`flush`): one write per
+        #: connection and iteration, not one ``write(2)`` per message.  (Kept here, not in
+        #: an object of its own that would point back: no cycle, see test_no_cycles.py.)
+        self._batch: list[bytes] = []
+        self._batch_size = 0
+        self.scheduled = False
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -282,12 +289,46 @@ class WebSocketConnection(Output):
 
     # -- messages out ---------------------------------------------------------------
 
-    def send_message(self, data: str | bytes) -> bool:
-        """One whole message (compressed if negotiated); False if the socket is closing."""
+    def send_message(self, data: str | bytes, *, utf8: bool = False) -> bool:
+        """One whole message (compressed if negotiated), written with the others of this
+        loop iteration; ``utf8``: ``data`` is the UTF-8 of a text message.  False if the
+        socket is closing."""
         if self.transport is None or not self.session.open:
             return False
-        self.send(self.session.message(data))
+        session = self.session
+        frame = (session.text_message(data) if utf8 else  # type: ignore[arg-type]
+                 session.message(data))
+        self._batch.append(frame)
+        self._batch_size += len(frame)
+        if self._batch_size >= FLUSH_BYTES:  # at once: the transport's backpressure (which
+            self.flush()                     # ws.send waits on) must see them
+        elif not self.scheduled:
+            self.scheduled = True
+            flusher = self.ctx.flusher
+            flusher.pending.append(self)
+            if not flusher.scheduled:
+                flusher.scheduled = True
+                flusher.loop.call_soon(flusher.run)
         return True
+
+    def flush(self) -> None:
+        """Write the batch of messages (the Flusher's call, or an early one)."""
+        self.scheduled = False  # (still queued if flushed early: that run finds it empty)
+        bufs = self._batch
+        if bufs:
+            self._batch = []
+            size, self._batch_size = self._batch_size, 0
+            super().sendv(bufs, size)
+
+    def send(self, data: bytes) -> None:
+        if self._batch:  # what the handler sent goes first: one order on the wire
+            self.flush()
+        super().send(data)
+
+    def sendv(self, bufs: list[bytes], size: int = -1) -> None:
+        if self._batch:
+            self.flush()
+        super().sendv(bufs, size)
 
     async def drained(self) -> None:
         """Return once the transport takes bytes again (at once if it does)."""
@@ -452,13 +493,21 @@ class WebSocket:
                 return
 
     async def send(self, data: str | bytes) -> None:
-        """Send one message (compressed if negotiated); waits while the peer is slow."""
-        if not self.conn.send_message(data):
+        """Send one message (compressed if negotiated); waits while the peer is slow.
+        Messages sent during one loop iteration go out in one write."""
+        conn = self.conn
+        if not conn.send_message(data):
             raise WebSocketClosed(ws.ABNORMAL)
-        await self.conn.drained()
+        if conn.write_paused:  # (the check inlined: no coroutine per message otherwise)
+            await conn.drained()
 
     async def send_json(self, obj: Any) -> None:
-        await self.send(orjson.dumps(obj).decode())
+        """``obj`` as JSON in one text message."""
+        conn = self.conn
+        if not conn.send_message(orjson.dumps(obj), utf8=True):
+            raise WebSocketClosed(ws.ABNORMAL)
+        if conn.write_paused:
+            await conn.drained()
 
     def stream(self, key: str | None, items: AsyncIterator[Any] | PushSource, *,
                end: Callable[[], bytes | None] | None = None) -> None:

@@ -238,17 +238,20 @@ def _check(names: tuple[str, ...], applies: str | None) -> None:
 def select(chaos: Chaos, header: bytes | None, query: str, seed_header: bytes | None, *,
            websocket: bool, fresh_seed: int) -> Selection | None:
     """The faults of one request: ``X-Chaos`` (``header``) or ``?chaos=``, else the
-    server's; the seed from ``X-Chaos-Seed`` or ``?chaos_seed=``, else the server's, else
-    ``fresh_seed``.  None: no fault.  :class:`RequestError` (400) for an unknown fault
-    name (listing the valid ones), one that does not apply, or a bad seed."""
+    server's that apply to it (a WebSocket fault to a WebSocket, ...); the seed from
+    ``X-Chaos-Seed`` or ``?chaos_seed=``, else the server's, else ``fresh_seed``.  None:
+    no fault.  :class:`RequestError` (400) for an unknown fault name (listing the valid
+    ones), one that does not apply, or a bad seed."""
     params = parse_qs(query) if "chaos" in query else {}
     text = header.decode("latin-1") if header is not None else ",".join(params.get("chaos", ()))
     names = tuple(name.strip() for name in text.split(",") if name.strip())
-    if not names:
-        names = chaos.faults
-    if not names:
-        return None
-    _check(names, WS if websocket else HTTP)
+    applies = WS if websocket else HTTP
+    if names:
+        _check(names, applies)
+    else:  # the server's faults: those that apply to this response
+        names = tuple(name for name in chaos.faults if FAULTS[name].applies in (BOTH, applies))
+        if not names:
+            return None
     seed_text = (seed_header.decode("latin-1") if seed_header is not None
                  else next(iter(params.get("chaos_seed", ())), None))
     seed = chaos.seed if chaos.seed is not None else fresh_seed

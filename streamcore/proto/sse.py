@@ -109,7 +109,8 @@ class SSEFramer:
     end, framed for HTTP/1.1.
 
     Each frame is one event, ``id: <stream id>-<epoch>-<seq>`` (the cursor format of
-    :mod:`streamcore.proto.cursor`) and its payload as ``data:`` lines.  What one flush
+    :mod:`streamcore.proto.cursor`; none with ``ids=False``, for a stream that is never
+    resumed) and its payload as ``data:`` lines.  What one flush
     takes goes out as one chunk (RFC 9112 section 7.1) when ``chunked``; an HTTP/1.0
     client, which cannot read chunks, gets the events as they are and the end of the
     body is the end of the connection (RFC 9112 section 6.3, rule 8).
@@ -117,8 +118,10 @@ class SSEFramer:
 
     __slots__ = ("chunked", "prefix")
 
-    def __init__(self, stream_id: str, chunked: bool, epoch: str | None = None) -> None:
-        self.prefix = id_prefix(stream_id, epoch)
+    def __init__(self, stream_id: str, chunked: bool, epoch: str | None = None,
+                 ids: bool = True) -> None:
+        #: The event ids' prefix; None: events without ids.
+        self.prefix = id_prefix(stream_id, epoch) if ids else None
         self.chunked = chunked
 
     def event(self, seq: int, frame: Frame, size: int) -> bytes:
@@ -127,7 +130,8 @@ class SSEFramer:
         A sparse stream (a paced model's token) has one event per flush: one buffer makes
         the transport's write a plain ``write(2)``, where seven small ones need a gather
         (measured in benchmarks/RESULTS.md, session 3)."""
-        head = b"id: %b%d\ndata: " % (self.prefix, seq)
+        prefix = self.prefix
+        head = b"id: %b%d\ndata: " % (prefix, seq) if prefix is not None else b"data: "
         if self.chunked:
             return b"".join((b"%x\r\n" % (len(head) + size + 2), head, *frame, b"\n\n\r\n"))
         return b"".join((head, *frame, b"\n\n"))
@@ -143,7 +147,7 @@ class SSEFramer:
         prefix = self.prefix
         total = size + 2 * len(frames)
         for frame in frames:
-            head = b"id: %b%d\n" % (prefix, seq)
+            head = b"id: %b%d\n" % (prefix, seq) if prefix is not None else b""
             if multiline and seq in multiline:
                 lines = frame_data(b"".join(frame))
                 total += len(head) + sum(map(len, lines)) - size_of(frame) - 1

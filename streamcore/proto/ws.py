@@ -280,6 +280,7 @@ class Closed:
 _H16 = struct.Struct("!BBH").pack
 _H64 = struct.Struct("!BBQ").pack
 _SMALL_TEXT = [bytes((0x81, n)) for n in range(126)]
+_SMALL_BINARY = [bytes((0x82, n)) for n in range(126)]
 
 
 def text_header(length: int) -> bytes:
@@ -289,6 +290,15 @@ def text_header(length: int) -> bytes:
     if length < 65536:
         return _H16(0x81, 126, length)
     return _H64(0x81, 127, length)
+
+
+def binary_header(length: int) -> bytes:
+    """The header of an unmasked, unfragmented binary frame (RFC 6455 section 5.2)."""
+    if length < 126:
+        return _SMALL_BINARY[length]
+    if length < 65536:
+        return _H16(0x82, 126, length)
+    return _H64(0x82, 127, length)
 
 
 # -- the WebSocket lifecycle ---------------------------------------------------------------
@@ -327,6 +337,10 @@ class WSSession:
         self._limits = _Limits(max_frame, max_message, max_fragments)
         self._conn = Connection(ConnectionType.SERVER,
                                 extensions=[self._limits, *accepted.extensions])
+        #: No extension that changes frames (permessage-deflate) was negotiated: a whole
+        #: message is one plain frame, framed here without wsproto's event machinery
+        #: (which costs more than the rest of a message's way out).
+        self._plain = not accepted.extensions
         #: The message being received: one buffer, whatever its number of fragments.
         self._binary = bytearray()
         self._text = io.StringIO()
@@ -448,8 +462,20 @@ class WSSession:
         """A whole message through wsproto (compressed when deflate was negotiated)."""
         if self.state is not OPEN:
             return b""
+        if self._plain:  # one unfragmented frame (RFC 6455 section 5.2), as wsproto makes it
+            if isinstance(data, str):
+                payload = data.encode()
+                return text_header(len(payload)) + payload
+            return binary_header(len(data)) + data
         message: Message[Any] = TextMessage(data) if isinstance(data, str) else BytesMessage(data)
         return self._conn.send(message)
+
+    def text_message(self, payload: bytes) -> bytes:
+        """A text message whose UTF-8 bytes the caller has (JSON from orjson): no decode
+        and encode again when the frame is ours to make."""
+        if self._plain and self.state is OPEN:
+            return text_header(len(payload)) + payload
+        return self.message(payload.decode())
 
     def close(self, code: int = NORMAL, reason: str = "") -> bytes:
         """Start the closing handshake (RFC 6455 section 7.1.2); b"" once it is started

@@ -195,6 +195,16 @@ class _Tail:
 BURST_TOKENS = 256
 
 
+class Ticker(Protocol):
+    """What the :class:`Pacer` steps: a paced generation (:class:`Run`), or an embedder's
+    :class:`~streamcore.sources.paced.Paced` source.  It is stepped (``tick``) at its time
+    only if its ``state`` is still :data:`WAITING` then (lazy deletion)."""
+
+    state: int
+
+    def tick(self) -> None: ...
+
+
 class Pacer:
     """One timer for every paced generation of a loop: a wheel of millisecond buckets.
 
@@ -223,7 +233,7 @@ class Pacer:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         #: Runs due in each millisecond (``round(loop time * 1000)``), in arrival order.
-        self.buckets: dict[int, list[Run]] = {}
+        self.buckets: dict[int, list[Ticker]] = {}
         #: A heap of the keys of ``buckets``: one push per millisecond, not per token.
         self.keys: list[int] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -236,7 +246,7 @@ class Pacer:
             pacer = cls._by_loop[loop] = cls(loop)
         return pacer
 
-    def at(self, when: float, run: Run) -> None:
+    def at(self, when: float, run: Ticker) -> None:
         """Step ``run`` at loop time ``when`` (seconds)."""
         key = round(when * 1000.0)
         bucket = self.buckets.get(key)
@@ -283,6 +293,8 @@ class Pacer:
 
 
 _RUNNING, _WAITING, _PAUSED, _DONE = range(4)
+#: The state in which a :class:`Ticker` is stepped at its time.
+WAITING = _WAITING
 
 
 class Target(Protocol):

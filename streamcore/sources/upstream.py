@@ -233,10 +233,12 @@ class UpstreamChat:
     #: The role chunk is the first frame: the first token is the second (metrics' TTFT).
     first_token_seq = 2
 
-    @property
-    def upstream_attempts(self) -> int:
-        """Requests made upstream so far (fallbacks and a stale keep-alive retried)."""
-        return self._attempt + 1 + self._retried
+    def report(self) -> dict[str, Any]:
+        """For the stream's log line and the metrics: the upstream, the requests made to
+        it (fallbacks and a stale keep-alive retried included), the usage and its source."""
+        route = self.routes[min(max(self._attempt, 0), len(self.routes) - 1)]
+        return {"upstream": route.upstream.target.url(),
+                "attempts": self._attempt + 1 + self._retried, "usage": self._usage_object()}
 
     def __init__(self, chat: ChatRequest, routes: Sequence[Route], limits: Limits) -> None:
         self.routes = list(routes)
