@@ -111,6 +111,10 @@ def test_a_client_cut_on_one_node_resumes_on_the_other(redis_server: RedisServer
         end = client.get(f"{b.url}/v1/streams/{first.stream_id}",
                          headers={"Last-Event-ID": rest.events[-2].id})
         assert end.status_code == 204
+        # The stream inspector of each node lists it: A's own, B's copy.
+        for url in (a.url, b.url):
+            listed = client.get(f"{url}/v1/streams").json()["data"]
+            assert first.stream_id in [item["id"] for item in listed], listed
         # A stream neither node knows is a 404 on both.
         for url in (a.url, b.url):
             missing = client.get(f"{url}/v1/streams/0123456789abcdef")

@@ -337,6 +337,11 @@ class RedisStore:
     def live(self) -> list[Entry]:
         return self._local.live()
 
+    def entries(self) -> list[Entry]:
+        """What this process holds: its streams and its copies of others', live and kept
+        (the stream inspector's list)."""
+        return self._local.entries()
+
     async def fetch(self, stream_id: str, next_seq: int = 1) -> Entry | None:
         """A stream of this process, or a copy of another's read back from Redis (one
         round trip: its metadata and its frames), kept live by the blocking reader.
