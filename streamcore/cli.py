@@ -440,6 +440,8 @@ ENDPOINTS = (
     ("GET", "/v1/ws", "the same streams over WebSocket"),
     ("GET", "/v1/models", "the models"),
     ("GET", "/healthz", "liveness"),
+    ("GET", "/v1/streams", "the stream inspector (DELETE /v1/streams/{id} stops one)"),
+    ("GET", "/metrics", "Prometheus metrics"),
 )
 
 

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from .aio.context import Fields, access
 from .aio.stream import Stream
 from .aio.websocket import WebSocket
@@ -45,6 +47,7 @@ from .sources.upstream import (
     list_models,
     relay,
 )
+from .store.base import Entry
 
 log = logging.getLogger("streamcore")
 
@@ -305,6 +308,25 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
         how a browser's EventSource, which can only GET, follows a POSTed stream."""
         return EventStream(None, sse_end=SSE_DONE, resume=request.path_params["stream_id"])
 
+    @app.route("GET", "/v1/streams")
+    async def list_streams(request: Request) -> dict[str, Any]:
+        """The stream inspector: this process's live streams, then the ended ones kept
+        for resume (with ``--workers``, each worker lists its own)."""
+        store = request.store
+        if store is None:
+            return {"object": "list", "data": []}
+        entries = getattr(store, "entries", store.live)()
+        now = time.time()
+        return {"object": "list", "worker": worker,
+                "data": [inspect(entry, now) for entry in entries]}
+
+    @app.route("DELETE", "/v1/streams/{stream_id}")
+    async def delete_stream(request: Request) -> dict[str, Any]:
+        """Stop a stream (as ``POST /v1/streams/{id}/cancel``): its generation is
+        cancelled, its readers get the ``cancelled`` error event."""
+        stopped: dict[str, Any] = await cancel_stream(request)
+        return stopped
+
     @app.route("POST", "/v1/streams/{stream_id}/cancel")
     async def cancel_stream(request: Request) -> dict[str, Any]:
         """Stop a stream's generation now (any client of the stream may): its readers get
@@ -353,6 +375,32 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
     from .demo import add_demo_routes  # GET / : the demo page (streamcore/demo/)
     add_demo_routes(app)
     return app
+
+
+def inspect(entry: Entry, now: float) -> dict[str, Any]:
+    """One row of the stream inspector (``GET /v1/streams``)."""
+    model, transport, created = entry.meta or ("", "", now)
+    owner = entry.owner
+    if owner is not None:
+        state = owner.state.name.lower()
+    elif entry.error is None:
+        state = "completed"
+    else:
+        try:
+            code = orjson.loads(entry.error)["error"]["code"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            code = None
+        state = "cancelled" if code in ("cancelled", "server_shutdown") else "failed"
+    buffered = 0
+    for reader in entry.readers:
+        buffered += reader.cursor.backlog_bytes
+        transport_ = getattr(getattr(reader, "conn", None), "transport", None)
+        if transport_ is not None:
+            buffered += transport_.get_write_buffer_size()
+    return {"id": entry.id, "object": "stream", "model": model, "transport": transport,
+            "state": state, "created": int(created), "age_s": round(now - created, 3),
+            "tokens": entry.log.next_seq - 1, "readers": len(entry.readers),
+            "buffered_bytes": buffered, "log_bytes": entry.log.held_bytes}
 
 
 async def _ws_message(ws: WebSocket, message: str | bytes, catalog: Catalog) -> None:

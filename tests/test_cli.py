@@ -81,8 +81,11 @@ def test_serve_prints_the_readme_startup_output_and_every_endpoint_answers() -> 
         urls = urls[1:]
         assert urls == [f"{base}/v1/chat/completions", f"{base}/v1/streams/{{id}}",
                         f"ws://127.0.0.1:{port}/v1/ws", f"{base}/v1/models",
-                        f"{base}/healthz"]
+                        f"{base}/healthz", f"{base}/v1/streams", f"{base}/metrics"]
         assert httpx.get(urls[4], timeout=5).json() == {"status": "ok"}
+        assert httpx.get(urls[5], timeout=5).json()["object"] == "list"
+        assert "# TYPE streamcore_streams_finished_total counter" in httpx.get(
+            urls[6], timeout=5).text
         models = httpx.get(urls[3], timeout=5).json()
         assert [m["id"] for m in models["data"]] == ["synthetic"]  # the model it names
         body = {"model": "synthetic", "messages": [{"role": "user", "content": "hi"}],

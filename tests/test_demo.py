@@ -228,3 +228,24 @@ def test_demo_bad_input_shows_the_servers_error(serve: Callable[..., Served],
         assert len(state[pane]["errors"]) == 1, state[pane]
         assert "(param: max_tokens)" in state[pane]["errors"][0], state[pane]
     assert page.is_enabled("#send") and not page.is_enabled("#cancel")
+
+
+def test_demo_inspector_lists_the_streams_and_stops_one(serve: Callable[..., Served],
+                                                       page: Page) -> None:
+    """The inspector's table shows the page's SSE stream while it runs; its Stop button
+    cancels that generation (DELETE): the SSE pane is told, the WebSocket pane's stream (a
+    generation of its own) goes on."""
+    served = gateway(serve, tokens_per_s=30.0)
+    ask(page, served.url, 150)
+    poll(page, "window.demo.sse.tokens >= 5 && window.demo.sse.streamId !== null", 10)
+    sid = demo(page)["sse"]["streamId"]
+    poll(page, f"window.demo.streams.some(r => r.id === '{sid}' && r.state === 'running')",
+         5)
+    row = next(r for r in page.evaluate("window.demo.streams") if r["id"] == sid)
+    assert row["model"] == "synthetic" and row["transport"] == "sse" and row["readers"] >= 1
+    assert page.inner_text(f"#inspector tr[data-id='{sid}'] td:nth-child(4)") == "running"
+    page.click(f"#inspector tr[data-id='{sid}'] button")
+    poll(page, "window.demo.sse.status === 'cancelled'", 5)
+    poll(page, f"window.demo.streams.some(r => r.id === '{sid}' && r.state === 'cancelled')",
+         5)
+    assert demo(page)["ws"]["status"] == "streaming"

@@ -94,6 +94,7 @@ class StreamMeter:
         self.transport = transport
         self.resumable = resumable
         self.started = self.received = time.monotonic()
+        stream.entry.meta = (model, transport, time.time())
         self.ttft_s: float | None = None
         metrics = ctx.metrics
         metrics.child("streamcore_streams_started_total", model, transport).inc()

@@ -98,7 +98,8 @@ class Pane {
 
 const sse = new Pane("pane-sse");
 const ws = new Pane("pane-ws");
-window.demo = {get sse() { return sse.state; }, get ws() { return ws.state; }};
+window.demo = {get sse() { return sse.state; }, get ws() { return ws.state; },
+               get streams() { return inspector.rows; }};
 
 function errorText(doc, status) {
   const error = doc && doc.error;
@@ -429,3 +430,46 @@ fetch("/v1/models").then((r) => r.json()).then((doc) => {
     select.appendChild(option);
   }
 }).catch(() => {});
+
+// The stream inspector: GET /v1/streams every second (this process's live streams and the
+// ended ones kept for resume); "Stop" is DELETE /v1/streams/{id}.
+const inspector = {
+  rows: [],
+  async refresh() {
+    try {
+      const response = await fetch("/v1/streams");
+      if (!response.ok) return;
+      this.rows = (await response.json()).data;
+      this.render();
+    } catch (e) { /* the server is gone: keep the last table */ }
+  },
+  render() {
+    const body = document.querySelector("#inspector [data-rows]");
+    body.textContent = "";
+    for (const row of this.rows) {
+      const tr = document.createElement("tr");
+      tr.dataset.id = row.id;
+      const cells = [row.id, row.model, row.transport, row.state, row.age_s.toFixed(1) + " s",
+                     row.tokens, row.readers, row.buffered_bytes];
+      for (const value of cells) {
+        const td = document.createElement("td");
+        td.textContent = String(value);
+        tr.appendChild(td);
+      }
+      const td = document.createElement("td");
+      if (["running", "paused", "created"].includes(row.state)) {
+        const stop = document.createElement("button");
+        stop.textContent = "Stop";
+        stop.addEventListener("click", () => {
+          fetch("/v1/streams/" + encodeURIComponent(row.id), {method: "DELETE"})
+            .then(() => this.refresh());
+        });
+        td.appendChild(stop);
+      }
+      tr.appendChild(td);
+      body.appendChild(tr);
+    }
+  },
+};
+inspector.refresh();
+setInterval(() => inspector.refresh(), 1000);

@@ -56,8 +56,8 @@ class Entry:
     A store that keeps a stream's history whole (the memory store) never changes it.
     """
 
-    __slots__ = ("epoch", "error", "hold", "id", "log", "multiline", "owner", "readers",
-                 "refused", "sse_end")
+    __slots__ = ("epoch", "error", "hold", "id", "log", "meta", "multiline", "owner",
+                 "readers", "refused", "sse_end")
 
     def __init__(self, stream_id: str, log_bytes: int, sse_end: bytes | None = None,
                  epoch: str | None = None, frame_overhead: int = 0) -> None:
@@ -85,6 +85,9 @@ class Entry:
         self.hold = False
         #: The live generation, or None once it has ended.
         self.owner: Owner | None = None
+        #: What the stream inspector shows of it: ``(model, transport, created)`` (wall
+        #: clock seconds), set by the server that started it.
+        self.meta: tuple[str, str, float] | None = None
 
     def attach(self, reader: Reader, *, origin: bool = False) -> None:
         self.readers.append(reader)

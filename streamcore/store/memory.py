@@ -49,6 +49,11 @@ class MemoryStore:
     def live(self) -> list[Entry]:
         return list(self._live.values())
 
+    def entries(self) -> list[Entry]:
+        """Live entries, then the ended ones still kept (the stream inspector's list)."""
+        self._evict()
+        return [*self._live.values(), *(kept[0] for kept in self._retained.values())]
+
     def forget(self, stream_id: str) -> None:
         """Let a stream go now, live or kept (a shared store's copy that is no longer
         true)."""
