@@ -420,3 +420,25 @@ def test_docs_fault_table_is_the_registry() -> None:
     for fault in FAULTS.values():
         assert (f"| `{fault.name}` | {fault.category} | {fault.applies} | {fault.does} | "
                 f"{fault.client_must} | {fault.expect} |") in doc, fault.name
+
+
+def test_a_connection_without_faults_keeps_the_plain_write_path(chaos_server: Any) -> None:
+    """Chaos mode on: a request that names no fault leaves its connection's class, so its
+    send/sendv, as they are (no chaos branch per write); one that names faults switches."""
+    from streamcore.aio.chaos import ChaoticHTTPConnection
+    from streamcore.aio.connection import HTTPConnection
+
+    with httpx.Client(base_url=chaos_server.url) as client:
+        assert client.post("/v1/chat/completions", content=chat_body(),
+                           headers={"content-type": "application/json"}).status_code == 200
+        kinds = chaos_server.call(lambda: {type(c) for c in chaos_server.server.connections})
+        assert kinds == {HTTPConnection}
+        assert HTTPConnection.send is not ChaoticHTTPConnection.send
+        with client.stream("POST", "/v1/chat/completions", content=chat_body(model="paced"),
+                           headers={"content-type": "application/json",
+                                    "x-chaos": "stall-mid"}) as response:
+            assert response.headers["x-chaos"] == "stall-mid"
+            kinds = chaos_server.call(
+                lambda: {type(c) for c in chaos_server.server.connections})
+            assert ChaoticHTTPConnection in kinds
+            response.read()

@@ -29,8 +29,8 @@ from streamcore.proto import http as http_mod
 from streamcore.proto.http import HTTPSession, Phase, Request
 from streamcore.proto.state import State, Table
 
-LIMITS = Limits(max_head_bytes=512, max_body_bytes=64, max_header_count=8,
-                max_request_line_bytes=256)
+LIMITS = Limits(max_head_bytes=512, max_body_bytes=800, max_header_count=8,
+                max_request_line_bytes=256, max_body_chunks=700)
 
 
 @dataclass
@@ -51,6 +51,9 @@ def _req(name: str, head: bytes, body: bytes, expect: tuple[str, str, bytes, byt
 
 
 CHUNKS = b"".join(b"1\r\n%c\r\n" % c for c in b"abcdefghij") + b"0\r\n\r\n"
+#: More h11 events than one parse call takes (EVENTS_PER_CALL): the backlog, parse_more.
+MANY = b"z" * 600
+MANY_CHUNKS = b"".join(b"1\r\n%c\r\n" % c for c in MANY) + b"0\r\n\r\n"
 GOOD = {
     "get": lambda: _req("get", b"GET /g?q=1 HTTP/1.1\r\nHost: h\r\n\r\n", b"",
                         ("GET", "/g", b"", b"1.1")),
@@ -59,6 +62,9 @@ GOOD = {
     "post_chunked": lambda: _req("post_chunked", b"POST /c HTTP/1.1\r\nHost: h\r\n"
                                  b"Transfer-Encoding: chunked\r\n\r\n", CHUNKS,
                                  ("POST", "/c", b"abcdefghij", b"1.1")),
+    "many_chunks": lambda: _req("many_chunks", b"POST /m HTTP/1.1\r\nHost: h\r\n"
+                                b"Transfer-Encoding: chunked\r\n\r\n", MANY_CHUNKS,
+                                ("POST", "/m", MANY, b"1.1")),
     "head": lambda: _req("head", b"HEAD /h HTTP/1.1\r\nHost: h\r\n\r\n", b"",
                          ("HEAD", "/h", b"", b"1.1")),
     "expect": lambda: _req("expect", b"POST /e HTTP/1.1\r\nHost: h\r\nExpect: 100-continue"
@@ -85,11 +91,15 @@ BAD = {
     "many_headers": lambda: _req("many_headers", b"GET / HTTP/1.1\r\nHost: h\r\n"
                                  + b"".join(b"X%d: 1\r\n" % i for i in range(9)) + b"\r\n",
                                  b"", None, 431),
-    "big_body": lambda: _req("big_body", b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 65"
-                             b"\r\n\r\n", b"a" * 65, None, 413),
+    "big_body": lambda: _req("big_body", b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 801"
+                             b"\r\n\r\n", b"a" * 801, None, 413),
     "big_chunks": lambda: _req("big_chunks", b"POST / HTTP/1.1\r\nHost: h\r\n"
                                b"Transfer-Encoding: chunked\r\n\r\n",
-                               b"40\r\n" + b"a" * 64 + b"\r\n1\r\nb\r\n0\r\n\r\n", None, 413),
+                               b"320\r\n" + b"a" * 800 + b"\r\n1\r\nb\r\n0\r\n\r\n", None,
+                               413),
+    "too_many_chunks": lambda: _req("too_many_chunks", b"POST / HTTP/1.1\r\nHost: h\r\n"
+                                    b"Transfer-Encoding: chunked\r\n\r\n",
+                                    b"1\r\nq\r\n" * 701 + b"0\r\n\r\n", None, 400),
     "bad_chunk": lambda: _req("bad_chunk", b"POST / HTTP/1.1\r\nHost: h\r\n"
                               b"Transfer-Encoding: chunked\r\n\r\n", b"zz\r\nab\r\n0\r\n\r\n",
                               None, 400),
@@ -148,7 +158,7 @@ class HTTPLifecycle(RuleBasedStateMachine):
         self.queue.append(sent)
 
     @precondition(lambda self: not self.eof and self.fed < len(self.wire))
-    @rule(size=st.integers(1, 700))
+    @rule(size=st.one_of(st.integers(1, 300), st.just(1 << 20)))  # a few bytes, or all
     def deliver(self, size: int) -> None:
         data = self.wire[self.fed:self.fed + size]
         self.fed += len(data)
@@ -309,6 +319,6 @@ class HTTPLifecycle(RuleBasedStateMachine):
             assert text.startswith(b"HTTP/1.1 100 ")
 
 
-HTTPLifecycle.TestCase.settings = settings(max_examples=60, stateful_step_count=30,
+HTTPLifecycle.TestCase.settings = settings(max_examples=120, stateful_step_count=30,
                                            deadline=None)
 test_http_lifecycle = HTTPLifecycle.TestCase

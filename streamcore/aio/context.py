@@ -81,23 +81,15 @@ class Context:
                         detach_budget=self.detached)
         if resumable:
             self.store.add(stream.entry)
-        if transport is not None:
-            meter = stream.meter = StreamMeter(self, stream, resumable, transport)
+        if transport is not None or resumable:
+            meter = stream.meter = StreamMeter(self, stream, resumable, transport or "sse")
             stream.on_end = meter.ended
-        elif resumable:
-            stream.on_end = self._stored
         return stream
-
-    def _stored(self, stream: Stream) -> None:
-        stream.on_end = None
-        self.store.ended(stream.entry)
 
     def time_first_token(self, reader: BaseReader, stream: Stream, received: float) -> None:
         """Measure the origin reader's time to first token, from ``received``
         (time.monotonic) to the first token's bytes written."""
         meter = stream.meter
-        if meter is None:
-            return
         meter.received = received
         reader.ttft = meter
         reader.ttft_from = received
@@ -182,7 +174,7 @@ class StreamMeter:
             outcome = "aborted"
             metrics.child("streamcore_upstream_aborts_total").inc()
         else:
-            outcome = _error_code(stream.entry.error)
+            outcome = _error_code(stream.entry.error or b"{}")
         metrics.child("streamcore_upstream_requests_total", outcome).inc()
         if attempts > 1:
             metrics.child("streamcore_upstream_retries_total").inc(attempts - 1)
@@ -238,14 +230,10 @@ UPSTREAM_CODES = frozenset({
     "upstream_504", "stream_idle", "internal_error", "handler_failed"})
 
 
-def _error_code(envelope: bytes | None,
-                known: frozenset[str] | None = UPSTREAM_CODES) -> str:
-    """The ``code`` of an OpenAI error envelope; a label of bounded cardinality when
-    ``known`` is given (any other code is ``upstream_error``)."""
-    try:
-        code = orjson.loads(envelope or b"{}")["error"]["code"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        code = None
+def _error_code(envelope: bytes, known: frozenset[str] | None = UPSTREAM_CODES) -> str:
+    """The ``code`` of one of our OpenAI error envelopes (``errors.envelope``); a label of
+    bounded cardinality when ``known`` is given (any other code is ``upstream_error``)."""
+    code = orjson.loads(envelope).get("error", {}).get("code")
     if known is None:
         return code if isinstance(code, str) else "error"
     return code if code in known else "upstream_error"
