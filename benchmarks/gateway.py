@@ -9,6 +9,8 @@ on CPU 1 and all running side by side (measured one at a time, in alternating or
                 upstream (``peers/nginx_proxy.py``)
 ``litellm``     the LiteLLM proxy, one worker, from its own venv (``--litellm-venv``);
                 skipped (and said so) when it is not installed
+``baseline``    with ``--baseline-ref REF``: the streamcore gateway of commit REF (a before
+                to the working tree's after, in the same run)
 
 The load generator (``loadgen.py``) runs on CPU 0 with the upstream, so that CPU 1 belongs to
 the front alone; its own CPU is recorded, and it is the same for every front.
@@ -64,7 +66,16 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import procstat  # noqa: E402
-from run import PY, Running, Server, machine_info, parse_json_out, pinned, run_child  # noqa: E402
+from run import (  # noqa: E402
+    PY,
+    Running,
+    Server,
+    machine_info,
+    parse_json_out,
+    pinned,
+    run_child,
+    snapshot,
+)
 
 UPSTREAM_CPU = 0
 LOAD_CPU = 0
@@ -95,18 +106,26 @@ general_settings:
 def streamcore_upstream(rate: float) -> Server:
     return Server("upstream", [PY, "-m", "streamcore", "serve", "--host", "127.0.0.1",
                                "--port", "{port}", "--token-rate", f"{rate:g}",
-                               "--max-answer-tokens", "1000000", "--log-level", "warning"],
+                               "--max-answer-tokens", "1000000", "--log-level", "warning",
+                               # every load connection comes from 127.0.0.1: no per-address
+                               # cap (max_connections_per_ip, 256) at 1000 streams
+                               "--max-connections-per-ip", "0"],
                   ("sse",), "streamcore, synthetic model (the upstream)")
 
 
 def front_servers(upstream_port: int, args: argparse.Namespace) -> dict[str, Server]:
     spec = f"http://127.0.0.1:{upstream_port}/v1 models=synthetic"
     gw = [PY, "-m", "streamcore", "serve", "--host", "127.0.0.1", "--port", "{port}",
-          "--upstream", spec, "--log-level", "warning"]
+          "--upstream", spec, "--log-level", "warning", "--max-connections-per-ip", "0"]
     if args.upstream_pool_size:
         gw += ["--upstream-pool-size", str(args.upstream_pool_size)]
     servers = {
         "streamcore": Server("streamcore", gw, ("sse",), "streamcore gateway"),
+        # --baseline-ref: the gateway of another commit, side by side (a before/after
+        # within one run, whatever else loads the machine).
+        "baseline": Server("baseline", gw, ("sse",),
+                           f"streamcore gateway at {args.baseline_ref}",
+                           cwd=getattr(args, "baseline_dir", None) or ROOT),
         "nginx": Server("nginx", [PY, os.path.join(HERE, "peers", "nginx_proxy.py"),
                                   "--host", "127.0.0.1", "--port", "{port}",
                                   "--upstream", f"127.0.0.1:{upstream_port}",
@@ -636,9 +655,9 @@ def tables(doc: dict[str, Any]) -> str:
     out: list[str] = []
     results = doc["results"]
     lat = [r for r in results if r.get("part") == "latency"]
-    order = [f for f in ("direct", "streamcore", "nginx", "litellm")
+    order = [f for f in ("direct", "streamcore", "baseline", "nginx", "litellm")
              if any(r["front"] == f for r in results)] + sorted(
-        {r["front"] for r in results} - {"direct", "streamcore", "nginx", "litellm",
+        {r["front"] for r in results} - {"direct", "streamcore", "baseline", "nginx", "litellm",
                                          "synthetic"})
     if lat:
         rate, tokens = doc["settings"]["rate"], doc["settings"]["tokens"]
@@ -812,6 +831,10 @@ def main(argv: list[str] | None = None) -> int:
                              "servers to be idle (a front may go on with cut streams)")
     parser.add_argument("--wait-quiet", type=float, default=10.0,
                         help="before each run, wait up to this many seconds for quiet cores")
+    parser.add_argument("--baseline-ref", default="",
+                        help="also measure the streamcore gateway of this git ref as the "
+                             "front 'baseline' (git archive into a temp dir): before/after "
+                             "in one run")
     parser.add_argument("--out", default=None)
     parser.add_argument("--report", default=None, help="print the tables of a results JSON")
     args = parser.parse_args(argv)
@@ -820,6 +843,15 @@ def main(argv: list[str] | None = None) -> int:
             print(tables(json.load(f)))
         return 0
     args.fronts = [f.strip() for f in args.fronts.split(",") if f.strip()]
+    if args.baseline_ref:
+        args.baseline_dir, commit = snapshot(args.baseline_ref)
+        import atexit
+
+        atexit.register(shutil.rmtree, args.baseline_dir, True)
+        args.baseline_ref = f"{args.baseline_ref} = {commit}"
+        if "baseline" not in args.fronts:
+            args.fronts.insert(args.fronts.index("streamcore") + 1
+                               if "streamcore" in args.fronts else len(args.fronts), "baseline")
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     parts = [p.strip() for p in args.parts.split(",")]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

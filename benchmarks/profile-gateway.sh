@@ -10,7 +10,9 @@ taskset -c 0 $PY -m streamcore serve --port $UP --token-rate 0 --max-answer-toke
 taskset -c 1 $PY -m streamcore serve --port $GW --upstream "http://127.0.0.1:$UP/v1 models=synthetic" \
     --upstream-pool-size 1024 --log-level warning & GATEWAY=$!
 trap 'kill $UPSTREAM $GATEWAY 2>/dev/null' EXIT
-sleep 2
+for port in $UP $GW; do  # ready (a loaded machine takes seconds to start them)
+    for _ in $(seq 100); do curl -sf http://127.0.0.1:$port/healthz >/dev/null && break; sleep 0.2; done
+done
 taskset -c 0 $PY benchmarks/loadgen.py throughput --port $GW -c 64 -t 1000 -d 14 --strict-end \
     > benchmarks/out/profile-gateway-load.json &
 LOAD=$!

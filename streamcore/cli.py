@@ -170,7 +170,8 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     limits = serve.add_argument_group("limits (every bound, with units)")
     docs = field_docs()
     for field in dataclasses.fields(Limits):
-        kind = float if field.type in ("float", float) else int
+        kind = (float if field.type in ("float", float)
+                else str if field.type in ("str", str) else int)
         _add(limits, field.name.replace("_", "-"), kind, field.default,
              docs.get(field.name, ""))
 

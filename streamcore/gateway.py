@@ -30,6 +30,7 @@ from .proto.chaos import listing as chaos_listing
 from .proto.jsonbytes import json_string
 from .proto.openai import (
     ChatRequest,
+    ChatText,
     ChunkTemplate,
     completion_body,
     new_completion_id,
@@ -61,13 +62,14 @@ class ChatStream:
     finish chunk and, if asked, the usage chunk.  A push source (see
     :class:`~streamcore.aio.stream.PushSource`): no task and no future per token."""
 
-    __slots__ = ("chat", "chat_model", "count", "fixed", "generation", "run", "stream",
-                 "template")
+    __slots__ = ("chat", "chat_model", "count", "fixed", "generation", "run",
+                 "snapshot_bytes", "stream", "template")
 
     #: The role chunk is the first frame: the first token is the second (metrics' TTFT).
     first_token_seq = 2
 
-    def __init__(self, chat: ChatRequest, generation: Generation) -> None:
+    def __init__(self, chat: ChatRequest, generation: Generation,
+                 snapshot_bytes: int = 0) -> None:
         self.chat = chat
         self.chat_model = chat.model
         self.generation = generation
@@ -78,11 +80,15 @@ class ChatStream:
         self.fixed = len(self.template.prefix) + len(self.template.suffix)
         self.run: Run | None = None
         self.stream: Stream | None = None
+        #: Text kept for a snapshot (Limits.stream_snapshot_bytes; 0: none).
+        self.snapshot_bytes = snapshot_bytes
         chat.raw = {}  # what a long-lived stream keeps of its request: only what it uses
         chat.messages = []
 
     def start_push(self, stream: Stream) -> None:
         self.stream = stream
+        if self.snapshot_bytes:
+            stream.entry.keep_text(ChatText(self.snapshot_bytes))
         stream.push((self.template.role(),))
         self.run = self.generation.run(self)
 
@@ -104,6 +110,11 @@ class ChatStream:
         stream.push((template.finish(self.generation.finish_reason),))
         if self.chat.include_usage:
             stream.push((template.usage(self.generation.prompt_tokens, self.count),))
+        # The done message for a WebSocket reader resuming it, of plain values: the entry
+        # outlives this source and must not hold it (no cycle: tests/test_no_cycles.py).
+        finish = self.generation.finish_reason
+        usage = usage_object(self.generation.prompt_tokens, self.count)
+        stream.entry.ws_end = lambda key: wsapi.done_message(key, finish, usage)
         stream.end()
 
     def resume_push(self) -> None:
@@ -217,7 +228,7 @@ class Catalog:
         source: ChatStream | UpstreamChat
         if isinstance(found, SyntheticModel):
             kind = UTF8ChatStream if isinstance(found, UTF8Model) else ChatStream
-            source = kind(chat, found.start(chat))
+            source = kind(chat, found.start(chat), self.limits.stream_snapshot_bytes)
         else:
             source = UpstreamChat(chat, found, self.limits)
         if self.log_prompts:
@@ -413,7 +424,11 @@ async def _ws_message(ws: WebSocket, message: str | bytes, catalog: Catalog) -> 
             chat = parse_chat_object(command.body, stream_implied=True)
             stream = await catalog.source(chat)
             key = wsapi.key_of(request_id)
-            ws.stream(request_id, stream, end=lambda: stream.done_message(key))
+            ws.stream(request_id, stream, end=lambda: stream.done_message(key),
+                      sse_end=SSE_DONE, disconnect=command.disconnect)
+        elif isinstance(command, wsapi.Resume):  # any stream of ours, SSE-started too
+            await ws.resume(request_id, command.stream, command.after, epoch=command.epoch,
+                            exact=command.exact)
         elif ws.cancel(request_id):
             await ws.send(wsapi.cancelled_message(wsapi.key_of(request_id)).decode())
         else:

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 KiB = 1024
 MiB = 1024 * KiB
 
+#: ``Limits.disconnect_policy`` values (what a stream does when its last client leaves).
+DISCONNECT_POLICIES = ("cancel", "linger", "detach")
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -67,15 +70,29 @@ class Limits:
     #: time to first token, and still frees a hung handler.
     stream_idle_timeout_s: float = 300.0
 
-    #: After its last client left, a stream goes on this long (paused once half its log is
-    #: unread) so that a client reconnecting with Last-Event-ID loses nothing; then it is
-    #: cancelled.  0: cancelled at once (no generation after the client left).
-    resume_grace_s: float = 0.0
+    #: The linger window (``disconnect_policy = "linger"``): after its last client left, a
+    #: stream goes on this long (paused once half its log is unread) so that a client
+    #: reconnecting with Last-Event-ID loses nothing; then it is cancelled, its upstream
+    #: request too.  5 s: a reloaded tab, an EventSource (told ``retry:`` of a fifth of
+    #: this) or a phone switching networks is back within 1-4 s, and an abandoned answer
+    #: (whose upstream tokens are paid for) stops soon.  0: cancelled at once.
+    resume_grace_s: float = 5.0
     #: How long a finished (or cancelled) stream's log stays readable for resume.
     resume_retention_s: float = 60.0
     #: Bytes of logs kept for resume after their streams ended, over the server: the
     #: oldest go first above it.
     resume_budget_bytes: int = 64 * MiB
+    #: What a stream does when its last client leaves (docs/resume.md): ``linger`` (go on
+    #: for resume_grace_s, then cancel), ``cancel`` (stop at once: nothing generated for
+    #: nobody), ``detach`` (run to its end for a later reader; at most resume_budget_bytes
+    #: over the detached streams' logs and snapshots).  Per request: the
+    #: X-Disconnect-Policy header, or "disconnect" in a /v1/ws request message.
+    disconnect_policy: str = "linger"
+    #: Text kept per stream for a snapshot (the answer so far, for a reader whose cursor
+    #: the log no longer holds): 256 KiB of text is ~64k tokens, more than any answer;
+    #: above it the snapshot is given up (such a reader gets fell_behind).  Counted with
+    #: the log in resume_budget_bytes.
+    stream_snapshot_bytes: int = 256 * KiB
 
     # --- Server-wide ---------------------------------------------------------------------
     #: Connections the kernel may queue before we accept them (listen(2) backlog; the
@@ -165,14 +182,17 @@ class Limits:
     redis_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.disconnect_policy not in DISCONNECT_POLICIES:
+            raise ValueError(f"disconnect_policy must be one of {', '.join(DISCONNECT_POLICIES)}"
+                             f", got {self.disconnect_policy!r}")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value < 0:
+            if not isinstance(value, str) and value < 0:
                 raise ValueError(f"{field.name} must be >= 0, got {value}")
         if self.write_low_water_bytes > self.write_high_water_bytes:
             raise ValueError("write_low_water_bytes must not exceed write_high_water_bytes")
 
-    def replace(self, **changes: float) -> Limits:
+    def replace(self, **changes: float | str) -> Limits:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 

@@ -47,6 +47,9 @@ FAST_LIMITS = streamcore.Limits(
     max_head_bytes=4096,
     max_header_count=20,
     max_body_bytes=64 * 1024,
+    # A generation stops when its client leaves (the tests of disconnects expect that);
+    # the default policy, linger, is tested where its window matters (test_resume_any).
+    disconnect_policy="cancel",
 )
 
 

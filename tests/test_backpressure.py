@@ -42,7 +42,8 @@ from streamcore.proto.sse import encode_event
 
 # High water 2 KiB: a paused stream's producer stops once its reader's backlog passes it.
 # (A push looks at the backlog only past flush_bytes = log / 4 = 1 KiB, below the mark.)
-LIMITS = streamcore.Limits(write_high_water_bytes=2048, write_low_water_bytes=512,
+LIMITS = streamcore.Limits(disconnect_policy="cancel",
+                           write_high_water_bytes=2048, write_low_water_bytes=512,
                            stream_log_bytes=4096, write_stall_timeout_s=5.0,
                            ws_ping_interval_s=60.0, heartbeat_interval_s=60.0)
 HIGH = 2048
@@ -298,7 +299,8 @@ def test_websocket_gateway_pauses_and_resumes() -> None:
         stream = ws_stream(conn, b'"r1"')
         assert stream.state is pipe.PAUSED
         written = len(transport.data)
-        assert split_head(transport.data)[1] == b""  # only the 101 so far
+        # Only the 101 and the request's stream message so far (which names it), no chunk.
+        assert b'"type":"chunk"' not in split_head(transport.data)[1]
         await spin(30)
         assert len(transport.data) == written
         conn.resume_writing()

@@ -66,11 +66,13 @@ source.onmessage = (e) => {
 def test_eventsource_reconnects_and_gets_every_item_once(
         serve: Callable[..., Served], page: Page) -> None:
     """The server cuts the EventSource's connection after ``DROP`` items; the browser
-    reconnects by itself (after its default reconnection time, ~3 s in Chromium: streamcore
-    sends no ``retry:`` field) with ``Last-Event-ID``, and the stream, kept alive by the
-    grace, goes on from there: every item exactly once, in order."""
+    reconnects by itself (after the reconnection time streamcore's ``retry:`` field sets,
+    1 s; tests/test_browser_resume.py cuts the network instead) with ``Last-Event-ID``,
+    and the stream, kept alive by the grace, goes on from there: every item exactly
+    once, in order."""
     total, drop = 200, 20  # 20 ms apart: ~4 s, so the reconnect lands mid-stream
-    limits = FAST_LIMITS.replace(resume_grace_s=8.0, keepalive_timeout_s=5.0)
+    limits = FAST_LIMITS.replace(disconnect_policy="linger", resume_grace_s=8.0,
+                                 keepalive_timeout_s=5.0)
     app = streamcore.App(limits=limits)
     holder: dict[str, Any] = {"started": 0, "cut": 0, "finished": False}
 
@@ -254,7 +256,7 @@ def test_fetch_cut_then_resume_and_eventsource_follow(
     """The page drops its fetch after 6 events (``reader.cancel()``), resumes the rest with
     ``fetch(GET /v1/streams/{id}, Last-Event-ID)``, and also follows the whole stream by id
     with ``EventSource``: both give the non-streamed answer."""
-    served = served_gateway(serve, resume_grace_s=3.0)
+    served = served_gateway(serve, disconnect_policy="linger", resume_grace_s=3.0)
     body = {"model": "synthetic", "messages": MESSAGES, "stream": True, "max_tokens": 60}
     page.goto(served.url + "/")
     first = page.evaluate("body => window.chat(body, 6)", body)

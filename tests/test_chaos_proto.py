@@ -168,3 +168,13 @@ def test_ws_fragment_keeps_rsv1_on_the_first_frame_only() -> None:
         out = out[2 + out[1]:]
     assert firsts[0] == 0x41 and all(b & 0x70 == 0 for b in firsts[1:-1])
     assert firsts[-1] == 0x81  # one byte: not fragmented
+
+
+@pytest.mark.parametrize("fault", ["close-mid-event", "reset-mid-event"])
+def test_a_cut_mid_event_is_inside_an_event_for_every_seed(fault: str) -> None:
+    for seed in range(40):
+        actions = _run(fault, seed=seed)
+        assert actions[-1] == (RESET if fault == "reset-mid-event" else CLOSE)
+        last = _bytes(actions).rsplit(b"\r\n", 1)[-1]  # what was sent of the cut chunk
+        assert b"id: s-" in last or last.startswith(b"id"), (seed, last)
+        assert not last.endswith(b"\n\n"), seed

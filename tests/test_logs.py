@@ -87,7 +87,9 @@ def traffic(url: str, headers: dict[str, str]) -> str:
 
 
 def test_one_json_line_per_request_and_per_stream(tmp_path: Path) -> None:
-    with server(tmp_path, "a", "--token-rate", "200", "--log-format", "json") as run:
+    # cancel: the client that leaves is logged as gone now, not after a linger window.
+    with server(tmp_path, "a", "--token-rate", "200", "--log-format", "json",
+                "--disconnect-policy", "cancel") as run:
         stream_id = traffic(run.url, {})
     lines = run.access()
     streams = {line["outcome"]: line for line in lines if line["event"] == "stream"}

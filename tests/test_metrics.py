@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -271,7 +272,7 @@ def upstream() -> Iterator[Any]:
 
 
 def test_slow_consumer_failed_upstream_and_backpressure(
-        serve: Any, upstream: Any) -> None:
+        serve: Any, upstream: Any, caplog: pytest.LogCaptureFixture) -> None:
     """A client that reads nothing is closed by the write-stall deadline (slow_consumer,
     time under backpressure counted); an upstream that cuts its stream fails it (failed,
     counted by its code); a stream route of an embedder has no model label."""
@@ -283,6 +284,7 @@ def test_slow_consumer_failed_upstream_and_backpressure(
                                                    "content": "one"}, "finish_reason": None}]})
         await ex.reset()
 
+    caplog.set_level(logging.INFO, logger="streamcore.access")
     up = upstream(cut)
     limits = streamcore.Limits(write_stall_timeout_s=0.5, upstream_head_hold_s=0.0)
     app = build_app([SyntheticModel(tokens_per_s=0.0)], limits,
@@ -312,6 +314,21 @@ def test_slow_consumer_failed_upstream_and_backpressure(
     assert sum(v for (name, labels), v in samples.items()
                if name == "streamcore_upstream_requests_total") == 1
     assert value(samples, "streamcore_upstream_aborts_total") == 0
+    # Their access log lines (in-process: the same code the JSON lines come from).
+    completed = httpx.post(f"{served.url}/v1/chat/completions", json=chat_body(3), timeout=10)
+    assert completed.text.endswith("data: [DONE]\n\n")
+    settled(served.url, 3)
+    lines = [r.fields for r in caplog.records  # type: ignore[attr-defined]
+             if r.name == "streamcore.access" and getattr(r, "fields", {}).get("event")
+             == "stream"]
+    by_outcome = {line["outcome"]: line for line in lines}
+    assert set(by_outcome) == {"slow_consumer", "failed", "completed"}, lines
+    failed_line = by_outcome["failed"]
+    assert failed_line["model"] == "m" and failed_line["upstream"] == up.url
+    assert failed_line["attempts"] == 1 and failed_line["error"].startswith("upstream_")
+    assert by_outcome["completed"]["ttft_s"] is not None  # the line waited for the write
+    assert by_outcome["slow_consumer"]["error"] == "cancelled"
+    assert "event=stream" in caplog.text and "outcome=completed" in caplog.text
 
 
 def test_time_under_backpressure_is_connection_seconds() -> None:

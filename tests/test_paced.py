@@ -57,6 +57,7 @@ def test_paced_items_arrive_in_order_at_their_rate(serve: Callable[..., Served])
         assert "data: ok" in broken and "the source broke" in broken
     with ws_connect(served.url.replace("http", "ws") + "/ws") as socket:
         socket.send("r1")
+        assert orjson.loads(socket.recv(timeout=5))["type"] == "stream"  # names it
         chunks = [orjson.loads(socket.recv(timeout=5)) for _ in range(2)]
         assert [(c["id"], c["chunk"]) for c in chunks] == [("r1", {"t": "x"}),
                                                           ("r1", {"t": "y"})]

@@ -111,6 +111,10 @@ def test_a_client_cut_on_one_node_resumes_on_the_other(redis_server: RedisServer
         end = client.get(f"{b.url}/v1/streams/{first.stream_id}",
                          headers={"Last-Event-ID": rest.events[-2].id})
         assert end.status_code == 204
+        # The stream inspector of each node lists it: A's own, B's copy.
+        for url in (a.url, b.url):
+            listed = client.get(f"{url}/v1/streams").json()["data"]
+            assert first.stream_id in [item["id"] for item in listed], listed
         # A stream neither node knows is a 404 on both.
         for url in (a.url, b.url):
             missing = client.get(f"{url}/v1/streams/0123456789abcdef")
@@ -347,3 +351,28 @@ def test_readers_on_another_node_keep_the_generation_going_past_the_grace(
                            last_event_id=first.events[-1].id)
         events = check_whole(first.events + rest.events, first.stream_id)
         assert len(events) > 300
+
+
+def test_a_copy_nobody_reads_is_dropped_and_read_back_when_wanted(
+        redis_server: RedisServer) -> None:
+    """A node keeps a live copy of another's stream only while it has readers: one lease
+    after its last reader left, the copy is gone from the node's inspector; a resume then
+    reads the stream back from Redis."""
+    with node(redis_server, "--token-rate", "50", "--resume-grace-s", "5") as a, \
+            node(redis_server) as b, httpx.Client(timeout=20) as client:
+        first = read_stream(client, "POST", f"{a.url}/v1/chat/completions",
+                            json=body(2000), stop_after=3)
+        assert first.stream_id
+        on_b = read_stream(client, "GET", f"{b.url}/v1/streams/{first.stream_id}",
+                           stop_after=5)
+        assert on_b.cut
+
+        def listed() -> list[str]:
+            return [item["id"] for item in client.get(f"{b.url}/v1/streams").json()["data"]]
+
+        assert first.stream_id in listed()
+        wait_for(lambda: first.stream_id not in listed(), timeout=5)
+        again = read_stream(client, "GET", f"{b.url}/v1/streams/{first.stream_id}",
+                            last_event_id=on_b.events[-1].id, stop_after=3)
+        assert [int(e.id.rpartition("-")[2]) for e in again.events] == [6, 7, 8]
+        client.post(f"{a.url}/v1/streams/{first.stream_id}/cancel")

@@ -238,7 +238,7 @@ def client() -> Iterator[httpx.Client]:
 @pytest.mark.parametrize("how", ["GET /v1/streams/{id}", "re-POST"])
 def test_resume_mid_stream_gets_the_whole_stream_exactly_once(
         serve: Callable[..., Served], client: httpx.Client, how: str) -> None:
-    limits = FAST_LIMITS.replace(resume_grace_s=2.0)
+    limits = FAST_LIMITS.replace(disconnect_policy="linger", resume_grace_s=2.0)
     served = gateway(serve, limits, tokens_per_s=80.0)
     body = chat_body(60)
     url = f"{served.url}/v1/chat/completions"
@@ -276,7 +276,8 @@ def test_resume_mid_stream_gets_the_whole_stream_exactly_once(
 
 def test_resume_after_the_stream_finished_and_after_retention(
         serve: Callable[..., Served], client: httpx.Client) -> None:
-    limits = FAST_LIMITS.replace(resume_grace_s=2.0, resume_retention_s=0.6)
+    limits = FAST_LIMITS.replace(disconnect_policy="linger", resume_grace_s=2.0,
+                                 resume_retention_s=0.6)
     served = gateway(serve, limits, tokens_per_s=400.0)
     body = chat_body(40)
     url = f"{served.url}/v1/chat/completions"
@@ -372,7 +373,7 @@ def test_no_grace_cancels_at_once_and_resume_says_cancelled(
 def test_grace_expiry_cancels_and_resume_says_cancelled(
         serve: Callable[..., Served], client: httpx.Client) -> None:
     ticks = Ticks(n=1000, interval=0.01)
-    limits = FAST_LIMITS.replace(resume_grace_s=0.4)
+    limits = FAST_LIMITS.replace(disconnect_policy="linger", resume_grace_s=0.4)
     served = serve(ticks.app(limits), limits)
 
     first = read_stream(client, "GET", f"{served.url}/ticks", stop_after=5)
@@ -413,8 +414,9 @@ def test_resume_from_a_seq_the_log_no_longer_holds_fell_behind(
     state = stream_state(served, sid)
     assert state is not None and state["first_seq"] > 2, f"the log did not wrap: {state}"
 
+    # Exact replay only (the default is a snapshot: tests/test_resume_any.py).
     for last_event_id in (None, f"{sid}-1"):  # from seq 1, from seq 2
-        got = read_stream(client, "GET", f"{served.url}/v1/streams/{sid}",
+        got = read_stream(client, "GET", f"{served.url}/v1/streams/{sid}?replay=exact",
                           last_event_id=last_event_id)
         assert got.status == 200
         data = [e.data for e in got.events]
@@ -526,7 +528,8 @@ def test_grace_without_reader_produces_at_most_half_the_log(
     filled (memory stays bounded), and a late resume still gets everything once."""
     log_bytes, size = 8192, 100
     ticks = Ticks(n=120, interval=0.005, size=size)
-    limits = FAST_LIMITS.replace(resume_grace_s=30.0, stream_log_bytes=log_bytes)
+    limits = FAST_LIMITS.replace(disconnect_policy="linger", resume_grace_s=30.0,
+                                 stream_log_bytes=log_bytes)
     served = serve(ticks.app(limits), limits)
 
     first = read_stream(client, "GET", f"{served.url}/ticks", stop_after=5)
@@ -559,7 +562,8 @@ def test_grace_goes_on_after_a_reader_left_a_well_filled_log(
     before it left: what it read is not unread, so the stream must still go on."""
     log_bytes, size = 8192, 100
     ticks = Ticks(n=200, interval=0.005, size=size)
-    limits = FAST_LIMITS.replace(resume_grace_s=30.0, stream_log_bytes=log_bytes)
+    limits = FAST_LIMITS.replace(disconnect_policy="linger", resume_grace_s=30.0,
+                                 stream_log_bytes=log_bytes)
     served = serve(ticks.app(limits), limits)
 
     read = 60  # 6000 bytes read: more than half the log
@@ -586,7 +590,7 @@ def test_server_close_cancels_a_stream_in_grace(
     ``Server.close()`` has returned, its generation must not go on (nobody can resume it
     any more) and its handler's ``finally`` must have run."""
     ticks = Ticks(n=10_000, interval=0.01)
-    limits = FAST_LIMITS.replace(resume_grace_s=30.0)
+    limits = FAST_LIMITS.replace(disconnect_policy="linger", resume_grace_s=30.0)
     served = serve(ticks.app(limits), limits)
     first = read_stream(client, "GET", f"{served.url}/ticks", stop_after=3)
     assert first.stream_id

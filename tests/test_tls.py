@@ -110,6 +110,8 @@ def test_https_sse_and_wss_against_the_test_ca(certs: TestCerts) -> None:
             ws.send(orjson.dumps({"type": "request", "id": "r1", "body": body}).decode())
             while True:
                 message: dict[str, Any] = orjson.loads(ws.recv(timeout=5))
+                if message["type"] == "stream":  # names the stream, for a resume
+                    continue
                 if message["type"] == "chunk":
                     for choice in message["chunk"]["choices"]:
                         ws_text.append(choice["delta"].get("content") or "")

@@ -56,6 +56,7 @@ LIMITS = Limits(
     upstream_connect_timeout_s=1.0,
     heartbeat_interval_s=0.1,
     keepalive_timeout_s=2.0,
+    disconnect_policy="cancel",  # a client that leaves stops its upstream request at once
 )
 MESSAGES = [{"role": "user", "content": "please explain in plain words how a gateway "
              "streams tokens from a model server to many readers at once"}]
@@ -216,6 +217,8 @@ def ws_until_end(ws: ClientConnection, request_id: str,
         assert time.monotonic() < deadline, f"the request did not end: {messages[-5:]}"
         message = orjson.loads(ws.recv(timeout=timeout))
         assert message["id"] == request_id, message
+        if message["type"] == "stream":  # names the stream, for a resume
+            continue
         messages.append(message)
         if message["type"] in ("done", "error", "cancelled"):
             return messages
@@ -526,7 +529,7 @@ def test_client_disconnect_aborts_the_upstream_request(
 def test_client_disconnect_with_a_resume_grace_aborts_at_its_end(
         gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
     up = upstream(slow_then_fast())
-    gw = gateway(up.spec(), limits=LIMITS.replace(resume_grace_s=0.6))
+    gw = gateway(up.spec(), limits=LIMITS.replace(disconnect_policy="linger", resume_grace_s=0.6))
     with RawClient(gw.port) as client:
         client.send(chat_request(gw.port, body()))
         client.read_until(b"w3 ")
@@ -543,7 +546,7 @@ def test_cancel_endpoint_aborts_the_upstream_request(
         gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
     up = upstream(slow_then_fast())
     # Even with a resume grace, an explicit cancel stops the model at once.
-    gw = gateway(up.spec(), limits=LIMITS.replace(resume_grace_s=5.0))
+    gw = gateway(up.spec(), limits=LIMITS.replace(disconnect_policy="linger", resume_grace_s=5.0))
     with RawClient(gw.port) as client:
         client.send(chat_request(gw.port, body()))
         head = client.read_until(b"w3 ")
@@ -577,6 +580,8 @@ def test_websocket_cancel_and_close_abort_the_upstream_request(
         seen = ""
         while "w3 " not in seen:
             message = orjson.loads(ws.recv(timeout=3))
+            if message["type"] == "stream":  # names the stream, for a resume
+                continue
             assert message["type"] == "chunk", message
             seen += message["chunk"]["choices"][0]["delta"].get("content") or ""
         t0 = time.monotonic()
@@ -995,6 +1000,7 @@ def test_usage_on_client_cancel_is_in_the_log_line(
     if how == "ws_cancel":
         with ws_connect(f"ws://127.0.0.1:{gw.port}/v1/ws", open_timeout=5) as ws:
             ws.send(orjson.dumps({"type": "request", "id": "r1", "body": body()}).decode())
+            assert orjson.loads(ws.recv(timeout=3))["type"] == "stream"  # names it
             for _ in range(6):  # the role and 5 tokens
                 assert orjson.loads(ws.recv(timeout=3))["type"] == "chunk"
             ws.send('{"type": "cancel", "id": "r1"}')

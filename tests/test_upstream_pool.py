@@ -175,3 +175,28 @@ def test_a_waiter_whose_client_left_does_not_take_the_freed_connection() -> None
         assert not pool._waiters and pool.open_count == 1
 
     run(main, upstream_pool_size=1)
+
+
+def test_idle_gives_a_kept_alive_connection_at_once_but_not_before_a_waiter() -> None:
+    async def main(upstream: Upstream, pool: UpstreamPool) -> None:
+        assert pool.idle() is None  # nothing opened yet: acquire() connects
+        first = await pool.acquire()
+        await exchange(first)
+        first.release()
+        assert pool.idle() is first and first.uses == 2  # no await, no new connection
+        # A request waiting for a connection comes before one that asks idle() later.
+        waiting = asyncio.ensure_future(pool.acquire())
+        await asyncio.sleep(0.05)
+        await exchange(first)
+        first.release()  # back to the pool, and the waiter is woken
+        assert pool.idle() is None
+        assert await waiting is first
+        await exchange(first)
+        first.release()
+        # An idle connection the upstream closed is skipped (and forgotten).
+        upstream.writers[0].close()
+        while first.open:
+            await asyncio.sleep(0.005)
+        assert pool.idle() is None and pool.open_count == 0
+
+    run(main, upstream_pool_size=1)

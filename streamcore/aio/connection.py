@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import InternalError, ProtocolError, RequestError, StreamcoreError, shown
 from ..proto import http, ws
 from ..proto.access import require_json
-from ..proto.cursor import parse_cursor, resume_query
+from ..proto.cursor import disconnect_policy, parse_cursor, resume_query
 from ..proto.http import HTTPSession, Phase
 from ..store.base import Entry
 from .context import Context, Fields, access
@@ -267,8 +267,8 @@ class HTTPConnection(Output):
                 raise RequestError(f"no stream {shown(resume)} (unknown, or no longer "
                                    "retained)", status=404, code="stream_not_found")
             exact = resume_query(request.query).exact
-            start_seq = entry.resume_at(epoch, after or 0, exact)
-            if entry.log.closed and start_seq >= entry.log.next_seq:
+            start_seq, snapshot = entry.resume_at(epoch, after or 0, exact)
+            if snapshot is None and entry.log.closed and start_seq >= entry.log.next_seq:
                 # Positioned at the end of a stream that ended: 204 tells an EventSource
                 # to stop reconnecting (WHATWG HTML 9.2.3), where a forgotten one would
                 # otherwise come back every few seconds for the whole retention time.
@@ -276,20 +276,23 @@ class HTTPConnection(Output):
                 self.respond(Response(b"", 204))
                 return
             self._resumed("replayed", entry.log.next_seq - max(start_seq, entry.log.first_seq))
-            self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, entry, start_seq)
+            self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, entry, start_seq,
+                                    retry_ms=ctx.retry_ms, snapshot=snapshot)
             self.reader.start(origin=False)
             self.reader.wake()
             return
         head_only = self._method == "HEAD"
+        policy = disconnect_policy(request.header("x-disconnect-policy"))
         # Without ids nobody can resume it: not in the store, its log not retained.
         stream = ctx.new_stream(items, sse_end=sse_end, resumable=ids and not head_only,
-                                transport=None if head_only else "sse")
+                                transport=None if head_only else "sse", policy=policy)
         if head_only:  # the head of the stream, and no generation
             head, _ = self.stream_head(stream.entry, ids)
             self.send(head)
             self.response_done()
             return
         reader = self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, stream.entry,
+                                         retry_ms=ctx.retry_ms,
                                          ids=ids)
         ctx.time_first_token(reader, stream, self._received)
         reader.start(origin=True)

@@ -21,7 +21,7 @@ from ..store.base import ReplayStore
 from .admission import Admission
 from .handler import Router
 from .sse import Heartbeat
-from .stream import BaseReader, Flusher, Stream, source_of
+from .stream import BaseReader, DetachBudget, Flusher, Stream, source_of
 
 #: One line per request and per stream (docs/operations.md): ``--log-format json`` makes
 #: each a JSON object.
@@ -42,38 +42,54 @@ class Context:
     #: Chaos mode's per-request hook (``streamcore.aio.chaos.ChaosHook``), None when off.
     chaos: Any = None
     metrics: Metrics = field(default_factory=Metrics)
+    #: Room for streams running detached (Limits.disconnect_policy "detach").
+    detached: DetachBudget | None = None
+
+    def __post_init__(self) -> None:
+        limits = self.limits
+        if self.detached is None:
+            self.detached = DetachBudget(limits.resume_budget_bytes // max(
+                1, limits.stream_log_bytes + limits.stream_snapshot_bytes))
+
+    @property
+    def retry_ms(self) -> int:
+        """The SSE ``retry:`` an EventSource is told (WHATWG HTML 9.2.6): a fifth of the
+        linger window (at most 1 s, at least 100 ms), so that it is back in time; 0 (none
+        sent: the browser's own 3-5 s) when nothing lingers by default."""
+        limits = self.limits
+        grace = limits.resume_grace_s
+        if grace <= 0 or limits.disconnect_policy == "cancel":
+            return 0
+        return max(100, min(1000, int(grace * 200)))
 
     def new_stream(self, items: object, *, sse_end: bytes | None = None,
-                   resumable: bool = False, transport: str | None = None) -> Stream:
+                   resumable: bool = False, transport: str | None = None,
+                   policy: str | None = None) -> Stream:
         """A stream with this server's limits; ``resumable``: findable in the store by id
-        while it runs and after it ended; ``transport``: counted in the metrics and logged
-        under this label (None: a stream that will not run, e.g. for a HEAD)."""
+        while it runs and after it ended, and following ``policy`` (default: the
+        server's) when its last reader leaves (one that is not is cancelled then);
+        ``transport``: counted in the metrics and logged under this label (None: a stream
+        that will not run, e.g. for a HEAD)."""
         limits = self.limits
         stream = Stream(source_of(items, limits.stream_idle_timeout_s),
                         log_bytes=limits.stream_log_bytes,
                         high_water=limits.write_high_water_bytes,
                         low_water=limits.write_low_water_bytes,
                         grace_s=limits.resume_grace_s if resumable else 0.0,
-                        sse_end=sse_end)
+                        sse_end=sse_end,
+                        policy=(policy or limits.disconnect_policy) if resumable else "cancel",
+                        detach_budget=self.detached)
         if resumable:
             self.store.add(stream.entry)
-        if transport is not None:
-            meter = stream.meter = StreamMeter(self, stream, resumable, transport)
+        if transport is not None or resumable:
+            meter = stream.meter = StreamMeter(self, stream, resumable, transport or "sse")
             stream.on_end = meter.ended
-        elif resumable:
-            stream.on_end = self._stored
         return stream
-
-    def _stored(self, stream: Stream) -> None:
-        stream.on_end = None
-        self.store.ended(stream.entry)
 
     def time_first_token(self, reader: BaseReader, stream: Stream, received: float) -> None:
         """Measure the origin reader's time to first token, from ``received``
         (time.monotonic) to the first token's bytes written."""
         meter = stream.meter
-        if meter is None:
-            return
         meter.received = received
         reader.ttft = meter
         reader.ttft_from = received
@@ -158,7 +174,7 @@ class StreamMeter:
             outcome = "aborted"
             metrics.child("streamcore_upstream_aborts_total").inc()
         else:
-            outcome = _error_code(stream.entry.error)
+            outcome = _error_code(stream.entry.error or b"{}")
         metrics.child("streamcore_upstream_requests_total", outcome).inc()
         if attempts > 1:
             metrics.child("streamcore_upstream_retries_total").inc(attempts - 1)
@@ -214,14 +230,10 @@ UPSTREAM_CODES = frozenset({
     "upstream_504", "stream_idle", "internal_error", "handler_failed"})
 
 
-def _error_code(envelope: bytes | None,
-                known: frozenset[str] | None = UPSTREAM_CODES) -> str:
-    """The ``code`` of an OpenAI error envelope; a label of bounded cardinality when
-    ``known`` is given (any other code is ``upstream_error``)."""
-    try:
-        code = orjson.loads(envelope or b"{}")["error"]["code"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        code = None
+def _error_code(envelope: bytes, known: frozenset[str] | None = UPSTREAM_CODES) -> str:
+    """The ``code`` of one of our OpenAI error envelopes (``errors.envelope``); a label of
+    bounded cardinality when ``known`` is given (any other code is ``upstream_error``)."""
+    code = orjson.loads(envelope).get("error", {}).get("code")
     if known is None:
         return code if isinstance(code, str) else "error"
     return code if code in known else "upstream_error"

@@ -48,10 +48,11 @@ class Responder(Protocol):
 class SSEReader(BaseReader):
     """Writes one stream to one HTTP response: the events of each flush in one chunk."""
 
-    __slots__ = ("framer", "hb_seen", "heartbeat", "ids")
+    __slots__ = ("framer", "hb_seen", "heartbeat", "ids", "retry_ms", "snapshot")
 
     def __init__(self, conn: Responder, flusher: Flusher, heartbeat: Heartbeat, entry: Entry,
-                 start_seq: int | None = None, ids: bool = True) -> None:
+                 start_seq: int | None = None, ids: bool = True, *, retry_ms: int = 0,
+                 snapshot: bytes | None = None) -> None:
         super().__init__(flusher, entry)
         #: Events carry ids (a resumable stream); False: none (EventStream(ids=False)).
         self.ids = ids
@@ -63,6 +64,11 @@ class SSEReader(BaseReader):
         #: (bad JSON, say) still gets its 4xx instead of a 200 and an error event.
         self.framer: SSEFramer | None = None
         self.hb_seen = -1
+        #: Sent with the head: the EventSource's reconnection time (0: none sent).
+        self.retry_ms = retry_ms
+        #: Sent with the head: the stream so far, up to ``start_seq - 1`` (its cursor),
+        #: for a reader whose cursor the log no longer held (docs/resume.md).
+        self.snapshot = snapshot
 
     def start(self, *, origin: bool) -> None:
         """Read the entry: ``origin`` for the request that started its generation.  The
@@ -98,6 +104,11 @@ class SSEReader(BaseReader):
                                              self.ids)
             bufs.append(head)
             size = len(head)
+            if self.snapshot is not None:
+                snap = framer.snapshot(cursor.next_seq - 1, self.snapshot)
+                bufs += snap
+                size += sum(map(len, snap))
+                self.snapshot = None
         if cursor.next_seq < log_.next_seq:
             try:
                 seq, frames, payload = cursor.take()
@@ -111,6 +122,13 @@ class SSEReader(BaseReader):
         if log_.closed and cursor.next_seq >= log_.next_seq:
             self._finish(bufs, None)
             return
+        if self.retry_ms:  # the first flush: after its events, the body starts as before
+            # A field line alone, no blank line: applied as it is parsed (9.2.6), and no
+            # empty event dispatched.
+            retry = framer.chunk(b"retry: %d\n" % self.retry_ms)
+            self.retry_ms = 0
+            bufs += retry
+            size += sum(map(len, retry))
         if bufs:
             conn.sendv(bufs, size)
         self.progressed()

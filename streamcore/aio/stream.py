@@ -204,11 +204,24 @@ class BaseReader:
         raise NotImplementedError
 
 
+class DetachBudget:
+    """How many streams may run detached (``disconnect_policy = "detach"``: no reader, not
+    paused, to their end for a later reader) at once: each holds at most its log and its
+    snapshot text, so ``resume_budget_bytes`` over that bounds them all.  A stream that
+    finds no room lingers instead."""
+
+    __slots__ = ("free",)
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+
+
 class Stream:
     """One generation: its source, its entry (log and readers), its flow control."""
 
-    __slots__ = ("_grace", "_left_at", "entry", "flow", "flush_bytes", "grace_s", "left",
-                 "log", "meter", "on_end", "origin", "readers", "source", "state")
+    __slots__ = ("_detached", "_grace", "_left_at", "detach_budget", "entry", "flow",
+                 "flush_bytes", "grace_s", "left", "log", "meter", "on_end", "origin",
+                 "policy", "readers", "source", "state")
 
     def __init__(
         self,
@@ -221,6 +234,8 @@ class Stream:
         on_end: Callable[[Stream], None] | None = None,
         grace_s: float = 0.0,
         sse_end: bytes | None = None,
+        policy: str = "linger",
+        detach_budget: DetachBudget | None = None,
         frame_overhead: int = FRAME_OVERHEAD_BYTES,
     ) -> None:
         self.source: PushSource | None = source
@@ -244,6 +259,13 @@ class Stream:
         self._grace: asyncio.TimerHandle | None = None
         #: ``log.appended_bytes`` that the last reader to leave had taken.
         self._left_at = 0
+        #: What happens when the last reader leaves (Limits.disconnect_policy): ``cancel``,
+        #: ``linger`` (for ``grace_s``), ``detach`` (within ``detach_budget``; without
+        #: one, or with no room left in it, the stream lingers).
+        self.policy = policy
+        self.detach_budget = detach_budget
+        #: Running on without a reader, holding a place in ``detach_budget``.
+        self._detached = False
         #: The last reader to leave while none was left, and when (time.monotonic): why
         #: a cancelled stream ended, and how long its cancel took (metrics).
         self.left: tuple[Reader, float] | None = None
@@ -272,30 +294,46 @@ class Stream:
         if self._grace is not None:  # a client came back in time
             self._grace.cancel()
             self._grace = None
+        self._attached()
         if origin or self.origin is None:
             self.origin = reader
             self.writable_changed()
 
     def reader_left(self, reader: Reader) -> None:
-        """With no reader left the generation is cancelled at once (the handler's
-        ``finally`` runs now, not at its next token), or after ``grace_s`` if no reader
-        attaches by then."""
+        """With no reader left: ``cancel`` stops the generation at once (the handler's
+        ``finally`` runs now, not at its next token); ``linger`` after ``grace_s`` if no
+        reader attaches by then; ``detach`` lets it run to its end, not paused for want
+        of a reader (its log keeps the newest frames, its snapshot the text before)."""
         if not self.readers:  # before writable_changed(), which measures from it
             self._left_at = reader.cursor.taken_bytes
             self.left = (reader, time.monotonic())
         if self.origin is reader:
             self.origin = self.readers[0] if self.readers else None
             self.writable_changed()
-        if not self.readers and not self.state.terminal and self._grace is None:
-            if self.grace_s > 0:
-                self._grace = asyncio.get_running_loop().call_later(self.grace_s, self.cancel)
-            else:
-                self.cancel()
+        if self.readers or self.state.terminal or self._grace is not None or self._detached:
+            return
+        budget = self.detach_budget
+        if self.policy == "detach" and budget is not None and budget.free > 0:
+            budget.free -= 1
+            self._detached = True
+            self.writable_changed()  # a stream paused by its reader goes on
+        elif self.policy != "cancel" and self.grace_s > 0:
+            self._grace = asyncio.get_running_loop().call_later(self.grace_s, self.cancel)
+        else:
+            self.cancel()
+
+    def _attached(self) -> None:
+        """A reader came, or the stream ended: no longer detached."""
+        if self._detached:
+            self._detached = False
+            assert self.detach_budget is not None
+            self.detach_budget.free += 1
 
     def _may_resume(self) -> bool:
         origin = self.origin
         if origin is None:  # no reader (grace): at most half the log unread, never evict
-            return self.log.appended_bytes - self._left_at <= self.log.max_bytes // 2
+            return (self._detached
+                    or self.log.appended_bytes - self._left_at <= self.log.max_bytes // 2)
         return not self.flow.paused_after(True, origin.cursor.backlog_bytes)
 
     def writable_changed(self) -> None:
@@ -316,7 +354,8 @@ class Stream:
         log_.append(frame, size if size >= 0 else sum(map(len, frame)))
         origin = self.origin
         if origin is None:  # nobody reads (grace): produce into at most half the log
-            if self.log.appended_bytes - self._left_at <= self.log.max_bytes // 2:
+            if (self._detached
+                    or self.log.appended_bytes - self._left_at <= self.log.max_bytes // 2):
                 return state is RUNNING
         else:
             for reader in self.readers:
@@ -379,6 +418,7 @@ class Stream:
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
+        self._attached()
         if self.on_end is not None:
             self.on_end(self)
 
@@ -527,5 +567,5 @@ def source_of(items: Any, idle_s: float = 0.0) -> PushSource:
     return GeneratorSource(items, idle_s)
 
 
-__all__ = ["FLUSH_BYTES", "BaseReader", "Flusher", "GeneratorSource", "PushSource", "Stream",
-           "source_of", "to_frame"]
+__all__ = ["FLUSH_BYTES", "BaseReader", "DetachBudget", "Flusher", "GeneratorSource",
+           "PushSource", "Stream", "source_of", "to_frame"]

@@ -150,11 +150,9 @@ class UpstreamPool:
         :class:`Unavailable` if none can be had within the connect timeout."""
         deadline = self.loop.time() + self.limits.upstream_connect_timeout_s
         while True:
-            while self._idle:
-                conn = self._idle.pop()
-                if conn.open:
-                    conn.uses += 1
-                    return conn
+            conn = self._take_idle()
+            if conn is not None:
+                return conn
             if len(self._open) < self.limits.upstream_pool_size:
                 conn = await self._connect(deadline)
                 conn.uses += 1
@@ -167,9 +165,23 @@ class UpstreamPool:
                 raise Unavailable(f"every connection to {self.target.url()} is busy "
                                   f"(upstream_pool_size {self.limits.upstream_pool_size})",
                                   503, "upstream_busy") from None
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+            finally:  # woken, timed out or cancelled: it waits no more
+                self._waiters.remove(waiter)
+
+    def idle(self) -> UpstreamConnection | None:
+        """An idle connection ready for a request now, or None (then :meth:`acquire`):
+        the common case without a task, an await and a loop iteration before the request
+        goes out.  None while requests wait for a connection: they come first."""
+        return None if self._waiters else self._take_idle()
+
+    def _take_idle(self) -> UpstreamConnection | None:
+        # Every idle connection is open: one the upstream closes is forgotten at once
+        # (connection_lost), and only an open one is put back (release).
+        if not self._idle:
+            return None
+        conn = self._idle.pop()
+        conn.uses += 1
+        return conn
 
     async def _connect(self, deadline: float) -> UpstreamConnection:
         target = self.target
@@ -213,8 +225,9 @@ class UpstreamPool:
             self._wake()
 
     def _wake(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        # A woken waiter stays listed until it runs (acquire's finally): until then the
+        # connection freed for it is not idle() for a newcomer to take.
+        for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
                 return

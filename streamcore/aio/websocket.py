@@ -55,10 +55,10 @@ class WSReader(BaseReader):
     transport = "websocket"
 
     def __init__(self, conn: WebSocketConnection, entry: Entry, key: bytes | None,
-                 end: Callable[[], bytes | None] | None) -> None:
+                 end: Callable[[], bytes | None] | None, start_seq: int | None = None) -> None:
         super().__init__(conn.ctx.flusher, entry)
         self.conn = conn
-        self.cursor = Cursor(entry.log)
+        self.cursor = Cursor(entry.log, start_seq)
         self.key = key
         self.framer = wsapi.ChunkFramer(key)
         self.end = end
@@ -397,8 +397,7 @@ class WebSocketConnection(Output):
 
     # -- streams --------------------------------------------------------------------
 
-    def start_stream(self, key: bytes | None, items: AsyncIterator[Any] | PushSource,
-                     end: Callable[[], bytes | None] | None) -> None:
+    def _check_room(self, key: bytes | None) -> None:
         if key in self.readers:
             raise RequestError("a request with this id is already running",
                                code="duplicate_id")
@@ -406,23 +405,68 @@ class WebSocketConnection(Output):
             raise RequestError(
                 f"too many concurrent requests on this socket (limit "
                 f"{self.limits.ws_max_concurrent_requests})", code="too_many_requests")
+
+    def start_stream(self, key: bytes | None, items: AsyncIterator[Any] | PushSource,
+                     end: Callable[[], bytes | None] | None, *, sse_end: bytes | None = None,
+                     policy: str | None = None) -> None:
+        """A keyed stream is findable by id (resumable on any transport, its ``stream``
+        message first) and follows the disconnect policy when its socket goes; a plain
+        stream route's (no key) ends with its socket."""
+        self._check_room(key)
         self.admission.check_new_work()
-        stream = self.ctx.new_stream(items, transport="websocket")
-        reader = WSReader(self, stream.entry, key, end)
+        stream = self.ctx.new_stream(items, sse_end=sse_end, resumable=key is not None,
+                                     transport="websocket", policy=policy)
+        entry = stream.entry
+        reader = WSReader(self, entry, key, end)
         self.ctx.time_first_token(reader, stream, time.monotonic())
-        stream.entry.attach(reader, origin=True)
+        if key is not None:
+            self.send_frame(wsapi.stream_message(key, entry.id, entry.epoch))
+        entry.attach(reader, origin=True)
         self.readers[key] = reader
         stream.start()
 
+    def resume_stream(self, key: bytes, entry: Entry, epoch: str | None, after: int,
+                      exact: bool) -> None:
+        """Read ``entry`` on this socket after event ``after`` of ``epoch``: a snapshot if
+        the log no longer holds that (unless ``exact``), the missed chunks, the live tail
+        and the end, each once (docs/resume.md)."""
+        if self.transport is None or not self.session.open:
+            return  # the socket went while the store was asked
+        self._check_room(key)
+        start, snapshot = entry.resume_at(epoch, after, exact)
+        reader = WSReader(self, entry, key, None, start)
+        self.send_frame(wsapi.stream_message(key, entry.id, entry.epoch))
+        if snapshot is not None:
+            self.send_frame(wsapi.snapshot_message(key, start - 1, snapshot))
+        entry.attach(reader)
+        self.readers[key] = reader
+        reader.wake()
+
+    def send_frame(self, message: bytes) -> None:
+        """One text message of ours, uncompressed (as the chunks are)."""
+        self.sendv(wsapi.frame(message))
+
     def cancel_stream(self, key: bytes | None) -> bool:
-        """Stop one stream now: its generator is closed in this loop iteration."""
-        reader = self.readers.pop(key, None)
+        """Stop one stream now, its generation too (the client asked): its generator is
+        closed in this loop iteration."""
+        reader = self.readers.get(key)
         if reader is None:
             return False
-        reader.done = True
         reader.why = "cancelled"
-        reader.entry.detach(reader)
+        self._leave(key)
+        owner = reader.entry.owner
+        if owner is not None:
+            owner.cancel()
         return True
+
+    def _leave(self, key: bytes | None) -> WSReader | None:
+        """This socket stops reading one stream; the stream's disconnect policy decides
+        whether its generation goes on."""
+        reader = self.readers.pop(key, None)
+        if reader is not None:
+            reader.done = True
+            reader.entry.detach(reader)
+        return reader
 
     def stream_finished(self, reader: WSReader, bufs: list[bytes], error: bytes | None) -> None:
         if self.readers.get(reader.key) is reader:
@@ -441,8 +485,10 @@ class WebSocketConnection(Output):
             return
         if error is not None:
             bufs += wsapi.frame(wsapi.error_message(reader.key, error))
-        elif reader.end is not None:
-            message = reader.end()
+        else:
+            ws_end = reader.entry.ws_end
+            message = (reader.end() if reader.end is not None
+                       else ws_end(reader.key) if ws_end is not None else None)
             if message:
                 bufs += wsapi.frame(message)
         self.sendv(bufs)
@@ -451,7 +497,7 @@ class WebSocketConnection(Output):
 
     def _stop_streams(self) -> None:
         for key in list(self.readers):
-            self.cancel_stream(key)
+            self._leave(key)
 
 
 async def _serve_stream_route(socket: WebSocket, route: Route, request: Request) -> None:
@@ -510,10 +556,25 @@ class WebSocket:
             await conn.drained()
 
     def stream(self, key: str | None, items: AsyncIterator[Any] | PushSource, *,
-               end: Callable[[], bytes | None] | None = None) -> None:
+               end: Callable[[], bytes | None] | None = None, sse_end: bytes | None = None,
+               disconnect: str | None = None) -> None:
         """Run ``items`` as a stream on this socket, keyed by ``key`` (JSON-encoded into
-        each chunk message); ``end`` makes the final message."""
-        self.conn.start_stream(None if key is None else wsapi.key_of(key), items, end)
+        each chunk message); ``end`` makes the final message, ``sse_end`` the end event
+        of an SSE reader resuming it; ``disconnect``: its disconnect policy (None: the
+        server's)."""
+        self.conn.start_stream(None if key is None else wsapi.key_of(key), items, end,
+                               sse_end=sse_end, policy=disconnect)
+
+    async def resume(self, key: str, stream_id: str, after: int, *, epoch: str | None = None,
+                     exact: bool = False) -> None:
+        """Read the existing stream ``stream_id`` after event ``after`` (of ``epoch``) on
+        this socket, keyed by ``key``; a stream this server does not know (or no longer
+        keeps) is a 404 ``stream_not_found``."""
+        entry = await self.conn.ctx.store.fetch(stream_id, after + 1)
+        if entry is None:
+            raise RequestError(f"no stream {stream_id!r} (unknown, or no longer retained)",
+                               status=404, param="stream", code="stream_not_found")
+        self.conn.resume_stream(wsapi.key_of(key), entry, epoch, after, exact)
 
     def cancel(self, key: str) -> bool:
         return self.conn.cancel_stream(wsapi.key_of(key))

@@ -267,13 +267,15 @@ class SSERun {
     updateButtons();
   }
 
-  // Every reader leaves (the owner too): with grace 0 the server cancels the generation.
+  // Every reader leaves (the owner too), and the generation is cancelled now: under the
+  // default disconnect policy (linger) it would otherwise go on for the linger window.
   async cancel() {
     if (this.ended) return;
     this.owner.abort();
     this.end("cancelled", "cancelled: every reader of the stream left");
     const id = sse.state.streamId;
     if (!id) return;
+    await fetch(`/v1/streams/${id}/cancel`, {method: "POST"}).catch(() => {});
     // Ask the server what became of the stream: its log ends with the cancel.
     await new Promise((resolve) => setTimeout(resolve, 200));
     const aborter = new AbortController();

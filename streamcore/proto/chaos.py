@@ -295,9 +295,10 @@ class Wire:
             self.actions.append(how)
             self.dead = True
 
-    def unit(self, data: bytes, *, token: bool, start: int = 0) -> None:
-        """One event or message (``data[start:]`` is the event itself, after its
-        framing); ``token``: it carries content."""
+    def unit(self, data: bytes, *, token: bool, start: int = 0, tail: int = 0) -> None:
+        """One event or message: ``data[start:len(data) - tail]`` is the event itself
+        (a cut mid-event falls inside it), between its framing; ``token``: it carries
+        content."""
         if self.dead:
             return
         faults = self.faults
@@ -313,8 +314,8 @@ class Wire:
             if "stall-mid" in faults:
                 self.pause(STALL_S)
             cut = "reset-mid-event" in faults or "close-mid-event" in faults
-            if cut and len(data) - start >= 2:
-                self.write(data[:self.rng.randint(start + 1, len(data) - 1)])
+            if cut and len(data) - tail - start >= 2:
+                self.write(data[:self.rng.randint(start + 1, len(data) - tail - 1)])
                 self.end(RESET if "reset-mid-event" in faults else CLOSE)
                 return
         self.write(data)

@@ -289,7 +289,7 @@ class HTTPChaos:
             self.wire.end(CLOSE)
             self._end()
             return
-        self.wire.unit(head + data + CRLF, token=token, start=len(head))
+        self.wire.unit(head + data + CRLF, token=token, start=len(head), tail=2)
 
     def _end(self) -> None:
         self._ended = True

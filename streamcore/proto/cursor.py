@@ -36,6 +36,7 @@ from typing import NamedTuple
 from urllib.parse import parse_qsl
 
 from ..errors import RequestError
+from ..limits import DISCONNECT_POLICIES
 
 #: Longest stream id accepted (bytes).  Ours are 16; an embedder's may be a UUID (36).
 MAX_STREAM_ID_LENGTH = 64
@@ -149,3 +150,15 @@ def resume_query(query: str) -> ResumeQuery:
                                    code="invalid_value")
             exact = value == "exact"
     return ResumeQuery(after, epoch, exact)
+
+
+def disconnect_policy(value: str | None) -> str | None:
+    """A request's own disconnect policy (the ``X-Disconnect-Policy`` header, ``disconnect``
+    of a ``/v1/ws`` request), None if it gave none; another value is the client's error."""
+    if value is None or value == "":
+        return None
+    if value not in DISCONNECT_POLICIES:
+        raise RequestError(f"the disconnect policy must be one of "
+                           f"{', '.join(DISCONNECT_POLICIES)}", param="X-Disconnect-Policy",
+                           code="invalid_value")
+    return value

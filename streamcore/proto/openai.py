@@ -277,3 +277,81 @@ def completion_body(completion_id: str, model: str, text: str, finish_reason: st
         "usage": usage_object(prompt_tokens, completion_tokens),
     })
 
+
+
+class ChatText:
+    """What a chat stream's snapshot needs (docs/resume.md): the text and finish state of
+    the chunks that left its log, folded as they leave it (:attr:`TokenLog.fold`: once per
+    compaction of the ring, never per token), and of the chunks still in it when a
+    snapshot is asked for.
+
+    Per choice: the ``content`` text, the role and the ``finish_reason``; the ``usage`` of
+    the stream.  Other deltas (tool calls, logprobs) are not kept: a snapshot is the text.
+    At most ``max_bytes`` of text: above it the text is dropped and :meth:`snapshot`
+    gives None (the reader then gets the exact-replay error, ``fell_behind``)."""
+
+    __slots__ = ("finish", "kept_bytes", "max_bytes", "meta", "overflow", "texts", "usage")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        #: ``id``, ``created``, ``model`` of the first chunk.
+        self.meta: dict[str, Any] = {}
+        self.texts: dict[int, str] = {}
+        self.finish: dict[int, str | None] = {}
+        self.usage: Any = None
+        self.kept_bytes = 0
+        self.overflow = False
+
+    def fold(self, frames: list[tuple[bytes, ...]]) -> None:
+        """Frames leaving the log: their text joins the kept text."""
+        if not self.overflow:
+            self._add(self, frames)
+            if self.kept_bytes > self.max_bytes:
+                self.overflow = True
+                self.texts = {}
+                self.kept_bytes = 0
+
+    @staticmethod
+    def _add(into: ChatText, frames: list[tuple[bytes, ...]]) -> None:
+        parts: dict[int, list[str]] = {}
+        for frame in frames:
+            try:
+                chunk = orjson.loads(b"".join(frame))
+            except orjson.JSONDecodeError:
+                continue  # not a chunk of ours: nothing of the text
+            if not isinstance(chunk, dict) or "error" in chunk:
+                continue
+            if not into.meta:
+                into.meta = {k: chunk[k] for k in ("id", "created", "model") if k in chunk}
+            if chunk.get("usage") is not None:
+                into.usage = chunk["usage"]
+            for choice in chunk.get("choices") or ():
+                if not isinstance(choice, dict):
+                    continue
+                index = choice.get("index", 0)
+                delta = choice.get("delta")
+                content = delta.get("content") if isinstance(delta, dict) else None
+                if isinstance(content, str) and content:
+                    parts.setdefault(index, []).append(content)
+                if choice.get("finish_reason") is not None or index not in into.finish:
+                    into.finish[index] = choice.get("finish_reason")
+        for index, texts in parts.items():
+            added = "".join(texts)
+            into.texts[index] = into.texts.get(index, "") + added
+            into.kept_bytes += len(added)
+
+    def snapshot(self, frames: list[tuple[bytes, ...]]) -> bytes | None:
+        """The snapshot of the kept text and ``frames`` (the log's, up to the snapshot's
+        cursor), as a ``chat.completion.snapshot`` object; None once the text overflowed."""
+        if self.overflow:
+            return None
+        whole = ChatText(self.max_bytes)
+        whole.meta, whole.usage = self.meta, self.usage
+        whole.texts, whole.finish = dict(self.texts), dict(self.finish)
+        self._add(whole, frames)
+        choices = [{"index": index, "message": {"role": "assistant",
+                                                "content": whole.texts.get(index, "")},
+                    "finish_reason": reason}
+                   for index, reason in sorted(whole.finish.items())]
+        return dumps({**whole.meta, "object": "chat.completion.snapshot", "choices": choices,
+                      "usage": whole.usage})

@@ -23,6 +23,8 @@ backlog of ``n`` frames is their payload plus ``n`` times the overhead.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from ..errors import FellBehind
 from .state import State, Table
 
@@ -35,17 +37,38 @@ Frame = tuple[bytes, ...]
 FRAME_OVERHEAD_BYTES = 96
 
 
+#: Dropped frames given to a log's folder at a time: a bounded list of pending frames
+#: (~16 KiB of chat chunks), one call per this many.
+FOLD_BATCH = 64
+
+
+class Folder(Protocol):
+    """Keeps what a snapshot needs of the frames that leave a log (e.g. a chat stream's
+    text: :class:`streamcore.proto.openai.ChatText`), and makes the snapshot."""
+
+    #: Bytes it holds (counted with the log in the retention budget).
+    kept_bytes: int
+
+    def fold(self, frames: list[Frame]) -> None:
+        """``frames`` leave the log for good (oldest first, after those folded before)."""
+
+    def snapshot(self, frames: list[Frame]) -> bytes | None:
+        """The snapshot of what was folded and then ``frames``; None if it cannot be made."""
+
+
 class TokenLog:
     """Frames numbered from ``first_seq`` (1), at most ``max_bytes`` held (payload plus
     ``frame_overhead`` per frame; and never fewer than the newest frame, however large)."""
 
     __slots__ = (
+        "_dropped",
         "_first_seq",
         "_frames",
         "_head",
         "_held_bytes",
         "appended_bytes",
         "closed",
+        "folder",
         "frame_overhead",
         "max_bytes",
     )
@@ -63,6 +86,11 @@ class TokenLog:
         self.max_bytes = max_bytes
         self.frame_overhead = frame_overhead
         self.closed = False
+        #: Given the frames the ring drops, :data:`FOLD_BATCH` at a time (a snapshot needs
+        #: them).  None: they are let go.
+        self.folder: Folder | None = None
+        #: Frames dropped and not folded yet (fewer than FOLD_BATCH), oldest first.
+        self._dropped: list[Frame] = []
 
     @property
     def first_seq(self) -> int:
@@ -97,11 +125,17 @@ class TokenLog:
         head = self._head
         last = len(frames) - 1
         overhead = self.frame_overhead
+        folder = self.folder
         while self._held_bytes > self.max_bytes and head < last:
             self._held_bytes -= sum(map(len, frames[head])) + overhead
+            if folder is not None:
+                self._dropped.append(frames[head])
             frames[head] = ()  # freed now, not at the next compaction (memory is the bound)
             head += 1
         self._first_seq += head - self._head
+        if folder is not None and len(self._dropped) >= FOLD_BATCH:
+            folder.fold(self._dropped)  # one call for many frames, never one per token
+            self._dropped = []
         # Compact once the dead prefix is half the list: amortised O(1) per frame.
         if head > len(frames) // 2:
             del frames[:head]
@@ -119,8 +153,18 @@ class TokenLog:
             raise FellBehind(seq, self._first_seq)
         return self._frames[self._head + seq - self._first_seq :]
 
+    def through(self, seq: int) -> list[Frame]:
+        """Every frame not folded yet (dropped or held), up to ``seq`` included: with
+        what the folder kept, the whole stream through ``seq``."""
+        head = self._head
+        return self._dropped + self._frames[head : head + seq - self._first_seq + 1]
+
     def close(self) -> None:
         self.closed = True
+        if self._dropped:  # a retained log keeps nothing unfolded beside its frames
+            assert self.folder is not None
+            self.folder.fold(self._dropped)
+            self._dropped = []
         if self._head:  # a retained log keeps no dead slots
             del self._frames[:self._head]
             self._head = 0

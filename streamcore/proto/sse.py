@@ -175,6 +175,15 @@ class SSEFramer:
             out.append(LAST_CHUNK)
         return out
 
+    def snapshot(self, seq: int, payload: bytes) -> list[bytes]:
+        """The ``snapshot`` event (docs/resume.md): the stream so far as one JSON object,
+        with the cursor of the last event it holds (a reader cut after it resumes from
+        there).  A named event: an EventSource's ``onmessage`` does not take it for a
+        chunk (9.2.6, the ``event`` field)."""
+        prefix = self.prefix
+        cursor = b"id: %b%d\n" % (prefix, seq) if prefix is not None else b""
+        return self.chunk(b"event: snapshot\n%b%b\n" % (cursor, b"".join(frame_data(payload))))
+
     def comment(self) -> list[bytes]:
         """A heartbeat comment (never a blank line: some clients dispatch an empty event on
         a blank line once they have seen an id)."""

@@ -2,11 +2,16 @@
 
 Client to server (parsed by :func:`parse_client_message`)::
 
-    {"type": "request", "id": "r1", "body": {<chat completion request>}}
+    {"type": "request", "id": "r1", "body": {<chat completion request>},
+     "disconnect": "linger"}                      (``disconnect`` optional)
+    {"type": "resume", "id": "r2", "stream": "<stream id>", "after": 7,
+     "epoch": "<epoch>", "replay": "exact"}        (``epoch``, ``replay`` optional)
     {"type": "cancel", "id": "r1"}
 
 Server to client (made here, and nowhere else)::
 
+    {"type": "stream", "id": "r1", "stream": "<stream id>", "epoch": "<epoch>"}
+    {"type": "snapshot", "id": "r2", "seq": 7, "snapshot": {<chat.completion.snapshot>}}
     {"type": "chunk", "id": "r1", "seq": 1, "chunk": {<chat.completion.chunk>}}
     {"type": "done", "id": "r1", "finish_reason": "stop", "usage": {...}}
     {"type": "cancelled", "id": "r1"}
@@ -14,7 +19,9 @@ Server to client (made here, and nowhere else)::
 
 A request's ``id`` is the client's; it travels JSON-encoded (its *key*), made once per
 request.  ``seq`` is the stream's cursor (:mod:`streamcore.proto.cursor`), the same number
-an SSE reader of the stream sees in its event ids.  A stream without a key (a plain
+an SSE reader of the stream sees in its event ids; the ``stream`` message, first of every
+request (started or resumed), names the stream and its epoch, so that a client cut off
+can resume it on any transport (docs/resume.md).  A stream without a key (a plain
 stream route over WebSocket) sends each payload as a message of its own.
 """
 
@@ -26,6 +33,7 @@ from typing import Any
 import orjson
 
 from ..errors import RequestError
+from .cursor import MAX_SEQ_DIGITS, disconnect_policy, valid_epoch, valid_stream_id
 from .jsonbytes import dumps
 from .pipe import Frame
 from .ws import text_header
@@ -40,6 +48,20 @@ class Start:
 
     id: str
     body: Any
+    #: The request's own disconnect policy (None: the server's).
+    disconnect: str | None = None
+
+
+@dataclass(slots=True)
+class Resume:
+    """``{"type": "resume"}``: read an existing stream after event ``after``."""
+
+    id: str
+    stream: str
+    after: int
+    epoch: str | None = None
+    #: ``"replay": "exact"``: never a snapshot (docs/resume.md).
+    exact: bool = False
 
 
 @dataclass(slots=True)
@@ -59,7 +81,7 @@ class BadMessage(RequestError):
         self.request_id = request_id
 
 
-def parse_client_message(message: str | bytes) -> Start | Cancel:
+def parse_client_message(message: str | bytes) -> Start | Resume | Cancel:
     """One client message; :class:`BadMessage` naming what is wrong."""
     try:
         data = orjson.loads(message)
@@ -74,11 +96,40 @@ def parse_client_message(message: str | bytes) -> Start | Cancel:
                          "characters)", None, param="id", code="invalid_value")
     kind = data.get("type")
     if kind == "request":
-        return Start(request_id, data.get("body"))
+        policy = data.get("disconnect")
+        if policy is not None and not isinstance(policy, str):
+            policy = "?"
+        try:
+            return Start(request_id, data.get("body"), disconnect_policy(policy))
+        except RequestError as exc:
+            raise BadMessage(exc.message, request_id, param="disconnect",
+                             code="invalid_value") from None
+    if kind == "resume":
+        return _resume(data, request_id)
     if kind == "cancel":
         return Cancel(request_id)
-    raise BadMessage("'type' must be 'request' or 'cancel'", request_id, param="type",
-                     code="invalid_value")
+    raise BadMessage("'type' must be 'request', 'resume' or 'cancel'", request_id,
+                     param="type", code="invalid_value")
+
+
+def _resume(data: dict[str, Any], request_id: str) -> Resume:
+    stream = data.get("stream")
+    if not isinstance(stream, str) or not valid_stream_id(stream):
+        raise BadMessage("'stream' must be a stream id (the 'stream' message's)", request_id,
+                         param="stream", code="invalid_value")
+    after = data.get("after", 0)
+    if type(after) is not int or not 0 <= after < 10**MAX_SEQ_DIGITS:
+        raise BadMessage("'after' must be the seq of the last chunk received (0: none)",
+                         request_id, param="after", code="invalid_value")
+    epoch = data.get("epoch")
+    if epoch is not None and (not isinstance(epoch, str) or not valid_epoch(epoch)):
+        raise BadMessage("'epoch' must be the 'stream' message's epoch", request_id,
+                         param="epoch", code="invalid_value")
+    replay = data.get("replay", "snapshot")
+    if replay not in ("exact", "snapshot"):
+        raise BadMessage("'replay' must be 'exact' or 'snapshot'", request_id,
+                         param="replay", code="invalid_value")
+    return Resume(request_id, stream, after, epoch, replay == "exact")
 
 
 def key_of(request_id: str | None) -> bytes:
@@ -97,6 +148,18 @@ def frame(message: bytes) -> list[bytes]:
 def done_message(key: bytes, finish_reason: str | None, usage: dict[str, int] | None) -> bytes:
     return (b'{"type":"done","id":' + key + b',"finish_reason":' + dumps(finish_reason)
             + b',"usage":' + dumps(usage) + b"}")
+
+
+def stream_message(key: bytes, stream_id: str, epoch: str) -> bytes:
+    """The first message of a request: which stream (and history) its chunks are of."""
+    return (b'{"type":"stream","id":' + key + b',"stream":' + dumps(stream_id)
+            + b',"epoch":' + dumps(epoch) + b"}")
+
+
+def snapshot_message(key: bytes, seq: int, snapshot: bytes) -> bytes:
+    """The stream so far through ``seq`` (a JSON object), for a resume whose cursor the
+    log no longer held: the chunks after it follow."""
+    return b'{"type":"snapshot","id":' + key + b',"seq":%d,"snapshot":%b}' % (seq, snapshot)
 
 
 def cancelled_message(key: bytes) -> bytes:

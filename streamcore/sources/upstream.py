@@ -33,7 +33,7 @@ from ..errors import RequestError, StreamError
 from ..limits import Limits
 from ..proto import wsapi
 from ..proto.jsonbytes import dumps, json_string
-from ..proto.openai import ChatRequest, ChunkTemplate, new_completion_id
+from ..proto.openai import ChatRequest, ChatText, ChunkTemplate, new_completion_id
 from ..proto.sse import Decoder, SSEDecodeError
 from ..proto.sse import Event as SSEEvent
 from ..proto.upstream import (
@@ -280,6 +280,8 @@ class UpstreamChat:
 
     def start_push(self, stream: Stream) -> None:
         self.stream = stream
+        if self.limits.stream_snapshot_bytes:  # what a snapshot needs (docs/resume.md)
+            stream.entry.keep_text(ChatText(self.limits.stream_snapshot_bytes))
         loop = self.loop = asyncio.get_running_loop()
         self.started = loop.time()
         limits = self.limits
@@ -311,32 +313,49 @@ class UpstreamChat:
                 "no upstream serves this model", status=502, type="upstream_error",
                 code="upstream_unavailable"))
             return
+        # A kept-alive connection free now: the request goes out at once, in this loop
+        # iteration, without a task (most requests of a busy gateway); else a task waits
+        # for one (a new connection, or a pool at its bound).
+        conn = self.routes[self._attempt].upstream.pool(self.loop, self.limits).idle()
+        if conn is not None:
+            try:
+                self._send(self._attempt, conn)
+            except Exception as exc:  # a bug of ours: an error, never a stream that hangs
+                self._broken(exc)
+            return
         self.task = self.loop.create_task(self._open(self._attempt, errors))
 
     async def _open(self, attempt: int, errors: list[RequestError]) -> None:
         try:
             await self._try(attempt, errors)
         except Exception as exc:  # a bug of ours: an error, never a stream that hangs
-            log.error("upstream request failed to open", exc_info=exc)
-            self._close(True)
-            self._refuse(RequestError("the gateway failed to open the upstream request",
-                                      status=502, type="upstream_error",
-                                      code="internal_error"))
+            self._broken(exc)
+
+    def _broken(self, exc: Exception) -> None:
+        log.error("upstream request failed to open", exc_info=exc)
+        self._close(True)
+        self._refuse(RequestError("the gateway failed to open the upstream request",
+                                  status=502, type="upstream_error", code="internal_error"))
 
     async def _try(self, attempt: int, errors: list[RequestError]) -> None:
         route = self.routes[attempt]
-        limits = self.limits
         assert self.loop is not None
         try:
-            conn = await route.upstream.pool(self.loop, limits).acquire()
+            conn = await route.upstream.pool(self.loop, self.limits).acquire()
         except Unavailable as exc:
             log.warning("upstream %s: %s", route.upstream.target.url(), exc.message)
             self._next_attempt([*errors, exc])
             return
+        self._send(attempt, conn)
+
+    def _send(self, attempt: int, conn: UpstreamConnection) -> None:
+        """The request on ``conn``, and the deadline of its response head."""
         stream = self.stream
         if stream is None or stream.state.terminal:
             conn.release()
             return
+        route = self.routes[attempt]
+        limits = self.limits
         self.conn = conn
         conn.consumer = self
         self._decoder = None
@@ -612,6 +631,10 @@ class UpstreamChat:
     def _ended(self, stream: Stream) -> None:
         """The answer is whole: the stream ends; the exchange's own end is still due."""
         self._cancel_timers()
+        # The done message for any WebSocket reader, made of plain values: the entry
+        # outlives this source and must not hold it (no reference cycle through it).
+        finish, usage = self._finish or "stop", self._usage_object()
+        stream.entry.ws_end = lambda key: wsapi.done_message(key, finish, usage)
         stream.end()
         self._log("completed")
         if self.conn is not None and self.loop is not None:
@@ -696,6 +719,8 @@ class UpstreamChat:
         return wsapi.done_message(key, self._finish or "stop", self._usage_object())
 
     def _log(self, outcome: str) -> None:
+        if not log.isEnabledFor(logging.INFO):  # its arguments cost more than the check
+            return
         stream = self.stream
         route = self.routes[min(max(self._attempt, 0), len(self.routes) - 1)]
         usage = self._usage_object()

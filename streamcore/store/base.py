@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from ..errors import HistoryLost, RequestError, StreamError
 from ..proto.cursor import event_id, new_epoch
-from ..proto.pipe import Cursor, TokenLog
+from ..proto.pipe import Cursor, Folder, TokenLog
 from ..proto.state import State
 
 
@@ -57,7 +58,7 @@ class Entry:
     """
 
     __slots__ = ("epoch", "error", "hold", "id", "log", "meta", "multiline", "owner",
-                 "readers", "refused", "sse_end")
+                 "readers", "refused", "sse_end", "ws_end")
 
     def __init__(self, stream_id: str, log_bytes: int, sse_end: bytes | None = None,
                  epoch: str | None = None, frame_overhead: int = 0) -> None:
@@ -70,6 +71,9 @@ class Entry:
         #: The data of the event an SSE reader ends a completed stream with (the gateway's
         #: ``[DONE]``), or None.
         self.sse_end = sse_end
+        #: Makes the message a WebSocket reader of a completed stream ends with, given its
+        #: request's key (the gateway's ``done``), for a reader on any socket; or None.
+        self.ws_end: Callable[[bytes], bytes] | None = None
         #: Seq numbers of frames that hold CR or LF (SSE splits their data lines); made on
         #: first use, since most streams (JSON) never have one.
         self.multiline: set[int] | None = None
@@ -104,14 +108,47 @@ class Entry:
         """The cursor (SSE event id) of event ``seq`` of this history."""
         return event_id(self.id, seq, self.epoch)
 
-    def resume_at(self, epoch: str | None, after: int, exact: bool) -> int:
-        """The first sequence number for a reader that has every event up to ``after`` of
-        history ``epoch`` (None: whatever history the stream has).  A cursor of another
-        epoch: :class:`~streamcore.errors.HistoryLost` (``exact`` is for the snapshot
-        to come; until then every client gets the error)."""
-        if epoch is not None and epoch != self.epoch:
-            raise HistoryLost(self.id, epoch, self.epoch)
-        return after + 1
+    def keep_text(self, folder: Folder) -> None:
+        """Keep what a snapshot needs of the frames that leave the log (``folder``)."""
+        self.log.folder = folder
+
+    @property
+    def kept_bytes(self) -> int:
+        """What this entry holds: its log, and the text kept for a snapshot."""
+        folder = self.log.folder
+        return self.log.held_bytes + (folder.kept_bytes if folder is not None else 0)
+
+    def snapshot(self) -> tuple[int, bytes] | None:
+        """``(seq, payload)``: the stream so far, through event ``seq`` (its last, or the
+        one before the error event that ended it: a reader gets that in the tail); None
+        if no folder keeps the text, or it gave up."""
+        folder = self.log.folder
+        if folder is None:
+            return None
+        last = self.log.next_seq - 1 - (self.error is not None)
+        payload = folder.snapshot(self.log.through(last))
+        return None if payload is None else (last, payload)
+
+    def resume_at(self, epoch: str | None, after: int,
+                  exact: bool) -> tuple[int, bytes | None]:
+        """Where a reader that has every event through ``after`` of history ``epoch``
+        (None: whatever history the stream has) starts: ``(first seq, snapshot)``.
+
+        The log holds its next event: from there, no snapshot.  It does not (the ring
+        dropped it; or the cursor counts in another, lost, history): a snapshot of the
+        stream so far and the events after it, unless ``exact`` or none can be made; then
+        :class:`~streamcore.errors.HistoryLost` for another epoch, or the position as
+        asked (the reader's first take says ``fell_behind``)."""
+        lost = epoch is not None and epoch != self.epoch
+        if not lost and after + 1 >= self.log.first_seq:
+            return after + 1, None
+        if not exact:
+            snap = self.snapshot()
+            if snap is not None:
+                return snap[0] + 1, snap[1]
+        if lost:
+            raise HistoryLost(self.id, epoch or "", self.epoch)
+        return after + 1, None
 
     def mark_multiline(self) -> None:
         """The next frame appended holds a line break."""

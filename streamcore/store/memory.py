@@ -35,7 +35,7 @@ class MemoryStore:
         self._live.pop(entry.id, None)
         if self.retention_s > 0 and self.budget_bytes > 0:
             self._retained[entry.id] = (entry, self._clock() + self.retention_s)
-            self._retained_bytes += entry.log.held_bytes
+            self._retained_bytes += entry.kept_bytes
         self._evict()
 
     def find(self, stream_id: str) -> Entry | None:
@@ -60,7 +60,7 @@ class MemoryStore:
         self._live.pop(stream_id, None)
         kept = self._retained.pop(stream_id, None)
         if kept is not None:
-            self._retained_bytes -= kept[0].log.held_bytes
+            self._retained_bytes -= kept[0].kept_bytes
 
     async def fetch(self, stream_id: str, next_seq: int = 1) -> Entry | None:
         """As :meth:`find`: one process's memory has nothing more to ask."""
@@ -80,4 +80,4 @@ class MemoryStore:
             if expiry > now and self._retained_bytes <= self.budget_bytes:
                 break
             retained.popitem(last=False)
-            self._retained_bytes -= entry.log.held_bytes
+            self._retained_bytes -= entry.kept_bytes
