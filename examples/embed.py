@@ -39,7 +39,10 @@ async def generate(request: Request) -> AsyncIterator[str]:
             yield word + " "
             await asyncio.sleep(0.05)
     finally:
-        print("generation closed", flush=True)  # runs at once when the client goes away
+        # Runs when the stream ends, or when its client is gone for good: by default after
+        # the linger window (Limits.resume_grace_s, 5 s) in which a reconnect with
+        # Last-Event-ID finds it alive; at once with the X-Disconnect-Policy: cancel header.
+        print("generation closed", flush=True)
 
 
 @app.route("GET", "/hello")  # a plain handler returns JSON, bytes or str

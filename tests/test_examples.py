@@ -77,14 +77,22 @@ def test_embed_streams_the_prompt_words(embed: Example) -> None:
 
 
 def test_embed_generation_closes_when_the_client_goes_away(embed: Example) -> None:
+    """By default a stream lingers (Limits.resume_grace_s) for a reconnect with
+    Last-Event-ID, then its generation is closed; ``X-Disconnect-Policy: cancel`` closes
+    it at once."""
     prompt = " ".join(f"w{i}" for i in range(200))  # 10 s at 50 ms a word
-    with httpx.Client(timeout=10) as client, client.stream(
-            "POST", f"{embed.url}/v1/generate", json={"prompt": prompt}) as response:
-        lines = response.iter_lines()
-        assert next(line for line in lines if line.startswith("data:")) == "data: w0 "
-    started = time.monotonic()
-    assert embed.readline(timeout=2.0) == "generation closed\n"
-    assert time.monotonic() - started < 2.0
+    for policy, before, after in (("cancel", 0.0, 2.0), (None, 1.0, 7.0)):
+        headers = {"X-Disconnect-Policy": policy} if policy else {}
+        with httpx.Client(timeout=10) as client, client.stream(
+                "POST", f"{embed.url}/v1/generate", json={"prompt": prompt},
+                headers=headers) as response:
+            lines = response.iter_lines()
+            assert next(line for line in lines if line.startswith("data:")) == "data: w0 "
+        started = time.monotonic()
+        if before:  # still generating, for a reconnect within the window
+            assert embed.readline(timeout=before) == ""
+        assert embed.readline(timeout=after) == "generation closed\n", policy
+        assert time.monotonic() - started < after
 
 
 def test_embed_stops_cleanly_on_sigterm(embed: Example) -> None:
