@@ -538,7 +538,7 @@ def test_client_disconnect_with_a_resume_grace_aborts_at_its_end(
         time.sleep(0.3)
         assert up.conns[0].peer_closed_at is None, "aborted before the grace ended"
         took = check_aborted(up, t0, "SSE client gone, resume_grace_s 0.6", within=1.2)
-        assert took >= 0.6
+        assert took >= 0.55  # the loop's timers are of millisecond grain and may fire early
     check_not_reused(up, gw)
 
 
@@ -1056,7 +1056,9 @@ def test_https_upstream_not_trusted_without_the_ca_file(
         gateway: Callable[..., Served], serve: Callable[..., Served], certs: TestCerts) -> None:
     tls_upstream = serve(build_app([SyntheticModel()]), None,
                          server_context(certs.cert, certs.key))
-    gw = gateway(f"{tls_upstream.url}/v1 models=synthetic")
+    # A hold long enough for a TLS handshake on a loaded machine: the refusal is a status.
+    gw = gateway(f"{tls_upstream.url}/v1 models=synthetic",
+                 limits=LIMITS.replace(upstream_head_hold_s=5.0))
     got = sse(gw.url, body("synthetic"))
     assert got.status == 502
     error = assert_openai_error(got.body)
