@@ -101,7 +101,8 @@ FAMILIES = (
     Family("streamcore_backpressure_seconds_total", "counter",
            "time connections spent with their output paused (client not reading)"),
     Family("streamcore_resumes_total", "counter",
-           "resume requests, by outcome: replayed, ended (204), not_found, invalid",
+           "resume requests, by outcome: replayed, snapshot (the log no longer held the "
+           "cursor), ended (204), not_found, invalid, history_lost (exact replay refused)",
            ("transport", "outcome")),
     Family("streamcore_resume_replayed_events_total", "counter",
            "events a resume found already in the log (sent again)", ("transport",)),

@@ -19,6 +19,7 @@ import resume_clients as rc
 from conftest import FAST_LIMITS, Served, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_metrics import scrape, value
 
 import streamcore
 from streamcore.gateway import build_app
@@ -257,6 +258,13 @@ def test_a_cursor_of_another_epoch_gets_a_snapshot_or_history_lost(
     ws_exact = rc.ws(port, {"type": "resume", "id": "x", "stream": sid, "after": 5,
                             "epoch": other, "replay": "exact"})
     assert ws_exact.error["code"] == "history_lost"
+    # Counted by outcome and transport (issue 15: resumes from a snapshot, failed by reason).
+    samples = scrape(served.url)
+    for transport in ("sse", "websocket"):
+        assert value(samples, "streamcore_resumes_total", transport=transport,
+                     outcome="snapshot") == 1
+        assert value(samples, "streamcore_resumes_total", transport=transport,
+                     outcome="history_lost") == 1
 
 
 # ------------------------------------------------------------------ disconnect policies

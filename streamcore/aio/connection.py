@@ -15,7 +15,14 @@ import logging
 import time
 from typing import Any
 
-from ..errors import InternalError, ProtocolError, RequestError, StreamcoreError, shown
+from ..errors import (
+    HistoryLost,
+    InternalError,
+    ProtocolError,
+    RequestError,
+    StreamcoreError,
+    shown,
+)
 from ..proto import http, ws
 from ..proto.access import require_json
 from ..proto.cursor import disconnect_policy, parse_cursor, resume_query
@@ -267,7 +274,11 @@ class HTTPConnection(Output):
                 raise RequestError(f"no stream {shown(resume)} (unknown, or no longer "
                                    "retained)", status=404, code="stream_not_found")
             exact = resume_query(request.query).exact
-            start_seq, snapshot = entry.resume_at(epoch, after or 0, exact)
+            try:
+                start_seq, snapshot = entry.resume_at(epoch, after or 0, exact)
+            except HistoryLost:
+                self._resumed("history_lost")
+                raise
             if snapshot is None and entry.log.closed and start_seq >= entry.log.next_seq:
                 # Positioned at the end of a stream that ended: 204 tells an EventSource
                 # to stop reconnecting (WHATWG HTML 9.2.3), where a forgotten one would
@@ -275,7 +286,8 @@ class HTTPConnection(Output):
                 self._resumed("ended")
                 self.respond(Response(b"", 204))
                 return
-            self._resumed("replayed", entry.log.next_seq - max(start_seq, entry.log.first_seq))
+            self._resumed("replayed" if snapshot is None else "snapshot",
+                          entry.log.next_seq - max(start_seq, entry.log.first_seq))
             self.reader = SSEReader(self, ctx.flusher, ctx.heartbeat, entry, start_seq,
                                     retry_ms=ctx.retry_ms, snapshot=snapshot)
             self.reader.start(origin=False)

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import FellBehind, InternalError, RequestError, StreamcoreError
+from ..errors import FellBehind, HistoryLost, InternalError, RequestError, StreamcoreError
 from ..proto import ws, wsapi
 from ..proto.pipe import Cursor
 from ..store.base import Entry
@@ -433,7 +433,14 @@ class WebSocketConnection(Output):
         if self.transport is None or not self.session.open:
             return  # the socket went while the store was asked
         self._check_room(key)
-        start, snapshot = entry.resume_at(epoch, after, exact)
+        resumes = self.ctx.metrics.child
+        try:
+            start, snapshot = entry.resume_at(epoch, after, exact)
+        except HistoryLost:
+            resumes("streamcore_resumes_total", "websocket", "history_lost").inc()
+            raise
+        resumes("streamcore_resumes_total", "websocket",
+                "replayed" if snapshot is None else "snapshot").inc()
         reader = WSReader(self, entry, key, None, start)
         self.send_frame(wsapi.stream_message(key, entry.id, entry.epoch))
         if snapshot is not None:
