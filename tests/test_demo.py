@@ -1,5 +1,5 @@
 """The demo page at ``/`` (streamcore/demo/): its routes over HTTP, and the page itself in
-headless Chromium against a real gateway with the daemon's default limits (resume grace 0):
+headless Chromium against a real gateway with the daemon's default limits (linger):
 both panes give the non-streamed answer, a cut resumes exactly once, cancel stops the
 generation.  The page's state is read from ``window.demo``; the run writes a screenshot to
 the test's tmp dir and, with ``STREAMCORE_SCREENSHOT_DIR`` set, there too (docs/demo.png is
@@ -41,7 +41,8 @@ def page(browser: Browser) -> Iterator[Page]:
 
 
 def gateway(serve: Callable[..., Served], tokens_per_s: float = 60.0) -> Served:
-    """The daemon's app and default limits (no resume grace), a paced synthetic model."""
+    """The daemon's app and default limits (disconnect policy linger), a paced synthetic
+    model."""
     limits = streamcore.Limits()
     return serve(build_app([SyntheticModel(tokens_per_s=tokens_per_s)], limits), limits)
 

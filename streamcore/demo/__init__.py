@@ -4,7 +4,7 @@ step, no CDN: it works offline), read once with :mod:`importlib.resources`.
 The page streams one answer over SSE and over WebSocket (``/v1/ws``) side by side, with
 TTFT, tokens/s and reconnect counts, a button that cuts the SSE connection so that resume
 (``GET /v1/streams/{id}`` with ``Last-Event-ID``) completes the text, and a cancel button.
-How it keeps a cut stream alive under the default ``resume_grace_s = 0`` is told in
+How it keeps a cut stream alive whatever the disconnect policy (even ``cancel``) is told in
 ``app.js`` and on the page: the POST that starts the stream owns it and is read to the end
 in the background, while the displayed text comes from a second reader of the same stream
 (an ``EventSource`` on ``GET /v1/streams/{id}``), which is the one the button cuts.

@@ -3,8 +3,8 @@
 //
 // SSE pane: POST /v1/chat/completions starts the stream; that response (the stream's
 // owner) is read to its end in the background, so the generation lives whatever the shown
-// reader does (the daemon's default resume grace is 0: a stream with no reader left is
-// cancelled at once).  The text shown comes from a second reader of the same stream: an
+// reader does (under --disconnect-policy cancel a stream with no reader left is cancelled
+// at once; under the default, linger, after the linger window).  The text shown comes from a second reader of the same stream: an
 // EventSource on GET /v1/streams/{id}.  "Cut" closes that reader; the page reconnects with
 // fetch(GET /v1/streams/{id}, Last-Event-ID) (an EventSource sends that header only on its
 // own reconnects), and the server replays what was missed, then the live tail.
@@ -292,8 +292,8 @@ class SSERun {
         }
       }
     } catch (e) {
-      sse.note("the server still holds the stream (a resume grace is set): it stops when "
-               + "the grace ends");
+      sse.note("the server still holds the stream (it lingers): it stops when the "
+               + "linger window ends");
     } finally {
       clearTimeout(timer);
       aborter.abort();
