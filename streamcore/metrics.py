@@ -55,6 +55,10 @@ OPENMETRICS_TYPE = b"application/openmetrics-text; version=1.0.0; charset=utf-8"
 #: Seconds: vLLM's time-to-first-token buckets, down to a millisecond.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
                 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0)
+#: Bytes: what one connection's transport held when its output paused (the write buffer,
+#: which a large write can take well past write_high_water_bytes).
+BYTES_BUCKETS = (16384.0, 65536.0, 131072.0, 262144.0, 524288.0, 1048576.0, 4194304.0,
+                 16777216.0)
 #: Seconds: from a token produced to its bytes handed to the kernel, and similar waits.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -98,6 +102,9 @@ FAMILIES = (
     Family("streamcore_buffered_bytes", "gauge",
            "output held for clients that do not read (a high-water mark per paused "
            "connection: what max_buffered_bytes_total bounds)"),
+    Family("streamcore_connection_buffered_bytes", "histogram",
+           "per connection, each time its output paused (client not reading): the bytes "
+           "its transport held", (), BYTES_BUCKETS),
     Family("streamcore_backpressure_seconds_total", "counter",
            "time connections spent with their output paused (client not reading)"),
     Family("streamcore_resumes_total", "counter",

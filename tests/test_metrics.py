@@ -334,9 +334,15 @@ def test_slow_consumer_failed_upstream_and_backpressure(
 def test_time_under_backpressure_is_connection_seconds() -> None:
     """Two connections paused for ~50 ms, then one of them for ~50 ms more: ~150 ms."""
     admission = Admission(streamcore.Limits())
-    admission.paused(1000)
-    admission.paused(1000)
-    assert value(samples_of(admission.metrics), "streamcore_buffered_bytes") == 2000
+    admission.paused(1000, 20000)
+    admission.paused(1000, 70000)
+    held = samples_of(admission.metrics)
+    assert value(held, "streamcore_buffered_bytes") == 2000
+    # The per-connection histogram: one observation per pause, of what the transport held.
+    assert value(held, "streamcore_connection_buffered_bytes_count") == 2
+    assert value(held, "streamcore_connection_buffered_bytes_sum") == 90000
+    assert value(held, "streamcore_connection_buffered_bytes_bucket", le="65536.0") == 1
+    assert value(held, "streamcore_connection_buffered_bytes_bucket", le="131072.0") == 2
     time.sleep(0.05)
     admission.paused(-1000)
     time.sleep(0.05)

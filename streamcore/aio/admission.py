@@ -19,7 +19,8 @@ class Admission:
     """Open connections (the registry every drain walks) and the bytes paused transports
     hold."""
 
-    __slots__ = ("_accepted", "_bp", "_bp_at", "_buffered", "_idle", "_open", "_paused_n",
+    __slots__ = ("_accepted", "_bp", "_bp_at", "_buffered", "_held", "_idle", "_open",
+                 "_paused_n",
                  "connections", "draining", "limits", "metrics", "paused_bytes", "per_ip")
 
     def __init__(self, limits: Limits, metrics: Metrics | None = None) -> None:
@@ -29,6 +30,7 @@ class Admission:
         self._open = metrics.child("streamcore_connections_open")
         self._buffered = metrics.child("streamcore_buffered_bytes")
         self._bp = metrics.child("streamcore_backpressure_seconds_total")
+        self._held = metrics.child("streamcore_connection_buffered_bytes")
         #: Connections paused now, since when (time.monotonic): connection-seconds under
         #: backpressure are integrated at each change, with no per-connection clock.
         self._paused_n = 0
@@ -62,10 +64,13 @@ class Admission:
         self.metrics.child("streamcore_connections_refused_total", reason).inc()
         return False
 
-    def paused(self, nbytes: int) -> None:
-        """A connection's output paused (``nbytes`` > 0, the bytes it may hold) or resumed
-        (< 0): the global budget's account, the buffered-bytes gauge and the time under
+    def paused(self, nbytes: int, held: int = 0) -> None:
+        """A connection's output paused (``nbytes`` > 0, the bytes it may hold; ``held``,
+        what its transport holds now) or resumed (< 0): the global budget's account, the
+        buffered-bytes gauge and per-connection histogram, and the time under
         backpressure."""
+        if nbytes > 0:
+            self._held.observe(held)
         now = time.monotonic()
         if self._paused_n:
             self._bp.inc(self._paused_n * (now - self._bp_at))

@@ -129,7 +129,9 @@ class Output(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        self.admission.paused(self.limits.write_high_water_bytes)
+        # Called by the transport itself: it is there.
+        self.admission.paused(self.limits.write_high_water_bytes,
+                              self.transport.get_write_buffer_size())
         self._stall_timer = self.loop.call_later(self.limits.write_stall_timeout_s,
                                                  self._write_stalled)
 
