@@ -70,7 +70,8 @@ def test_lists_live_and_retained_streams_and_delete_stops_one(
                 if got[-1]["type"] == "done":
                     return got
 
-    asyncio.run(ws_stream())
+    ws_got = asyncio.run(ws_stream())
+    ws_id = next(m["stream"] for m in ws_got if m["type"] == "stream")
     rows = listing(url)
     live, ended = rows[live_id], rows[done_id]
     assert live["state"] == "running" and live["transport"] == "sse"
@@ -78,7 +79,10 @@ def test_lists_live_and_retained_streams_and_delete_stops_one(
     assert live["tokens"] >= 3 and live["age_s"] > 0 and live["buffered_bytes"] >= 0
     assert ended["state"] == "completed" and ended["readers"] == 0
     assert ended["tokens"] == 4  # role, 2 tokens, finish
-    # (A WebSocket stream is listed when the store holds it: once it is resumable.)
+    # A WebSocket stream is kept for resume (on either transport) and listed as such.
+    ws_row = rows[ws_id]
+    assert ws_row["transport"] == "websocket" and ws_row["state"] == "completed", ws_row
+    assert ws_row["tokens"] == 5 and ws_row["model"] == "synthetic"
     # A second reader of the live stream: both are told when it is stopped.
     second: list[str] = []
 
