@@ -71,6 +71,9 @@ def main() -> int:
     parser.add_argument("--hold", type=float, default=5.0)
     parser.add_argument("--first-token-delay", type=float, default=600.0)
     parser.add_argument("--store", default="memory")
+    parser.add_argument("--window", type=int, default=2000,
+                        help="per client: requests sent but not yet answered before the "
+                             "next batch (a ramp the server's accept keeps up with)")
     parser.add_argument("--open-timeout", type=float, default=300.0,
                         help="seconds the clients may take to open; what is open then counts")
     parser.add_argument("--out", default="")
@@ -98,7 +101,8 @@ def main() -> int:
     stamp = os.path.join("/tmp", f".streamcore-idle-hold-{os.getpid()}")
     for i in range(args.clients):
         p = ctx.Process(target=_client_entry,
-                        args=(i, port, share, stamp, report, args.open_timeout))
+                        args=(i, port, share, stamp, report, args.open_timeout,
+                              args.window))
         p.start()
         procs.append(p)
     try:
@@ -140,7 +144,7 @@ def main() -> int:
 
 
 def _client_entry(index: int, port: int, count: int, stamp: str, report: Any,
-                  open_timeout: float) -> None:
+                  open_timeout: float, window: int) -> None:
     """A client that holds its connections until the ``stamp`` file exists."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -164,6 +168,10 @@ def _client_entry(index: int, port: int, count: int, stamp: str, report: Any,
                     failed += 1
                 else:
                     protos.append(result[1])
+            # A ramp: no more than ``window`` requests unanswered, so that a burst of SYNs
+            # does not overflow the accept queues (each drop costs a client 1-3-7 s).
+            while len(protos) - sum(opened) > window and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
         deadline = time.monotonic() + 60
         while sum(opened) < len(protos) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
