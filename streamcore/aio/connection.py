@@ -252,8 +252,9 @@ class HTTPConnection(Output):
         if resume is not None:  # the stream-by-id route: ?starting_after=N[&epoch=E]
             query = resume_query(request.query)
             after, epoch = query.after, query.epoch
-        last_id = request.header("last-event-id")
-        if last_id:
+        raw_id = request.header_bytes(b"last-event-id")
+        if raw_id:
+            last_id = raw_id.decode("latin-1")
             # WHATWG HTML 9.2.4: a reconnecting EventSource sends the last id it saw (it
             # wins over the query, which an EventSource sends unchanged every time).  One
             # that is not ours, or names another stream than the path, is a client's bug:
@@ -298,7 +299,8 @@ class HTTPConnection(Output):
             self.reader.wake()
             return
         head_only = self._method == "HEAD"
-        policy = disconnect_policy(request.header("x-disconnect-policy"))
+        raw_policy = request.header_bytes(b"x-disconnect-policy")
+        policy = disconnect_policy(raw_policy.decode("latin-1") if raw_policy else None)
         # Without ids nobody can resume it: not in the store, its log not retained.
         stream = ctx.new_stream(items, sse_end=sse_end, resumable=ids and not head_only,
                                 transport=None if head_only else "sse", policy=policy)
@@ -477,8 +479,8 @@ class HTTPConnection(Output):
 def _resumed_at(request: Request, resume: str | None) -> tuple[str | None, int]:
     """The stream a request resumes (its route's, or its Last-Event-ID's if that is one of
     ours) and the first seq it wants; the full checks are ``_start_stream``'s."""
-    last_id = request.header("last-event-id")
-    cursor = parse_cursor(last_id) if last_id else None
+    last_id = request.header_bytes(b"last-event-id")
+    cursor = parse_cursor(last_id.decode("latin-1")) if last_id else None
     if cursor is None:
         return resume, 1
     return resume or cursor.stream, cursor.seq + 1
