@@ -488,7 +488,7 @@ def outcome(text: str) -> Chunk | str:
 
 
 def via(reader: ChunkReader, text: str) -> Chunk | str:
-    literal = reader.content(text)
+    literal = reader.literal(text.encode())
     if literal is not None:
         content = orjson.loads(literal)
         assert literal == json_string(content)  # what the whole parse re-frames, exactly
@@ -503,16 +503,17 @@ def via(reader: ChunkReader, text: str) -> Chunk | str:
 def test_chunk_reader_learns_a_layout_and_splices(layout: str) -> None:
     reader = ChunkReader()
     first = LAYOUTS[layout].format('"Hello"')
-    assert reader.content(first) is None  # nothing learned yet
+    assert reader.literal(first.encode()) is None  # nothing learned yet
     assert reader.read(first) == Chunk(content="Hello")
     for text in (" world", "a\"b\\c\n\t", "h\u00e9 \U0001f600", "{}", '"'):
         literal = json_string(text)
-        assert reader.content(LAYOUTS[layout].format(literal.decode())) == literal
+        assert reader.literal(LAYOUTS[layout].format(literal.decode()).encode()) == literal
     # an empty content, an escape json_string does not write, another chunk: read whole
     for literal in ('""', '"\\u0041"', '"\\/"'):
-        assert reader.content(LAYOUTS[layout].format(literal)) is None
-    assert reader.content(LAYOUTS[layout].format('"a"').replace("null", '"stop"')) is None
-    assert reader.content(chunk({"content": "x"})) is None
+        assert reader.literal(LAYOUTS[layout].format(literal).encode()) is None
+    stop = LAYOUTS[layout].format('"a"').replace("null", '"stop"')
+    assert reader.literal(stop.encode()) is None
+    assert reader.literal(chunk({"content": "x"}).encode()) is None
 
 
 def test_chunk_reader_learns_only_a_proven_place() -> None:
@@ -524,13 +525,13 @@ def test_chunk_reader_learns_only_a_proven_place() -> None:
     for text in (model_after, spanning, written_otherwise):
         reader = ChunkReader()
         assert reader.read(text).content in ("m", ",", "\u00e9")
-        assert reader.content(text) is None
+        assert reader.literal(text.encode()) is None
     # a content string written twice in one delta: the last is the content (JSON parsers
     # keep the last of a duplicate key), and the last is where the probes read back
     duplicate = '{"choices":[{"delta":{"content":"a","content":%s}}]}'
     reader = ChunkReader()
     assert reader.read(duplicate % '"b"') == Chunk(content="b")
-    assert reader.content(duplicate % '"c"') == b'"c"'
+    assert reader.literal((duplicate % '"c"').encode()) == b'"c"'
 
 
 def test_chunk_reader_stops_trying_to_learn() -> None:
@@ -539,14 +540,14 @@ def test_chunk_reader_stops_trying_to_learn() -> None:
         reader.read('{"choices":[{"delta":{"content":"\\u00e9"}}]}')
     text = LAYOUTS["vllm"].format('"a"')
     assert reader.read(text) == Chunk(content="a")
-    assert reader.content(text) is None
+    assert reader.literal(text.encode()) is None
     # chunks that are not content-only do not use up the tries
     reader = ChunkReader()
     for other in (chunk({"role": "assistant", "content": ""}), chunk({}, "stop"),
                   chunk({"tool_calls": []}), chunk({"content": "a"}, usage={"x": 1})):
         reader.read(other)
     reader.read(text)
-    assert reader.content(text) == b'"a"'
+    assert reader.literal(text.encode()) == b'"a"'
 
 
 CONTENTS = st.text(max_size=8)
