@@ -323,8 +323,19 @@ class Decoder:
         return self._feed(data, True)
 
     def _feed(self, data: bytes, raw: bool) -> list[Any]:
+        events, data = self._settle(data)
+        if data:
+            end = data.find(b"\n\n")
+            events += self._fast(data, end, raw) if end >= 0 else self._general(data, False)
+        return events
+
+    def _settle(self, data: bytes) -> tuple[list[Any], bytes]:
+        """What of ``data`` must go line by line (:meth:`_general`): all of it when a CR
+        stays in it; else up to the end of an event begun in an earlier feed.  Returns
+        the events that gave, and the rest of ``data``: LF only, from a line start with
+        nothing of an event pending (``b""``: no rest)."""
         if not data:
-            return []
+            return [], b""
         if self._skip_lf:
             # A CR ended the previous feed; an LF right after it completes a CRLF pair,
             # one line break, not an empty line (9.2.5).
@@ -332,16 +343,20 @@ class Decoder:
             if data[0] == 0x0A:
                 data = data[1:]
                 if not data:
-                    return []
-        has_cr = b"\r" in data
-        if has_cr:
+                    return [], b""
+        if b"\r" in data:
             data, has_cr = _crlf_as_lf(data)
-        if (not has_cr and not self._pending and not self._data and not self._event_type
+            if has_cr:
+                return self._general(data, True), b""
+        if (not self._pending and not self._data and not self._event_type
                 and self._event_retry is None):
-            end = data.find(b"\n\n")
-            if end >= 0:
-                return self._fast(data, end, raw)
-        return self._general(data, has_cr)
+            return [], data
+        # An event cut by the end of the last read: its lines, and the blank line that
+        # ends it, leave nothing pending (the last line of data[:end + 2] is blank).
+        end = data.find(b"\n\n")
+        if end < 0:
+            return self._general(data, False), b""
+        return self._general(data[:end + 2], False), data[end + 2:]
 
     def _fast(self, data: bytes, end: int, raw: bool) -> list[Any]:
         """Whole events, LF only, from the start of a line with nothing of an event
@@ -415,25 +430,22 @@ class Decoder:
         What it saves: the events of one upstream read are cut and checked by a handful
         of C calls over the whole read, not a dozen per event (benchmarks/RESULTS.md,
         "Session 6").  Every event is still exactly what :meth:`feed` gives, in order."""
-        if (self._skip_lf or self._at_start or self._pending or self._data
-                or self._event_type or self._event_retry is not None
-                or len(data) > min(self.max_line_bytes, self.max_event_bytes)
+        if (self._at_start or len(data) > min(self.max_line_bytes, self.max_event_bytes)
                 or b"\0" in data or not _plain(prefix) or not _plain(suffix)):
             return self._feed(data, True)
-        if b"\r" in data:
-            data, has_cr = _crlf_as_lf(data)
-            if has_cr:
-                return self._feed(data, True)
+        out, data = self._settle(data)
+        if not data:
+            return out
         # Each piece is one event of the layout (checked below) or ends with one that is
         # not: a piece and its separator fed as they are give exactly its events.
-        end = suffix + b"\n\n"
-        pieces = data.split(end)
+        sep = suffix + b"\n\n"
+        pieces = data.split(sep)
         rest = pieces.pop()
-        out: list[Item] = []
         if pieces:
-            self._around(pieces, b"data: " + prefix, end, _runs(middle), out)
+            self._around(pieces, b"data: " + prefix, sep, _runs(middle), out)
         if rest:
-            out += self.feed_raw(rest)
+            end = rest.find(b"\n\n")
+            out += self._fast(rest, end, True) if end >= 0 else self._general(rest, False)
         return out
 
     def _around(self, pieces: list[bytes], head: bytes, end: bytes,

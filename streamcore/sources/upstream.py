@@ -473,20 +473,21 @@ class UpstreamChat:
                 left = item[n:]
                 self._sse_left = [left, *items[i + 1:]] if left else list(items[i + 1:])
                 return False
-            if type(item) is bytes:
-                spliced = chunks.literal(item) if self._first else None
-                if spliced is not None:
-                    self.count += 1
-                    if not push((prefix, spliced, suffix), fixed + len(spliced)) and (
-                            self.conn is not None):
-                        self.conn.pause_reading()
-                        self._sse_left = list(items[i + 1:])
-                        return False
-                    continue
-                text = item.decode("utf-8", "replace")
+            if type(item) is bytes:  # a data line, undecoded
+                raw: bytes = item
             else:
                 assert isinstance(item, SSEEvent)
-                text = item.data
+                raw = item.data.encode()
+            spliced = chunks.literal(raw) if self._first else None
+            if spliced is not None:
+                self.count += 1
+                if not push((prefix, spliced, suffix), fixed + len(spliced)) and (
+                        self.conn is not None):
+                    self.conn.pause_reading()
+                    self._sse_left = list(items[i + 1:])
+                    return False
+                continue
+            text = raw.decode("utf-8", "replace")
             if text == "[DONE]":
                 self._complete(stream)
                 break
