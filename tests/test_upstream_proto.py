@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamcore.proto.jsonbytes import json_string
+from streamcore.proto.sse import Decoder
 from streamcore.proto.upstream import (
     LEARN_TRIES,
     BadChunk,
@@ -581,3 +582,72 @@ def test_chunk_reader_reads_as_read_chunk(layout: str, items: list[Any]) -> None
     for literal, edit in items:
         text = edit(LAYOUTS[layout].format(literal))
         assert via(reader, text) == outcome(text), text
+
+
+def read_items(reader: ChunkReader, items: Any) -> list[Chunk | str]:
+    """What the gateway makes of ChunkReader.feed's items (sources/upstream.py)."""
+    out: list[Chunk | str] = []
+    for item in items:
+        if isinstance(item, list):
+            for literal in item:
+                content = orjson.loads(literal)
+                assert literal == json_string(content)
+                out.append(Chunk(content=content))
+            continue
+        raw = item if isinstance(item, bytes) else item.data.encode()
+        literal = reader.literal(raw)
+        if literal is not None:
+            out.append(Chunk(content=orjson.loads(literal)))
+            continue
+        text = raw.decode("utf-8", "replace")
+        if text == "[DONE]":
+            out.append("done")
+            continue
+        try:
+            out.append(reader.read(text))
+        except BadChunk:
+            out.append("bad")
+    return out
+
+
+@given(st.sampled_from(sorted(LAYOUTS)),
+       st.lists(st.tuples(LITERALS, EDITS, st.sampled_from(["", "", "id: 1\n", "id: \x00\n",
+                                                             ": c\n", "event: x\n"])),
+                max_size=10),
+       st.sampled_from(["\n", "\n", "\r\n", "\r"]), st.data())
+def test_chunk_reader_feed_is_decoder_and_read_chunk(layout: str, items: list[Any], eol: str,
+                                                     data: st.DataObject) -> None:
+    """Differential: the gateway's reading of an upstream body (runs spliced, the rest
+    parsed) gives, event by event, what the SSE decoder and read_chunk give, however the
+    body is cut and whatever its line ends."""
+    first = "data: " + LAYOUTS[layout].format('"first"') + "\n\n"
+    text = first + "".join(f"{lead}data: {edit(LAYOUTS[layout].format(literal))}\n\n"
+                           for literal, edit, lead in items) + "data: [DONE]\n\n"
+    body = text.replace("\n", eol).encode("utf-8", "surrogatepass")
+    expected: list[Chunk | str] = []
+    for event in Decoder().feed(body):
+        expected.append("done" if event.data == "[DONE]" else outcome(event.data))
+    points = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=6)))
+    for pieces in ([body], [body[a:b] for a, b in zip([0, *points], [*points, len(body)],
+                                                      strict=True)],
+                   [body[i:i + 1] for i in range(len(body))]):
+        reader = ChunkReader()
+        got: list[Chunk | str] = []
+        for piece in pieces:
+            got += read_items(reader, reader.feed(piece))
+        assert got == expected
+
+
+def test_chunk_reader_feed_splices_runs_once_learned() -> None:
+    reader = ChunkReader()
+    event = "data: " + LAYOUTS["vllm"] + "\n\n"
+    assert reader.feed(b"\n") == []
+    items = reader.feed(event.format('"a"').encode())
+    assert items == [LAYOUTS["vllm"].format('"a"').encode()]  # not learned yet: raw
+    assert reader.read(LAYOUTS["vllm"].format('"a"')) == Chunk(content="a")
+    body = (event.format('"b"') + event.format('"\u00e9"') + event.format('"c"')).encode()
+    assert reader.feed(body) == [[b'"b"', '"\u00e9"'.encode(), b'"c"']]
+    # a literal that is not UTF-8 is not taken by the splice
+    assert reader.literal(LAYOUTS["vllm"].format('"\udcff"').encode(
+        "utf-8", "surrogateescape")) is None
+    assert reader.literal(LAYOUTS["vllm"].format('"\u00e9"').encode()) == '"\u00e9"'.encode()

@@ -352,11 +352,14 @@ class Decoder:
                 and self._event_retry is None):
             return [], data
         # An event cut by the end of the last read: its lines, and the blank line that
-        # ends it, leave nothing pending (the last line of data[:end + 2] is blank).
-        end = data.find(b"\n\n")
-        if end < 0:
-            return self._general(data, False), b""
-        return self._general(data[:end + 2], False), data[end + 2:]
+        # ends it, leave nothing pending (the last line of data[:end] is blank).
+        if data[0] == 0x0A and not self._pending:  # that blank line comes first
+            end = 1
+        else:
+            end = data.find(b"\n\n") + 2
+            if end < 2:
+                return self._general(data, False), b""
+        return self._general(data[:end], False), data[end:]
 
     def _fast(self, data: bytes, end: int, raw: bool) -> list[Any]:
         """Whole events, LF only, from the start of a line with nothing of an event
