@@ -616,7 +616,7 @@ def test_the_read_deadline_moves_without_losing_a_timer() -> None:
 
         server = make_server(app, limits)
         loop = asyncio.get_running_loop()
-        conn, transport = connect(server)  # the keep-alive timer: 0.3 s from now
+        _, transport = connect(server)  # the keep-alive timer: 0.3 s from now
         await asyncio.sleep(0.1)
         transport.feed(get("/fast"))
         await until(lambda: b"fast" in transport.data, timeout=3)
@@ -629,12 +629,12 @@ def test_the_read_deadline_moves_without_losing_a_timer() -> None:
         await until(lambda: transport.closing, timeout=3)
         assert loop.time() - answered >= 0.25
 
-        conn, transport = connect(server)
+        _, transport = connect(server)
         transport.feed(get("/slow"))
         await until(lambda: b"late" in transport.data, timeout=3)
         assert not transport.closing  # the timer that fired mid-request did nothing
 
-        conn, transport = connect(server)  # keep-alive 0.3 s armed, then a head begun
+        _, transport = connect(server)  # keep-alive 0.3 s armed, then a head begun
         transport.feed(b"GET /slow HTTP/1.1\r\n")
         await until(lambda: transport.closing, timeout=3)
         assert transport.data.startswith(b"HTTP/1.1 408 ")
