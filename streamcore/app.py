@@ -92,11 +92,20 @@ class App:
             return handler
         return register
 
-    def route(self, method: str, path: str, *, public: bool = False,
-              json: bool = False) -> Callable[[PlainHandler], PlainHandler]:
-        """Register a coroutine handler that returns one complete response."""
+    def route(self, method: str, path: str, *, public: bool = False, json: bool = False,
+              now: Callable[[Request], EventStream | None] | None = None) -> Callable[
+            [PlainHandler], PlainHandler]:
+        """Register a coroutine handler that returns one complete response.
+
+        ``now``: a plain function tried first, in the call that read the request: an
+        :class:`EventStream` it returns (a new stream, not a resume) starts at once,
+        without the task and coroutines a handler costs; None, and the handler runs.  An
+        error it raises is the request's answer, as the handler's would be.  It runs
+        outside any task (no ``await``, no ``asyncio.current_task()``); a request with a
+        ``Last-Event-ID`` always goes to the handler."""
         def register(handler: PlainHandler) -> PlainHandler:
-            self._add(Route(method.upper(), path, handler, False, public=public, json=json))
+            self._add(Route(method.upper(), path, handler, False, public=public, json=json,
+                            now=now))
             return handler
         return register
 

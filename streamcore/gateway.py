@@ -313,9 +313,21 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
                 "GET", endpoint, b"", [Route(upstreams[0], "")], app.limits)
             return Response(data, status, content_type=content_type)
 
-    @app.route("POST", "/v1/chat/completions", json=True)
-    async def chat_completions(request: Request) -> Response | EventStream:
+    def chat_now(request: Request) -> EventStream | None:
+        """A streamed answer of a synthetic model, started without a task or coroutine
+        (most of what a new stream cost besides its bytes); anything else goes to the
+        handler, with its request parsed once (``request.state``)."""
         chat = parse_chat_request(request.body)
+        if chat.stream:
+            source = catalog.synthetic_source(chat)
+            if source is not None:
+                return EventStream(source, sse_end=SSE_DONE)
+        request.state["chat"] = chat
+        return None
+
+    @app.route("POST", "/v1/chat/completions", json=True, now=chat_now)
+    async def chat_completions(request: Request) -> Response | EventStream:
+        chat = request.state.pop("chat", None) or parse_chat_request(request.body)
         if chat.stream:
             source = catalog.synthetic_source(chat) or await catalog.source(chat)
             return EventStream(source, sse_end=SSE_DONE)

@@ -193,9 +193,19 @@ class HTTPConnection(Output):
         request = Request(raw, params, self.peer, router, store=self.ctx.store)
         if route.streaming:
             self._start_stream(route.handler(request), route.sse_end, request, ids=route.ids)
-        else:
-            # A real task: the handler may use asyncio.timeout(), anyio, httpx, ...
-            self._task = self.loop.create_task(self._run_plain(route, request))
+            return
+        now = route.now
+        if now is not None and raw.header(b"last-event-id") is None:
+            # The route's synchronous first try: a new stream it answers with starts in
+            # this call, without a task (a resume needs the store's fetch: the handler).
+            result = now(request)
+            if result is not None and result.resume is None:
+                if result.headers:
+                    self._extra = self._extra + result.headers
+                self._start_stream(result.items, result.sse_end, request, ids=result.ids)
+                return
+        # A real task: the handler may use asyncio.timeout(), anyio, httpx, ...
+        self._task = self.loop.create_task(self._run_plain(route, request))
 
     async def _run_plain(self, route: Route, request: Request) -> None:
         try:

@@ -166,6 +166,9 @@ class Route:
     json: bool = False
     #: SSE events carry ids and the stream is resumable (see :class:`EventStream`).
     ids: bool = True
+    #: A plain route's synchronous first try (``App.route(now=...)``): the new stream it
+    #: returns starts without a task; None from it, and the handler runs as usual.
+    now: Callable[[Request], EventStream | None] | None = None
 
 
 class Router(Protocol):
