@@ -551,7 +551,10 @@ class GeneratorSource:
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
                 self._idle_timer = None
-            await _aclose(agen)
+            # An async generator that ran to its end (its frame is gone) has nothing to
+            # close: the coroutine and awaitable aclose() makes are saved per stream.
+            if getattr(agen, "ag_frame", agen) is not None:
+                await _aclose(agen)
 
 
 async def _aclose(agen: AsyncIterator[Any]) -> None:
