@@ -123,3 +123,30 @@ def test_completion_body() -> None:
     doc = orjson.loads(completion_body("c", "m", "text", "stop", 2, 3))
     assert doc["choices"][0]["message"]["content"] == "text"
     assert doc["usage"]["total_tokens"] == 5
+
+
+def dict_chunk(template: ChunkTemplate, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+    """A chunk as a dict dumped: what ChunkTemplate's bytes must equal."""
+    body: dict[str, Any] = {"id": template.completion_id, "object": "chat.completion.chunk",
+                            "created": template.created, "model": template.model,
+                            "choices": choices}
+    if template.include_usage:
+        body["usage"] = None
+    body.update(extra)
+    return orjson.dumps(body)
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+@pytest.mark.parametrize("reason", ["stop", "length", 'a"b\\c\x01\u00e9\U0001f600'])
+def test_chunk_template_other_chunks_are_the_dicts_dumped(include_usage: bool,
+                                                          reason: str) -> None:
+    template = ChunkTemplate("chatcmpl-\u00e9\"", 'm"\\', include_usage=include_usage,
+                             created=12)
+    assert template.role() == dict_chunk(template, [
+        {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+         "finish_reason": None}])
+    assert template.finish(reason) == dict_chunk(template, [
+        {"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}])
+    for usage in ({}, {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+                  {"completion_tokens": 1, "details": {"cached": [1, None]}}):
+        assert template.usage_chunk(usage) == dict_chunk(template, [], usage=usage)

@@ -218,7 +218,8 @@ def new_completion_id() -> str:
 class ChunkTemplate:
     """The bytes of one stream's chunks, made once; a token adds only its own JSON string."""
 
-    __slots__ = ("completion_id", "created", "include_usage", "model", "prefix", "suffix")
+    __slots__ = ("_head", "_usage", "completion_id", "created", "include_usage", "model",
+                 "prefix", "suffix")
 
     def __init__(self, completion_id: str, model: str, *, include_usage: bool = False,
                  created: int | None = None) -> None:
@@ -226,30 +227,23 @@ class ChunkTemplate:
         self.model = model
         self.created = int(time.time()) if created is None else created
         self.include_usage = include_usage
-        head = dumps({"id": completion_id, "object": "chat.completion.chunk",
-                             "created": self.created, "model": model})[:-1]
+        # The object's first four members (no closing brace): every chunk of the stream
+        # starts so, and its few other chunks are made on it as bytes (a dict and a
+        # dumps each cost more: once per stream, but on every request).
+        self._head = head = dumps({"id": completion_id, "object": "chat.completion.chunk",
+                                   "created": self.created, "model": model})[:-1]
         self.prefix = head + b',"choices":[{"index":0,"delta":{"content":'
-        usage = b',"usage":null' if include_usage else b""
+        self._usage = usage = b',"usage":null' if include_usage else b""
         self.suffix = b'},"logprobs":null,"finish_reason":null}]' + usage + b"}"
 
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        body: dict[str, Any] = {"id": self.completion_id, "object": "chat.completion.chunk",
-                                "created": self.created, "model": self.model,
-                                "choices": choices}
-        if self.include_usage:
-            body["usage"] = None
-        body.update(extra)
-        return dumps(body)
-
     def role(self) -> bytes:
-        """The first chunk: the assistant role with empty content, as OpenAI sends it."""
-        return self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                             "logprobs": None, "finish_reason": None}])
+        """The first chunk: the assistant role with empty content, as OpenAI sends it
+        (what ``orjson.dumps`` makes of it as a dict, byte for byte: tests/test_openai.py)."""
+        return b"".join((self._head, _ROLE, self._usage, b"}"))
 
     def finish(self, reason: str) -> bytes:
         """The last choice chunk: an empty delta and the finish reason."""
-        return self._chunk([{"index": 0, "delta": {}, "logprobs": None,
-                             "finish_reason": reason}])
+        return b"".join((self._head, _FINISH, orjson.dumps(reason), b"}]", self._usage, b"}"))
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         """The ``stream_options.include_usage`` chunk: no choices, the usage totals."""
@@ -257,7 +251,12 @@ class ChunkTemplate:
 
     def usage_chunk(self, usage: dict[str, Any]) -> bytes:
         """The usage chunk with ``usage`` as it is (an upstream's may hold more fields)."""
-        return self._chunk([], usage=usage)
+        return b"".join((self._head, b',"choices":[],"usage":', orjson.dumps(usage), b"}"))
+
+
+_ROLE = (b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
+         b'"logprobs":null,"finish_reason":null}]')
+_FINISH = b',"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":'
 
 
 def usage_object(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
