@@ -27,7 +27,12 @@ else
 fi
 PID=$!
 trap 'kill $PID 2>/dev/null' EXIT
-sleep 1.5
+# Until the server accepts (a busy machine starts it in more than the 1.5 s once slept).
+for _ in $(seq 100); do
+  python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 0.2).close()" \
+    2>/dev/null && break
+  sleep 0.1
+done
 ticks() { awk '{print $14, $15}' /proc/$PID/stat; }
 if [ "$MODE" = steady ]; then
   N=${3:-3000}; W=${4:-8}
