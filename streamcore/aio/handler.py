@@ -162,6 +162,9 @@ class Route:
     json: bool = False
     #: SSE events carry ids and the stream is resumable (see :class:`EventStream`).
     ids: bool = True
+    #: A WebSocket message handler (``@app.websocket(path, messages=True)``): called as
+    #: ``handler(ws, message)`` per message, in a task that lives only while messages wait.
+    messages: bool = False
 
 
 class Router(Protocol):

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import struct
 import zlib
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,9 @@ EVENTS_PER_CALL = 256
 #: few times in a row gets every Pong (Autobahn cases 2.10 and 2.11 check it); a flood
 #: gets one Pong per call of EVENTS_PER_CALL events.
 PONGS_PER_CALL = 16
+
+#: What a wsproto Connection's event queue is until TCP ends (see WSSession.__init__).
+_NO_EVENTS: tuple[()] = ()
 
 # RFC 6455 section 7.4.1 status codes.
 NORMAL = 1000
@@ -331,19 +334,26 @@ class WSSession:
     wsproto parses and keeps its own parser state; the connection's life, as everything
     above this class sees it, is :attr:`state` (:data:`WS_STATES`)."""
 
+    __slots__ = ("_conn", "_limits", "_part", "_pending_tail", "_pings", "_plain", "backlog",
+                 "closed", "hold_pongs", "outbox", "state", "subprotocol")
+
     def __init__(self, accepted: Accepted, *, max_frame: int, max_message: int,
                  max_fragments: int = 4096, tail: bytes = b"") -> None:
         self.subprotocol = accepted.subprotocol
         self._limits = _Limits(max_frame, max_message, max_fragments)
         self._conn = Connection(ConnectionType.SERVER,
                                 extensions=[self._limits, *accepted.extensions])
+        # wsproto queues in this deque only the 1006 event of receive_data(None), which
+        # receive() gives it a deque for: an empty deque is 760 bytes, most of an idle
+        # connection's parser (benchmarks/ws_idle_memory.py).
+        self._conn._events = _NO_EVENTS  # type: ignore[assignment]
         #: No extension that changes frames (permessage-deflate) was negotiated: a whole
         #: message is one plain frame, framed here without wsproto's event machinery
         #: (which costs more than the rest of a message's way out).
         self._plain = not accepted.extensions
-        #: The message being received: one buffer, whatever its number of fragments.
-        self._binary = bytearray()
-        self._text = io.StringIO()
+        #: The fragments of the message being received, gathered into one buffer; None
+        #: between messages (a message in one frame, the usual, needs none).
+        self._part: list[Any] | None = None
         #: The payloads of the Pings not answered yet (at most PONGS_PER_CALL; past it only
         #: the latest, RFC 6455 section 5.5.3), and whether to hold them (the connection's
         #: output is full: a peer that pings and never reads must not fill our memory with
@@ -377,6 +387,8 @@ class WSSession:
         conn = self._conn
         if self.closed is not None or self.state.terminal:
             return []  # one Closed per connection; nothing is parsed after it
+        if data is None:
+            conn._events = deque()
         conn.receive_data(data)
         return self._events()
 
@@ -393,17 +405,17 @@ class WSSession:
         events = self._conn.events()
         for event in events:
             if isinstance(event, Message):
-                if isinstance(event, TextMessage):
-                    self._text.write(event.data)
+                part = self._part
+                if part is None and event.message_finished:
+                    out.append(Received(event.data))  # a message in one piece: as it is
                 else:
-                    self._binary += event.data
-                if event.message_finished:
-                    if isinstance(event, TextMessage):
-                        out.append(Received(self._text.getvalue()))
-                        self._text = io.StringIO()
-                    else:
-                        out.append(Received(bytes(self._binary)))
-                        self._binary = bytearray()
+                    if part is None:
+                        part = self._part = []
+                    part.append(event.data)
+                    if event.message_finished:
+                        self._part = None
+                        out.append(Received("".join(part) if isinstance(event, TextMessage)
+                                            else b"".join(part)))
             elif isinstance(event, Ping):
                 pinged += 1
                 if pinged > PONGS_PER_CALL or self.hold_pongs:
