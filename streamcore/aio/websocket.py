@@ -27,6 +27,7 @@ from .context import Context
 from .handler import Request, Route
 from .output import Output
 from .stream import FLUSH_BYTES, BaseReader, PushSource
+from .wheel import Wheel
 
 log = logging.getLogger("streamcore")
 
@@ -102,8 +103,9 @@ class WebSocketConnection(Output):
     """One WebSocket: inbound messages to a handler, streams and messages out."""
 
     __slots__ = ("_batch", "_batch_size", "_drain_waiters", "_inbox_waiter", "_last_rx",
-                 "_ping_timer", "_pinged_at", "_request", "_route", "_task", "close_after_stream", "ctx", "inbox",
-                 "inbox_bytes", "inbox_full", "readers", "scheduled", "session")
+                 "_ping_due", "_ping_slot", "_pinged_at", "_request", "_route", "_task",
+                 "close_after_stream", "ctx", "inbox", "inbox_bytes", "inbox_full", "readers",
+                 "scheduled", "session")
 
     def __init__(self, ctx: Context, transport: Any, accepted: ws.Accepted, tail: bytes,
                  peer: Any, write_paused: bool) -> None:
@@ -129,7 +131,9 @@ class WebSocketConnection(Output):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._last_rx = self.loop.time()
         self._pinged_at: float | None = None
-        self._ping_timer: asyncio.TimerHandle | None = None
+        #: The ping check's deadline, and its slot in the server's wheel (None: not in it).
+        self._ping_due = 0.0
+        self._ping_slot: int | None = None
         self._task: asyncio.Task[None] | None = None
         #: A message route's handler and request (``@app.websocket(messages=True)``): a
         #: task runs it only while messages wait (:meth:`_pump`).
@@ -276,8 +280,9 @@ class WebSocketConnection(Output):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session.closed is None:
             self.session.receive(None)
-        if self._ping_timer is not None:
-            self._ping_timer.cancel()
+        if self._ping_slot is not None:
+            self._wheel().remove(self, self._ping_slot)
+            self._ping_slot = None
         self._output_lost()
         if isinstance(exc, TimeoutError):  # TCP_USER_TIMEOUT: the kernel gave up on it
             self._write_stalled_readers()
@@ -371,9 +376,22 @@ class WebSocketConnection(Output):
 
     # -- liveness -------------------------------------------------------------------
 
+    def _wheel(self) -> Wheel:
+        ctx = self.ctx
+        wheel = ctx.wheel
+        if wheel is None:
+            wheel = ctx.wheel = Wheel(self.loop)
+        return wheel
+
     def _arm_ping(self, delay: float) -> None:
-        self._ping_timer = self.loop.call_later(delay, self._ping_check, self.loop.time()
-                                                + delay)
+        # On the server's wheel, not a call_later each: a loop timer is ~650 bytes.
+        self._ping_due = due = self.loop.time() + delay
+        self._ping_slot = self._wheel().add(self, due)
+
+    def due(self) -> None:
+        """The wheel's call (streamcore.aio.wheel)."""
+        self._ping_slot = None
+        self._ping_check(self._ping_due)
 
     def _ping_check(self, due: float) -> None:
         """Ping after ws_ping_interval_s of silence; a peer silent ws_ping_timeout_s after
