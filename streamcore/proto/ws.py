@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import struct
 import zlib
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import (
@@ -269,6 +271,47 @@ def _extension_offers(request: Request) -> list[str]:
         if name == b"sec-websocket-extensions":
             offers.extend(part.strip() for part in value.decode("latin-1").split(","))
     return offers
+
+
+class PackedHeaders(Sequence[tuple[bytes, bytes]]):
+    """Header pairs in one buffer, NUL-separated: what a socket keeps of its upgrade
+    request for its whole life (``ws.request``).  Seven pairs as a list are 14 bytes
+    objects and 7 tuples, ~0.9 KB per socket; packed, ~0.3 KB.  (No field value holds a
+    NUL, RFC 9110 section 5.5; :func:`keep_request` packs none that does.)"""
+
+    __slots__ = ("_blob", "_count")
+
+    def __init__(self, pairs: Sequence[tuple[bytes, bytes]]) -> None:
+        self._count = len(pairs)
+        self._blob = b"\0".join(part for pair in pairs for part in pair)
+
+    def _pairs(self) -> list[tuple[bytes, bytes]]:
+        parts = self._blob.split(b"\0")
+        return list(zip(parts[::2], parts[1::2], strict=False))
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[bytes, bytes]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[bytes, bytes]]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        return self._pairs()[index]
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self._pairs())
+
+
+def keep_request(request: Request) -> Request:
+    """The upgrade request as a socket keeps it: its headers packed (:class:`PackedHeaders`),
+    unless a name or value holds a NUL (then as they are)."""
+    headers = request.headers
+    if any(b"\0" in name or b"\0" in value for name, value in headers):
+        return request
+    return dataclasses.replace(request, headers=PackedHeaders(headers))
 
 
 # -- events out of the session -----------------------------------------------------------
