@@ -172,7 +172,8 @@ async def measure(args: argparse.Namespace) -> None:
     total = sum(s.size_diff for s in stats)
     print(f"{args.app} over {args.proto}, {n} idle streams ({len(conns)} connections): "
           f"Python heap {total / n:.0f} B per connection (tracemalloc), "
-          f"RSS {(rss1 - rss0) / n / 1024:.2f} KiB per connection")
+          f"RSS {(rss1 - rss0) / n / 1024:.2f} KiB per connection (tracemalloc's own tables "
+          "included: run.py C for RSS)")
     print(f"\ntop {args.top} allocation sites ({args.group}), bytes and blocks per connection:")
     for stat in stats[:args.top]:
         where = stat.traceback.format()[-1].strip() if args.group != "traceback" else \
