@@ -72,6 +72,9 @@ class Upstream:
     ca_file: str | None = None
     _pools: dict[int, UpstreamPool] = field(default_factory=dict, repr=False)
     _ssl: ssl.SSLContext | None = field(default=None, repr=False)
+    #: ``headers()`` made once, with the key it was made for.
+    _headers: tuple[str | None, list[tuple[bytes, bytes]]] | None = field(default=None,
+                                                                        repr=False)
 
     @classmethod
     def parse(cls, spec: str, key: str | None = None) -> Upstream:
@@ -140,9 +143,13 @@ class Upstream:
         return pool
 
     def headers(self) -> list[tuple[bytes, bytes]]:
+        made = self._headers
+        if made is not None and made[0] == self.key:
+            return made[1]
         headers = [(b"content-type", b"application/json"), (b"accept", b"text/event-stream")]
         if self.key:
             headers.append((b"authorization", b"Bearer " + self.key.encode()))
+        self._headers = (self.key, headers)
         return headers
 
     def path(self, endpoint: str) -> str:
