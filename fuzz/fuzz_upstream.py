@@ -123,7 +123,7 @@ def check_splice(data: bytes) -> None:
     reader.read(LAYOUT % '"first"')
     text = data.decode("utf-8", "replace")
     for chunk in (LAYOUT % text, LAYOUT % json_string(text).decode(), text):
-        literal = reader.content(chunk)
+        literal = reader.literal(chunk.encode())
         if literal is not None:
             content = orjson.loads(literal)
             assert literal == json_string(content)

@@ -142,6 +142,11 @@ class App:
 
     def resolve(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
         """The route for a request; :class:`RequestError` 404 or 405 (with Allow) if none."""
+        exact = self._exact.get(path)
+        if exact is not None:  # the common case, without the table of every method
+            route = exact.get(method)
+            if route is not None and not route.websocket:
+                return route, {}
         methods = self._methods(path)
         if not methods:
             raise RequestError(f"no route for {shown(path)}", status=404, code="not_found")

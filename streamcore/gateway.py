@@ -89,8 +89,11 @@ class ChatStream:
         self.stream = stream
         if self.snapshot_bytes:
             stream.entry.keep_text(ChatText(self.snapshot_bytes))
-        stream.push((self.template.role(),))
+        # The run first: its first step (call_soon) then comes before the flush the role
+        # chunk schedules, so that a short answer goes out whole in one write (one flush:
+        # head, role, tokens, finish, end), not the head and role alone first.
         self.run = self.generation.run(self)
+        stream.push((self.template.role(),))
 
     def emit(self, text: str) -> bool:
         """One token: one JSON string between the template's shared prefix and suffix."""
@@ -221,21 +224,37 @@ class Catalog:
                                  "owned_by": upstream.target.host})
         return data
 
+    def synthetic_source(self, chat: ChatRequest) -> ChatStream | None:
+        """The push source of a streamed answer of a synthetic model, made without an
+        await (a coroutine less per request); None if no synthetic model has its name."""
+        found = self.synthetic.get(chat.model)
+        if found is None:
+            return None
+        messages = chat.messages  # a ChatStream keeps none of its request
+        kind = UTF8ChatStream if isinstance(found, UTF8Model) else ChatStream
+        source = kind(chat, found.start(chat), self.limits.stream_snapshot_bytes)
+        if self.log_prompts:
+            self._log_prompt(source.template.completion_id, chat, messages)
+        return source
+
     async def source(self, chat: ChatRequest) -> ChatStream | UpstreamChat:
         """The push source of a streamed answer."""
+        synthetic = self.synthetic_source(chat)
+        if synthetic is not None:
+            return synthetic
         found = await self.resolve(chat.model)
-        messages = chat.messages  # a ChatStream keeps none of its request
-        source: ChatStream | UpstreamChat
-        if isinstance(found, SyntheticModel):
-            kind = UTF8ChatStream if isinstance(found, UTF8Model) else ChatStream
-            source = kind(chat, found.start(chat), self.limits.stream_snapshot_bytes)
-        else:
-            source = UpstreamChat(chat, found, self.limits)
+        assert not isinstance(found, SyntheticModel)  # synthetic_source's
+        messages = chat.messages
+        source = UpstreamChat(chat, found, self.limits)
         if self.log_prompts:
-            fields = {"event": "prompt", "completion_id": source.template.completion_id,
-                      "model": chat.model, "messages": messages}
-            access.info("%s", Fields(fields), extra={"fields": fields})
+            self._log_prompt(source.template.completion_id, chat, messages)
         return source
+
+    def _log_prompt(self, completion_id: str, chat: ChatRequest,
+                    messages: list[dict[str, Any]]) -> None:
+        fields = {"event": "prompt", "completion_id": completion_id, "model": chat.model,
+                  "messages": messages}
+        access.info("%s", Fields(fields), extra={"fields": fields})
 
 
 def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None = None, *,
@@ -298,7 +317,8 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
     async def chat_completions(request: Request) -> Response | EventStream:
         chat = parse_chat_request(request.body)
         if chat.stream:
-            return EventStream(await catalog.source(chat), sse_end=SSE_DONE)
+            source = catalog.synthetic_source(chat) or await catalog.source(chat)
+            return EventStream(source, sse_end=SSE_DONE)
         found = await catalog.resolve(chat.model)
         if not isinstance(found, SyntheticModel):
             status, body, content_type = await complete(chat, found, app.limits)

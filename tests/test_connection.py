@@ -592,3 +592,51 @@ def test_ws_a_session_that_fails_aborts_the_connection(
         assert "session failed" in caplog.text and "a bug of ours" in caplog.text
 
     run(main)
+
+
+def test_the_read_deadline_moves_without_losing_a_timer() -> None:
+    """The read timer is not re-armed on every change of phase (aio/connection.py): one
+    that fires before the keep-alive deadline of a later response waits for it, one that
+    fires while a request is handled does nothing, and a head deadline earlier than the
+    timer re-arms it (a 408 for a slow head)."""
+
+    async def main() -> None:
+        limits = streamcore.Limits(keepalive_timeout_s=0.3, head_timeout_s=0.1,
+                                   write_stall_timeout_s=5.0, heartbeat_interval_s=60.0)
+        app = streamcore.App(limits=limits)
+
+        @app.route("GET", "/fast")
+        async def fast(request: streamcore.Request) -> str:
+            return "fast"
+
+        @app.route("GET", "/slow")
+        async def slow(request: streamcore.Request) -> str:
+            await asyncio.sleep(0.45)  # past the keep-alive timer armed at connect
+            return "late"
+
+        server = make_server(app, limits)
+        loop = asyncio.get_running_loop()
+        _, transport = connect(server)  # the keep-alive timer: 0.3 s from now
+        await asyncio.sleep(0.1)
+        transport.feed(get("/fast"))
+        await until(lambda: b"fast" in transport.data, timeout=3)
+        answered = loop.time()
+        # The timer fires first (0.2 s from now); the deadline counts from the response
+        # (0.3 s from now): open until then, closed after it.
+        await asyncio.sleep(0.25)
+        if loop.time() - answered < 0.28:  # (a loop stalled this long proves nothing)
+            assert not transport.closing
+        await until(lambda: transport.closing, timeout=3)
+        assert loop.time() - answered >= 0.25
+
+        _, transport = connect(server)
+        transport.feed(get("/slow"))
+        await until(lambda: b"late" in transport.data, timeout=3)
+        assert not transport.closing  # the timer that fired mid-request did nothing
+
+        _, transport = connect(server)  # keep-alive 0.3 s armed, then a head begun
+        transport.feed(b"GET /slow HTTP/1.1\r\n")
+        await until(lambda: transport.closing, timeout=3)
+        assert transport.data.startswith(b"HTTP/1.1 408 ")
+
+    run(main)

@@ -20,6 +20,7 @@ from streamcore.proto.cursor import (
     event_id,
     id_prefix,
     new_epoch,
+    new_id_and_epoch,
     new_stream_id,
     parse_cursor,
     parse_event_id,
@@ -184,3 +185,9 @@ def test_resume_query_refuses(query: str, param: str | None) -> None:
     with pytest.raises(RequestError) as caught:
         resume_query(query)
     assert caught.value.param == param and caught.value.code == "invalid_value"
+
+
+def test_new_id_and_epoch_from_one_read() -> None:
+    made = [new_id_and_epoch() for _ in range(50)]
+    assert all(valid_stream_id(i) and valid_epoch(e) for i, e in made)
+    assert len({i for i, _ in made}) == 50 and len({e for _, e in made}) > 40

@@ -10,12 +10,15 @@ Where they must agree: HTTPSession is h11 plus stricter checks, so
 HTTPSession may refuse what h11 accepts (our stricter rules: smuggling shapes, the Host
 value, versions other than HTTP/1.x, sizes); those are listed by reason, not compared.  A
 higher HTTP/1 minor version (HTTP/1.2) is accepted by both and served by us as HTTP/1.1 (RFC
-9110 section 2.5), so that is what it is compared as.
+9110 section 2.5), so that is what it is compared as.  Both with the session's fast path
+(issue 14) and with the session forced onto h11; ``tests/test_http_fastpath.py`` holds the
+two against each other step by step.
 """
 
 from __future__ import annotations
 
 import h11
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -76,8 +79,8 @@ def h11_verdict(data: bytes) -> tuple[str, object]:
         return "refused", exc
 
 
-def ours(data: bytes) -> tuple[str, object]:
-    session = HTTPSession(LIMITS)
+def ours(data: bytes, fast: bool = True) -> tuple[str, object]:
+    session = HTTPSession(LIMITS, fast=fast)
     try:
         request = session.receive(data)
         while request is None and session.backlog:
@@ -91,10 +94,11 @@ def ours(data: bytes) -> tuple[str, object]:
                   list(request.headers), request.body)
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast_path", "h11_only"])
 @settings(max_examples=400, deadline=None)
 @given(requests())
-def test_http_session_agrees_with_h11(data: bytes) -> None:
-    verdict, detail = ours(data)
+def test_http_session_agrees_with_h11(fast: bool, data: bytes) -> None:
+    verdict, detail = ours(data, fast)
     theirs, their_detail = h11_verdict(data)
     if verdict == "ok":
         assert theirs == "ok", (data, their_detail)

@@ -114,6 +114,26 @@ def test_chunk_template_bytes() -> None:
     assert orjson.loads(with_usage.usage(3, 4))["choices"] == []
 
 
+def test_chunk_template_formatted_bytes_are_orjson_s() -> None:
+    """The head, role and finish chunks are formatted, not encoded from dicts: byte for
+    byte what orjson makes of the objects (key order, escapes, a model name's unicode)."""
+    for model, usage in (("m", False), ('q"\\u\u00e9\U0001d41b\n', True)):
+        template = ChunkTemplate("chatcmpl-1", model, include_usage=usage, created=7)
+        base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7,
+                "model": model}
+        extra = {"usage": None} if usage else {}
+        assert template.role() == orjson.dumps({**base, "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+             "finish_reason": None}], **extra})
+        for reason in ("stop", "length", 'we"ird'):
+            assert template.finish(reason) == orjson.dumps({**base, "choices": [
+                {"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}],
+                **extra})
+        assert template.prefix + b'"x"' + template.suffix == orjson.dumps({**base, "choices": [
+            {"index": 0, "delta": {"content": "x"}, "logprobs": None, "finish_reason": None}],
+            **extra})
+
+
 def test_completion_ids_are_unique() -> None:
     ids = {new_completion_id() for _ in range(1000)}
     assert len(ids) == 1000 and all(i.startswith("chatcmpl-") for i in ids)
@@ -123,3 +143,4 @@ def test_completion_body() -> None:
     doc = orjson.loads(completion_body("c", "m", "text", "stop", 2, 3))
     assert doc["choices"][0]["message"]["content"] == "text"
     assert doc["usage"]["total_tokens"] == 5
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 
 import pytest
@@ -16,8 +17,11 @@ from streamcore.proto.sse import (
     SSEFramer,
     encode_comment,
     encode_event,
+    field_lines,
     frame_data,
+    lines_data,
 )
+from streamcore.proto.upstream import LITERAL
 
 # ------------------------------------------------------------------------------- helpers
 
@@ -701,3 +705,208 @@ def test_framer_without_ids(chunked: bool) -> None:
     body = b"".join(unchunk(data)) if chunked else data
     assert body == b"data: a\ndata: b\n\ndata: c\n\n"
     assert [(e.data, e.id) for e in Decoder().feed(body)] == [("a\nb", ""), ("c", "")]
+
+
+# ----------------------------------- decoder: feed_raw and feed_around (the gateway's reads)
+
+PREFIX, SUFFIX = b'{"c":', b',"n":null}'
+
+
+def as_pairs(events: list[Event]) -> list[tuple[str, str]]:
+    return [(e.data, e.event) for e in events]
+
+
+def expand(items: list[object], prefix: bytes = PREFIX, suffix: bytes = SUFFIX,
+           ) -> list[tuple[str, str]]:
+    """What feed_raw/feed_around hand over, as (data, type) pairs, checking each middle."""
+    out: list[tuple[str, str]] = []
+    for item in items:
+        if isinstance(item, list):
+            assert item, "an empty run"
+            for middle in item:
+                assert re.fullmatch(LITERAL, middle), middle
+                middle.decode()  # valid UTF-8
+                out.append(((prefix + middle + suffix).decode(), "message"))
+        elif isinstance(item, bytes):
+            assert b"\n" not in item and b"\r" not in item
+            out.append((item.decode("utf-8", "replace"), "message"))
+        else:
+            assert isinstance(item, Event)
+            out.append((item.data, item.event))
+    return out
+
+
+def decode_ways(chunks: list[bytes], way: str) -> tuple[list[tuple[str, str]], str, int | None]:
+    d = Decoder()
+    items: list[object] = []
+    for chunk in chunks:
+        if way == "raw":
+            items += d.feed_raw(chunk)
+        else:
+            items += d.feed_around(chunk, PREFIX, SUFFIX, LITERAL)
+    return expand(items), d.last_event_id, d.retry
+
+
+MIDDLE = st.one_of(
+    st.text(max_size=5).map(lambda t: json.dumps(t, ensure_ascii=False).encode("utf-8",
+                                                                                "replace")),
+    st.text(max_size=5).map(lambda t: json.dumps(t).encode()),
+    st.sampled_from([b'""', b'"a\\u0041"', b'"\\/"', b'"\xff"', b'"\xe2\x82"', b'"\xc3\xa9"',
+                     b'"a\x01"', b'"a"b"', b"1", b'"data: ', b'"x\\"y"']),
+)
+TEMPLATE_EVENT = st.builds(
+    lambda id_line, middle, eol: (id_line + b"data: " + PREFIX + middle + SUFFIX + b"\n\n"
+                                  ).replace(b"\n", eol),
+    st.sampled_from([b"", b"", b"id: 7\n", "id: \u00e9\n".encode(), b"id: \xff\n",
+                     b"id: a\x00b\n", b"id:8\n", b"id: 1\nid: 2\n"]),
+    MIDDLE, st.sampled_from([b"\n", b"\n", b"\n", b"\r\n"]))
+AROUND_BLOCK = st.one_of(TEMPLATE_EVENT, TEMPLATE_EVENT, TEMPLATE_EVENT, FAST_BLOCK,
+                         st.sampled_from([b"data: " + PREFIX + b'"a"' + SUFFIX + b"\n",
+                                          b"data: " + PREFIX + b'"a"\n\n',
+                                          b"data: " + PREFIX + b'"a"' + SUFFIX + b"x\n\n",
+                                          b"x" + SUFFIX + b"\n\n", SUFFIX + b"\n\n",
+                                          b"data: " + PREFIX + PREFIX + b'"a"' + SUFFIX + b"\n\n",
+                                          b"\r\n", b"data: z\r", b": c\r\n\r\n"]))
+
+
+@given(st.lists(AROUND_BLOCK, max_size=12),
+       st.sampled_from([b"", b"data: unterminated", b"data: " + PREFIX + b'"t"' + SUFFIX + b"\n"]),
+       st.sampled_from([b"", b"\xef\xbb\xbf"]), st.data())
+def test_raw_and_around_give_the_events_of_feed(blocks: list[bytes], tail: bytes, bom: bytes,
+                                                data: st.DataObject) -> None:
+    """Differential, against the spec's algorithm: feed_raw and feed_around give the same
+    events (data and type, in order), last event ID and retry, whatever the input (the
+    layout's events with and without ids, other events, CR, CRLF, comments, bad UTF-8) and
+    however it is cut: whole, byte by byte, at random points, event by event."""
+    stream = bom + b"".join(blocks) + tail
+    events, last_id, retry = reference(stream)
+    expected = (as_pairs(events), last_id, retry)
+    points = data.draw(st.lists(st.integers(0, len(stream)), max_size=8))
+    for way in ("raw", "around"):
+        assert decode_ways([stream], way) == expected, way
+        assert decode_ways([stream[i:i + 1] for i in range(len(stream))], way) == expected
+        assert decode_ways(cut(stream, points), way) == expected, way
+        assert decode_ways([b"", bom, *blocks, tail], way) == expected, way
+
+
+def test_around_takes_runs_of_the_layout() -> None:
+    d = Decoder()
+    assert d.feed_raw(b"data: first\n\n") == [b"first"]
+    event = b"data: " + PREFIX + b'"%s"' + SUFFIX + b"\n\n"
+    data = (event % b"a" + b"id: 5\n" + event % b"b" + event % b"\\u00e9" + event % b"c"
+            + b"data: [DONE]\n\n" + event % b"d")
+    assert d.feed_around(data, PREFIX, SUFFIX, LITERAL) == [
+        [b'"a"', b'"b"'], PREFIX + b'"\\u00e9"' + SUFFIX, [b'"c"'], b"[DONE]",
+        PREFIX + b'"d"' + SUFFIX]
+    assert d.last_event_id == "5"
+    # a piece with the layout's start twice, and a non-ASCII middle that is not UTF-8
+    bad = b"data: " + PREFIX + PREFIX + b'"x"' + SUFFIX + b"\n\n"
+    assert d.feed_around(event % b"\xc3\xa9" + bad + event % b"\xc3" + b"id: \xc3\xa9\n"
+                         + event % b"e", PREFIX, SUFFIX, LITERAL) == [
+        ['"\u00e9"'.encode()], PREFIX + PREFIX + b'"x"' + SUFFIX,
+        PREFIX + b'"\xc3"' + SUFFIX, [b'"e"']]
+    assert d.last_event_id == "\u00e9"
+    # an event begun in an earlier read: its end line by line, then the runs
+    assert d.feed_around(b"data: op", PREFIX, SUFFIX, LITERAL) == []
+    assert d.feed_around(b"en\n\n" + event % b"f", PREFIX, SUFFIX, LITERAL) == [
+        Event("open", id="\u00e9"), [b'"f"']]
+    assert d.feed_around(b"data: x\n", PREFIX, SUFFIX, LITERAL) == []
+    assert d.feed_around(b"data: y\n", PREFIX, SUFFIX, LITERAL) == []
+    # CRLF pairs are line breaks like LF; a lone CR sends the read line by line
+    assert d.feed_around(b"\r\n" + (event % b"g").replace(b"\n", b"\r\n"), PREFIX, SUFFIX,
+                         LITERAL) == [Event("x\ny", id="\u00e9"), [b'"g"']]
+    assert d.feed_around((event % b"h").replace(b"\n", b"\r"), PREFIX, SUFFIX,
+                         LITERAL) == [Event((PREFIX + b'"h"' + SUFFIX).decode(), id="\u00e9")]
+
+
+def test_around_falls_back_to_raw() -> None:
+    event = b"data: " + PREFIX + b'"a"' + SUFFIX + b"\n\n"
+    # at the start of the stream (a BOM may come), NUL in the read, a read over the limits,
+    # a prefix or suffix with a line break or NUL
+    assert Decoder().feed_around(event, PREFIX, SUFFIX, LITERAL) == [PREFIX + b'"a"' + SUFFIX]
+    for data, prefix, suffix, d in (
+            (event + b"data: \0\n\n", PREFIX, SUFFIX, Decoder()),
+            (event, PREFIX, SUFFIX, Decoder(max_line_bytes=len(event) - 1)),
+            (event, PREFIX + b"\n", SUFFIX, Decoder()),
+            (event, PREFIX, b"\r", Decoder()),
+            (event, b"\0", SUFFIX, Decoder())):
+        d.feed(b"\n")
+        assert all(not isinstance(item, list)
+                   for item in d.feed_around(data, prefix, suffix, LITERAL))
+    d = Decoder()
+    d.feed(b"\n")
+    assert d.feed_around(b"data: \r", PREFIX, SUFFIX, LITERAL) == []
+    assert d.feed_around(b"\n", PREFIX, SUFFIX, LITERAL) == []  # the LF of that CRLF
+    assert d.feed_around(b"\n", PREFIX, SUFFIX, LITERAL) == [Event("")]
+    assert d.feed_around(event, PREFIX, SUFFIX, LITERAL) == [[b'"a"']]
+    assert d.feed_around(b"data: x\n\n", PREFIX, SUFFIX, LITERAL) == [b"x"]
+
+
+def test_around_after_many_bad_pieces() -> None:
+    good = b"data: " + PREFIX + b'"a"' + SUFFIX + b"\n\n"
+    bad = b"data: " + PREFIX + b'"\\u0041"' + SUFFIX + b"\n\n"
+    d = Decoder()
+    d.feed(b"\n")
+    items = d.feed_around(good * 3 + bad + good + bad * 3 + good * 9, PREFIX, SUFFIX, LITERAL)
+    assert [len(i) if isinstance(i, list) else 0 for i in items] == [3, 0, 1, 0, 0, 0, 1, 2, 4, 2]
+
+
+def test_raw_ids_are_taken_when_read() -> None:
+    d = Decoder()
+    assert d.feed_raw(b"id: 1\ndata: a\n\ndata: b\n\nevent: e\ndata: c\n\nid: 2\ndata: d\n\n") == [
+        b"a", b"b", Event("c", "e", "1"), b"d"]
+    assert d.last_event_id == "2"
+    assert d.feed_raw(b"data: e\n\n: c\n\n") == [b"e"]
+    assert d.last_event_id == "2"
+    assert d.feed(b"data: f\n\n") == [Event("f", id="2")]
+
+
+# ----------------------------------------------------------- frames that are field lines
+
+
+def _decoded(wire: bytes) -> list[Event]:
+    decoder = Decoder()
+    return [*decoder.feed(wire), *decoder.feed(b"")]
+
+
+@given(st.text(max_size=40), st.one_of(st.none(), st.text(
+    alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)),
+    min_size=1, max_size=12)))
+def test_field_lines_carry_the_name_and_data_through_both_framers(
+        data: str, name: str | None) -> None:
+    """A relayed event (Entry.sse_lines): its name and its data, however many lines, reach
+    an SSE reader whichever framer path takes it, with or without ids; its data alone
+    (lines_data) is what a WebSocket message carries."""
+    payload = data.encode()
+    frame = (field_lines(payload, None if name is None else name.encode()),)
+    expected_name = "message" if name in (None, "message") else name
+    expected_data = re.sub("\r\n|\r", "\n", data)
+    assert lines_data(frame) == expected_data.encode()
+    for ids in (True, False):
+        framer = SSEFramer("s1", chunked=False, epoch="abc123", ids=ids, lines=True)
+        one = framer.event(3, frame, len(frame[0]))
+        many, n = framer.events(3, [frame, frame], 2 * len(frame[0]), None)
+        assert n == len(b"".join(many))
+        for wire, count in ((one, 1), (b"".join(many), 2)):
+            events = _decoded(wire)
+            assert [(e.event, e.data) for e in events] == [
+                (expected_name, expected_data)] * count
+            assert [e.id for e in events] == (
+                ["s1-abc123-3", "s1-abc123-4"][:count] if ids else [""] * count)
+
+
+def test_a_payload_among_field_lines_is_framed_as_data() -> None:
+    """The error event that ends a relayed stream is a payload (marked like a multi-line
+    frame): data lines, not field lines."""
+    framer = SSEFramer("s1", chunked=True, epoch="abc123", lines=True)
+    frames = [(field_lines(b"x", b"delta"),), (b'{"error":{}}',)]
+    bufs, n = framer.events(1, frames, sum(len(f[0]) for f in frames), {2})
+    wire = b"".join(bufs)
+    assert n == len(wire)
+    body = wire.partition(b"\r\n")[2][:-2]
+    assert [(e.event, e.data) for e in _decoded(body)] == [
+        ("delta", "x"), ("message", '{"error":{}}')]
+
+
+def test_lines_data_reads_data_fields_with_or_without_the_space() -> None:
+    assert lines_data((b"event: e\ndata:a\n", b"data: b\nid: 1")) == b"a\nb"

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamcore.proto.jsonbytes import json_string
+from streamcore.proto.sse import Decoder
 from streamcore.proto.upstream import (
     LEARN_TRIES,
     BadChunk,
@@ -488,7 +489,7 @@ def outcome(text: str) -> Chunk | str:
 
 
 def via(reader: ChunkReader, text: str) -> Chunk | str:
-    literal = reader.content(text)
+    literal = reader.literal(text.encode())
     if literal is not None:
         content = orjson.loads(literal)
         assert literal == json_string(content)  # what the whole parse re-frames, exactly
@@ -503,16 +504,17 @@ def via(reader: ChunkReader, text: str) -> Chunk | str:
 def test_chunk_reader_learns_a_layout_and_splices(layout: str) -> None:
     reader = ChunkReader()
     first = LAYOUTS[layout].format('"Hello"')
-    assert reader.content(first) is None  # nothing learned yet
+    assert reader.literal(first.encode()) is None  # nothing learned yet
     assert reader.read(first) == Chunk(content="Hello")
     for text in (" world", "a\"b\\c\n\t", "h\u00e9 \U0001f600", "{}", '"'):
         literal = json_string(text)
-        assert reader.content(LAYOUTS[layout].format(literal.decode())) == literal
+        assert reader.literal(LAYOUTS[layout].format(literal.decode()).encode()) == literal
     # an empty content, an escape json_string does not write, another chunk: read whole
     for literal in ('""', '"\\u0041"', '"\\/"'):
-        assert reader.content(LAYOUTS[layout].format(literal)) is None
-    assert reader.content(LAYOUTS[layout].format('"a"').replace("null", '"stop"')) is None
-    assert reader.content(chunk({"content": "x"})) is None
+        assert reader.literal(LAYOUTS[layout].format(literal).encode()) is None
+    stop = LAYOUTS[layout].format('"a"').replace("null", '"stop"')
+    assert reader.literal(stop.encode()) is None
+    assert reader.literal(chunk({"content": "x"}).encode()) is None
 
 
 def test_chunk_reader_learns_only_a_proven_place() -> None:
@@ -524,13 +526,13 @@ def test_chunk_reader_learns_only_a_proven_place() -> None:
     for text in (model_after, spanning, written_otherwise):
         reader = ChunkReader()
         assert reader.read(text).content in ("m", ",", "\u00e9")
-        assert reader.content(text) is None
+        assert reader.literal(text.encode()) is None
     # a content string written twice in one delta: the last is the content (JSON parsers
     # keep the last of a duplicate key), and the last is where the probes read back
     duplicate = '{"choices":[{"delta":{"content":"a","content":%s}}]}'
     reader = ChunkReader()
     assert reader.read(duplicate % '"b"') == Chunk(content="b")
-    assert reader.content(duplicate % '"c"') == b'"c"'
+    assert reader.literal((duplicate % '"c"').encode()) == b'"c"'
 
 
 def test_chunk_reader_stops_trying_to_learn() -> None:
@@ -539,14 +541,14 @@ def test_chunk_reader_stops_trying_to_learn() -> None:
         reader.read('{"choices":[{"delta":{"content":"\\u00e9"}}]}')
     text = LAYOUTS["vllm"].format('"a"')
     assert reader.read(text) == Chunk(content="a")
-    assert reader.content(text) is None
+    assert reader.literal(text.encode()) is None
     # chunks that are not content-only do not use up the tries
     reader = ChunkReader()
     for other in (chunk({"role": "assistant", "content": ""}), chunk({}, "stop"),
                   chunk({"tool_calls": []}), chunk({"content": "a"}, usage={"x": 1})):
         reader.read(other)
     reader.read(text)
-    assert reader.content(text) == b'"a"'
+    assert reader.literal(text.encode()) == b'"a"'
 
 
 CONTENTS = st.text(max_size=8)
@@ -580,3 +582,72 @@ def test_chunk_reader_reads_as_read_chunk(layout: str, items: list[Any]) -> None
     for literal, edit in items:
         text = edit(LAYOUTS[layout].format(literal))
         assert via(reader, text) == outcome(text), text
+
+
+def read_items(reader: ChunkReader, items: Any) -> list[Chunk | str]:
+    """What the gateway makes of ChunkReader.feed's items (sources/upstream.py)."""
+    out: list[Chunk | str] = []
+    for item in items:
+        if isinstance(item, list):
+            for literal in item:
+                content = orjson.loads(literal)
+                assert literal == json_string(content)
+                out.append(Chunk(content=content))
+            continue
+        raw = item if isinstance(item, bytes) else item.data.encode()
+        literal = reader.literal(raw)
+        if literal is not None:
+            out.append(Chunk(content=orjson.loads(literal)))
+            continue
+        text = raw.decode("utf-8", "replace")
+        if text == "[DONE]":
+            out.append("done")
+            continue
+        try:
+            out.append(reader.read(text))
+        except BadChunk:
+            out.append("bad")
+    return out
+
+
+@given(st.sampled_from(sorted(LAYOUTS)),
+       st.lists(st.tuples(LITERALS, EDITS, st.sampled_from(["", "", "id: 1\n", "id: \x00\n",
+                                                             ": c\n", "event: x\n"])),
+                max_size=10),
+       st.sampled_from(["\n", "\n", "\r\n", "\r"]), st.data())
+def test_chunk_reader_feed_is_decoder_and_read_chunk(layout: str, items: list[Any], eol: str,
+                                                     data: st.DataObject) -> None:
+    """Differential: the gateway's reading of an upstream body (runs spliced, the rest
+    parsed) gives, event by event, what the SSE decoder and read_chunk give, however the
+    body is cut and whatever its line ends."""
+    first = "data: " + LAYOUTS[layout].format('"first"') + "\n\n"
+    text = first + "".join(f"{lead}data: {edit(LAYOUTS[layout].format(literal))}\n\n"
+                           for literal, edit, lead in items) + "data: [DONE]\n\n"
+    body = text.replace("\n", eol).encode("utf-8", "surrogatepass")
+    expected: list[Chunk | str] = []
+    for event in Decoder().feed(body):
+        expected.append("done" if event.data == "[DONE]" else outcome(event.data))
+    points = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=6)))
+    for pieces in ([body], [body[a:b] for a, b in zip([0, *points], [*points, len(body)],
+                                                      strict=True)],
+                   [body[i:i + 1] for i in range(len(body))]):
+        reader = ChunkReader()
+        got: list[Chunk | str] = []
+        for piece in pieces:
+            got += read_items(reader, reader.feed(piece))
+        assert got == expected
+
+
+def test_chunk_reader_feed_splices_runs_once_learned() -> None:
+    reader = ChunkReader()
+    event = "data: " + LAYOUTS["vllm"] + "\n\n"
+    assert reader.feed(b"\n") == []
+    items = reader.feed(event.format('"a"').encode())
+    assert items == [LAYOUTS["vllm"].format('"a"').encode()]  # not learned yet: raw
+    assert reader.read(LAYOUTS["vllm"].format('"a"')) == Chunk(content="a")
+    body = (event.format('"b"') + event.format('"\u00e9"') + event.format('"c"')).encode()
+    assert reader.feed(body) == [[b'"b"', '"\u00e9"'.encode(), b'"c"']]
+    # a literal that is not UTF-8 is not taken by the splice
+    assert reader.literal(LAYOUTS["vllm"].format('"\udcff"').encode(
+        "utf-8", "surrogateescape")) is None
+    assert reader.literal(LAYOUTS["vllm"].format('"\u00e9"').encode()) == '"\u00e9"'.encode()

@@ -42,7 +42,7 @@ class HTTPConnection(Output):
     :class:`~.websocket.WebSocketConnection` on upgrade."""
 
     # An idle stream's connection is mostly this object: slots keep it small.
-    __slots__ = ("_extra", "_method", "_path", "_received", "_task", "_timer",
+    __slots__ = ("_deadline", "_extra", "_method", "_path", "_received", "_task", "_timer",
                  "close_after_response", "ctx", "reader", "session")
 
     def __init__(self, ctx: Context) -> None:
@@ -50,6 +50,10 @@ class HTTPConnection(Output):
         self.ctx = ctx
         self.session = HTTPSession(ctx.limits)
         self._timer: asyncio.TimerHandle | None = None
+        #: The read deadline (loop time; 0: none).  The timer may be set earlier than
+        #: it: moving a deadline later does not re-arm it (a call_later and a cancel per
+        #: request), the timer re-arms itself for the rest when it fires.
+        self._deadline = 0.0
         self._task: asyncio.Task[None] | None = None
         #: The SSE response being written, if any.
         self.reader: SSEReader | None = None
@@ -127,7 +131,7 @@ class HTTPConnection(Output):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._set_timer(None)
+        self._stop_timer()
         self._output_lost()
         reader = self.reader
         if reader is not None:
@@ -248,8 +252,9 @@ class HTTPConnection(Output):
         if resume is not None:  # the stream-by-id route: ?starting_after=N[&epoch=E]
             query = resume_query(request.query)
             after, epoch = query.after, query.epoch
-        last_id = request.header("last-event-id")
-        if last_id:
+        raw_id = request.header_bytes(b"last-event-id")
+        if raw_id:
+            last_id = raw_id.decode("latin-1")
             # WHATWG HTML 9.2.4: a reconnecting EventSource sends the last id it saw (it
             # wins over the query, which an EventSource sends unchanged every time).  One
             # that is not ours, or names another stream than the path, is a client's bug:
@@ -294,7 +299,8 @@ class HTTPConnection(Output):
             self.reader.wake()
             return
         head_only = self._method == "HEAD"
-        policy = disconnect_policy(request.header("x-disconnect-policy"))
+        raw_policy = request.header_bytes(b"x-disconnect-policy")
+        policy = disconnect_policy(raw_policy.decode("latin-1") if raw_policy else None)
         # Without ids nobody can resume it: not in the store, its log not retained.
         stream = ctx.new_stream(items, sse_end=sse_end, resumable=ids and not head_only,
                                 transport=None if head_only else "sse", policy=policy)
@@ -324,13 +330,13 @@ class HTTPConnection(Output):
             del headers[len(SSE_HEADERS):len(SSE_HEADERS) + 2]
         if self.close_after_response:
             headers.append((b"connection", b"close"))
-        self.ctx.metrics.child("streamcore_http_responses_total", "200").inc()
+        self.ctx.responses(200).inc()
         return self.session.stream_head(headers, method=self._method)
 
     def _responded(self, status: int, nbytes: int) -> None:
         """A complete response (a stream's line is its stream's, at its end): counted, and
         one log line (never a header: no key, no cookie)."""
-        self.ctx.metrics.child("streamcore_http_responses_total", str(status)).inc()
+        self.ctx.responses(status).inc()
         if access.isEnabledFor(logging.INFO):
             fields = {"event": "request", "method": self._method, "path": self._path,
                       "status": status, "bytes": nbytes,
@@ -385,6 +391,7 @@ class HTTPConnection(Output):
                              deflate=router.ws_deflate, origins=router.ws_origins,
                              max_message=limits.ws_max_message_bytes)
         tail = self.session.take_upgrade_tail()
+        self._stop_timer()  # it would hold this connection until it fires
         transport = self.transport
         write_paused = self.write_paused
         self._output_lost(keep_pause=True)  # the WebSocket owns the pause account now
@@ -421,14 +428,35 @@ class HTTPConnection(Output):
         self._set_timer(http.read_timeout(self.session.phase, self.limits))
 
     def _set_timer(self, timeout: float | None) -> None:
+        """A new read deadline ``timeout`` seconds from now (None: none).  The timer is
+        left alone unless it would fire too late; one that fires early re-arms itself."""
+        if timeout is None:
+            self._deadline = 0.0
+            return
+        loop = self.loop
+        deadline = self._deadline = loop.time() + timeout
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._timer = loop.call_at(deadline, self._read_timed_out)
+
+    def _stop_timer(self) -> None:
+        self._deadline = 0.0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if timeout is not None:
-            self._timer = self.loop.call_later(timeout, self._read_timed_out)
 
     def _read_timed_out(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if not deadline:  # the deadline went away (a request came): nothing to time
+            return
+        if deadline > self.loop.time():  # it moved later since the timer was set
+            self._timer = self.loop.call_at(deadline, self._read_timed_out)
+            return
+        self._deadline = 0.0
         phase = self.session.phase
         if phase is Phase.IDLE:
             self.session.close()
@@ -451,8 +479,8 @@ class HTTPConnection(Output):
 def _resumed_at(request: Request, resume: str | None) -> tuple[str | None, int]:
     """The stream a request resumes (its route's, or its Last-Event-ID's if that is one of
     ours) and the first seq it wants; the full checks are ``_start_stream``'s."""
-    last_id = request.header("last-event-id")
-    cursor = parse_cursor(last_id) if last_id else None
+    last_id = request.header_bytes(b"last-event-id")
+    cursor = parse_cursor(last_id.decode("latin-1")) if last_id else None
     if cursor is None:
         return resume, 1
     return resume or cursor.stream, cursor.seq + 1

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from ..limits import Limits
-from ..metrics import Metrics
+from ..metrics import Child, Metrics
 from ..proto.pipe import CANCELLED, COMPLETED
 from ..store.base import ReplayStore
 from .admission import Admission
@@ -47,23 +47,38 @@ class Context:
     detached: DetachBudget | None = None
     #: The WebSockets' keepalive deadlines (streamcore.aio.wheel), made by the first one.
     wheel: Wheel | None = None
+    #: The SSE ``retry:`` an EventSource is told (WHATWG HTML 9.2.6): a fifth of the
+    #: linger window (at most 1 s, at least 100 ms), so that it is back in time; 0 (none
+    #: sent: the browser's own 3-5 s) when nothing lingers by default.  Made once.
+    retry_ms: int = field(init=False, default=0)
+    #: A stream's series by (model, transport), and responses' by status: looked up
+    #: once, not per stream (``Metrics.child`` builds a key and a tuple each call).
+    _streams: dict[tuple[str, str], StreamCounters] = field(init=False, default_factory=dict)
+    _responses: dict[int, Child] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         limits = self.limits
         if self.detached is None:
             self.detached = DetachBudget(limits.resume_budget_bytes // max(
                 1, limits.stream_log_bytes + limits.stream_snapshot_bytes))
-
-    @property
-    def retry_ms(self) -> int:
-        """The SSE ``retry:`` an EventSource is told (WHATWG HTML 9.2.6): a fifth of the
-        linger window (at most 1 s, at least 100 ms), so that it is back in time; 0 (none
-        sent: the browser's own 3-5 s) when nothing lingers by default."""
-        limits = self.limits
         grace = limits.resume_grace_s
-        if grace <= 0 or limits.disconnect_policy == "cancel":
-            return 0
-        return max(100, min(1000, int(grace * 200)))
+        if grace > 0 and limits.disconnect_policy != "cancel":
+            self.retry_ms = max(100, min(1000, int(grace * 200)))
+
+    def responses(self, status: int) -> Child:
+        """The counter of responses with ``status`` (a stream's head is a 200)."""
+        child = self._responses.get(status)
+        if child is None:
+            child = self._responses[status] = self.metrics.child(
+                "streamcore_http_responses_total", str(status))
+        return child
+
+    def stream_counters(self, model: str, transport: str) -> StreamCounters:
+        counters = self._streams.get((model, transport))
+        if counters is None:
+            counters = self._streams[(model, transport)] = StreamCounters(
+                self.metrics, model, transport)
+        return counters
 
     def new_stream(self, items: object, *, sse_end: bytes | None = None,
                    resumable: bool = False, transport: str | None = None,
@@ -99,12 +114,36 @@ class Context:
         reader.ttft_seq = getattr(stream.source, "first_token_seq", 1)
 
 
+class StreamCounters:
+    """The series of the streams of one (model, transport)."""
+
+    __slots__ = ("active", "finished", "metrics", "model", "started", "transport", "ttft")
+
+    def __init__(self, metrics: Metrics, model: str, transport: str) -> None:
+        self.metrics = metrics
+        self.model = model
+        self.transport = transport
+        self.started = metrics.child("streamcore_streams_started_total", model, transport)
+        self.active = metrics.child("streamcore_streams_active", model, transport)
+        self.ttft = metrics.child("streamcore_time_to_first_token_seconds", model, transport)
+        #: By outcome, made on first use.
+        self.finished: dict[str, Child] = {}
+
+    def ended(self, outcome: str) -> None:
+        self.active.inc(-1)
+        child = self.finished.get(outcome)
+        if child is None:
+            child = self.finished[outcome] = self.metrics.child(
+                "streamcore_streams_finished_total", self.model, self.transport, outcome)
+        child.inc()
+
+
 class StreamMeter:
     """What a server counts and logs of one stream: started and active now, then at its
     end the outcome, its time to first token, and one log line."""
 
-    __slots__ = ("active", "ctx", "model", "received", "resumable", "source", "started",
-                 "transport", "ttft_s")
+    __slots__ = ("counters", "ctx", "model", "received", "resumable", "source", "transport",
+                 "ttft_s")
 
     def __init__(self, ctx: Context, stream: Stream, resumable: bool, transport: str) -> None:
         self.ctx = ctx
@@ -112,19 +151,17 @@ class StreamMeter:
         self.model = model = model_of(stream.source)
         self.transport = transport
         self.resumable = resumable
-        self.started = self.received = time.monotonic()
+        self.received = time.monotonic()
         stream.entry.meta = (model, transport, time.time())
         self.ttft_s: float | None = None
-        metrics = ctx.metrics
-        metrics.child("streamcore_streams_started_total", model, transport).inc()
-        self.active = metrics.child("streamcore_streams_active", model, transport)
-        self.active.inc()
+        counters = self.counters = ctx.stream_counters(model, transport)
+        counters.started.inc()
+        counters.active.inc()
 
     def observe(self, value: float) -> None:
         """The origin reader wrote the first token ``value`` seconds after the request."""
         self.ttft_s = value
-        self.ctx.metrics.child("streamcore_time_to_first_token_seconds", self.model,
-                               self.transport).observe(value)
+        self.counters.ttft.observe(value)
 
     def ended(self, stream: Stream) -> None:
         # This callback holds the source, which holds the stream: no cycle left behind.
@@ -134,7 +171,6 @@ class StreamMeter:
         ctx = self.ctx
         if self.resumable:
             ctx.store.ended(stream.entry)
-        self.active.inc(-1)
         metrics = ctx.metrics
         state = stream.state
         if state is COMPLETED:
@@ -150,8 +186,7 @@ class StreamMeter:
             outcome = getattr(reader, "why", "client_gone")
             metrics.child("streamcore_cancel_propagation_seconds").observe(
                 time.monotonic() - left_at)
-        metrics.child("streamcore_streams_finished_total", self.model, self.transport,
-                      outcome).inc()
+        self.counters.ended(outcome)
         report_of = getattr(self.source, "report", None)
         report: dict[str, Any] = report_of() if callable(report_of) else {}
         attempts = report.get("attempts")

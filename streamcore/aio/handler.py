@@ -69,6 +69,10 @@ class Request:
         value = self._raw.header(name.lower().encode("latin-1"))
         return None if value is None else value.decode("latin-1")
 
+    def header_bytes(self, name: bytes) -> bytes | None:
+        """:meth:`header` of a lowercase name, as it came (the server's own lookups)."""
+        return self._raw.header(name)
+
     def json(self) -> Any:
         """The body as JSON; invalid JSON is the client's fault (400), not a 500."""
         if self._json is _UNSET:

@@ -101,7 +101,7 @@ class SSEReader(BaseReader):
                 return  # the head waits: the source may still refuse with a status
             head, chunked = conn.stream_head(self.entry, self.ids)
             framer = self.framer = SSEFramer(self.entry.id, chunked, self.entry.epoch,
-                                             self.ids)
+                                             self.ids, self.entry.sse_lines)
             bufs.append(head)
             size = len(head)
             if self.snapshot is not None:
@@ -119,16 +119,20 @@ class SSEReader(BaseReader):
             events, n = framer.events(seq, frames, payload, self.entry.multiline)
             bufs += events
             size += n
-        if log_.closed and cursor.next_seq >= log_.next_seq:
-            self._finish(bufs, None)
-            return
-        if self.retry_ms:  # the first flush: after its events, the body starts as before
-            # A field line alone, no blank line: applied as it is parsed (9.2.6), and no
-            # empty event dispatched.
+        ending = log_.closed and cursor.next_seq >= log_.next_seq
+        if self.retry_ms and (self.ids or not ending):
+            # The first flush: after its events, the body starts as before.  A field line
+            # alone, no blank line: applied as it is parsed (9.2.6), and no empty event
+            # dispatched.  On a resumable stream also when this flush ends it (a short
+            # answer is one flush): its EventSource comes back after the end too, and
+            # learns from a 204 that the stream is over, within the retry.
             retry = framer.chunk(b"retry: %d\n" % self.retry_ms)
             self.retry_ms = 0
             bufs += retry
             size += sum(map(len, retry))
+        if ending:
+            self._finish(bufs, None)
+            return
         if bufs:
             conn.sendv(bufs, size)
         self.progressed()

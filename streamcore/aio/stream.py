@@ -33,7 +33,7 @@ from ..errors import (
     StreamError,
 )
 from ..metrics import Metrics
-from ..proto.cursor import new_stream_id
+from ..proto.cursor import new_id_and_epoch
 from ..proto.jsonbytes import dumps
 from ..proto.pipe import (
     CREATED,
@@ -241,8 +241,10 @@ class Stream:
         self.source: PushSource | None = source
         # The log counts what its frames hold in memory, not only their wire bytes: see
         # proto/pipe.py (a stalled stream of small tokens held 3x its bound otherwise).
-        self.entry = Entry(stream_id or new_stream_id(), log_bytes, sse_end,
-                           frame_overhead=frame_overhead)
+        epoch = None
+        if stream_id is None:
+            stream_id, epoch = new_id_and_epoch()
+        self.entry = Entry(stream_id, log_bytes, sse_end, epoch, frame_overhead=frame_overhead)
         self.entry.owner = self
         self.log = self.entry.log
         self.readers: list[Reader] = self.entry.readers  # the same list, for the hot path
@@ -294,10 +296,12 @@ class Stream:
         if self._grace is not None:  # a client came back in time
             self._grace.cancel()
             self._grace = None
-        self._attached()
+        if self._detached:
+            self._attached()
         if origin or self.origin is None:
             self.origin = reader
-            self.writable_changed()
+            if self.state is PAUSED:  # writable_changed's own test, without the call
+                self.writable_changed()
 
     def reader_left(self, reader: Reader) -> None:
         """With no reader left: ``cancel`` stops the generation at once (the handler's
@@ -405,8 +409,7 @@ class Stream:
         self._to(event)
         entry = self.entry
         if error is not None:
-            entry.error = error.envelope()
-            self.log.append((entry.error,), len(entry.error))
+            entry.add_error(error.envelope())
         self.log.close()
         # Nothing of the generation is needed now: dropped, so that no cycle through a
         # reader (whose ``end`` may be a bound method of the source) outlives it.
@@ -418,7 +421,8 @@ class Stream:
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
-        self._attached()
+        if self._detached:
+            self._attached()
         if self.on_end is not None:
             self.on_end(self)
 

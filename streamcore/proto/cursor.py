@@ -77,6 +77,13 @@ def new_epoch() -> str:
     return os.urandom(3).hex()
 
 
+def new_id_and_epoch() -> tuple[str, str]:
+    """:func:`new_stream_id` and :func:`new_epoch` from one read of the system's random
+    source (a system call each otherwise, per new stream)."""
+    random = os.urandom(11).hex()
+    return random[:16], random[16:]
+
+
 def valid_stream_id(stream_id: str) -> bool:
     return _STREAM_ID.match(stream_id) is not None
 

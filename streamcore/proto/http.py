@@ -22,7 +22,6 @@ to its user:
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ import h11
 
 from ..errors import SHOWN_CHARS, BodyTooLarge, HeadTooLarge, ProtocolError, shown
 from ..limits import Limits
+from .fasthead import HOST as _HOST
+from .fasthead import complete_head, parse_head
 from .state import State, Table
 
 CRLF = b"\r\n"
@@ -55,11 +56,6 @@ EVENTS_PER_CALL = 512
 #: The HTTP versions we speak.  A higher minor version of HTTP/1 (h11 reads one digit each,
 #: RFC 9112 section 2.3) is served as HTTP/1.1; any other major version gets 505.
 VERSIONS = (b"1.1", b"1.0")
-#: A Host value (RFC 9112 section 3.2, RFC 3986 section 3.2.2): an IP literal or a name of
-#: unreserved, percent-encoded and sub-delimiter characters, and a port.  A comma is a
-#: sub-delimiter, but in a field value it makes a list: "Host: a, b" is refused, as nginx
-#: does.
-_HOST = re.compile(rb"(\[[0-9A-Za-z:.\-]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(:[0-9]*)?\Z")
 #: A chunk declared larger than this (more than 16 hex digits' worth) is a framing error,
 #: not a big chunk: 400 at once, not a wait for the body deadline.
 MAX_CHUNK_SIZE = (1 << 63) - 1
@@ -179,20 +175,35 @@ def http_date() -> bytes:
 
 
 class HTTPSession:
-    """Requests in, response bytes out, for one connection."""
+    """Requests in, response bytes out, for one connection.
 
-    __slots__ = ("_body", "_body_size", "_buffered", "_chunks", "_client_close", "_conn",
-                 "_cycle_fed", "_head_bytes", "_keep", "_parked", "_request", "backlog",
-                 "head_only", "limits", "outbox", "phase")
+    Each request cycle starts on the fast path (:mod:`.fasthead`): a complete, plain head
+    in the bytes at hand is parsed there, its Content-Length body collected here and its
+    response head written there, without an ``h11.Connection``.  A cycle the fast path
+    declines is h11's from its first byte, exactly as it always was; h11 stays for the
+    cycles after it while it holds their bytes, and is let go when a cycle starts with
+    nothing held.  ``fast=False`` (for the differential tests) puts every cycle on h11.
+    """
 
-    def __init__(self, limits: Limits) -> None:
+    __slots__ = ("_body", "_body_left", "_body_size", "_buffered", "_chunks", "_client_close",
+                 "_conn", "_cycle_fed", "_eof", "_fast", "_head_bytes", "_http11", "_keep",
+                 "_raw", "_remaining", "_request", "_verb", "backlog", "head_only", "limits",
+                 "outbox", "phase")
+
+    def __init__(self, limits: Limits, *, fast: bool = True) -> None:
         self.limits = limits
-        self._conn: h11.Connection | None = self._new_h11()
-        #: While a long response streams, h11's state object (about 1.3 KiB) is let go:
-        #: whether to keep the connection open, and the pipelined bytes, are kept here.
+        self._fast = fast
+        #: h11's state, while h11 has the connection's bytes (None on the fast path, and
+        #: while a long response streams: its state object is about 1.3 KiB).
+        self._conn: h11.Connection | None = None if fast else self._new_h11()
+        #: Without h11: whether to keep the connection open after this response...
         self._keep = True
         self._client_close = False
-        self._parked = bytearray()
+        self._http11 = True
+        #: ... and the bytes received past the current request (pipelined), with the
+        #: peer's EOF if it came meanwhile.
+        self._raw = bytearray()
+        self._eof = False
         self.phase = Phase.IDLE
         #: The first bytes of this request cycle (at most max_head_bytes + 1 of them): the
         #: raw head, for the checks h11's normalised headers cannot make.
@@ -204,9 +215,14 @@ class HTTPSession:
         self._body = bytearray()
         self._body_size = 0
         self._chunks = 0
+        #: Fast path: body bytes still to come, response body bytes still to be sent, the
+        #: request's method (for h11, should the response need it).
+        self._body_left = 0
+        self._remaining = 0
+        self._verb = b"GET"
         #: The last call stopped after EVENTS_PER_CALL events: call parse_more.
         self.backlog = False
-        self._buffered = 0  # bytes handed to h11 while HANDLING (pipelined)
+        self._buffered = 0  # bytes held past the request while HANDLING (pipelined)
         #: Bytes to send that the session produced on its own (100 Continue).
         self.outbox: list[bytes] = []
         #: The response being made answers a HEAD request (RFC 9110 section 9.3.2).
@@ -228,19 +244,29 @@ class HTTPSession:
         phase = self.phase
         if phase.terminal:
             return None
+        conn = self._conn
         if phase is Phase.HANDLING:
             self._buffered += len(data)
-            if self._conn is None:
-                self._parked += data
+            if conn is not None:
+                conn.receive_data(data)
+            elif data:
+                self._raw += data
             else:
-                self._conn.receive_data(data)
+                self._eof = True
             return None
+        if conn is None:
+            if phase is Phase.BODY:
+                return self._take_body(data)
+            # IDLE, nothing held: a new cycle.  (h11 says ConnectionClosed to an EOF here.)
+            if not data:
+                self._to("close")
+                return None
+            return self._begin(data)
         if phase is not Phase.BODY:
             self._take_head_bytes(data)
             if data and phase is Phase.IDLE:
                 self._to("data")
-        assert self._conn is not None
-        self._conn.receive_data(data)
+        conn.receive_data(data)
         return self._advance()
 
     def parse_more(self) -> Request | None:
@@ -249,6 +275,86 @@ class HTTPSession:
             self.backlog = False
             return None
         return self._advance()
+
+    def _begin(self, buf: bytes | bytearray) -> Request | None:
+        """A cycle starts with ``buf`` (the bytes just received, or ``_raw``): on the fast
+        path if it takes the head, else on h11."""
+        head = parse_head(buf, self.limits) if self._fast else None
+        if head is None:
+            data = bytes(buf)
+            self._raw.clear()
+            return self._decline(data)
+        method, target, version, headers, length, close, end = head
+        if self.phase is Phase.IDLE:
+            self._to("data")
+        self._to("head")
+        self._http11 = version == b"1.1"
+        self._client_close = close
+        # h11's rule: HTTP/1.0 closes (no keep-alive), and so does "Connection: close".
+        self._keep = self._http11 and not close
+        self._verb = method
+        path, _, query = target.partition(b"?")
+        request = Request(method.decode("ascii"), target, path.decode("latin-1"),
+                          query.decode("latin-1"), headers, b"", version)
+        available = len(buf) - end
+        if available < length:  # the rest of the body is to come: the BODY phase
+            self._request = request
+            self._body = bytearray(buf[end:])
+            self._body_left = length - available
+            self._raw.clear()
+            if self._eof:
+                raise self._cut_body()
+            return None
+        if length:
+            request.body = bytes(buf[end:end + length])
+        end += length
+        if buf is self._raw:
+            del self._raw[:end]  # from the front: CPython moves its start, no copy
+        elif end < len(buf):
+            self._raw += memoryview(buf)[end:]
+        self._to("body")
+        self._buffered = len(self._raw)
+        return request
+
+    def _decline(self, data: bytes) -> Request | None:
+        """The cycle is h11's, from its first byte, as every cycle was before the fast
+        path."""
+        conn = self._conn = self._new_h11()
+        self._take_head_bytes(data)
+        if self.phase is Phase.IDLE:
+            self._to("data")
+        conn.receive_data(data)
+        if self._eof:
+            conn.receive_data(b"")
+        return self._advance()
+
+    def _take_body(self, data: bytes) -> Request | None:
+        """A fast-path request's Content-Length body, as it comes."""
+        if not data:
+            raise self._cut_body()
+        left = self._body_left
+        if len(data) < left:
+            self._body += data
+            self._body_left = left - len(data)
+            return None
+        view = memoryview(data)
+        self._body += view[:left]
+        self._raw += view[left:]
+        request = self._request
+        assert request is not None
+        self._request = None  # the handler owns it now
+        request.body = bytes(self._body)
+        self._body = bytearray()
+        self._to("body")
+        self._buffered = len(self._raw)
+        return request
+
+    def _cut_body(self) -> ProtocolError:
+        """The peer's EOF inside a body: 400, in h11's words."""
+        got = len(self._body)
+        return ProtocolError(
+            "malformed request: peer closed connection without sending complete message "
+            f"body (received {got} bytes, expected {got + self._body_left})")
 
     def _take_head_bytes(self, data: bytes) -> None:
         self._cycle_fed += len(data)
@@ -354,6 +460,7 @@ class HTTPSession:
         if len(headers) > limits.max_header_count:
             raise HeadTooLarge(len(headers), limits.max_header_count, "header count")
         _check_framing(raw_head, headers)
+        self._http11 = event.http_version != b"1.0"
         # RFC 9112 section 9.3: the client asks us to close after this response.
         self._client_close = any(
             name == b"connection" and b"close" in value.lower() for name, value in headers)
@@ -395,26 +502,32 @@ class HTTPSession:
 
     def response_head(self, status: int, headers: list[tuple[bytes, bytes]], *,
                       method: str = "GET") -> bytes:
-        """The head of a complete response (its body has a Content-Length), via h11."""
-        conn = self._conn
-        assert conn is not None
+        """The head of a complete response (its body has a Content-Length): written here
+        on the fast path as h11 would write it, else by h11."""
         self.head_only = method == "HEAD"
+        conn = self._conn
+        reason = REASONS.get(status, b"")
+        if conn is None:
+            made = complete_head(status, headers, reason, http_date(), not self._keep)
+            if made is not None:
+                head, length, we_close = made
+                self._remaining = 0 if self.head_only else length
+                self._keep = self._keep and not we_close
+                return head
+            conn = self._h11_for_response()
         all_headers = [(b"date", http_date()), *headers]
-        out = conn.send(h11.Response(status_code=status, headers=all_headers,
-                                     reason=REASONS.get(status, b"")))
+        out = conn.send(h11.Response(status_code=status, headers=all_headers, reason=reason))
         return out or b""
 
     def stream_head(self, headers: list[tuple[bytes, bytes]], *,
                     method: str = "GET") -> tuple[bytes, bool]:
         """A streamed 200's head, made here, and whether its body is chunked: the rest of
         the response is the caller's to frame (:class:`~streamcore.proto.sse.SSEFramer`),
-        so h11 is parked (not told) until the next request.  Framing as RFC 9112 section
-        6.3 has it: chunked for an HTTP/1.1 client, close-delimited for HTTP/1.0 (which
-        cannot read chunks); a HEAD response has no body at all."""
-        conn = self._conn
-        assert conn is not None
+        so h11 (if it had this request) is let go until the next request.  Framing as RFC
+        9112 section 6.3 has it: chunked for an HTTP/1.1 client, close-delimited for
+        HTTP/1.0 (which cannot read chunks); a HEAD response has no body at all."""
         self.head_only = method == "HEAD"
-        http11 = conn.their_http_version != b"1.0"
+        http11 = self._http11
         we_close = (b"connection", b"close") in headers
         self._keep = http11 and not self._client_close and not we_close
         lines = [b"HTTP/1.1 200 OK", b"date: " + http_date()]
@@ -424,60 +537,94 @@ class HTTPSession:
         if not self._keep and not we_close:
             lines.append(b"connection: close")
         lines.append(CRLF)
-        self._parked = bytearray(conn.trailing_data[0])
-        self._conn = None
+        conn = self._conn
+        if conn is not None:
+            data, self._eof = conn.trailing_data
+            self._raw += data
+            self._conn = None
         return CRLF.join(lines), http11 and not self.head_only
 
     def response_body(self, body: bytes) -> bytes:
-        """A whole (Content-Length) body, through h11: once per response, not per token."""
-        assert self._conn is not None
-        out = self._conn.send(h11.Data(data=body)) if body and not self.head_only else b""
-        return out or b""
+        """A whole (Content-Length) body: once per response, not per token."""
+        if not body or self.head_only:
+            return b""
+        conn = self._conn
+        if conn is None:
+            # h11's ContentLengthWriter's rule (RFC 9112 section 6.2: the length said).
+            if len(body) > self._remaining:
+                raise h11.LocalProtocolError("Too much data for declared Content-Length")
+            self._remaining -= len(body)
+            return body
+        return conn.send(h11.Data(data=body)) or b""
 
     def end_response(self) -> bytes:
-        """The end of a complete response's body (h11's; a streamed body's end is its
+        """The end of a complete response's body (a streamed body's end is its
         framer's)."""
-        assert self._conn is not None
-        return self._conn.send(h11.EndOfMessage()) or b""
+        conn = self._conn
+        if conn is None:
+            if self._remaining:
+                raise h11.LocalProtocolError("Too little data for declared Content-Length")
+            return b""
+        return conn.send(h11.EndOfMessage()) or b""
 
     def next_cycle(self) -> tuple[bool, Request | None]:
         """After a response has been written: ``(keep_open, pipelined_request)``."""
         conn = self._conn
-        if conn is None:  # after a stream: a fresh h11 state for the next request
+        if conn is None:  # a fast-path cycle, or one whose response was streamed
             if not self._keep:
                 self._to("close")
                 return False, None
-            conn = self._conn = self._new_h11()
-            leftover = bytes(self._parked)
-            self._parked = bytearray()
-            if leftover:  # (b"" would tell h11 the peer closed)
-                conn.receive_data(leftover)
-            pending = len(leftover)
-        elif conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+            self._new_cycle()
+            if not self._raw:
+                return True, None
+            self._to("data")
+            return True, self._begin(self._raw)
+        if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
             self._to("close")
             return False, None
-        else:
-            conn.start_next_cycle()
-            pending = _unparsed(conn)
-            # Only the first max_head_bytes + 1 bytes are kept as the raw head: a copy of
-            # all of them per request made a long pipeline quadratic.
-            leftover = _unparsed_head(conn, self.limits.max_head_bytes + 1) if pending else b""
+        conn.start_next_cycle()
+        pending = _unparsed(conn)
+        self._new_cycle()
+        if not pending:
+            if self._fast:  # h11 holds nothing: the next cycle starts on the fast path
+                self._conn = None
+                self._eof = conn.trailing_data[1]
+            return True, None
+        # Only the first max_head_bytes + 1 bytes are kept as the raw head: a copy of all
+        # of them per request made a long pipeline quadratic.
+        leftover = _unparsed_head(conn, self.limits.max_head_bytes + 1)
+        self._to("data")
+        self._take_head_bytes(leftover)
+        self._cycle_fed = pending
+        return True, self._advance()
+
+    def _new_cycle(self) -> None:
         self._head_bytes = bytearray()
         self._cycle_fed = 0
         self._buffered = 0
         self._to("done")
-        if not pending:
-            return True, None
-        self._to("data")
-        self._take_head_bytes(leftover[:self.limits.max_head_bytes + 1])
-        self._cycle_fed = pending
-        return True, self._advance()
 
     def take_upgrade_tail(self) -> bytes:
         """Bytes received after an upgrade request's head (the peer's first frames)."""
+        conn = self._conn or self._h11_for_response()
         self._to("upgrade")
-        assert self._conn is not None
-        return self._conn.trailing_data[0]
+        return conn.trailing_data[0]
+
+    def _h11_for_response(self) -> h11.Connection:
+        """h11 for the rest of a fast-path cycle, for a response only h11 writes: told a
+        request of the same method, version and Connection (all its response side reads),
+        then the bytes held past it."""
+        conn = self._conn = self._new_h11()
+        conn.receive_data(b"%s / HTTP/%s\r\nhost: h\r\n%s\r\n" % (
+            self._verb, b"1.1" if self._http11 else b"1.0",
+            b"connection: close\r\n" if self._client_close else b""))
+        conn.next_event()  # the Request
+        conn.next_event()  # its EndOfMessage
+        conn.receive_data(bytes(self._raw))
+        self._raw.clear()
+        if self._eof:
+            conn.receive_data(b"")
+        return conn
 
     def _new_h11(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)

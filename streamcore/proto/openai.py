@@ -164,7 +164,7 @@ def parse_chat_object(data: Any, *, stream_implied: bool = False) -> ChatRequest
                        f"got {shown(str(role))}",
                        f"messages[{i}].role", "invalid_value")
         content = message.get("content")
-        if not (content is None or isinstance(content, str | list)):
+        if not (content is None or isinstance(content, (str, list))):
             raise _bad(f"'messages[{i}].content' must be a string or an array of parts",
                        f"messages[{i}].content", "invalid_type")
         if content is None and role not in ("assistant", "function"):
@@ -177,19 +177,24 @@ def parse_chat_object(data: Any, *, stream_implied: bool = False) -> ChatRequest
         raise _bad("'stream' must be a boolean", "stream", "invalid_type")
     if stream_implied:
         stream = True
-    n = _int_param(data, "n", 1, 128)
-    if n is not None and n != 1:
+    # The optional fields: a lookup each when absent (most requests send few of them),
+    # the checks only for those sent.
+    get = data.get
+    if get("n") is not None and _int_param(data, "n", 1, 128) != 1:
         raise _bad("only n=1 is supported", "n", "unsupported_value")
     max_tokens_param = "max_completion_tokens"
-    max_tokens = _int_param(data, max_tokens_param, 1, None)
+    max_tokens = (_int_param(data, max_tokens_param, 1, None)
+                  if get(max_tokens_param) is not None else None)
     if max_tokens is None:
         max_tokens_param = "max_tokens"
         max_tokens = _int_param(data, max_tokens_param, 1, None)
-    stop = _stop_param(data)
-    _number_param(data, "temperature", 0.0, 2.0)
-    _number_param(data, "top_p", 0.0, 1.0)
+    stop = _stop_param(data) if get("stop") is not None else ()
+    if get("temperature") is not None:
+        _number_param(data, "temperature", 0.0, 2.0)
+    if get("top_p") is not None:
+        _number_param(data, "top_p", 0.0, 1.0)
     include_usage = False
-    options = data.get("stream_options")
+    options = get("stream_options")
     if options is not None:
         if not stream:
             raise _bad("'stream_options' is only allowed when 'stream' is true",
@@ -218,7 +223,8 @@ def new_completion_id() -> str:
 class ChunkTemplate:
     """The bytes of one stream's chunks, made once; a token adds only its own JSON string."""
 
-    __slots__ = ("completion_id", "created", "include_usage", "model", "prefix", "suffix")
+    __slots__ = ("completion_id", "created", "head", "include_usage", "model", "prefix",
+                 "suffix", "tail")
 
     def __init__(self, completion_id: str, model: str, *, include_usage: bool = False,
                  created: int | None = None) -> None:
@@ -226,11 +232,15 @@ class ChunkTemplate:
         self.model = model
         self.created = int(time.time()) if created is None else created
         self.include_usage = include_usage
-        head = dumps({"id": completion_id, "object": "chat.completion.chunk",
-                             "created": self.created, "model": model})[:-1]
+        # The bytes orjson makes of the chunk object's first four keys (in this order),
+        # formatted rather than encoded from a dict: made per stream.
+        self.head = head = (b'{"id":%b,"object":"chat.completion.chunk","created":%d,'
+                            b'"model":%b' % (orjson.dumps(completion_id), self.created,
+                                             orjson.dumps(model)))
         self.prefix = head + b',"choices":[{"index":0,"delta":{"content":'
-        usage = b',"usage":null' if include_usage else b""
-        self.suffix = b'},"logprobs":null,"finish_reason":null}]' + usage + b"}"
+        #: What follows ``choices`` in every chunk.
+        self.tail = b',"usage":null}' if include_usage else b"}"
+        self.suffix = b'},"logprobs":null,"finish_reason":null}]' + self.tail
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         body: dict[str, Any] = {"id": self.completion_id, "object": "chat.completion.chunk",
@@ -242,14 +252,13 @@ class ChunkTemplate:
         return dumps(body)
 
     def role(self) -> bytes:
-        """The first chunk: the assistant role with empty content, as OpenAI sends it."""
-        return self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                             "logprobs": None, "finish_reason": None}])
+        """The first chunk: the assistant role with empty content, as OpenAI sends it (the
+        bytes ``_chunk`` would make of it, tests/test_openai.py)."""
+        return b"".join((self.head, _ROLE_CHOICES, self.tail))
 
     def finish(self, reason: str) -> bytes:
         """The last choice chunk: an empty delta and the finish reason."""
-        return self._chunk([{"index": 0, "delta": {}, "logprobs": None,
-                             "finish_reason": reason}])
+        return b"".join((self.head, _FINISH_CHOICES, orjson.dumps(reason), b"}]", self.tail))
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         """The ``stream_options.include_usage`` chunk: no choices, the usage totals."""
@@ -258,6 +267,11 @@ class ChunkTemplate:
     def usage_chunk(self, usage: dict[str, Any]) -> bytes:
         """The usage chunk with ``usage`` as it is (an upstream's may hold more fields)."""
         return self._chunk([], usage=usage)
+
+
+_ROLE_CHOICES = (b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
+                 b'"logprobs":null,"finish_reason":null}]')
+_FINISH_CHOICES = b',"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":'
 
 
 def usage_object(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +24,7 @@ import orjson
 
 from ..errors import ProtocolError
 from .jsonbytes import json_string
+from .sse import Decoder, Item
 
 #: Response heads larger than this are refused (bytes).
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
@@ -47,16 +48,18 @@ class Target:
     port: int
     #: The path the OpenAI API hangs from, e.g. ``/v1`` (no trailing slash).
     base_path: str
+    #: The Host field's value, made once: the IDNA codec is pure Python, ~10 us a request.
+    authority: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        default = 443 if self.tls else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        object.__setattr__(self, "authority", (
+            host if self.port == default else f"{host}:{self.port}").encode("idna"))
 
     @property
     def tls(self) -> bool:
         return self.scheme == "https"
-
-    @property
-    def authority(self) -> bytes:
-        default = 443 if self.tls else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return (host if self.port == default else f"{host}:{self.port}").encode("idna")
 
     def url(self) -> str:
         return f"{self.scheme}://{self.authority.decode()}{self.base_path}"
@@ -383,9 +386,11 @@ def read_chunk(data: str) -> Chunk:
 
 
 #: A JSON string literal exactly as :func:`~streamcore.proto.jsonbytes.json_string` writes
-#: its value (RFC 8259 section 7: the short escapes only; no ``\\u`` and no ``\\/``,
-#: which it never writes): such a literal is re-framed as it is, byte for byte.
-_PLAIN_LITERAL = re.compile(r'"(?:[^"\\\x00-\x1f]++|\\["\\bfnrt])*+"')  # possessive: linear
+#: a non-empty value (RFC 8259 section 7: the short escapes only; no ``\\u`` and no ``\\/``,
+#: which it never writes), in UTF-8 bytes: such a literal is re-framed as it is, byte for
+#: byte.  Possessive: linear.  (It matches no control character: a separator may be one.)
+LITERAL = rb'"(?:[^"\\\x00-\x1f]++|\\["\\bfnrt])++"'
+_PLAIN_LITERAL = re.compile(LITERAL)
 
 #: Two different string values put in place of a learned content, to prove the place.
 _PROBES = ('"0"', "0"), ('"1"', "1")
@@ -396,14 +401,15 @@ LEARN_TRIES = 3
 
 
 class ChunkReader:
-    """The chunks of one upstream stream.
+    """The chunks of one upstream stream, from its body's bytes.
 
     An upstream's content-only chunks differ only in their content string: the same id,
     model, created and layout around it (vLLM, SGLang, llama.cpp, Ollama, streamcore).
     The first one is parsed whole (:func:`read_chunk`) and the text around its content
     string learned; a later chunk that is that text around a plain JSON string literal
-    (:data:`_PLAIN_LITERAL`) is the same chunk with that content, so the literal is taken as
-    it is (:meth:`content`), without parsing the chunk and encoding the string again.
+    (:data:`LITERAL`, valid UTF-8) is the same chunk with that content, so the literal is
+    taken as it is (:meth:`feed`, :meth:`literal`), without parsing the chunk and encoding
+    the string again.
 
     Exact, not heuristic: the place is learned only when two other string literals put
     there are read back (whole) as a content-only chunk with exactly those contents and no
@@ -414,24 +420,45 @@ class ChunkReader:
     reason, usage, an error, another layout) is parsed whole.
     """
 
-    __slots__ = ("_prefix", "_suffix", "_tries")
+    __slots__ = ("_bulk", "_prefix", "_suffix", "_tries", "decoder")
 
-    def __init__(self) -> None:
-        self._prefix: str | None = None
-        self._suffix = ""
+    def __init__(self, decoder: Decoder | None = None) -> None:
+        #: The body's SSE decoder.
+        self.decoder = decoder if decoder is not None else Decoder()
+        self._prefix: bytes | None = None
+        self._suffix = b""
         self._tries = LEARN_TRIES
+        self._bulk = 0  # reads this long or longer hold three events or more, at best
 
-    def content(self, text: str) -> bytes | None:
-        """The content of a chunk of the learned shape, as its JSON string (exactly
-        ``json_string(content)``); None: read it with :meth:`read`."""
+    def feed(self, data: bytes) -> Sequence[Item]:
+        """The events of body bytes: each run of content-only chunks of the learned layout
+        as a list of their contents' JSON strings (each exactly ``json_string(content)``),
+        another event that is one ``data:`` line as its data, undecoded (bytes), any other
+        as an :class:`~streamcore.proto.sse.Event` (:meth:`Decoder.feed_around`)."""
         prefix = self._prefix
-        if prefix is None or not text.startswith(prefix) or not text.endswith(self._suffix):
+        if prefix is None or len(data) < self._bulk:
+            # A read of one or two events (a paced model's): taken one by one (literal),
+            # which costs less than setting up the bulk check of feed_around.
+            return self.decoder.feed_raw(data)
+        return self.decoder.feed_around(data, prefix, self._suffix, LITERAL)
+
+    def literal(self, data: bytes) -> bytes | None:
+        """The content of a chunk (an event's data) of the learned layout, as its JSON
+        string (exactly ``json_string(content)``); None: read it with :meth:`read`."""
+        prefix = self._prefix
+        if prefix is None or not data.startswith(prefix) or not data.endswith(self._suffix):
             return None
-        literal = text[len(prefix):len(text) - len(self._suffix)]
-        # Not "" (an empty content is no token: read whole); not overlapping texts.
-        if len(literal) < 3 or _PLAIN_LITERAL.fullmatch(literal) is None:
+        start, end = len(prefix), len(data) - len(self._suffix)
+        # (start > end: prefix and suffix overlap in data, which is then too short)
+        if start > end or _PLAIN_LITERAL.fullmatch(data, start, end) is None:
             return None
-        return literal.encode()
+        literal = data[start:end]
+        if not literal.isascii():
+            try:
+                literal.decode()
+            except UnicodeDecodeError:
+                return None
+        return literal
 
     def read(self, text: str) -> Chunk:
         """:func:`read_chunk`; the first few content-only chunks teach the shape."""
@@ -456,4 +483,5 @@ class ChunkReader:
                 return
             if chunk != Chunk(content=value):
                 return
-        self._prefix, self._suffix = prefix, suffix
+        self._prefix, self._suffix = prefix.encode(), suffix.encode()
+        self._bulk = 3 * (len(self._prefix) + len(self._suffix))

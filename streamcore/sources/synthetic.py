@@ -323,13 +323,15 @@ class Run:
         self.count = generation.planned_tokens()
         self.interval = 1.0 / model.tokens_per_s if model.tokens_per_s > 0 else 0.0
         self.loop = asyncio.get_running_loop()
-        self.pacer = Pacer.of(self.loop)
+        delay = model.first_token_delay_s
+        #: Only a paced or delayed run needs the wheel: an unpaced one (the benchmarks',
+        #: a user's "as fast as you read") does not pay the per-loop lookup.
+        self.pacer = Pacer.of(self.loop) if self.interval or delay > 0 else None
         self.i = 0
         self.start = 0.0
         self.state = _WAITING
-        delay = model.first_token_delay_s
         if delay > 0 and self.count > 0:
-            self.pacer.at(self.loop.time() + delay, self)
+            self.pacer.at(self.loop.time() + delay, self)  # type: ignore[union-attr]
         else:
             self.state = _RUNNING
             self.loop.call_soon(self.step)
@@ -375,7 +377,7 @@ class Run:
             self.target.done()
         elif self.state is _RUNNING:
             self.state = _WAITING
-            self.pacer.at(self.start + self.i * self.interval, self)
+            self.pacer.at(self.start + self.i * self.interval, self)  # type: ignore[union-attr]
 
     def resume(self) -> None:
         if self.state is not _PAUSED:
@@ -383,7 +385,7 @@ class Run:
         due = self.start + self.i * self.interval
         if self.interval and due > self.loop.time():  # not before its time
             self.state = _WAITING
-            self.pacer.at(due, self)
+            self.pacer.at(due, self)  # type: ignore[union-attr]
         else:
             self.state = _RUNNING
             self.step()

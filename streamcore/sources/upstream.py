@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from ..limits import Limits
 from ..proto import wsapi
 from ..proto.jsonbytes import dumps, json_string
 from ..proto.openai import ChatRequest, ChatText, ChunkTemplate, new_completion_id
-from ..proto.sse import Decoder, SSEDecodeError
+from ..proto.sse import Decoder, Item, SSEDecodeError, field_lines
 from ..proto.sse import Event as SSEEvent
 from ..proto.upstream import (
     BadChunk,
@@ -71,6 +72,9 @@ class Upstream:
     ca_file: str | None = None
     _pools: dict[int, UpstreamPool] = field(default_factory=dict, repr=False)
     _ssl: ssl.SSLContext | None = field(default=None, repr=False)
+    #: ``headers()`` made once, with the key it was made for.
+    _headers: tuple[str | None, list[tuple[bytes, bytes]]] | None = field(default=None,
+                                                                        repr=False)
 
     @classmethod
     def parse(cls, spec: str, key: str | None = None) -> Upstream:
@@ -139,9 +143,13 @@ class Upstream:
         return pool
 
     def headers(self) -> list[tuple[bytes, bytes]]:
+        made = self._headers
+        if made is not None and made[0] == self.key:
+            return made[1]
         headers = [(b"content-type", b"application/json"), (b"accept", b"text/event-stream")]
         if self.key:
             headers.append((b"authorization", b"Bearer " + self.key.encode()))
+        self._headers = (self.key, headers)
         return headers
 
     def path(self, endpoint: str) -> str:
@@ -224,7 +232,7 @@ def upstream_body(chat: ChatRequest, model: str, *, stream: bool) -> bytes:
 class UpstreamChat:
     """A streamed chat completion from the first upstream of ``routes`` that answers."""
 
-    __slots__ = ("_attempt", "_bodies", "_chunks", "_decoder", "_done", "_error_body", "_finish",
+    __slots__ = ("_attempt", "_bodies", "_chunks", "_done", "_error_body", "_finish",
                  "_first", "_head", "_hold", "_last_rx", "_retried", "_sse_left", "_timer",
                  "_total", "_usage", "_waiting", "chat_model", "conn", "count", "fixed",
                  "include_usage", "limits", "loop", "routes", "started", "status", "stream",
@@ -255,8 +263,8 @@ class UpstreamChat:
         self.task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._attempt = -1
-        self._decoder: Decoder | None = None
-        self._chunks = ChunkReader()
+        #: The event stream's reader, once a 200 event stream's head came.
+        self._chunks: ChunkReader | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._total: asyncio.TimerHandle | None = None
         self._hold: asyncio.TimerHandle | None = None
@@ -270,7 +278,7 @@ class UpstreamChat:
         self._error_body: bytearray | None = None
         #: While the stream waits (reading paused): the SSE events decoded and not pushed
         #: yet, and the upstream events that came with them.
-        self._sse_left: list[SSEEvent] | None = None
+        self._sse_left: list[Item] | None = None
         self._waiting: list[Event] | None = None
         self.status = 0
         self.count = 0
@@ -358,7 +366,7 @@ class UpstreamChat:
         limits = self.limits
         self.conn = conn
         conn.consumer = self
-        self._decoder = None
+        self._chunks = None
         self._error_body = None
         self.status = 0
         conn.send(conn.session.request("POST", route.upstream.path(self._path()),
@@ -400,7 +408,7 @@ class UpstreamChat:
     def _handle(self, events: Sequence[Event], stream: Stream) -> None:
         for i, event in enumerate(events):
             if isinstance(event, Body):
-                if self._decoder is not None:
+                if self._chunks is not None:
                     if not self._on_sse(event.data, stream):
                         # The stream asked to wait: what came with these bytes waits too.
                         self._waiting = list(events[i + 1:])
@@ -422,9 +430,8 @@ class UpstreamChat:
         content_type = head.header(b"content-type") or b""
         if head.status == 200 and content_type.startswith(b"text/event-stream"):
             limits = self.limits
-            self._decoder = Decoder(max_line_bytes=limits.upstream_max_event_bytes,
-                                    max_event_bytes=limits.upstream_max_event_bytes)
-            self._chunks = ChunkReader()
+            self._chunks = ChunkReader(Decoder(max_line_bytes=limits.upstream_max_event_bytes,
+                                               max_event_bytes=limits.upstream_max_event_bytes))
             self._arm(limits.upstream_first_token_timeout_s, "the upstream sent no token "
                       f"within upstream_first_token_timeout_s "
                       f"({limits.upstream_first_token_timeout_s} s)")
@@ -434,36 +441,60 @@ class UpstreamChat:
 
     def _on_sse(self, data: bytes, stream: Stream) -> bool:
         """Decode and push; False: the stream asked to wait (reading is paused)."""
-        assert self._decoder is not None and self.loop is not None
+        assert self._chunks is not None and self.loop is not None
         self._last_rx = self.loop.time()
         try:
-            events = self._decoder.feed(data)
+            items = self._chunks.feed(data)
         except SSEDecodeError as exc:
             self._fail(UpstreamFailed(f"the upstream sent a malformed event stream: {exc}"))
             return True
-        return self._push_events(events, stream)
+        return self._push_events(items, stream)
 
-    def _push_events(self, events: Sequence[SSEEvent], stream: Stream) -> bool:
+    def _push_events(self, items: Sequence[Item], stream: Stream) -> bool:
         """Push the events' chunks, in order, until the stream asks to wait: then reading
         is paused and the rest kept (``_sse_left``) for :meth:`resume_push` (pushing them
         anyway would overrun the log, and a reader that keeps up would fall off it).
-        False: waiting."""
+        False: waiting.  ``items`` are :meth:`ChunkReader.feed`'s."""
         chunks = self._chunks
+        assert chunks is not None
         template = self.template
-        for i, event in enumerate(events):
+        prefix, suffix, fixed = template.prefix, template.suffix, self.fixed
+        push = stream.push
+        for i, item in enumerate(items):
             if self._done:
                 break
-            text = event.data
-            literal = chunks.content(text)
-            if literal is not None and self._first:
-                # The hot path: a content-only chunk of the shape learned (ChunkReader).
+            if type(item) is list:
+                # The hot path: content-only chunks of the shape learned (ChunkReader),
+                # each its content's JSON string between the template's prefix and suffix.
+                n = 0
+                for literal in item:
+                    n += 1
+                    if not push((prefix, literal, suffix), fixed + len(literal)) and (
+                            self.conn is not None):
+                        break
+                else:
+                    self.count += n
+                    continue
+                self.count += n
+                self.conn.pause_reading()
+                left = item[n:]
+                self._sse_left = [left, *items[i + 1:]] if left else list(items[i + 1:])
+                return False
+            if type(item) is bytes:  # a data line, undecoded
+                raw: bytes = item
+            else:
+                assert isinstance(item, SSEEvent)
+                raw = item.data.encode()
+            spliced = chunks.literal(raw) if self._first else None
+            if spliced is not None:
                 self.count += 1
-                if not stream.push((template.prefix, literal, template.suffix),
-                                   self.fixed + len(literal)) and self.conn is not None:
+                if not push((prefix, spliced, suffix), fixed + len(spliced)) and (
+                        self.conn is not None):
                     self.conn.pause_reading()
-                    self._sse_left = list(events[i + 1:])
+                    self._sse_left = list(items[i + 1:])
                     return False
                 continue
+            text = raw.decode("utf-8", "replace")
             if text == "[DONE]":
                 self._complete(stream)
                 break
@@ -501,7 +532,7 @@ class UpstreamChat:
                 self._usage = chunk.usage
             if not more and self.conn is not None:
                 self.conn.pause_reading()
-                self._sse_left = list(events[i + 1:])
+                self._sse_left = list(items[i + 1:])
                 return False
         return True
 
@@ -595,7 +626,7 @@ class UpstreamChat:
         if self._done:
             return
         stream = self.stream
-        if stream is None or stream.log.next_seq > 1 or self._decoder is not None:
+        if stream is None or stream.log.next_seq > 1 or self._chunks is not None:
             self._fail(UpstreamFailed(exc.message))
             return
         # Before the head: nothing went out, so another try is safe.  A kept-alive
@@ -740,8 +771,10 @@ class UpstreamRelay(UpstreamChat):
     """Any other ``/v1/*`` endpoint's streamed answer (the Responses API's typed events,
     legacy completions, ...), relayed event by event: each upstream event's data is one
     frame of streamcore's stream, under streamcore's event ids, so that resume, backpressure,
-    cancel, the head hold, fallback and honest endings are the chat path's.  The events'
-    ``event:`` names are not relayed: the OpenAI APIs repeat them in each event's ``type``.
+    cancel, the head hold, fallback and honest endings are the chat path's.  Its frames
+    are the events' field lines (:attr:`Entry.sse_lines`): an SSE reader gets each event's
+    ``event:`` name as the upstream sent it (an EventSource's ``addEventListener`` by
+    type works), a WebSocket reader its data.
     """
 
     __slots__ = ("_endpoint",)
@@ -759,16 +792,33 @@ class UpstreamRelay(UpstreamChat):
     def _path(self) -> str:
         return self._endpoint
 
-    def _push_events(self, events: Sequence[SSEEvent], stream: Stream) -> bool:
-        for i, event in enumerate(events):
+    def start_push(self, stream: Stream) -> None:
+        stream.entry.sse_lines = True  # its frames are the events' field lines: names kept
+        super().start_push(stream)
+
+    def _push_events(self, items: Sequence[Item], stream: Stream) -> bool:
+        for i, item in enumerate(items):
             if self._done:
                 break
-            text = event.data
-            if text == "[DONE]":  # legacy completions end so: relayed, then the end
-                stream.push((b"[DONE]",), 6)
+            if type(item) is bytes:  # a data line, undecoded: relayed as it is if UTF-8
+                data: bytes = item
+                event = "message"
+                if not data.isascii():
+                    try:
+                        data.decode()
+                    except UnicodeDecodeError:  # as the text the decoder would give
+                        data = data.decode("utf-8", "replace").encode()
+                frame: tuple[bytes, ...] = (b"data: ", data)
+            else:
+                assert isinstance(item, SSEEvent)
+                event = item.event
+                data = item.data.encode()
+                frame = (field_lines(data, event.encode()),)
+            if data == b"[DONE]":  # legacy completions end so: relayed, then the end
+                stream.push((b"data: [DONE]",), 12)
                 self._complete(stream)
                 break
-            error = _error_of(text, event.event)
+            error = _error_of(data, event)
             if error is not None:
                 message = error.get("message")
                 text = message if isinstance(message, str) else "an error event"
@@ -781,16 +831,14 @@ class UpstreamRelay(UpstreamChat):
                 self._first = True
                 self._bodies = []
                 self._arm_idle()
-            data = text.encode()
-            if "\n" in text or "\r" in text:
-                stream.entry.mark_multiline()
             self.count += 1
-            kind = _type_of(text)
-            if kind in RESPONSES_ENDINGS:
-                self._finish = kind
-            if not stream.push((data,), len(data)) and self.conn is not None:
+            if _ENDING.search(data) is not None:  # only then is it worth a parse
+                kind = _type_of(data)
+                if kind in RESPONSES_ENDINGS:
+                    self._finish = kind
+            if not stream.push(frame, sum(map(len, frame))) and self.conn is not None:
                 self.conn.pause_reading()
-                self._sse_left = list(events[i + 1:])
+                self._sse_left = list(items[i + 1:])
                 return False
         return True
 
@@ -807,24 +855,34 @@ class UpstreamRelay(UpstreamChat):
         self._ended(stream)
 
 
-def _type_of(text: str) -> str | None:
-    if not text.startswith("{"):
+#: What a Responses API event's data holds if its type is one of RESPONSES_ENDINGS: the
+#: type's name as it is, or written with ``\\u`` escapes (no other escape makes a letter
+#: or a dot).  Other events are not parsed.
+_ENDING = re.compile(rb"response\.(?:completed|failed|incomplete)|\\u")
+
+
+def _type_of(data: bytes) -> str | None:
+    if not data.startswith(b"{"):
         return None
     try:
-        obj = orjson.loads(text)
+        obj = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
     kind = obj.get("type") if isinstance(obj, dict) else None
     return kind if isinstance(kind, str) else None
 
 
-def _error_of(text: str, event: str) -> dict[str, Any] | None:
+def _error_of(data: bytes, event: str) -> dict[str, Any] | None:
     """The error object of an upstream error event: ``{"error": {...}}`` (chat and
-    completions), or an event of type ``error`` (the Responses API)."""
-    if not text.startswith("{") or ("error" not in text[:40] and event != "error"):
+    completions), or an event of type ``error`` (the Responses API).  Looked for only in
+    an object that names an error within its first 40 characters (``data``: valid UTF-8;
+    40 characters are at most 160 bytes)."""
+    if not data.startswith(b"{") or (event != "error" and (
+            b"error" not in data[:160]
+            or "error" not in data[:160].decode("utf-8", "ignore")[:40])):
         return None
     try:
-        obj = orjson.loads(text)
+        obj = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(obj, dict):
