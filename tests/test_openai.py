@@ -143,3 +143,4 @@ def test_completion_body() -> None:
     doc = orjson.loads(completion_body("c", "m", "text", "stop", 2, 3))
     assert doc["choices"][0]["message"]["content"] == "text"
     assert doc["usage"]["total_tokens"] == 5
+

@@ -60,7 +60,7 @@ class WSReader(BaseReader):
         self.conn = conn
         self.cursor = Cursor(entry.log, start_seq)
         self.key = key
-        self.framer = wsapi.ChunkFramer(key)
+        self.framer = wsapi.ChunkFramer(key, entry.sse_lines)
         self.end = end
 
     def _flush(self, conn: WebSocketConnection) -> None:
