@@ -300,6 +300,7 @@ class Decoder:
         "_id_of",
         "_id_text",
         "_last_id",
+        "_layout",
         "_pending",
         "_pending_len",
         "_skip_lf",
@@ -329,6 +330,7 @@ class Decoder:
         self._id_of = b""  # the last id decoded, and its text
         self._id_text = ""
         self._event_retry: int | None = None
+        self._layout = (b"", b"")  # the last prefix and suffix found plain (feed_around)
 
     @property
     def last_event_id(self) -> str:
@@ -465,8 +467,12 @@ class Decoder:
         of C calls over the whole read, not a dozen per event (benchmarks/RESULTS.md,
         "Session 6").  Every event is still exactly what :meth:`feed` gives, in order."""
         if (self._at_start or len(data) > min(self.max_line_bytes, self.max_event_bytes)
-                or b"\0" in data or not _plain(prefix) or not _plain(suffix)):
+                or b"\0" in data):
             return self._feed(data, True)
+        if prefix is not self._layout[0] or suffix is not self._layout[1]:  # checked once
+            if not _plain(prefix) or not _plain(suffix):
+                return self._feed(data, True)
+            self._layout = (prefix, suffix)
         out, data = self._settle(data)
         if not data:
             return out
