@@ -345,6 +345,8 @@ def validate_ws(port: int, tokens: int, rounds: int = 2) -> dict[str, Any]:
                     raise Invalid(f"message for id {obj.get('id')!r}, expected {request_id}")
                 if obj.get("type") == "done":
                     break
+                if obj.get("type") == "stream":  # which stream (for resume): first, no chunk
+                    continue
                 if obj.get("type") != "chunk":
                     raise Invalid(f"unexpected message type {obj.get('type')!r}")
                 seq = obj.get("seq")

@@ -34,7 +34,7 @@ from .proto.chaos import Chaos
 
 StreamHandler = Callable[[Request], AsyncIterator[Any]]
 PlainHandler = Callable[[Request], Awaitable[Any]]
-WebSocketHandler = Callable[[Any], Awaitable[None]]
+WebSocketHandler = Callable[..., Awaitable[None]]
 
 __all__ = ["App", "EventStream", "Request", "Response"]
 
@@ -83,12 +83,16 @@ class App:
             return handler
         return register
 
-    def websocket(self, path: str, *, public: bool = False) -> Callable[
-            [WebSocketHandler], WebSocketHandler]:
+    def websocket(self, path: str, *, public: bool = False, messages: bool = False,
+                  ) -> Callable[[WebSocketHandler], WebSocketHandler]:
         """Register a WebSocket handler: ``async def handler(ws)``, with ``ws`` a
-        :class:`streamcore.WebSocket`."""
+        :class:`streamcore.WebSocket`.  ``messages=True``: ``async def handler(ws,
+        message)``, called once per message received, in order, each call awaited before
+        the next; the task that runs it exists only while messages wait, so an idle
+        socket holds no task and no coroutine (about 2 KiB together, see the README)."""
         def register(handler: WebSocketHandler) -> WebSocketHandler:
-            self._add(Route("GET", path, handler, False, websocket=True, public=public))
+            self._add(Route("GET", path, handler, False, websocket=True, public=public,
+                            messages=messages))
             return handler
         return register
 

@@ -385,10 +385,11 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
         return {"id": stream_id, "object": "stream.cancel",
                 "status": "cancelled" if owner is not None else "already_ended"}
 
-    @app.websocket("/v1/ws")
-    async def chat_socket(ws: WebSocket) -> None:
-        async for message in ws:
-            await _ws_message(ws, message, catalog)
+    # A message handler, not a loop over the socket: an idle /v1/ws socket then holds no
+    # task and no coroutine frames (issue 14's idle memory per WebSocket).
+    @app.websocket("/v1/ws", messages=True)
+    async def chat_socket(ws: WebSocket, message: str | bytes) -> None:
+        await _ws_message(ws, message, catalog)
 
     @app.route("GET", "/v1/models")
     async def list_models_(request: Request) -> dict[str, object]:

@@ -376,3 +376,37 @@ def test_a_copy_nobody_reads_is_dropped_and_read_back_when_wanted(
                             last_event_id=on_b.events[-1].id, stop_after=3)
         assert [int(e.id.rpartition("-")[2]) for e in again.events] == [6, 7, 8]
         client.post(f"{a.url}/v1/streams/{first.stream_id}/cancel")
+
+
+def test_a_relayed_stream_keeps_its_event_names_on_another_node(
+        redis_server: RedisServer) -> None:
+    """A relayed stream's frames are SSE field lines (Entry.sse_lines): the flag travels
+    with the stream's metadata, so a node that reads it from Redis frames the same events,
+    names and multi-line data as the node that relayed it."""
+    from upstreams import Exchange, ScriptedUpstream
+
+    async def script(ex: Exchange) -> None:
+        await ex.head()
+        await ex.body(b'event: response.created\ndata: {"type":"response.created"}\n\n')
+        await ex.body(b"event: note\ndata: one\ndata: two\n\n")
+        await ex.body(b"data: plain\n\n")
+        await ex.body(b'event: response.completed\ndata: {"type":"response.completed"}\n\n')
+        await ex.end()
+
+    up = ScriptedUpstream(script)
+    try:
+        with node(redis_server, "--upstream", up.spec("models=up-model")) as a, \
+                node(redis_server) as b, httpx.Client(timeout=20) as client:
+            first = read_stream(client, "POST", f"{a.url}/v1/responses",
+                                json={"model": "up-model", "input": "hi", "stream": True})
+            assert first.stream_id
+            live = [(e.event, e.data, e.id) for e in first.events]
+            assert [(name, data) for name, data, _ in live] == [
+                ("response.created", '{"type":"response.created"}'), ("note", "one\ntwo"),
+                ("message", "plain"), ("response.completed", '{"type":"response.completed"}')]
+            again = read_stream(client, "GET", f"{b.url}/v1/streams/{first.stream_id}")
+            assert [(e.event, e.data, e.id) for e in again.events] == live
+            with redis_server.client() as r:
+                assert r.hget(f"sc:m:{first.stream_id}", "lines") == b"1"
+    finally:
+        up.close()

@@ -13,6 +13,7 @@ import httpx_sse
 import openai
 import orjson
 import pytest
+import resume_clients
 from conftest import Served
 from upstreams import Exchange, ScriptedUpstream
 
@@ -78,6 +79,9 @@ def test_responses_api_stream_relayed_event_by_event(
         sid += "-" + source.response.headers["x-stream-epoch"]
         events = list(source.iter_sse())
     assert [orjson.loads(e.data) for e in events] == RESPONSE_EVENTS
+    # Each event keeps its name: a client that dispatches by name (an EventSource's
+    # addEventListener, eventsource-parser's event.event) sees the upstream's events.
+    assert [e.event for e in events] == [e["type"] for e in RESPONSE_EVENTS]
     assert [e.id for e in events] == [f"{sid}-{i}" for i in range(1, 5)]
     sent = up.conns[0].requests[0]
     assert sent.path == "/v1/responses" and sent.json()["model"] == "up-model"
@@ -148,6 +152,40 @@ def test_legacy_completions_stream_keeps_its_done(
             json={"model": "up-model", "prompt": "p", "stream": True}) as source:
         data = [e.data for e in source.iter_sse()]
     assert data[-1] == "[DONE]" and len(data) == 3
+
+
+def test_relayed_events_keep_names_and_lines_on_resume_and_over_websocket(
+        serve: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    """A relayed stream read again (Last-Event-ID over SSE, a resume over WebSocket): the
+    same events, names and multi-line data as the live reader got; over WebSocket each
+    message's chunk is the event's data, without the SSE fields."""
+    async def script(ex: Exchange) -> None:
+        await ex.head()
+        await ex.body(typed(RESPONSE_EVENTS[0]))
+        await ex.body(b"event: note\ndata: line one\ndata: line two\n\n")  # multi-line
+        await ex.body(b"data: plain\n\n")  # no name: the default type
+        await ex.body(typed(RESPONSE_EVENTS[3]))
+        await ex.end()
+
+    served = gateway(serve, upstream(script))
+    with httpx.Client(timeout=10) as client:
+        with httpx_sse.connect_sse(
+                client, "POST", f"{served.url}/v1/responses",
+                json={"model": "up-model", "input": "hi", "stream": True}) as source:
+            live = [(e.event, e.data, e.id) for e in source.iter_sse()]
+        assert [(name, data) for name, data, _ in live] == [
+            ("response.created", orjson.dumps(RESPONSE_EVENTS[0]).decode()),
+            ("note", "line one\nline two"), ("message", "plain"),
+            ("response.completed", orjson.dumps(RESPONSE_EVENTS[3]).decode())]
+        stream_id = live[0][2].rsplit("-", 2)[0]
+        with httpx_sse.connect_sse(client, "GET", f"{served.url}/v1/streams/{stream_id}",
+                                   headers={"last-event-id": live[0][2]}) as again:
+            assert [(e.event, e.data, e.id) for e in again.iter_sse()] == live[1:]
+    # Over WebSocket: the data of each event as the chunk (JSON ones as objects).
+    got = resume_clients.ws(served.port, {"type": "resume", "id": "r", "stream": stream_id,
+                                          "after": 0})
+    assert [chunk for _, chunk in got.chunks] == [
+        RESPONSE_EVENTS[0], "line one\nline two", "plain", RESPONSE_EVENTS[3]]
 
 
 def test_json_answers_and_gets_relayed_as_they_are(

@@ -17,7 +17,9 @@ from streamcore.proto.sse import (
     SSEFramer,
     encode_comment,
     encode_event,
+    field_lines,
     frame_data,
+    lines_data,
 )
 from streamcore.proto.upstream import LITERAL
 
@@ -857,3 +859,54 @@ def test_raw_ids_are_taken_when_read() -> None:
     assert d.feed_raw(b"data: e\n\n: c\n\n") == [b"e"]
     assert d.last_event_id == "2"
     assert d.feed(b"data: f\n\n") == [Event("f", id="2")]
+
+
+# ----------------------------------------------------------- frames that are field lines
+
+
+def _decoded(wire: bytes) -> list[Event]:
+    decoder = Decoder()
+    return [*decoder.feed(wire), *decoder.feed(b"")]
+
+
+@given(st.text(max_size=40), st.one_of(st.none(), st.text(
+    alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)),
+    min_size=1, max_size=12)))
+def test_field_lines_carry_the_name_and_data_through_both_framers(
+        data: str, name: str | None) -> None:
+    """A relayed event (Entry.sse_lines): its name and its data, however many lines, reach
+    an SSE reader whichever framer path takes it, with or without ids; its data alone
+    (lines_data) is what a WebSocket message carries."""
+    payload = data.encode()
+    frame = (field_lines(payload, None if name is None else name.encode()),)
+    expected_name = "message" if name in (None, "message") else name
+    expected_data = re.sub("\r\n|\r", "\n", data)
+    assert lines_data(frame) == expected_data.encode()
+    for ids in (True, False):
+        framer = SSEFramer("s1", chunked=False, epoch="abc123", ids=ids, lines=True)
+        one = framer.event(3, frame, len(frame[0]))
+        many, n = framer.events(3, [frame, frame], 2 * len(frame[0]), None)
+        assert n == len(b"".join(many))
+        for wire, count in ((one, 1), (b"".join(many), 2)):
+            events = _decoded(wire)
+            assert [(e.event, e.data) for e in events] == [
+                (expected_name, expected_data)] * count
+            assert [e.id for e in events] == (
+                ["s1-abc123-3", "s1-abc123-4"][:count] if ids else [""] * count)
+
+
+def test_a_payload_among_field_lines_is_framed_as_data() -> None:
+    """The error event that ends a relayed stream is a payload (marked like a multi-line
+    frame): data lines, not field lines."""
+    framer = SSEFramer("s1", chunked=True, epoch="abc123", lines=True)
+    frames = [(field_lines(b"x", b"delta"),), (b'{"error":{}}',)]
+    bufs, n = framer.events(1, frames, sum(len(f[0]) for f in frames), {2})
+    wire = b"".join(bufs)
+    assert n == len(wire)
+    body = wire.partition(b"\r\n")[2][:-2]
+    assert [(e.event, e.data) for e in _decoded(body)] == [
+        ("delta", "x"), ("message", '{"error":{}}')]
+
+
+def test_lines_data_reads_data_fields_with_or_without_the_space() -> None:
+    assert lines_data((b"event: e\ndata:a\n", b"data: b\nid: 1")) == b"a\nb"

@@ -293,8 +293,8 @@ class WSLifecycle(RuleBasedStateMachine):
     @invariant()
     def gathered_message_is_bounded(self) -> None:
         session = self.session
-        assert len(session._binary) <= MAX_MESSAGE
-        assert len(session._text.getvalue().encode()) <= MAX_MESSAGE
+        parts = session._part or []
+        assert sum(len(p.encode() if isinstance(p, str) else p) for p in parts) <= MAX_MESSAGE
 
 
 WSLifecycle.TestCase.settings = settings(max_examples=60, stateful_step_count=30,

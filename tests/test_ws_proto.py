@@ -922,3 +922,75 @@ def test_a_protocol_error_while_closing_fails_the_connection(bad: bytes) -> None
     session.close(1000)
     assert closed_code(session.receive(frame(CLOSE, close_payload(1000)))) == 1000
     assert session.state is ws.CLOSED
+
+
+# ------------------------------------------- at rest: whole frames without wsproto's parser
+
+
+def test_whole_frames_at_rest_keep_no_parser() -> None:
+    """Whole masked FIN data frames at rest are parsed without wsproto, which a plain
+    socket keeps only while a frame or a message is under way (issue 14: ~1 KiB)."""
+    long = "é" * 200  # a 2-byte length (RFC 6455 5.2)
+    data = frame(TEXT, b"one") + frame(BINARY, b"\x00\xff") + frame(TEXT, long.encode())
+    events, session = feed(data)
+    assert events == [ws.Received("one"), ws.Received(b"\x00\xff"), ws.Received(long)]
+    assert session._conn is None
+    # Cut in the 2-byte length, then in the payload: wsproto holds the part, then rests.
+    cut = frame(TEXT, long.encode())
+    assert session.receive(cut[:3]) == [] and session._conn is not None
+    assert session.receive(cut[3:20]) == []
+    assert session.receive(cut[20:]) == [ws.Received(long)]
+    assert session._conn is None
+    # A Ping at rest goes through wsproto, answered; the parser rests again after it.
+    assert session.receive(frame(PING, b"p")) == []
+    assert outbox_frames(session) == [(0xA, True, b"p")] and session._conn is None
+
+
+@pytest.mark.parametrize(("data", "code"), [
+    (frame_header(TEXT, 5, mask=None)[:1] + bytes((0x80 | 126,)) + (5).to_bytes(2, "big")
+     + b"\0\0\0\0hello", 1002),  # a 2-byte length for 5 bytes: not minimal (5.2)
+    (frame(TEXT, b"\xff\xfe"), 1007),  # not UTF-8 (8.1)
+    (frame(TEXT, b"hello", masked=False), 1002),  # unmasked from a client (5.1)
+    (frame(BINARY, b"x" * (MAX_FRAME + 1)), 1009),  # over the frame limit
+    (frame(TEXT, b"ok", rsv=4), 1002),  # an RSV bit nothing negotiated (5.2)
+    (frame(CONT, b"x"), 1002),  # a continuation with no message (5.4)
+])
+def test_what_the_whole_frame_parser_leaves_to_wsproto(data: bytes, code: int) -> None:
+    events, _ = all_ways(frame(TEXT, b"first") + data)
+    assert events[0] == ws.Received("first")
+    assert closed_code(events) == code
+
+
+def test_whole_frames_past_the_event_budget_wait_for_parse_more() -> None:
+    count = ws.EVENTS_PER_CALL + 10
+    session = new_session()
+    events = session.receive(b"".join(frame(TEXT, b"%d" % i) for i in range(count)))
+    assert len(events) == ws.EVENTS_PER_CALL and session.backlog
+    events += session.parse_more()
+    assert events == [ws.Received(str(i)) for i in range(count)]
+    assert not session.backlog and session._conn is None
+
+
+def test_tcp_end_at_rest_is_1006_and_ping_is_made_here() -> None:
+    session = new_session()
+    assert session.ping(b"hi") == b"\x89\x02hi"
+    assert session.receive(None) == [ws.Closed(ws.ABNORMAL)]
+    assert session.ping(b"hi") == b""
+
+
+def test_kept_request_headers_are_packed_and_read_the_same() -> None:
+    request = upgrade_request(upgrade_headers(extra=[(b"x-user", b"ann, bob"), (b"x-e", b"")]))
+    kept = ws.keep_request(request)
+    assert isinstance(kept.headers, ws.PackedHeaders)
+    assert list(kept.headers) == list(request.headers) and len(kept.headers) == len(
+        request.headers)
+    assert kept.headers[-2] == (b"x-user", b"ann, bob") and kept.headers[-1] == (b"x-e", b"")
+    assert list(kept.headers[:2]) == list(request.headers[:2])
+    assert kept.header(b"x-user") == b"ann, bob" and kept.header_tokens(b"x-user") == [
+        b"ann", b"bob"]
+    assert kept.path == request.path and kept.method == request.method
+    # A NUL (refused by RFC 9110 section 5.5, but not ours to assume): kept as it is.
+    odd = upgrade_request(upgrade_headers(extra=[(b"x-odd", b"a\0b")]))
+    assert ws.keep_request(odd) is odd
+    empty = ws.keep_request(upgrade_request([])).headers
+    assert list(empty) == [] and len(empty) == 0

@@ -1032,6 +1032,52 @@ def test_handler_failure_is_1011_and_request_error_is_1008(
     assert code == 1008 and reason == "not allowed"
 
 
+def test_message_handler_in_order_no_task_while_idle_and_its_failures(
+        serve: Callable[..., Served]) -> None:
+    """@app.websocket(path, messages=True): one call per message, in order, each awaited
+    before the next (a slow first message does not let the second pass it); no task once
+    the messages are handled; the request kept (its headers packed); an exception is the
+    close code of a loop handler's."""
+    app = streamcore.App(limits=LIMITS)
+    tasks: list[Any] = []
+
+    @app.websocket("/m", messages=True)
+    async def on_message(ws: Any, message: str | bytes) -> None:
+        tasks.append(asyncio.current_task())
+        if message == "slow":
+            await asyncio.sleep(0.05)
+        elif message == "boom":
+            raise RuntimeError("bug")
+        elif message == "refuse":
+            raise streamcore.RequestError("not allowed")
+        await ws.send(f"{message} {ws.request.header('x-user')}")
+
+    served = serve(app, LIMITS)
+
+    async def main(messages: list[str]) -> tuple[list[Any], int | None, str | None]:
+        async with client(served, "/m", additional_headers={"X-User": "ann"}) as ws:
+            for message in messages:
+                await ws.send(message)
+            answers = []
+            try:
+                while True:
+                    answers.append(await asyncio.wait_for(ws.recv(), 5))
+                    if len(answers) == len(messages):
+                        conns = served.call(lambda: list(served.server.connections))
+                        assert all(c._task is None for c in conns)  # idle: no task
+                        return answers, None, None
+            except ConnectionClosed:
+                return answers, ws.close_code, ws.close_reason
+
+    answers, code, _ = run(main(["slow", "two", "three"]))
+    assert answers == ["slow ann", "two ann", "three ann"] and code is None
+    assert all(task is not None for task in tasks)  # each call in a real task
+    answers, code, _ = run(main(["one", "boom", "never"]))
+    assert answers == ["one ann"] and code == 1011
+    answers, code, reason = run(main(["refuse"]))
+    assert answers == [] and code == 1008 and reason == "not allowed"
+
+
 @pytest.mark.parametrize("extra, version, status", [
     ((), b"8", 426),
     ((), b"13", 403),

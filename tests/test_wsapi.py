@@ -227,3 +227,30 @@ def test_messages_share_the_frames_buffers() -> None:
     framer = ChunkFramer(key_of("r"))
     bufs = framer.messages(1, [(b"{", shared, b"}")])
     assert any(buf is shared for buf in bufs)
+
+
+
+def test_a_chunk_framer_of_field_lines_sends_their_data_as_json() -> None:
+    """A relayed stream read over WebSocket: each message's chunk is its event's data, as
+    it is if JSON, else as a JSON string."""
+    framer = ChunkFramer(b'"r"', lines=True)
+    frames = [(b"event: e\ndata: {\"a\":1}",), (b"data: [DONE]",), (b"data: x\ndata: y",)]
+    expected = [{"a": 1}, "[DONE]", "x\ny"]
+    one = framer.message(4, frames[0], len(frames[0][0]))
+    assert orjson.loads(_text(one)) == {"type": "chunk", "id": "r", "seq": 4, "chunk": {"a": 1}}
+    got = _texts(b"".join(framer.messages(1, frames)))
+    assert [orjson.loads(m)["chunk"] for m in got] == expected
+    bare = ChunkFramer(None, lines=True)
+    assert [orjson.loads(m) for m in _texts(b"".join(bare.messages(1, frames)))] == expected
+    assert wsapi.json_value(b"\xff") == b'"\xef\xbf\xbd"'
+
+
+def _texts(wire: bytes) -> list[str]:
+    client = Connection(ConnectionType.CLIENT)
+    client.receive_data(wire)
+    return [e.data for e in client.events() if isinstance(e, TextMessage)]
+
+
+def _text(wire: bytes) -> str:
+    (text,) = _texts(wire)
+    return text

@@ -22,6 +22,7 @@ from .admission import Admission
 from .handler import Router
 from .sse import Heartbeat
 from .stream import BaseReader, DetachBudget, Flusher, Stream, source_of
+from .wheel import Wheel
 
 #: One line per request and per stream (docs/operations.md): ``--log-format json`` makes
 #: each a JSON object.
@@ -44,6 +45,8 @@ class Context:
     metrics: Metrics = field(default_factory=Metrics)
     #: Room for streams running detached (Limits.disconnect_policy "detach").
     detached: DetachBudget | None = None
+    #: The WebSockets' keepalive deadlines (streamcore.aio.wheel), made by the first one.
+    wheel: Wheel | None = None
     #: The SSE ``retry:`` an EventSource is told (WHATWG HTML 9.2.6): a fifth of the
     #: linger window (at most 1 s, at least 100 ms), so that it is back in time; 0 (none
     #: sent: the browser's own 3-5 s) when nothing lingers by default.  Made once.

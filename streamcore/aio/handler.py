@@ -169,6 +169,9 @@ class Route:
     #: A plain route's synchronous first try (``App.route(now=...)``): the new stream it
     #: returns starts without a task; None from it, and the handler runs as usual.
     now: Callable[[Request], EventStream | None] | None = None
+    #: A WebSocket message handler (``@app.websocket(path, messages=True)``): called as
+    #: ``handler(ws, message)`` per message, in a task that lives only while messages wait.
+    messages: bool = False
 
 
 class Router(Protocol):

@@ -101,7 +101,7 @@ class SSEReader(BaseReader):
                 return  # the head waits: the source may still refuse with a status
             head, chunked = conn.stream_head(self.entry, self.ids)
             framer = self.framer = SSEFramer(self.entry.id, chunked, self.entry.epoch,
-                                             self.ids)
+                                             self.ids, self.entry.sse_lines)
             bufs.append(head)
             size = len(head)
             if self.snapshot is not None:

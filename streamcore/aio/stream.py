@@ -409,8 +409,7 @@ class Stream:
         self._to(event)
         entry = self.entry
         if error is not None:
-            entry.error = error.envelope()
-            self.log.append((entry.error,), len(entry.error))
+            entry.add_error(error.envelope())
         self.log.close()
         # Nothing of the generation is needed now: dropped, so that no cycle through a
         # reader (whose ``end`` may be a bound method of the source) outlives it.

@@ -13,15 +13,43 @@ h11 exactly as before, so every refusal, its status and every limit stay what th
 were.  :func:`complete_head` likewise writes only what h11 would write byte for byte
 (``Connection: close`` placed and cased as h11 places it) and leaves the rest to h11.
 ``tests/test_http_fastpath.py`` and ``fuzz/fuzz_http.py`` check both differentially
-against the session forced onto h11.
+against the session forced onto h11.  The other bytes written without h11 live here too:
+the Date (:func:`http_date`), the reason phrases, :func:`error_response`.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
+from email.utils import formatdate
 
 from ..limits import Limits
+
+CRLF = b"\r\n"
+REASONS = {
+    200: b"OK", 101: b"Switching Protocols", 204: b"No Content", 400: b"Bad Request",
+    403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
+    415: b"Unsupported Media Type",
+    422: b"Unprocessable Content", 426: b"Upgrade Required",
+    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
+    504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
+}
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """RFC 9110 section 6.6.1: an origin server with a clock sends Date.  Cached per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode())
+    return _date_cache[1]
+
 
 #: tchar (RFC 9110 section 5.6.2): the characters of a token (a method, a field name).
 _TCHAR = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]"
@@ -168,3 +196,20 @@ def complete_head(status: int, headers: Sequence[tuple[bytes, bytes]], reason: b
     lines += [b"%s: %s" % field for field in headers]
     lines.append(b"\r\n")
     return b"\r\n".join(lines), length, we_close
+
+
+def error_response(
+    status: int, body: bytes, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> bytes:
+    """A complete response that closes the connection, built without h11 (whose state may
+    be ERROR by now).  ``body``: the error envelope (:func:`streamcore.errors.envelope`)."""
+    reason = REASONS.get(status, b"Error")
+    lines = [
+        b"HTTP/1.1 %d %s" % (status, reason),
+        b"date: " + http_date(),
+        b"content-type: application/json",
+        b"content-length: %d" % len(body),
+        b"connection: close",
+        *(name + b": " + value for name, value in extra),
+    ]
+    return CRLF.join(lines) + CRLF + CRLF + body

@@ -1,7 +1,10 @@
-"""Server side of one HTTP/1.1 connection, on h11, sans-I/O.
+"""Server side of one HTTP/1.1 connection, sans-I/O.
 
-h11 parses request heads and bodies and keeps the connection's state; we add what it leaves
-to its user:
+A request cycle starts on the fast path (:mod:`.fasthead`, issue 14): a complete, plain
+head with no body or a Content-Length one, and its response, without an ``h11.Connection``.
+Every cycle the fast path declines is h11's from its first byte, as before it existed: h11
+parses request heads and bodies and keeps the connection's state; we add what it leaves to
+its user:
 
 * the head size bound whatever the segmentation (h11's ``max_incomplete_event_size`` only
   applies while a head is incomplete, so a large head that arrives in one read passes it);
@@ -22,31 +25,25 @@ to its user:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.utils import formatdate
 
 import h11
 
 from ..errors import SHOWN_CHARS, BodyTooLarge, HeadTooLarge, ProtocolError, shown
 from ..limits import Limits
+
+# (CRLF, REASONS, http_date and error_response live in fasthead.py, with the other heads
+# written without h11; the rest of proto/ and aio/ import them from here, as before.)
+from .fasthead import CRLF as CRLF
 from .fasthead import HOST as _HOST
+from .fasthead import REASONS as REASONS
 from .fasthead import complete_head, parse_head
+from .fasthead import error_response as error_response
+from .fasthead import http_date as http_date
 from .state import State, Table
 
-CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
-REASONS = {
-    200: b"OK", 101: b"Switching Protocols", 204: b"No Content", 400: b"Bad Request",
-    403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
-    408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
-    415: b"Unsupported Media Type",
-    422: b"Unprocessable Content", 426: b"Upgrade Required",
-    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
-    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
-    504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
-}
 
 
 #: h11 events parsed per :meth:`HTTPSession.receive` (or :meth:`~HTTPSession.parse_more`)
@@ -162,16 +159,6 @@ def read_timeout(phase: State, limits: Limits) -> float | None:
     return None
 
 
-_date_cache: tuple[int, bytes] = (0, b"")
-
-
-def http_date() -> bytes:
-    """RFC 9110 section 6.6.1: an origin server with a clock sends Date.  Cached per second."""
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, formatdate(now, usegmt=True).encode())
-    return _date_cache[1]
 
 
 class HTTPSession:
@@ -655,20 +642,3 @@ def _check_framing(raw_head: bytes, headers: Sequence[tuple[bytes, bytes]]) -> N
         if name == b"host" and _HOST.match(value) is None:
             # RFC 9112 section 3.2: 400 for "a Host header field with an invalid value".
             raise ProtocolError(f"invalid Host {shown(value.decode('latin-1'))}")
-
-
-def error_response(
-    status: int, body: bytes, extra: Sequence[tuple[bytes, bytes]] = ()
-) -> bytes:
-    """A complete response that closes the connection, built without h11 (whose state may
-    be ERROR by now).  ``body``: the error envelope (:func:`streamcore.errors.envelope`)."""
-    reason = REASONS.get(status, b"Error")
-    lines = [
-        b"HTTP/1.1 %d %s" % (status, reason),
-        b"date: " + http_date(),
-        b"content-type: application/json",
-        b"content-length: %d" % len(body),
-        b"connection: close",
-        *(name + b": " + value for name, value in extra),
-    ]
-    return CRLF.join(lines) + CRLF + CRLF + body

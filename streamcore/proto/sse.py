@@ -116,13 +116,21 @@ class SSEFramer:
     body is the end of the connection (RFC 9112 section 6.3, rule 8).
     """
 
-    __slots__ = ("chunked", "prefix")
+    __slots__ = ("chunked", "field", "head", "prefix")
 
     def __init__(self, stream_id: str, chunked: bool, epoch: str | None = None,
-                 ids: bool = True) -> None:
+                 ids: bool = True, lines: bool = False) -> None:
         #: The event ids' prefix; None: events without ids.
         self.prefix = id_prefix(stream_id, epoch) if ids else None
         self.chunked = chunked
+        #: What starts a frame's event after its id: ``data: `` before a payload, nothing
+        #: before a frame that is its event's field lines already (``lines``: a relayed
+        #: upstream event keeps its ``event:`` name, :attr:`Entry.sse_lines`).
+        self.field = b"" if lines else b"data: "
+        #: The id line and the field, to %-format with the sequence number (a "%" of the
+        #: stream id escaped); None without ids.
+        self.head = (b"id: " + self.prefix.replace(b"%", b"%%") + b"%d\n" + self.field
+                     if self.prefix is not None else None)
 
     def event(self, seq: int, frame: Frame, size: int) -> bytes:
         """One single-line event of ``size`` payload bytes, in one buffer.
@@ -130,8 +138,7 @@ class SSEFramer:
         A sparse stream (a paced model's token) has one event per flush: one buffer makes
         the transport's write a plain ``write(2)``, where seven small ones need a gather
         (measured in benchmarks/RESULTS.md, session 3)."""
-        prefix = self.prefix
-        head = b"id: %b%d\ndata: " % (prefix, seq) if prefix is not None else b"data: "
+        head = self.head % seq if self.head is not None else self.field
         if self.chunked:
             return b"".join((b"%x\r\n" % (len(head) + size + 2), head, *frame, b"\n\n\r\n"))
         return b"".join((head, *frame, b"\n\n"))
@@ -145,17 +152,18 @@ class SSEFramer:
         chunked = self.chunked
         bufs: list[bytes] = [b""] if chunked else []  # the chunk-size line, once known
         prefix = self.prefix
+        fmt = self.head
         total = size + 2 * len(frames)
         for frame in frames:
-            head = b"id: %b%d\n" % (prefix, seq) if prefix is not None else b""
             if multiline and seq in multiline:
+                head = b"id: %b%d\n" % (prefix, seq) if prefix is not None else b""
                 lines = frame_data(b"".join(frame))
                 total += len(head) + sum(map(len, lines)) - size_of(frame) - 1
                 bufs.append(head)
                 bufs.extend(lines)
                 bufs.append(b"\n")
             else:
-                head += b"data: "
+                head = fmt % seq if fmt is not None else self.field
                 total += len(head)
                 bufs.append(head)
                 bufs.extend(frame)
@@ -195,6 +203,29 @@ class SSEFramer:
 
 def size_of(frame: Frame) -> int:
     return sum(map(len, frame))
+
+
+def field_lines(data: bytes, event: bytes | None = None) -> bytes:
+    """An event's field lines, without the blank line that dispatches it: ``event:``
+    (``event``; None or ``message``, the default type, none), then ``data`` as ``data:``
+    lines (:func:`frame_data`).  A frame of a stream whose frames are field lines
+    (:attr:`~streamcore.store.base.Entry.sse_lines`)."""
+    lines = frame_data(data)
+    lines[-1] = b""  # the framer ends the event
+    if event is not None and event != b"message":
+        lines.insert(0, b"event: %b\n" % event)
+    return b"".join(lines)
+
+
+def lines_data(frame: Frame) -> bytes:
+    """The data of an event given as its field lines (:func:`field_lines`): its ``data:``
+    values joined with LF, the other fields dropped (what a receiver dispatches, 9.2.6):
+    the payload of a WebSocket message."""
+    values = []
+    for line in b"".join(frame).split(b"\n"):
+        if line.startswith(b"data:"):
+            values.append(line[6:] if line.startswith(b"data: ") else line[5:])
+    return b"\n".join(values)
 
 
 # --------------------------------------------------------------------------------- decoder
@@ -269,6 +300,7 @@ class Decoder:
         "_id_of",
         "_id_text",
         "_last_id",
+        "_layout",
         "_pending",
         "_pending_len",
         "_skip_lf",
@@ -298,6 +330,7 @@ class Decoder:
         self._id_of = b""  # the last id decoded, and its text
         self._id_text = ""
         self._event_retry: int | None = None
+        self._layout = (b"", b"")  # the last prefix and suffix found plain (feed_around)
 
     @property
     def last_event_id(self) -> str:
@@ -434,8 +467,12 @@ class Decoder:
         of C calls over the whole read, not a dozen per event (benchmarks/RESULTS.md,
         "Session 6").  Every event is still exactly what :meth:`feed` gives, in order."""
         if (self._at_start or len(data) > min(self.max_line_bytes, self.max_event_bytes)
-                or b"\0" in data or not _plain(prefix) or not _plain(suffix)):
+                or b"\0" in data):
             return self._feed(data, True)
+        if prefix is not self._layout[0] or suffix is not self._layout[1]:  # checked once
+            if not _plain(prefix) or not _plain(suffix):
+                return self._feed(data, True)
+            self._layout = (prefix, suffix)
         out, data = self._settle(data)
         if not data:
             return out

@@ -420,7 +420,7 @@ class ChunkReader:
     reason, usage, an error, another layout) is parsed whole.
     """
 
-    __slots__ = ("_prefix", "_suffix", "_tries", "decoder")
+    __slots__ = ("_bulk", "_prefix", "_suffix", "_tries", "decoder")
 
     def __init__(self, decoder: Decoder | None = None) -> None:
         #: The body's SSE decoder.
@@ -428,6 +428,7 @@ class ChunkReader:
         self._prefix: bytes | None = None
         self._suffix = b""
         self._tries = LEARN_TRIES
+        self._bulk = 0  # reads this long or longer hold three events or more, at best
 
     def feed(self, data: bytes) -> Sequence[Item]:
         """The events of body bytes: each run of content-only chunks of the learned layout
@@ -435,7 +436,9 @@ class ChunkReader:
         another event that is one ``data:`` line as its data, undecoded (bytes), any other
         as an :class:`~streamcore.proto.sse.Event` (:meth:`Decoder.feed_around`)."""
         prefix = self._prefix
-        if prefix is None:
+        if prefix is None or len(data) < self._bulk:
+            # A read of one or two events (a paced model's): taken one by one (literal),
+            # which costs less than setting up the bulk check of feed_around.
             return self.decoder.feed_raw(data)
         return self.decoder.feed_around(data, prefix, self._suffix, LITERAL)
 
@@ -481,3 +484,4 @@ class ChunkReader:
             if chunk != Chunk(content=value):
                 return
         self._prefix, self._suffix = prefix.encode(), suffix.encode()
+        self._bulk = 3 * (len(self._prefix) + len(self._suffix))

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
+import dataclasses
 import struct
 import zlib
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import (
@@ -58,6 +60,18 @@ EVENTS_PER_CALL = 256
 #: few times in a row gets every Pong (Autobahn cases 2.10 and 2.11 check it); a flood
 #: gets one Pong per call of EVENTS_PER_CALL events.
 PONGS_PER_CALL = 16
+
+#: What a wsproto Connection's event queue is until TCP ends (see WSSession.__init__).
+_NO_EVENTS: tuple[()] = ()
+
+def _at_rest(conn: Connection) -> bool:
+    """wsproto's parser is between messages, with no byte of the next one: dropping it
+    loses nothing (a new one starts where it would be)."""
+    proto = conn._proto
+    decoder = proto._frame_decoder
+    return (decoder.header is None and not decoder.buffer.buffer
+            and proto._message_decoder.opcode is None)
+
 
 # RFC 6455 section 7.4.1 status codes.
 NORMAL = 1000
@@ -259,6 +273,47 @@ def _extension_offers(request: Request) -> list[str]:
     return offers
 
 
+class PackedHeaders(Sequence[tuple[bytes, bytes]]):
+    """Header pairs in one buffer, NUL-separated: what a socket keeps of its upgrade
+    request for its whole life (``ws.request``).  Seven pairs as a list are 14 bytes
+    objects and 7 tuples, ~0.9 KB per socket; packed, ~0.3 KB.  (No field value holds a
+    NUL, RFC 9110 section 5.5; :func:`keep_request` packs none that does.)"""
+
+    __slots__ = ("_blob", "_count")
+
+    def __init__(self, pairs: Sequence[tuple[bytes, bytes]]) -> None:
+        self._count = len(pairs)
+        self._blob = b"\0".join(part for pair in pairs for part in pair)
+
+    def _pairs(self) -> list[tuple[bytes, bytes]]:
+        parts = self._blob.split(b"\0")
+        return list(zip(parts[::2], parts[1::2], strict=False))
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[bytes, bytes]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[bytes, bytes]]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        return self._pairs()[index]
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self._pairs())
+
+
+def keep_request(request: Request) -> Request:
+    """The upgrade request as a socket keeps it: its headers packed (:class:`PackedHeaders`),
+    unless a name or value holds a NUL (then as they are)."""
+    headers = request.headers
+    if any(b"\0" in name or b"\0" in value for name, value in headers):
+        return request
+    return dataclasses.replace(request, headers=PackedHeaders(headers))
+
+
 # -- events out of the session -----------------------------------------------------------
 
 
@@ -331,19 +386,28 @@ class WSSession:
     wsproto parses and keeps its own parser state; the connection's life, as everything
     above this class sees it, is :attr:`state` (:data:`WS_STATES`)."""
 
+    __slots__ = ("_conn", "_limits", "_part", "_pending_tail", "_pings", "_plain", "backlog",
+                 "closed", "hold_pongs", "outbox", "state", "subprotocol")
+
     def __init__(self, accepted: Accepted, *, max_frame: int, max_message: int,
                  max_fragments: int = 4096, tail: bytes = b"") -> None:
         self.subprotocol = accepted.subprotocol
         self._limits = _Limits(max_frame, max_message, max_fragments)
-        self._conn = Connection(ConnectionType.SERVER,
-                                extensions=[self._limits, *accepted.extensions])
         #: No extension that changes frames (permessage-deflate) was negotiated: a whole
         #: message is one plain frame, framed here without wsproto's event machinery
         #: (which costs more than the rest of a message's way out).
         self._plain = not accepted.extensions
-        #: The message being received: one buffer, whatever its number of fragments.
-        self._binary = bytearray()
-        self._text = io.StringIO()
+        #: wsproto's parser: while a frame or a message is under way, always with
+        #: permessage-deflate (its context lives across messages, RFC 7692 section 7.2.3),
+        #: and from our Close on.  None at rest between messages of a plain socket: its
+        #: objects are ~1 KiB of an idle socket, and a whole frame at rest is parsed by
+        #: :meth:`_whole_frames` (the usual client message: one masked FIN frame).
+        self._conn: Connection | None = None
+        if not self._plain:
+            self._conn = self._wsproto([self._limits, *accepted.extensions])
+        #: The fragments of the message being received, gathered into one buffer; None
+        #: between messages (a message in one frame, the usual, needs none).
+        self._part: list[Any] | None = None
         #: The payloads of the Pings not answered yet (at most PONGS_PER_CALL; past it only
         #: the latest, RFC 6455 section 5.5.3), and whether to hold them (the connection's
         #: output is full: a peer that pings and never reads must not fill our memory with
@@ -374,36 +438,92 @@ class WSSession:
             if data is None:  # the handshake's tail, then the end
                 return self.receive(tail) + self.receive(None)
             data = tail + data
-        conn = self._conn
         if self.closed is not None or self.state.terminal:
             return []  # one Closed per connection; nothing is parsed after it
+        conn = self._conn
+        if data is None:
+            conn = conn or self._wsproto([self._limits])
+            conn._events = deque()
+            conn.receive_data(None)
+            return self._events(EVENTS_PER_CALL)
+        out: list[Received | Closed] = []
+        if conn is None:
+            data = self._whole_frames(data, out)
+            if not data:
+                self.backlog = False
+                return out
+            conn = self._wsproto([self._limits])
         conn.receive_data(data)
-        return self._events()
+        if len(out) >= EVENTS_PER_CALL:
+            self.backlog = True  # the rest waits in wsproto's buffer for parse_more
+            return out
+        return out + self._events(EVENTS_PER_CALL - len(out))
 
     def parse_more(self) -> list[Received | Closed]:
         """Go on parsing what :meth:`receive` left (:attr:`backlog`).  (After a Close,
         wsproto has no event left to give: nothing is parsed after it.)"""
-        return self._events()
+        return self._events(EVENTS_PER_CALL)
 
-    def _events(self) -> list[Received | Closed]:
+    def _wsproto(self, extensions: list[Extension]) -> Connection:
+        conn = self._conn = Connection(ConnectionType.SERVER, extensions=extensions)
+        # wsproto queues in this deque only the 1006 event of receive_data(None), which
+        # receive() gives it a deque for: an empty deque is 760 bytes.
+        conn._events = _NO_EVENTS  # type: ignore[assignment]
+        return conn
+
+    def _whole_frames(self, data: bytes, out: list[Received | Closed]) -> bytes:
+        """Parse the whole unfragmented data frames at the start of ``data`` (at rest, a
+        plain socket): FIN set, no RSV bit, text or binary, masked (RFC 6455 section 5.2;
+        a client masks every frame, 5.3), a minimal length (5.2) within the limits, and
+        for text valid UTF-8 (8.1).  Whatever else (a control frame, a fragment, a part
+        of a frame, an error to answer) stops it: the rest goes to wsproto, whose answer
+        is the RFC's.  Returns the rest."""
+        pos, end = 0, len(data)
+        limits = self._limits
+        most = min(limits.max_frame, limits.max_message)
+        while end - pos >= 6 and len(out) < EVENTS_PER_CALL:
+            first, second = data[pos], data[pos + 1]
+            if (first != 0x81 and first != 0x82) or second < 0x80:
+                break
+            size, head = second & 0x7F, pos + 6
+            if size == 126:
+                size, head = int.from_bytes(data[pos + 2:pos + 4]), pos + 8
+                if size < 126 or end < head:
+                    break
+            if size > most or size == 127 or end - head < size:
+                break
+            mask = data[head - 4:head] * (size // 4 + 1)
+            payload = (int.from_bytes(data[head:head + size], "little")
+                       ^ int.from_bytes(mask[:size], "little")).to_bytes(size, "little")
+            if first == 0x81:
+                try:
+                    out.append(Received(payload.decode()))
+                except UnicodeDecodeError:
+                    break
+            else:
+                out.append(Received(payload))
+            pos = head + size
+        return data[pos:] if pos else data
+
+    def _events(self, budget: int) -> list[Received | Closed]:
         out: list[Received | Closed] = []
-        budget = EVENTS_PER_CALL
         pinged = len(self._pings)
         self.backlog = False
-        events = self._conn.events()
+        conn = self._conn or self._wsproto([self._limits])
+        events = conn.events()
         for event in events:
             if isinstance(event, Message):
-                if isinstance(event, TextMessage):
-                    self._text.write(event.data)
+                part = self._part
+                if part is None and event.message_finished:
+                    out.append(Received(event.data))  # a message in one piece: as it is
                 else:
-                    self._binary += event.data
-                if event.message_finished:
-                    if isinstance(event, TextMessage):
-                        out.append(Received(self._text.getvalue()))
-                        self._text = io.StringIO()
-                    else:
-                        out.append(Received(bytes(self._binary)))
-                        self._binary = bytearray()
+                    if part is None:
+                        part = self._part = []
+                    part.append(event.data)
+                    if event.message_finished:
+                        self._part = None
+                        out.append(Received("".join(part) if isinstance(event, TextMessage)
+                                            else b"".join(part)))
             elif isinstance(event, Ping):
                 pinged += 1
                 if pinged > PONGS_PER_CALL or self.hold_pongs:
@@ -422,6 +542,8 @@ class WSSession:
                 break
         events.close()  # wsproto's parser keeps its place: the rest is parsed next time
         self.answer_ping()
+        if self._plain and not self.backlog and self.state is OPEN and _at_rest(conn):
+            self._conn = None  # between messages: nothing of wsproto's to keep
         return out
 
     def answer_ping(self) -> None:
@@ -435,6 +557,7 @@ class WSSession:
 
     def _on_close(self, event: CloseConnection) -> Closed:
         conn = self._conn
+        assert conn is not None  # the Close came from it
         code = int(event.code)
         if code == ABNORMAL:  # made by wsproto when TCP ended (receive(None))
             self._to("lost")
@@ -468,6 +591,7 @@ class WSSession:
                 return text_header(len(payload)) + payload
             return binary_header(len(data)) + data
         message: Message[Any] = TextMessage(data) if isinstance(data, str) else BytesMessage(data)
+        assert self._conn is not None  # deflate: always there
         return self._conn.send(message)
 
     def text_message(self, payload: bytes) -> bytes:
@@ -483,7 +607,9 @@ class WSSession:
         if self.state is not OPEN:
             return b""
         self._to("send_close")
-        return self._conn.send(CloseConnection(code=code, reason=reason))
+        conn = self._conn or self._wsproto([self._limits])  # kept from now on
+        return conn.send(CloseConnection(code=code, reason=reason))
 
     def ping(self, payload: bytes = b"") -> bytes:
-        return self._conn.send(Ping(payload=payload)) if self.state is OPEN else b""
+        # A control frame: unmasked from a server, never compressed, <= 125 bytes (5.5).
+        return bytes((0x89, len(payload))) + payload if self.state is OPEN else b""

@@ -36,6 +36,7 @@ from ..errors import RequestError
 from .cursor import MAX_SEQ_DIGITS, disconnect_policy, valid_epoch, valid_stream_id
 from .jsonbytes import dumps
 from .pipe import Frame
+from .sse import lines_data
 from .ws import text_header
 
 #: Longest request id a client may choose (characters).
@@ -174,6 +175,17 @@ def error_message(key: bytes, envelope: bytes) -> bytes:
     return b'{"type":"error","id":' + key + b"," + envelope[1:]
 
 
+def json_value(data: bytes) -> bytes:
+    """``data`` as a JSON value for a message's ``chunk``: itself if it is JSON (an OpenAI
+    event), else a JSON string of it (``[DONE]``, plain text).  Only for relayed events,
+    whose data is the upstream's."""
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return dumps(data.decode("utf-8", "replace"))
+    return data
+
+
 class ChunkFramer:
     """A stream's frames as WebSocket text messages, for one request on one socket.
 
@@ -182,10 +194,13 @@ class ChunkFramer:
     into the one buffer of a sparse stream's single message.
     """
 
-    __slots__ = ("head", "key")
+    __slots__ = ("head", "key", "lines")
 
-    def __init__(self, key: bytes | None) -> None:
+    def __init__(self, key: bytes | None, lines: bool = False) -> None:
         self.key = key
+        #: The frames are SSE field lines (a relayed upstream event's, see
+        #: :attr:`~streamcore.store.base.Entry.sse_lines`): a message carries their data.
+        self.lines = lines
         # A %-format with the key inside it: a "%" of the client's id must not format.
         self.head = (b'{"type":"chunk","id":' + key.replace(b"%", b"%%")
                      + b',"seq":%d,"chunk":') if key is not None else None
@@ -193,6 +208,9 @@ class ChunkFramer:
     def message(self, seq: int, frame: Frame, size: int) -> bytes:
         """One message of ``size`` payload bytes, header included, in one buffer (a
         sparse stream's token: one ``write(2)``)."""
+        if self.lines:
+            data = json_value(lines_data(frame))
+            frame, size = (data,), len(data)
         head = self.head
         if head is None:
             return b"".join((text_header(size), *frame))
@@ -204,6 +222,8 @@ class ChunkFramer:
         bufs: list[bytes] = []
         head = self.head
         for frame in frames:
+            if self.lines:
+                frame = (json_value(lines_data(frame)),)
             size = sum(map(len, frame))
             if head is None:
                 bufs.append(text_header(size))

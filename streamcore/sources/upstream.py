@@ -35,7 +35,7 @@ from ..limits import Limits
 from ..proto import wsapi
 from ..proto.jsonbytes import dumps, json_string
 from ..proto.openai import ChatRequest, ChatText, ChunkTemplate, new_completion_id
-from ..proto.sse import Decoder, Item, SSEDecodeError
+from ..proto.sse import Decoder, Item, SSEDecodeError, field_lines
 from ..proto.sse import Event as SSEEvent
 from ..proto.upstream import (
     BadChunk,
@@ -771,8 +771,10 @@ class UpstreamRelay(UpstreamChat):
     """Any other ``/v1/*`` endpoint's streamed answer (the Responses API's typed events,
     legacy completions, ...), relayed event by event: each upstream event's data is one
     frame of streamcore's stream, under streamcore's event ids, so that resume, backpressure,
-    cancel, the head hold, fallback and honest endings are the chat path's.  The events'
-    ``event:`` names are not relayed: the OpenAI APIs repeat them in each event's ``type``.
+    cancel, the head hold, fallback and honest endings are the chat path's.  Its frames
+    are the events' field lines (:attr:`Entry.sse_lines`): an SSE reader gets each event's
+    ``event:`` name as the upstream sent it (an EventSource's ``addEventListener`` by
+    type works), a WebSocket reader its data.
     """
 
     __slots__ = ("_endpoint",)
@@ -790,6 +792,10 @@ class UpstreamRelay(UpstreamChat):
     def _path(self) -> str:
         return self._endpoint
 
+    def start_push(self, stream: Stream) -> None:
+        stream.entry.sse_lines = True  # its frames are the events' field lines: names kept
+        super().start_push(stream)
+
     def _push_events(self, items: Sequence[Item], stream: Stream) -> bool:
         for i, item in enumerate(items):
             if self._done:
@@ -802,14 +808,14 @@ class UpstreamRelay(UpstreamChat):
                         data.decode()
                     except UnicodeDecodeError:  # as the text the decoder would give
                         data = data.decode("utf-8", "replace").encode()
+                frame: tuple[bytes, ...] = (b"data: ", data)
             else:
                 assert isinstance(item, SSEEvent)
                 event = item.event
                 data = item.data.encode()
-                if b"\n" in data or b"\r" in data:
-                    stream.entry.mark_multiline()
+                frame = (field_lines(data, event.encode()),)
             if data == b"[DONE]":  # legacy completions end so: relayed, then the end
-                stream.push((b"[DONE]",), 6)
+                stream.push((b"data: [DONE]",), 12)
                 self._complete(stream)
                 break
             error = _error_of(data, event)
@@ -830,7 +836,7 @@ class UpstreamRelay(UpstreamChat):
                 kind = _type_of(data)
                 if kind in RESPONSES_ENDINGS:
                     self._finish = kind
-            if not stream.push((data,), len(data)) and self.conn is not None:
+            if not stream.push(frame, sum(map(len, frame))) and self.conn is not None:
                 self.conn.pause_reading()
                 self._sse_left = list(items[i + 1:])
                 return False

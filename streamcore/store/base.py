@@ -58,7 +58,7 @@ class Entry:
     """
 
     __slots__ = ("epoch", "error", "hold", "id", "log", "meta", "multiline", "owner",
-                 "readers", "refused", "sse_end", "ws_end")
+                 "readers", "refused", "sse_end", "sse_lines", "ws_end")
 
     def __init__(self, stream_id: str, log_bytes: int, sse_end: bytes | None = None,
                  epoch: str | None = None, frame_overhead: int = 0) -> None:
@@ -75,8 +75,14 @@ class Entry:
         #: request's key (the gateway's ``done``), for a reader on any socket; or None.
         self.ws_end: Callable[[bytes], bytes] | None = None
         #: Seq numbers of frames that hold CR or LF (SSE splits their data lines); made on
-        #: first use, since most streams (JSON) never have one.
+        #: first use, since most streams (JSON) never have one.  In a stream of field
+        #: lines (:attr:`sse_lines`), the frames that are payloads all the same (its error
+        #: event).
         self.multiline: set[int] | None = None
+        #: Its frames are SSE field lines (``event:`` and ``data:``,
+        #: :func:`~streamcore.proto.sse.field_lines`), not payloads: a relayed upstream
+        #: stream, whose events keep their names.  Set before the first frame.
+        self.sse_lines = False
         #: The error envelope that ended the stream (the log's last frame), if one did.
         self.error: bytes | None = None
         #: The handler's RequestError, if it refused its input before its first frame:
@@ -149,6 +155,13 @@ class Entry:
         if lost:
             raise HistoryLost(self.id, epoch or "", self.epoch)
         return after + 1, None
+
+    def add_error(self, envelope: bytes) -> None:
+        """End the log with the error event ``envelope`` (the caller closes it)."""
+        self.error = envelope
+        if self.sse_lines:  # a payload among field lines: framed as data lines
+            self.mark_multiline()
+        self.log.append((envelope,), len(envelope))
 
     def mark_multiline(self) -> None:
         """The next frame appended holds a line break."""

@@ -13,7 +13,8 @@ Keys (``prefix`` ``sc:``)::
 
     sc:s:<id>    the frames: id <seq>-0, fields d (payload), m (1: holds a line break);
                  the end: id <last seq>-1, field end (completed | error)
-    sc:m:<id>    hash: owner (node id), epoch, state (running | completed | error), sse_end
+    sc:m:<id>    hash: owner (node id), epoch, state (running | completed | error), sse_end,
+                 lines (1: the frames are SSE field lines, Entry.sse_lines)
     sc:l:<id>    the owner's lease: its fencing token, with PX = the lease
     sc:fence     the fencing tokens' counter (INCR)
     sc:w:<node>  a node's wake-up and command stream, part of its XREAD
@@ -67,8 +68,9 @@ log = logging.getLogger("streamcore")
 #: ms, maxlen, then per stream: "<token> <first seq> <end state>" (token 0: take the lease;
 #: end state empty while running), the lengths of its new frames (comma-separated;
 #: negative: the frame holds a line break), their bytes end to end, and (when taking the
-#: lease) "<epoch> <sse_end>".  No frames: the lease is renewed.  Returns per stream its
-#: token, or 0 when the lease is another's (fenced).
+#: lease) "<epoch> <lines> <sse_end>" (lines: 0 or 1, Entry.sse_lines).  No frames: the
+#: lease is renewed.  Returns per stream its token, or 0 when the lease is another's
+#: (fenced).
 _APPEND = """
 local node, lease, ttl, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local function one(ks, km, kl, head, lengths, blob, claim)
@@ -76,9 +78,9 @@ local function one(ks, km, kl, head, lengths, blob, claim)
   if token == '0' then
     token = tostring(redis.call('INCR', KEYS[1]))
     if not redis.call('SET', kl, token, 'NX', 'PX', lease) then return 0 end
-    local epoch, sse_end = string.match(claim, '^(%S*) ?(.*)$')
+    local epoch, lines, sse_end = string.match(claim, '^(%S*) (%d) ?(.*)$')
     redis.call('HSET', km, 'owner', node, 'epoch', epoch, 'state', 'running',
-               'sse_end', sse_end)
+               'sse_end', sse_end, 'lines', lines)
   elseif redis.call('GET', kl) ~= token then
     return 0
   else
@@ -383,6 +385,7 @@ class RedisStore:
         epoch = meta.get(b"epoch")  # the owner's: a cursor is the same on every node
         entry = Entry(stream_id, self.limits.stream_log_bytes, meta.get(b"sse_end") or None,
                       epoch.decode() if epoch else None)
+        entry.sse_lines = meta.get(b"lines") == b"1"
         if entries:
             entry.log = TokenLog(self.limits.stream_log_bytes, _seq_of(entries[0][0]))
         self._local.add(entry)
@@ -435,8 +438,7 @@ class RedisStore:
         """A copy that cannot go on: its readers here get ``error``; the copy is dropped,
         so a later resume reads the stream from Redis again."""
         if not entry.log.closed:
-            entry.error = error.envelope()
-            entry.log.append((entry.error,), len(entry.error))
+            entry.add_error(error.envelope())
             self._finish_copy(entry)
         self._local.forget(entry.id)
 
@@ -606,7 +608,8 @@ class RedisStore:
             state = (b" error" if entry.error is not None else b" completed") if ending else b""
             keys += owned.keys
             args += (b"%s %d%s" % (token, start, state), lengths, blob,
-                     b"%s %s" % (entry.epoch.encode(), entry.sse_end or b"")
+                     b"%s %d %s" % (entry.epoch.encode(), entry.sse_lines,
+                                    entry.sse_end or b"")
                      if token == b"0" else b"")
             batch.append((owned, head, log_.appended_bytes, ending))
         if not batch:
