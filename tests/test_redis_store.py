@@ -404,9 +404,11 @@ def test_a_relayed_stream_keeps_its_event_names_on_another_node(
             assert [(name, data) for name, data, _ in live] == [
                 ("response.created", '{"type":"response.created"}'), ("note", "one\ntwo"),
                 ("message", "plain"), ("response.completed", '{"type":"response.completed"}')]
+            with redis_server.client() as r:  # A's flushes (batched) have written it all
+                wait_for(lambda: r.hget(f"sc:m:{first.stream_id}", "state") == b"completed",
+                         timeout=10)
+                assert r.hget(f"sc:m:{first.stream_id}", "lines") == b"1"
             again = read_stream(client, "GET", f"{b.url}/v1/streams/{first.stream_id}")
             assert [(e.event, e.data, e.id) for e in again.events] == live
-            with redis_server.client() as r:
-                assert r.hget(f"sc:m:{first.stream_id}", "lines") == b"1"
     finally:
         up.close()
