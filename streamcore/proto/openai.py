@@ -101,10 +101,9 @@ def _json_type(value: Any) -> str:
 
 
 def _stop_param(body: dict[str, Any]) -> tuple[str, ...]:
-    """``stop``: null, a string, or an array of up to 4 strings; none of them empty."""
-    value = body.get("stop")
-    if value is None:
-        return ()
+    """``stop`` (sent, not null): a string, or an array of up to 4 strings; none of them
+    empty."""
+    value = body["stop"]
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         raise _bad(f"'stop' must be a string or an array of strings, got "
@@ -118,9 +117,8 @@ def _stop_param(body: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _number_param(body: dict[str, Any], name: str, low: float, high: float) -> None:
-    value = body.get(name)
-    if value is None:
-        return
+    """``name`` (sent, not null): a number from ``low`` to ``high``."""
+    value = body[name]
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise _bad(f"'{name}' must be a number", name, "invalid_type")
     if not low <= value <= high:
@@ -242,15 +240,6 @@ class ChunkTemplate:
         self.tail = b',"usage":null}' if include_usage else b"}"
         self.suffix = b'},"logprobs":null,"finish_reason":null}]' + self.tail
 
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        body: dict[str, Any] = {"id": self.completion_id, "object": "chat.completion.chunk",
-                                "created": self.created, "model": self.model,
-                                "choices": choices}
-        if self.include_usage:
-            body["usage"] = None
-        body.update(extra)
-        return dumps(body)
-
     def role(self) -> bytes:
         """The first chunk: the assistant role with empty content, as OpenAI sends it (the
         bytes ``_chunk`` would make of it, tests/test_openai.py)."""
@@ -266,7 +255,9 @@ class ChunkTemplate:
 
     def usage_chunk(self, usage: dict[str, Any]) -> bytes:
         """The usage chunk with ``usage`` as it is (an upstream's may hold more fields)."""
-        return self._chunk([], usage=usage)
+        return dumps({"id": self.completion_id, "object": "chat.completion.chunk",
+                      "created": self.created, "model": self.model, "choices": [],
+                      "usage": usage})
 
 
 _ROLE_CHOICES = (b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
