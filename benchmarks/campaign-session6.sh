@@ -30,7 +30,7 @@ step B-5000 "$ours" "$ours,granian" --workloads B --paced-streams 5000 --ramp 1 
         mkdir "$dir/benchmarks"; cp benchmarks/new_stream.py "$dir/benchmarks/"  # one harness
         for flag in "" --user; do
             echo "== $tree new_stream.py $flag"
-            (cd "$dir" && taskset -c 0 python benchmarks/new_stream.py -n 5000 $flag)
+            (cd "$dir" && PYTHONPATH="$dir" taskset -c 0 python benchmarks/new_stream.py -n 5000 $flag)
         done
         rm -rf "$dir"
     done
