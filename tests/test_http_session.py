@@ -477,6 +477,18 @@ def test_stream_head_when_someone_closes() -> None:
     assert session.next_cycle() == (False, None)
 
 
+@pytest.mark.parametrize(("value", "closes"), [
+    (b"x-close", False), (b"closed", False), (b"keep-alive, x-close", False),
+    (b"foo, Close", True), (b"close", True)])
+def test_only_the_close_option_closes_after_a_stream(value: bytes, closes: bool) -> None:
+    """RFC 9110 section 7.6.1: Connection is a list of options; "x-close" is not "close"
+    (h11 decides so for a complete response, and a stream's end decides the same)."""
+    session, head, _ = streamed(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: " + value
+                                + b"\r\n\r\n")
+    assert (b"connection: close" in head) is closes
+    assert session.next_cycle()[0] is not closes
+
+
 def test_bytes_during_a_stream_are_kept_for_the_next_request() -> None:
     session, _, _ = streamed(GET + b"GET /next HT")
     assert session.receive(b"TP/1.1\r\nHost: h\r\n\r\n") is None  # parked, not parsed

@@ -448,9 +448,12 @@ class HTTPSession:
             raise HeadTooLarge(len(headers), limits.max_header_count, "header count")
         _check_framing(raw_head, headers)
         self._http11 = event.http_version != b"1.0"
-        # RFC 9112 section 9.3: the client asks us to close after this response.
+        # RFC 9112 section 9.3: the client asks us to close after this response, with the
+        # "close" connection option (a token of the field's list, RFC 9110 section 7.6.1;
+        # "x-close" is another option): h11's own rule for a complete response.
         self._client_close = any(
-            name == b"connection" and b"close" in value.lower() for name, value in headers)
+            name == b"connection" and b"close" in (t.strip() for t in value.lower().split(b","))
+            for name, value in headers)
         target = event.target
         path, _, query = target.partition(b"?")
         self._request = Request(
