@@ -43,8 +43,11 @@ def echo_app() -> streamcore.App:
     return app
 
 
+#: The whole suite took ~12.5 min in CI on this 2-core VM (the permessage-deflate cases
+#: 12.* and 13.* are most of it, and took as long on the tree before session 6's
+#: WebSocket changes: case 12.2.15 34-37 s on both); 25 min leaves room for a slow day.
 def run_cases(port: int, outdir: Path, *selection: str,
-              timeout: float = 840) -> dict[str, dict[str, Any]]:
+              timeout: float = 1500) -> dict[str, dict[str, Any]]:
     exe = shutil.which("kosoku")
     if exe is None:
         pytest.skip("SKIPPED LOUDLY: the `kosoku` executable (Autobahn fuzzing client) is "
@@ -81,7 +84,7 @@ def failures(cases: dict[str, dict[str, Any]]) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1560)
 def test_autobahn_full_suite(serve: Callable[..., Served], tmp_path: Path) -> None:
     served = serve(echo_app(), LIMITS)
     cases = run_cases(served.port, tmp_path)
