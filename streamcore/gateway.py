@@ -137,11 +137,6 @@ class ChatStream:
         return {"usage": {"prompt_tokens": prompt, "completion_tokens": count,
                           "total_tokens": prompt + count, "source": "counted"}}
 
-    def done_message(self, key: bytes) -> bytes:
-        """The WebSocket gateway's last message for this request."""
-        return wsapi.done_message(key, self.generation.finish_reason,
-                                  usage_object(self.generation.prompt_tokens, self.count))
-
 
 #: The ``synthetic-utf8`` model's letters: 2-, 3- and 4-byte UTF-8 characters in every
 #: answer (chaos mode's ``split-utf8`` fault cuts them across writes).
@@ -456,9 +451,9 @@ async def _ws_message(ws: WebSocket, message: str | bytes, catalog: Catalog) -> 
         if isinstance(command, wsapi.Start):
             chat = parse_chat_object(command.body, stream_implied=True)
             stream = await catalog.source(chat)
-            key = wsapi.key_of(request_id)
-            ws.stream(request_id, stream, end=lambda: stream.done_message(key),
-                      sse_end=SSE_DONE, disconnect=command.disconnect)
+            # No ``end``: the source leaves its done message on the entry as it ends
+            # (``Entry.ws_end``, what a resume sends too), with no closure per request.
+            ws.stream(request_id, stream, sse_end=SSE_DONE, disconnect=command.disconnect)
         elif isinstance(command, wsapi.Resume):  # any stream of ours, SSE-started too
             await ws.resume(request_id, command.stream, command.after, epoch=command.epoch,
                             exact=command.exact)
