@@ -738,7 +738,9 @@ class UpstreamChat:
         would fire), then the timer re-armed for the next one, if any."""
         assert self.loop is not None
         self._timer = None
-        now = self.loop.time()
+        # The deadline it was armed for is due, as a timer of its own would have been:
+        # the loop fires timers on a millisecond clock, up to half of one early.
+        now = max(self.loop.time(), self._due)
         while True:
             when = self._next_due()
             if when > now:
