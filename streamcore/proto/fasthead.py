@@ -79,9 +79,10 @@ _SINGLE = (b"host", b"content-length", b"connection")
 _LENGTH_DIGITS = 20
 
 #: What :func:`parse_head` found: method, target, version, ``(name, value)`` fields
-#: (names lowercased), the body's length, whether the client asked to close (RFC 9112
-#: section 9.6) and the offset just past the head.
-Head = tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], int, bool, int]
+#: (names lowercased), the first value of each name, the body's length, whether the
+#: client asked to close (RFC 9112 section 9.6) and the offset just past the head.
+Head = tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], dict[bytes, bytes], int, bool,
+             int]
 
 
 def parse_head(buf: bytes | bytearray, limits: Limits) -> Head | None:
@@ -113,6 +114,7 @@ def parse_head(buf: bytes | bytearray, limits: Limits) -> Head | None:
         names = [name for name, _ in headers]
         if any(names.count(name) > 1 for name in _SINGLE):
             return None
+        fields = dict(reversed(headers))  # the first value of each, as h11's users see
     if not fields.keys().isdisjoint(_DECLINED):
         return None
     host = fields.get(b"host")
@@ -139,7 +141,7 @@ def parse_head(buf: bytes | bytearray, limits: Limits) -> Head | None:
                 close = True
             elif token and token != b"keep-alive":  # "upgrade" and the like: h11's
                 return None
-    return method, target, version, headers, length, close, end
+    return method, target, version, headers, fields, length, close, end
 
 
 _NAMES = re.compile(_TCHAR + rb"++(?:\x00" + _TCHAR + rb"++)*+")
