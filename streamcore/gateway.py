@@ -89,11 +89,12 @@ class ChatStream:
         self.stream = stream
         if self.snapshot_bytes:
             stream.entry.keep_text(ChatText(self.snapshot_bytes))
-        # The run first: its first step (call_soon) then comes before the flush the role
-        # chunk schedules, so that a short answer goes out whole in one write (one flush:
-        # head, role, tokens, finish, end), not the head and role alone first.
-        self.run = self.generation.run(self)
-        stream.push((self.template.role(),))
+        role = self.template.role()
+        stream.push((role,), len(role))
+        # An unpaced run takes its first burst now (a short answer is pushed whole before
+        # the readers' first flush: head, role, tokens, finish and end in one write).
+        self.run = run = self.generation.run(self, eager=True)
+        run.begin()
 
     def emit(self, text: str) -> bool:
         """One token: one JSON string between the template's shared prefix and suffix."""
@@ -110,14 +111,18 @@ class ChatStream:
         # (tune_gc makes full collections rare; tests/test_no_cycles.py).
         self.run = None
         template = self.template
-        stream.push((template.finish(self.generation.finish_reason),))
+        generation = self.generation
+        finish = generation.finish_reason
+        chunk = template.finish(finish)
+        stream.push((chunk,), len(chunk))
+        prompt, count = generation.prompt_tokens, self.count
         if self.chat.include_usage:
-            stream.push((template.usage(self.generation.prompt_tokens, self.count),))
+            chunk = template.usage(prompt, count)
+            stream.push((chunk,), len(chunk))
         # The done message for a WebSocket reader resuming it, of plain values: the entry
         # outlives this source and must not hold it (no cycle: tests/test_no_cycles.py).
-        finish = self.generation.finish_reason
-        usage = usage_object(self.generation.prompt_tokens, self.count)
-        stream.entry.ws_end = lambda key: wsapi.done_message(key, finish, usage)
+        stream.entry.ws_end = lambda key: wsapi.done_message(key, finish,
+                                                             usage_object(prompt, count))
         stream.end()
 
     def resume_push(self) -> None:
@@ -136,11 +141,6 @@ class ChatStream:
         prompt = self.generation.prompt_tokens
         return {"usage": {"prompt_tokens": prompt, "completion_tokens": count,
                           "total_tokens": prompt + count, "source": "counted"}}
-
-    def done_message(self, key: bytes) -> bytes:
-        """The WebSocket gateway's last message for this request."""
-        return wsapi.done_message(key, self.generation.finish_reason,
-                                  usage_object(self.generation.prompt_tokens, self.count))
 
 
 #: The ``synthetic-utf8`` model's letters: 2-, 3- and 4-byte UTF-8 characters in every
@@ -456,9 +456,9 @@ async def _ws_message(ws: WebSocket, message: str | bytes, catalog: Catalog) -> 
         if isinstance(command, wsapi.Start):
             chat = parse_chat_object(command.body, stream_implied=True)
             stream = await catalog.source(chat)
-            key = wsapi.key_of(request_id)
-            ws.stream(request_id, stream, end=lambda: stream.done_message(key),
-                      sse_end=SSE_DONE, disconnect=command.disconnect)
+            # No ``end``: the source leaves its done message on the entry as it ends
+            # (``Entry.ws_end``, what a resume sends too), with no closure per request.
+            ws.stream(request_id, stream, sse_end=SSE_DONE, disconnect=command.disconnect)
         elif isinstance(command, wsapi.Resume):  # any stream of ours, SSE-started too
             await ws.resume(request_id, command.stream, command.after, epoch=command.epoch,
                             exact=command.exact)

@@ -113,3 +113,47 @@ def test_run_serves_until_a_signal(restore_process_state: None, signum: int) -> 
                    limits=streamcore.Limits(drain_timeout_s=0.5))
     assert results["response"].startswith(b"HTTP/1.1 200 OK\r\n")
     assert results["response"].endswith(b'{"hi":"there"}')
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux only")
+@pytest.mark.parametrize("given_socket", [False, True])
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_every_accepted_connection_has_the_write_stall_limit_as_tcp_user_timeout(
+        given_socket: bool, loop: str) -> None:
+    """TCP_USER_TIMEOUT is set once, on the listener; each connection accepted from it has
+    it (Linux clones the listener's options into the child), with no call per connection."""
+    limits = streamcore.Limits(write_stall_timeout_s=7.5)
+
+    async def main() -> None:
+        app = hello_app()
+        sock = None
+        if given_socket:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+        server = await streamcore.start(app, port=0, sock=sock, limits=limits)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /hi HTTP/1.1\r\nHost: x\r\n\r\n")
+            await reader.readuntil(b'{"hi":"there"}')
+            (conn,) = server.connections
+            accepted = conn.transport.get_extra_info("socket")
+            value = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+            assert value == 7500
+            writer.close()
+        finally:
+            await server.close(0.5)
+
+    run_in(loop, main)
+
+
+def test_no_tcp_user_timeout_when_the_write_stall_limit_is_off() -> None:
+    async def main() -> None:
+        server = await streamcore.start(hello_app(), port=0,
+                                        limits=streamcore.Limits(write_stall_timeout_s=0))
+        try:
+            (listener,) = server.sockets
+            assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 0
+        finally:
+            await server.close(0.5)
+
+    run_in("uvloop", main)

@@ -31,7 +31,7 @@ from ..proto.http import HTTPSession, Phase
 from ..store.base import Entry
 from .context import Context, Fields, access
 from .handler import EventStream, Request, Response, Route, to_response
-from .output import Output, watch_peer
+from .output import Output
 from .sse import SSE_HEADERS, SSEReader
 from .websocket import WebSocketConnection
 from .wheel import RESOLUTION_S
@@ -78,7 +78,6 @@ class HTTPConnection(Output):
         limits = self.limits
         transport.set_write_buffer_limits(  # type: ignore[attr-defined]
             limits.write_high_water_bytes, limits.write_low_water_bytes)
-        watch_peer(transport, limits.write_stall_timeout_s)
         if not self.admission.admit(self):
             self._close_with(self.admission.refusal())
             return

@@ -38,19 +38,22 @@ def abort(transport: asyncio.BaseTransport | None) -> None:
     transport.abort()  # type: ignore[attr-defined]
 
 
-def watch_peer(transport: asyncio.BaseTransport, stall_s: float) -> None:
-    """Let the kernel measure the peer's progress: with ``TCP_USER_TIMEOUT`` (Linux, RFC
+def watch_peers(listener: Any, stall_s: float) -> None:
+    """Let the kernel measure each peer's progress: with ``TCP_USER_TIMEOUT`` (Linux, RFC
     5482) a connection whose sent bytes stay unacknowledged, or wait behind a closed
     receive window, for ``stall_s`` is reset by the kernel (since Linux 5.11 for the
     window).  Our write-stall timer only sees our own buffer, which a peer that reads
     nothing of a response smaller than the kernel's buffers never fills (measured on
-    loopback: ~475 KB of it); the error then reaches the transport as a lost connection."""
+    loopback: ~475 KB of it); the error then reaches the transport as a lost connection.
+
+    Set once on the listening socket: Linux copies it into every connection accepted
+    from it (the child socket is cloned from the listener), so that a new connection
+    costs no system call and no socket object for it."""
     option = getattr(socket, "TCP_USER_TIMEOUT", None)
-    sock = transport.get_extra_info("socket")
-    if option is None or sock is None or stall_s <= 0:
+    if option is None or stall_s <= 0:
         return
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(stall_s * 1000)))
+        listener.setsockopt(socket.IPPROTO_TCP, option, max(1, int(stall_s * 1000)))
 
 
 class Output(asyncio.Protocol):

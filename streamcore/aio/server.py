@@ -21,6 +21,7 @@ from .chaos import ChaosHook
 from .connection import HTTPConnection
 from .context import Context
 from .handler import Router
+from .output import watch_peers
 from .sse import Heartbeat
 from .stream import Flusher
 
@@ -73,6 +74,8 @@ class Server:
             self._server = await self.loop.create_server(
                 lambda: HTTPConnection(ctx), host, port, backlog=backlog, reuse_address=True,
                 ssl=ssl)
+        for listener in self._server.sockets:  # inherited by every accepted connection
+            watch_peers(listener, self.limits.write_stall_timeout_s)
 
     @property
     def sockets(self) -> list[socket.socket]:

@@ -226,8 +226,8 @@ def new_completion_id() -> str:
 class ChunkTemplate:
     """The bytes of one stream's chunks, made once; a token adds only its own JSON string."""
 
-    __slots__ = ("completion_id", "created", "head", "include_usage", "model", "prefix",
-                 "suffix", "tail")
+    __slots__ = ("completion_id", "created", "include_usage", "model", "prefix", "suffix",
+                 "tail")
 
     def __init__(self, completion_id: str, model: str, *, include_usage: bool = False,
                  created: int | None = None) -> None:
@@ -236,14 +236,20 @@ class ChunkTemplate:
         self.created = int(time.time()) if created is None else created
         self.include_usage = include_usage
         # The bytes orjson makes of the chunk object's first four keys (in this order),
-        # formatted rather than encoded from a dict: made per stream.
-        self.head = head = (b'{"id":%b,"object":"chat.completion.chunk","created":%d,'
-                            b'"model":%b' % (orjson.dumps(completion_id), self.created,
-                                             orjson.dumps(model)))
-        self.prefix = head + b',"choices":[{"index":0,"delta":{"content":'
-        #: What follows ``choices`` in every chunk.
-        self.tail = b',"usage":null}' if include_usage else b"}"
-        self.suffix = b'},"logprobs":null,"finish_reason":null}]' + self.tail
+        # formatted rather than encoded from a dict: made per stream, and kept only inside
+        # ``prefix`` (a stream lives long and idle: every byte kept is per connection).
+        self.prefix = (b'{"id":%b,"object":"chat.completion.chunk","created":%d,'
+                       b'"model":%b%b' % (orjson.dumps(completion_id), self.created,
+                                          orjson.dumps(model), _CONTENT))
+        #: What follows ``choices`` in every chunk, and what follows a token's string
+        #: (shared constants, not made per stream).
+        self.tail = _TAIL_USAGE if include_usage else _TAIL
+        self.suffix = _SUFFIX_USAGE if include_usage else _SUFFIX
+
+    @property
+    def head(self) -> bytes:
+        """The chunk object's first four keys (``prefix`` without its ``choices``)."""
+        return self.prefix[:-len(_CONTENT)]
 
     def role(self) -> bytes:
         """The first chunk: the assistant role with empty content, as OpenAI sends it (the
@@ -265,6 +271,11 @@ class ChunkTemplate:
                       "usage": usage})
 
 
+_CONTENT = b',"choices":[{"index":0,"delta":{"content":'
+_TAIL = b"}"
+_TAIL_USAGE = b',"usage":null}'
+_SUFFIX = b'},"logprobs":null,"finish_reason":null}]' + _TAIL
+_SUFFIX_USAGE = b'},"logprobs":null,"finish_reason":null}]' + _TAIL_USAGE
 _ROLE_CHOICES = (b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
                  b'"logprobs":null,"finish_reason":null}]')
 _FINISH_CHOICES = b',"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":'

@@ -96,6 +96,8 @@ class _Limits(Extension):
         self.max_frame = max_frame
         self.max_message = max_message
         self.max_fragments = max_fragments
+        # Made with each wsproto parser (WSSession._wsproto), which exists only while a
+        # frame or message is under way: this state starts at a message boundary.
         self._message = 0  # bytes of the current message's completed frames
         self._frames = 0  # completed frames of the current message
         self._frame = 0  # declared length of the frame being read (0 for control frames)
@@ -135,6 +137,16 @@ class _Limits(Extension):
         if self._data:
             self._frames += 1
         self._frame = 0
+
+
+_BOUNDS: dict[tuple[int, int, int], tuple[int, int, int]] = {}
+
+
+def _bounds(max_frame: int, max_message: int, max_fragments: int) -> tuple[int, int, int]:
+    """One tuple per distinct set of limits, however many sockets hold it (a server has
+    one; 64 bytes per idle socket otherwise)."""
+    key = (max_frame, max_message, max_fragments)
+    return _BOUNDS.setdefault(key, key)
 
 
 class BoundedDeflate(PerMessageDeflate):
@@ -386,13 +398,15 @@ class WSSession:
     wsproto parses and keeps its own parser state; the connection's life, as everything
     above this class sees it, is :attr:`state` (:data:`WS_STATES`)."""
 
-    __slots__ = ("_conn", "_limits", "_part", "_pending_tail", "_pings", "_plain", "backlog",
+    __slots__ = ("_bounds", "_conn", "_part", "_pending_tail", "_pings", "_plain", "backlog",
                  "closed", "hold_pongs", "outbox", "state", "subprotocol")
 
     def __init__(self, accepted: Accepted, *, max_frame: int, max_message: int,
                  max_fragments: int = 4096, tail: bytes = b"") -> None:
         self.subprotocol = accepted.subprotocol
-        self._limits = _Limits(max_frame, max_message, max_fragments)
+        #: (max_frame, max_message, max_fragments): one tuple shared by every socket with
+        #: the same limits; the stateful hook is made with each parser (:meth:`_wsproto`).
+        self._bounds = _bounds(max_frame, max_message, max_fragments)
         #: No extension that changes frames (permessage-deflate) was negotiated: a whole
         #: message is one plain frame, framed here without wsproto's event machinery
         #: (which costs more than the rest of a message's way out).
@@ -404,7 +418,7 @@ class WSSession:
         #: :meth:`_whole_frames` (the usual client message: one masked FIN frame).
         self._conn: Connection | None = None
         if not self._plain:
-            self._conn = self._wsproto([self._limits, *accepted.extensions])
+            self._conn = self._wsproto(accepted.extensions)
         #: The fragments of the message being received, gathered into one buffer; None
         #: between messages (a message in one frame, the usual, needs none).
         self._part: list[Any] | None = None
@@ -442,7 +456,7 @@ class WSSession:
             return []  # one Closed per connection; nothing is parsed after it
         conn = self._conn
         if data is None:
-            conn = conn or self._wsproto([self._limits])
+            conn = conn or self._wsproto()
             conn._events = deque()
             conn.receive_data(None)
             return self._events(EVENTS_PER_CALL)
@@ -452,7 +466,7 @@ class WSSession:
             if not data:
                 self.backlog = False
                 return out
-            conn = self._wsproto([self._limits])
+            conn = self._wsproto()
         conn.receive_data(data)
         if len(out) >= EVENTS_PER_CALL:
             self.backlog = True  # the rest waits in wsproto's buffer for parse_more
@@ -464,8 +478,9 @@ class WSSession:
         wsproto has no event left to give: nothing is parsed after it.)"""
         return self._events(EVENTS_PER_CALL)
 
-    def _wsproto(self, extensions: list[Extension]) -> Connection:
-        conn = self._conn = Connection(ConnectionType.SERVER, extensions=extensions)
+    def _wsproto(self, extensions: Sequence[Extension] = ()) -> Connection:
+        conn = self._conn = Connection(ConnectionType.SERVER,
+                                       extensions=[_Limits(*self._bounds), *extensions])
         # wsproto queues in this deque only the 1006 event of receive_data(None), which
         # receive() gives it a deque for: an empty deque is 760 bytes.
         conn._events = _NO_EVENTS  # type: ignore[assignment]
@@ -479,8 +494,8 @@ class WSSession:
         of a frame, an error to answer) stops it: the rest goes to wsproto, whose answer
         is the RFC's.  Returns the rest."""
         pos, end = 0, len(data)
-        limits = self._limits
-        most = min(limits.max_frame, limits.max_message)
+        max_frame, max_message, _ = self._bounds
+        most = min(max_frame, max_message)
         while end - pos >= 6 and len(out) < EVENTS_PER_CALL:
             first, second = data[pos], data[pos + 1]
             if (first != 0x81 and first != 0x82) or second < 0x80:
@@ -509,7 +524,7 @@ class WSSession:
         out: list[Received | Closed] = []
         pinged = len(self._pings)
         self.backlog = False
-        conn = self._conn or self._wsproto([self._limits])
+        conn = self._conn or self._wsproto()
         events = conn.events()
         for event in events:
             if isinstance(event, Message):
@@ -607,7 +622,7 @@ class WSSession:
         if self.state is not OPEN:
             return b""
         self._to("send_close")
-        conn = self._conn or self._wsproto([self._limits])  # kept from now on
+        conn = self._conn or self._wsproto()  # kept from now on
         return conn.send(CloseConnection(code=code, reason=reason))
 
     def ping(self, payload: bytes = b"") -> bytes:

@@ -745,10 +745,6 @@ class UpstreamChat:
                 timer.cancel()
                 setattr(self, name, None)
 
-    def done_message(self, key: bytes) -> bytes:
-        """The ``/v1/ws`` protocol's last message for this request."""
-        return wsapi.done_message(key, self._finish or "stop", self._usage_object())
-
     def _log(self, outcome: str) -> None:
         if not log.isEnabledFor(logging.INFO):  # its arguments cost more than the check
             return
