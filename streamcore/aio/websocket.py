@@ -388,11 +388,7 @@ class WebSocketConnection(Output):
     # -- liveness -------------------------------------------------------------------
 
     def _wheel(self) -> Wheel:
-        ctx = self.ctx
-        wheel = ctx.wheel
-        if wheel is None:
-            wheel = ctx.wheel = Wheel(self.loop)
-        return wheel
+        return self.ctx.wheel
 
     def _arm_ping(self, delay: float) -> None:
         # On the server's wheel, not a call_later each: a loop timer is ~650 bytes.
