@@ -89,11 +89,12 @@ class ChatStream:
         self.stream = stream
         if self.snapshot_bytes:
             stream.entry.keep_text(ChatText(self.snapshot_bytes))
-        # The run first: its first step (call_soon) then comes before the flush the role
-        # chunk schedules, so that a short answer goes out whole in one write (one flush:
-        # head, role, tokens, finish, end), not the head and role alone first.
-        self.run = self.generation.run(self)
-        stream.push((self.template.role(),))
+        role = self.template.role()
+        stream.push((role,), len(role))
+        # An unpaced run takes its first burst now (a short answer is pushed whole before
+        # the readers' first flush: head, role, tokens, finish and end in one write).
+        self.run = run = self.generation.run(self, eager=True)
+        run.begin()
 
     def emit(self, text: str) -> bool:
         """One token: one JSON string between the template's shared prefix and suffix."""
@@ -110,14 +111,18 @@ class ChatStream:
         # (tune_gc makes full collections rare; tests/test_no_cycles.py).
         self.run = None
         template = self.template
-        stream.push((template.finish(self.generation.finish_reason),))
+        generation = self.generation
+        finish = generation.finish_reason
+        chunk = template.finish(finish)
+        stream.push((chunk,), len(chunk))
+        prompt, count = generation.prompt_tokens, self.count
         if self.chat.include_usage:
-            stream.push((template.usage(self.generation.prompt_tokens, self.count),))
+            chunk = template.usage(prompt, count)
+            stream.push((chunk,), len(chunk))
         # The done message for a WebSocket reader resuming it, of plain values: the entry
         # outlives this source and must not hold it (no cycle: tests/test_no_cycles.py).
-        finish = self.generation.finish_reason
-        usage = usage_object(self.generation.prompt_tokens, self.count)
-        stream.entry.ws_end = lambda key: wsapi.done_message(key, finish, usage)
+        stream.entry.ws_end = lambda key: wsapi.done_message(key, finish,
+                                                             usage_object(prompt, count))
         stream.end()
 
     def resume_push(self) -> None:

@@ -17,6 +17,7 @@ from streamcore.proto.sse import (
     SSEFramer,
     encode_comment,
     encode_event,
+    end_events,
     field_lines,
     frame_data,
     lines_data,
@@ -646,6 +647,26 @@ def test_framer_event_equals_events_of_one_frame(seq: int, item: tuple[str, tupl
     one = framer.event(seq, frame, size)
     bufs, total = framer.events(seq, [frame], size, None)
     assert one == b"".join(bufs) and total == len(one)
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_framer_events_with_a_tail_are_one_chunk(chunked: bool) -> None:
+    """A short answer's last flush: its events, a retry line and the end marker in one
+    chunk, then the last chunk; a client decodes the same events as from separate
+    chunks."""
+    framer = SSEFramer("s", chunked)
+    tail = b"retry: 300\n" + end_events(b"[DONE]")
+    bufs, total = framer.events(1, [(b'{"a":1}',), (b"x",)], 8, None, tail)
+    data = b"".join(bufs)
+    body = b'id: s-1\ndata: {"a":1}\n\nid: s-2\ndata: x\n\nretry: 300\ndata: [DONE]\n\n'
+    assert total == len(data)
+    assert data == (b"%x\r\n%b\r\n" % (len(body), body) if chunked else body)
+    assert b"".join(framer.last()) == (b"0\r\n\r\n" if chunked else b"")
+    events = Decoder().feed(body)
+    assert [(e.data, e.id, e.retry) for e in events] == [
+        ('{"a":1}', "s-1", None), ("x", "s-2", None), ("[DONE]", "s-2", 300)]
+    assert end_events(b"a\nb") == b"data: a\ndata: b\n\n" == end_events(b"a\r\nb")
+    assert end_events(b"e", b"[DONE]") == b"data: e\n\ndata: [DONE]\n\n"
 
 
 def test_framer_event_layout() -> None:

@@ -565,6 +565,50 @@ def test_generator_pauses_and_resumes_with_its_reader() -> None:
     run(main)
 
 
+def test_idle_generators_share_one_watch_and_only_the_silent_one_fails() -> None:
+    """One timer checks every generator source of a loop (IdleWatch): a silent one fails
+    with stream_idle between 1 and 1.25 times idle_s (never before), a busy one beside it
+    goes on, and each leaves the watch when it ends."""
+    idle_s = 0.2
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        go_on = asyncio.Event()
+
+        async def silent() -> AsyncIterator[bytes]:
+            yield b"first"
+            await go_on.wait()
+            yield b"never"
+
+        async def busy() -> AsyncIterator[bytes]:
+            for _ in range(12):
+                await asyncio.sleep(idle_s / 3)
+                yield b"tick"
+
+        quiet, steady = GeneratorSource(silent(), idle_s), GeneratorSource(busy(), idle_s)
+        a, b = new_stream(quiet), new_stream(steady)
+        attach(a), attach(b)
+        started = loop.time()
+        a.start()
+        b.start()
+        watch = quiet.watch
+        assert watch is not None and watch is steady.watch
+        assert watch.sources == {quiet, steady} and watch.timer is not None
+        while a.state is not pipe.FAILED:
+            await asyncio.sleep(0.01)
+        took = loop.time() - started
+        assert idle_s <= took <= 1.25 * idle_s + 0.15, took
+        assert a.entry.error is not None and b"stream_idle" in a.entry.error
+        assert quiet.watch is None and watch.sources == {steady}
+        assert b.state is pipe.RUNNING
+        while b.state is not pipe.COMPLETED:
+            await asyncio.sleep(0.02)
+        assert steady.watch is None and not watch.sources
+        go_on.set()
+
+    run(main)
+
+
 def test_a_handler_finally_runs_on_cancel() -> None:
     async def main() -> None:
         events: list[str] = []

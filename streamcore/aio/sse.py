@@ -11,9 +11,9 @@ from typing import Any, Protocol
 
 from ..errors import FellBehind, RequestError
 from ..proto.pipe import Cursor
-from ..proto.sse import SSEFramer
+from ..proto.sse import SSEFramer, end_events
 from ..store.base import Entry
-from .stream import BaseReader, Flusher
+from .stream import BaseReader, Flusher, Observer
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -53,7 +53,16 @@ class SSEReader(BaseReader):
     def __init__(self, conn: Responder, flusher: Flusher, heartbeat: Heartbeat, entry: Entry,
                  start_seq: int | None = None, ids: bool = True, *, retry_ms: int = 0,
                  snapshot: bytes | None = None) -> None:
-        super().__init__(flusher, entry)
+        # BaseReader.__init__, inlined: a call less per new stream.
+        self.flusher = flusher
+        self.entry = entry
+        self.scheduled = False
+        self.done = False
+        self.woken_at = 0.0
+        self.ttft: Observer | None = None
+        self.ttft_from = 0.0
+        self.ttft_seq = 1
+        self.why = "client_gone"
         #: Events carry ids (a resumable stream); False: none (EventStream(ids=False)).
         self.ids = ids
         self.conn = conn
@@ -91,17 +100,18 @@ class SSEReader(BaseReader):
             return
         bufs: list[bytes] = []
         size = 0
+        entry = self.entry
         if framer is None:
-            refused = self.entry.refused
+            refused = entry.refused
             if refused is not None:
                 self._leave()
                 conn.stream_refused(self, refused)
                 return
-            if self.entry.hold and log_.next_seq == 1 and not log_.closed:
+            if entry.hold and log_.next_seq == 1 and not log_.closed:
                 return  # the head waits: the source may still refuse with a status
-            head, chunked = conn.stream_head(self.entry, self.ids)
-            framer = self.framer = SSEFramer(self.entry.id, chunked, self.entry.epoch,
-                                             self.ids, self.entry.sse_lines)
+            head, chunked = conn.stream_head(entry, self.ids)
+            framer = self.framer = SSEFramer(entry.id, chunked, entry.epoch, self.ids,
+                                             entry.sse_lines)
             bufs.append(head)
             size = len(head)
             if self.snapshot is not None:
@@ -109,6 +119,23 @@ class SSEReader(BaseReader):
                 bufs += snap
                 size += sum(map(len, snap))
                 self.snapshot = None
+        # Once the events pending are taken, a closed log has nothing more: this flush
+        # ends the body.
+        ending = log_.closed
+        tail = b""
+        if self.retry_ms and (self.ids or not ending):
+            # The first flush: after its events, the body starts as before.  A field line
+            # alone, no blank line: applied as it is parsed (9.2.6), and no empty event
+            # dispatched.  On a resumable stream also when this flush ends it (a short
+            # answer is one flush): its EventSource comes back after the end too, and
+            # learns from a 204 that the stream is over, within the retry.
+            tail = b"retry: %d\n" % self.retry_ms
+            self.retry_ms = 0
+        if ending and entry.error is None and entry.sse_end is not None:
+            # The route's end marker after a stream that completed (never after a failed
+            # one: a reader that stops at ``[DONE]`` must not take a truncated answer for
+            # a whole one), in the same chunk as the last events.
+            tail += end_events(entry.sse_end)
         if cursor.next_seq < log_.next_seq:
             try:
                 seq, frames, payload = cursor.take()
@@ -116,41 +143,27 @@ class SSEReader(BaseReader):
                 self.why = "fell_behind"
                 self._finish(bufs, exc.envelope())
                 return
-            events, n = framer.events(seq, frames, payload, self.entry.multiline)
+            events, n = framer.events(seq, frames, payload, entry.multiline, tail)
             bufs += events
             size += n
-        ending = log_.closed and cursor.next_seq >= log_.next_seq
-        if self.retry_ms and (self.ids or not ending):
-            # The first flush: after its events, the body starts as before.  A field line
-            # alone, no blank line: applied as it is parsed (9.2.6), and no empty event
-            # dispatched.  On a resumable stream also when this flush ends it (a short
-            # answer is one flush): its EventSource comes back after the end too, and
-            # learns from a 204 that the stream is over, within the retry.
-            retry = framer.chunk(b"retry: %d\n" % self.retry_ms)
-            self.retry_ms = 0
-            bufs += retry
-            size += sum(map(len, retry))
+        elif tail:
+            chunk = framer.chunk(tail)
+            bufs += chunk
+            size += sum(map(len, chunk))
         if ending:
-            self._finish(bufs, None)
+            bufs += framer.last()
+            self._leave()
+            conn.stream_done(self, bufs)
             return
         if bufs:
             conn.sendv(bufs, size)
         self.progressed()
 
-    def _finish(self, bufs: list[bytes], error: bytes | None) -> None:
-        """The end of the body: an error that ended this reader, or the route's end marker
-        after a stream that completed (never after a failed one: a reader that stops at
-        ``[DONE]`` must not take a truncated answer for a whole one); the last chunk; then
-        the connection goes on to its next request."""
+    def _finish(self, bufs: list[bytes], error: bytes) -> None:
+        """The end of the body after an error that ended this reader (it fell behind);
+        the last chunk; then the connection goes on to its next request."""
         assert self.framer is not None
-        entry = self.entry
-        if error is not None:
-            tail = [error]
-        elif entry.error is None and entry.sse_end is not None:
-            tail = [entry.sse_end]
-        else:
-            tail = []
-        bufs += self.framer.final(*tail)
+        bufs += self.framer.final(error)
         self._leave()
         self.conn.stream_done(self, bufs)
 

@@ -216,6 +216,21 @@ class DetachBudget:
         self.free = count
 
 
+_BOUNDS: dict[tuple[int, int, int], tuple[Flow, int]] = {}
+
+
+def _bounds(log_bytes: int, high_water: int, low_water: int) -> tuple[Flow, int]:
+    """A stream's water marks and flush size, made once per configuration (a handful per
+    process): ``(Flow, flush_bytes)``."""
+    high = min(high_water, log_bytes // 2)
+    #: Flush at once, and pause, within what the log holds: a reader that keeps up must
+    #: never fall off the log's tail, however small the log is configured.
+    bounds = (Flow(high, min(low_water, high // 2)), min(FLUSH_BYTES, log_bytes // 4))
+    if len(_BOUNDS) < 64:  # tests make many; a server, one or two
+        _BOUNDS[(log_bytes, high_water, low_water)] = bounds
+    return bounds
+
+
 class Stream:
     """One generation: its source, its entry (log and readers), its flow control."""
 
@@ -250,11 +265,11 @@ class Stream:
         self.readers: list[Reader] = self.entry.readers  # the same list, for the hot path
         self.origin: Reader | None = None
         self.state: State = CREATED
-        high = min(high_water, log_bytes // 2)
-        self.flow = Flow(high, min(low_water, high // 2))
-        #: Flush at once, and pause, within what the log holds: a reader that keeps up
-        #: must never fall off the log's tail, however small the log is configured.
-        self.flush_bytes = min(FLUSH_BYTES, log_bytes // 4)
+        # Every stream of a server has the same bounds: their Flow (stateless) is shared.
+        bounds = _BOUNDS.get((log_bytes, high_water, low_water))
+        if bounds is None:
+            bounds = _bounds(log_bytes, high_water, low_water)
+        self.flow, self.flush_bytes = bounds
         self.on_end = on_end
         #: How long the stream outlives its last reader (Limits.resume_grace_s).
         self.grace_s = grace_s
@@ -363,7 +378,8 @@ class Stream:
                 return state is RUNNING
         else:
             for reader in self.readers:
-                reader.wake()
+                if not reader.scheduled:  # queued already: wake() would do nothing
+                    reader.wake()
             if log_.appended_bytes - origin.cursor.taken_bytes <= self.flush_bytes:
                 return state is RUNNING
             origin.flush()
@@ -416,7 +432,7 @@ class Stream:
         self.source = None
         self.origin = None
         entry.owner = None
-        for reader in list(self.readers):
+        for reader in self.readers:  # wake() only queues: the list does not change
             reader.wake()
         if self._grace is not None:
             self._grace.cancel()
@@ -453,6 +469,46 @@ _EMPTY = b""
 _LF, _CR = 10, 13
 
 
+class IdleWatch:
+    """The idle checks of a loop's generator sources with one ``idle_s``: one timer every
+    quarter of ``idle_s`` for all of them while any is registered (a ``call_later`` and a
+    ``cancel`` per stream otherwise, and ~650 bytes of timer held by each)."""
+
+    __slots__ = ("idle_s", "loop", "sources", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, idle_s: float) -> None:
+        self.loop = loop
+        self.idle_s = idle_s
+        self.sources: set[GeneratorSource] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    @staticmethod
+    def of(loop: asyncio.AbstractEventLoop, idle_s: float) -> IdleWatch:
+        """The watch of ``loop`` for ``idle_s`` (the last one made is kept for the next
+        stream; a source keeps its own, so another loop's streams only make a new one)."""
+        global _watch
+        watch = _watch
+        if watch is None or watch.loop is not loop or watch.idle_s != idle_s:
+            watch = _watch = IdleWatch(loop, idle_s)
+        return watch
+
+    def add(self, source: GeneratorSource) -> None:
+        self.sources.add(source)
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.idle_s / 4, self._check)
+
+    def _check(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        for source in list(self.sources):  # a verdict removes its source
+            source.idle_check(now)
+        if self.sources:
+            self.timer = self.loop.call_later(self.idle_s / 4, self._check)
+
+
+_watch: IdleWatch | None = None
+
+
 class GeneratorSource:
     """An async generator as a push source: one task pulls it and pushes each item.
 
@@ -462,11 +518,12 @@ class GeneratorSource:
     go, so a generator that never awaits cannot starve other streams.
 
     A generator that yields nothing for ``idle_s`` (while not paused by backpressure) is
-    cancelled and its stream fails with :class:`~streamcore.errors.HandlerIdle`: one timer
-    per stream, checking every quarter of ``idle_s`` whether the log grew (so the verdict
-    comes between 1 and 1.25 times ``idle_s``), never a timer per item."""
+    cancelled and its stream fails with :class:`~streamcore.errors.HandlerIdle`: checked
+    every quarter of ``idle_s`` (:class:`IdleWatch`, one timer for all) whether the log
+    grew, so the verdict comes between 1 and 1.25 times ``idle_s``; never a timer per
+    item."""
 
-    __slots__ = ("_idle_timer", "_seen", "agen", "idle_s", "stream", "task", "waiter")
+    __slots__ = ("_seen", "agen", "idle_s", "stream", "task", "waiter", "watch")
 
     def __init__(self, agen: AsyncIterator[Any], idle_s: float = 0.0) -> None:
         self.agen = agen
@@ -474,7 +531,8 @@ class GeneratorSource:
         self.stream: Stream | None = None
         self.task: asyncio.Task[None] | None = None
         self.waiter: asyncio.Future[None] | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        #: The idle checks this source is registered with (None: none, or no longer).
+        self.watch: IdleWatch | None = None
         self._seen = (-1, 0.0)  # (log.next_seq, when it was first seen at that value)
 
     def start_push(self, stream: Stream) -> None:
@@ -483,23 +541,27 @@ class GeneratorSource:
         self.task = loop.create_task(self._run(stream))
         if self.idle_s > 0:
             self._seen = (stream.log.next_seq, loop.time())
-            self._idle_timer = loop.call_later(self.idle_s / 4, self._idle_check)
+            self.watch = watch = IdleWatch.of(loop, self.idle_s)
+            watch.add(self)
 
-    def _idle_check(self) -> None:
-        self._idle_timer = None
+    def idle_check(self, now: float) -> None:
+        """The watch's check (every quarter of ``idle_s``)."""
         stream = self.stream
         if stream is None or stream.state.terminal:
+            self._unwatch()
             return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
         seq, since = self._seen
         if stream.log.next_seq != seq or self.waiter is not None:  # produced, or paused
             self._seen = (stream.log.next_seq, now)
         elif now - since >= self.idle_s:
             stream.fail(HandlerIdle(self.idle_s))
             self.cancel_push()
-            return
-        self._idle_timer = loop.call_later(self.idle_s / 4, self._idle_check)
+
+    def _unwatch(self) -> None:
+        watch = self.watch
+        if watch is not None:
+            self.watch = None
+            watch.sources.discard(self)
 
     def resume_push(self) -> None:
         waiter = self.waiter
@@ -509,9 +571,7 @@ class GeneratorSource:
                 waiter.set_result(None)
 
     def cancel_push(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._unwatch()
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
@@ -547,9 +607,7 @@ class GeneratorSource:
         else:
             stream.end()
         finally:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
+            self._unwatch()
             # An async generator that ran to its end (its frame is gone) has nothing to
             # close: the coroutine and awaitable aclose() makes are saved per stream.
             if getattr(agen, "ag_frame", agen) is not None:
@@ -575,4 +633,4 @@ def source_of(items: Any, idle_s: float = 0.0) -> PushSource:
 
 
 __all__ = ["FLUSH_BYTES", "BaseReader", "DetachBudget", "Flusher", "GeneratorSource",
-           "PushSource", "Stream", "source_of", "to_frame"]
+           "IdleWatch", "PushSource", "Stream", "source_of", "to_frame"]

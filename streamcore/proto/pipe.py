@@ -71,6 +71,7 @@ class TokenLog:
         "folder",
         "frame_overhead",
         "max_bytes",
+        "next_seq",
     )
 
     def __init__(self, max_bytes: int, first_seq: int = 1, frame_overhead: int = 0) -> None:
@@ -85,6 +86,9 @@ class TokenLog:
         self.appended_bytes = 0
         self.max_bytes = max_bytes
         self.frame_overhead = frame_overhead
+        #: Sequence number the next appended frame gets (kept, not computed: read on
+        #: every flush, written once per frame).
+        self.next_seq = first_seq
         self.closed = False
         #: Given the frames the ring drops, :data:`FOLD_BATCH` at a time (a snapshot needs
         #: them).  None: they are let go.
@@ -98,11 +102,6 @@ class TokenLog:
         return self._first_seq
 
     @property
-    def next_seq(self) -> int:
-        """Sequence number the next appended frame gets."""
-        return self._first_seq + len(self._frames) - self._head
-
-    @property
     def held_bytes(self) -> int:
         return self._held_bytes
 
@@ -114,6 +113,7 @@ class TokenLog:
         if self.closed:
             raise RuntimeError("append to a closed log")
         self._frames.append(frame)
+        self.next_seq += 1
         size += self.frame_overhead
         self.appended_bytes += size
         self._held_bytes += size
@@ -177,12 +177,18 @@ class Cursor:
 
     def __init__(self, log: TokenLog, next_seq: int | None = None) -> None:
         self.log = log
-        #: The first sequence number this reader has not taken yet.
-        self.next_seq = log.first_seq if next_seq is None else min(max(next_seq, 1),
-                                                                   log.next_seq)
         #: ``log.appended_bytes`` as of ``next_seq``: the backlog is the difference.
         self.taken_bytes = log.appended_bytes
-        if log.first_seq <= self.next_seq < log.next_seq:  # resuming from the log (once)
+        #: The first sequence number this reader has not taken yet.
+        if next_seq is None:
+            next_seq = log._first_seq
+            if next_seq == log.next_seq:  # a new stream's reader: nothing to count back
+                self.next_seq = next_seq
+                return
+        else:
+            next_seq = min(max(next_seq, 1), log.next_seq)
+        self.next_seq = next_seq
+        if log._first_seq <= next_seq < log.next_seq:  # resuming from the log (once)
             self.taken_bytes -= sum(sum(map(len, f)) + log.frame_overhead
                                     for f in log.since(self.next_seq))
         # (a cursor before the log's first frame is behind: take() raises FellBehind)

@@ -29,6 +29,7 @@ __all__ = [
     "SSEFramer",
     "encode_comment",
     "encode_event",
+    "end_events",
     "frame_data",
 ]
 
@@ -144,16 +145,17 @@ class SSEFramer:
         return b"".join((head, *frame, b"\n\n"))
 
     def events(self, seq: int, frames: list[Frame], size: int,
-               multiline: set[int] | None) -> tuple[list[bytes], int]:
+               multiline: set[int] | None, tail: bytes = b"") -> tuple[list[bytes], int]:
         """Events ``seq``, ``seq + 1``, ... of ``frames`` (``size`` payload bytes in all) as
         buffers sharing the frames' bytes, and their length on the wire.  ``multiline``:
         the sequence numbers of frames that hold a line break (split into one ``data:``
-        line each, 9.2.6)."""
+        line each, 9.2.6).  ``tail``: body bytes that follow the events in the same chunk
+        (a ``retry:`` line, :meth:`end_events`): a short answer's body is one chunk."""
         chunked = self.chunked
         bufs: list[bytes] = [b""] if chunked else []  # the chunk-size line, once known
         prefix = self.prefix
         fmt = self.head
-        total = size + 2 * len(frames)
+        total = size + 2 * len(frames) + len(tail)
         for frame in frames:
             if multiline and seq in multiline:
                 head = b"id: %b%d\n" % (prefix, seq) if prefix is not None else b""
@@ -169,6 +171,8 @@ class SSEFramer:
                 bufs.extend(frame)
                 bufs.append(b"\n\n")
             seq += 1
+        if tail:
+            bufs.append(tail)
         if chunked:
             bufs[0] = chunk_head(total)
             bufs.append(CRLF)
@@ -178,10 +182,15 @@ class SSEFramer:
     def final(self, *data: bytes) -> list[bytes]:
         """The end of the body: an event without id for each of ``data`` (an error that
         ended the stream, the route's end marker), then the last chunk."""
-        out = self.chunk(b"".join(b"".join(frame_data(d)) + b"\n" for d in data)) if data else []
+        out = self.chunk(end_events(*data)) if data else []
         if self.chunked:
             out.append(LAST_CHUNK)
         return out
+
+    def last(self) -> list[bytes]:
+        """What ends the body after its last chunk of events: the last chunk (RFC 9112
+        section 7.1), or nothing for HTTP/1.0 (the connection's end ends the body)."""
+        return [LAST_CHUNK] if self.chunked else []
 
     def snapshot(self, seq: int, payload: bytes) -> list[bytes]:
         """The ``snapshot`` event (docs/resume.md): the stream so far as one JSON object,
@@ -199,6 +208,16 @@ class SSEFramer:
 
     def chunk(self, data: bytes) -> list[bytes]:
         return [chunk_head(len(data)), data, CRLF] if self.chunked else [data]
+
+
+def end_events(*data: bytes) -> bytes:
+    """An event without id for each of ``data`` (the end of a body: an error that ended
+    its stream, a route's end marker such as ``[DONE]``)."""
+    if len(data) == 1:
+        one = data[0]
+        if b"\n" not in one and b"\r" not in one:  # the end marker: one line
+            return b"data: %b\n\n" % one
+    return b"".join(b"".join(frame_data(d)) + b"\n" for d in data)
 
 
 def size_of(frame: Frame) -> int:

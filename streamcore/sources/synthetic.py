@@ -136,11 +136,12 @@ class Generation:
         """How many tokens this answer has."""
         return self.count
 
-    def run(self, target: Target) -> Run:
-        """Push the tokens instead of being iterated: see :class:`Run`."""
+    def run(self, target: Target, eager: bool = False) -> Run:
+        """Push the tokens instead of being iterated: see :class:`Run` (``eager``: the
+        caller takes the first step, :meth:`Run.begin`)."""
         if self.tail is not None:  # a stop sequence cut the last token: it says so itself
             target = _Tail(target, self.count, self.tail)
-        return Run(self, target)
+        return Run(self, target, eager)
 
     async def _tokens(self) -> AsyncIterator[str]:
         model = self.model
@@ -314,13 +315,15 @@ class Run:
     __slots__ = ("count", "emit", "generation", "i", "interval", "loop", "pacer", "start",
                  "state", "target", "words")
 
-    def __init__(self, generation: Generation, target: Target) -> None:
+    def __init__(self, generation: Generation, target: Target, eager: bool = False) -> None:
+        """``eager``: the caller takes the first step (:meth:`begin`); else it comes in
+        the next loop iteration (``call_soon``)."""
         self.generation = generation
         self.target = target
         self.emit = target.emit
         self.words = generation._words
         model = generation.model
-        self.count = generation.planned_tokens()
+        self.count = generation.count
         self.interval = 1.0 / model.tokens_per_s if model.tokens_per_s > 0 else 0.0
         self.loop = asyncio.get_running_loop()
         delay = model.first_token_delay_s
@@ -334,7 +337,14 @@ class Run:
             self.pacer.at(self.loop.time() + delay, self)  # type: ignore[union-attr]
         else:
             self.state = _RUNNING
-            self.loop.call_soon(self.step)
+            if not eager:
+                self.loop.call_soon(self.step)
+
+    def begin(self) -> None:
+        """The first step of a run made ``eager``, now, in the caller's call (a delayed
+        run waits for its time on the wheel as it would anyway)."""
+        if self.state is _RUNNING:  # unpaced: the first burst (a short answer whole);
+            self.step()             # paced: the first token, the rest from the wheel
 
     def step(self) -> None:
         if self.state is not _RUNNING:

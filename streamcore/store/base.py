@@ -15,6 +15,9 @@ class Reader(Protocol):
     """What a stream needs of one of its readers (an SSE response, a WebSocket request)."""
 
     cursor: Cursor
+    #: Queued to flush already in this loop iteration (a stream skips its ``wake``, once
+    #: per token otherwise).
+    scheduled: bool
 
     def wake(self) -> None:
         """New frames (or the end) are in the log: write them soon (once per loop

@@ -33,10 +33,11 @@ class MemoryStore:
 
     def ended(self, entry: Entry) -> None:
         self._live.pop(entry.id, None)
+        now = self._clock()
         if self.retention_s > 0 and self.budget_bytes > 0:
-            self._retained[entry.id] = (entry, self._clock() + self.retention_s)
+            self._retained[entry.id] = (entry, now + self.retention_s)
             self._retained_bytes += entry.kept_bytes
-        self._evict()
+        self._evict(now)
 
     def find(self, stream_id: str) -> Entry | None:
         entry = self._live.get(stream_id)
@@ -72,8 +73,9 @@ class MemoryStore:
     async def close(self) -> None:
         """Nothing to let go of."""
 
-    def _evict(self) -> None:
-        now = self._clock()
+    def _evict(self, now: float | None = None) -> None:
+        if now is None:
+            now = self._clock()
         retained = self._retained
         while retained:
             entry, expiry = next(iter(retained.values()))

@@ -160,6 +160,9 @@ class _RemoteReaders:
 
     __slots__ = ("cursor", "expires")
 
+    #: Never woken: the write loop takes the frames (see :meth:`wake`).
+    scheduled = True
+
     def __init__(self, log_: TokenLog, sent: int, expires: float) -> None:
         self.cursor = Cursor(log_, sent)
         self.expires = expires
