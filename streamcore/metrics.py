@@ -219,13 +219,15 @@ def read_file(path: str) -> dict[str, list[float]]:
 class Child:
     """One series: ``inc``/``set``/``observe`` on its slots."""
 
-    __slots__ = ("buckets", "slot", "view")
+    __slots__ = ("buckets", "slot", "sum_slot", "view")
 
     def __init__(self, view: memoryview[float] | list[float], slot: int,
                  buckets: Sequence[float] = ()) -> None:
         self.view = view
         self.slot = slot
         self.buckets = buckets
+        #: A histogram's sum (its count follows): after a slot per bucket and +Inf.
+        self.sum_slot = slot + len(buckets) + 1
 
     def inc(self, amount: float = 1) -> None:
         self.view[self.slot] += amount
@@ -236,11 +238,10 @@ class Child:
     def observe(self, value: float) -> None:
         """One histogram observation (per stream or per flush, never per token)."""
         view = self.view
-        slot = self.slot
-        view[slot + bisect.bisect_left(self.buckets, value)] += 1
-        n = len(self.buckets) + 1
-        view[slot + n] += value
-        view[slot + n + 1] += 1
+        view[self.slot + bisect.bisect_left(self.buckets, value)] += 1
+        at = self.sum_slot
+        view[at] += value
+        view[at + 1] += 1
 
 
 class Metrics:

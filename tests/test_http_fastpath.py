@@ -240,7 +240,7 @@ VALID = (b"GET /a?b HTTP/1.1\r\nHost: h\r\nX-E:\r\nX-F: \t a  b \t\r\nAccept: */
 def test_parse_head_gives_what_h11_gives() -> None:
     head = parse_head(VALID + b"next", LIMITS)
     assert head is not None
-    method, target, version, headers, length, close, end = head
+    method, target, version, headers, fields, length, close, end = head
     conn = h11.Connection(h11.SERVER)
     conn.receive_data(VALID)
     event = conn.next_event()
@@ -248,6 +248,7 @@ def test_parse_head_gives_what_h11_gives() -> None:
     assert (method, target, version, headers) == (
         event.method, event.target, event.http_version, list(event.headers))
     assert (length, close, end) == (0, False, len(VALID))
+    assert fields == dict(headers)
 
 
 @pytest.mark.parametrize("data", [
@@ -288,14 +289,15 @@ def test_parse_head_declines(data: bytes) -> None:
 def test_parse_head_reads_connection(value: bytes, close: bool) -> None:
     data = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: " + value + b"\r\nA: 1\r\nA: 2\r\n\r\n"
     head = parse_head(data, LIMITS)
-    assert head is not None and head[5] is close
+    assert head is not None and head[6] is close
+    assert head[4][b"a"] == b"1"  # the first of repeated values
     assert same(data, Plan([], [0])) == 1
 
 
 def test_http10_without_host_and_a_repeated_field_take_the_fast_path() -> None:
     data = b"POST /x HTTP/1.0\r\nContent-Length: 2\r\nA: 1\r\nA: 2\r\n\r\nhi"
     head = parse_head(data, LIMITS)
-    assert head is not None and head[2] == b"1.0" and head[4] == 2
+    assert head is not None and head[2] == b"1.0" and head[5] == 2
     assert same(data, Plan([], [0, 1])) == 1
 
 

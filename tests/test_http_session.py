@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from streamcore.errors import BodyTooLarge, HeadTooLarge, ProtocolError
 from streamcore.limits import Limits
-from streamcore.proto.http import HTTPSession, Phase, Request
+from streamcore.proto.http import HTTPSession, Phase, Request, field_lines
 
 LIMITS = Limits(max_head_bytes=1024, max_header_count=10, max_body_bytes=100)
 
@@ -561,3 +561,21 @@ def test_parse_more_during_a_stream_leaves_the_next_request_for_its_turn() -> No
     assert session.phase is Phase.HANDLING and not session.backlog
     keep_open, request = session.next_cycle()
     assert keep_open and request is not None and request.path == "/next"
+
+
+@pytest.mark.parametrize("request_bytes", [GET, HTTP10, b"GET / HTTP/1.1\r\nHost: h\r\n"
+                                          b"Connection: close\r\n\r\n"])
+@pytest.mark.parametrize("close", [False, True])
+def test_stream_head_with_fixed_fields_is_the_same_bytes(request_bytes: bytes,
+                                                         close: bool) -> None:
+    """The fields every stream carries, written once by field_lines and passed as
+    ``fixed``, give the head the full list gives: same bytes, same keep-alive decision."""
+    fixed = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+    rest = [(b"x-stream-id", b"abc")] + ([(b"connection", b"close")] if close else [])
+    whole, whole_head, whole_chunked = streamed(request_bytes, fixed + rest)
+    split = HTTPSession(LIMITS)
+    assert split.receive(request_bytes) is not None
+    head, chunked = split.stream_head(rest, fixed=field_lines(fixed))
+    assert (head, chunked) == (whole_head, whole_chunked)
+    assert whole.next_cycle()[0] == split.next_cycle()[0] == (
+        request_bytes == GET and not close)

@@ -144,3 +144,21 @@ def test_completion_body() -> None:
     assert doc["choices"][0]["message"]["content"] == "text"
     assert doc["usage"]["total_tokens"] == 5
 
+
+
+def test_optional_fields_sent_as_null_are_absent() -> None:
+    """A null optional field is an absent one (the membership tests of parse_chat_object
+    skip only fields not sent); an integer field takes any int, not bool or a float."""
+    nulls = {"n": None, "stop": None, "temperature": None, "top_p": None,
+             "stream_options": None, "max_completion_tokens": None}
+    chat = parse_chat_object(body(max_tokens=4, **nulls))
+    assert (chat.max_tokens, chat.max_tokens_param, chat.stop) == (4, "max_tokens", ())
+    assert parse_chat_object(body(max_tokens=None)).max_tokens is None
+
+    class Count(int):
+        pass
+
+    assert parse_chat_object(body(max_tokens=Count(7))).max_tokens == 7
+    assert refused(body(max_tokens=Count(0))).code == "invalid_value"
+    assert refused(body(max_tokens=1e300)).code == "invalid_value"
+    assert refused(body(max_tokens=2.0)).code == "invalid_type"

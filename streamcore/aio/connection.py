@@ -1,9 +1,10 @@
 """One HTTP/1.1 connection: an ``asyncio.Protocol`` that feeds the sans-I/O session and
 writes what the core frames through its one write path (:class:`~.output.Output`).
 
-Time is ``loop.call_later`` handles armed on changes of phase, never per byte or per
-token: the read deadline of the phase (head, body or keep-alive), and the output side's
-write-stall and close deadlines.  SSE heartbeats come from one server-wide ticker
+Time is armed on changes of phase, never per byte or per token: the read deadline of the
+phase (head, body or keep-alive) on the server's timer wheel (:mod:`.wheel`: a slot's
+dict entry, not a loop timer per connection), and the output side's write-stall and close
+deadlines.  SSE heartbeats come from one server-wide ticker
 (:class:`~.sse.Heartbeat`).  Every exception on this connection becomes bytes in one
 place, :meth:`HTTPConnection._fail`.
 """
@@ -33,8 +34,11 @@ from .handler import EventStream, Request, Response, Route, to_response
 from .output import Output
 from .sse import SSE_HEADERS, SSEReader
 from .websocket import WebSocketConnection
+from .wheel import RESOLUTION_S
 
 log = logging.getLogger("streamcore")
+#: The fields every SSE response starts with, written once (not per stream).
+_SSE_FIELDS = http.field_lines(SSE_HEADERS)
 
 
 class HTTPConnection(Output):
@@ -42,17 +46,18 @@ class HTTPConnection(Output):
     :class:`~.websocket.WebSocketConnection` on upgrade."""
 
     # An idle stream's connection is mostly this object: slots keep it small.
-    __slots__ = ("_deadline", "_extra", "_method", "_path", "_received", "_task", "_timer",
+    __slots__ = ("_deadline", "_extra", "_method", "_path", "_received", "_slot", "_task",
                  "close_after_response", "ctx", "reader", "session")
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx.loop, ctx.limits, ctx.admission)
         self.ctx = ctx
         self.session = HTTPSession(ctx.limits)
-        self._timer: asyncio.TimerHandle | None = None
-        #: The read deadline (loop time; 0: none).  The timer may be set earlier than
-        #: it: moving a deadline later does not re-arm it (a call_later and a cancel per
-        #: request), the timer re-arms itself for the rest when it fires.
+        #: The wheel slot the read deadline waits in (-1: none).
+        self._slot = -1
+        #: The read deadline (loop time; 0: none).  The slot may be earlier than it:
+        #: moving a deadline later does not move it (a remove and an add per request);
+        #: it re-arms itself for the rest when it comes.
         self._deadline = 0.0
         self._task: asyncio.Task[None] | None = None
         #: The SSE response being written, if any.
@@ -76,7 +81,7 @@ class HTTPConnection(Output):
         if not self.admission.admit(self):
             self._close_with(self.admission.refusal())
             return
-        self._arm_read_timer()
+        self._set_timer(limits.keepalive_timeout_s)  # (a new session is IDLE)
 
     def data_received(self, data: bytes) -> None:
         session = self.session
@@ -120,9 +125,11 @@ class HTTPConnection(Output):
         """Read, or not: not while the session has a parse backlog, nor while a response
         is in progress with more than max_pipelined_bytes of the next requests held."""
         session = self.session
-        self.reading(session.backlog or (
+        pause = session.backlog or (
             session.phase is Phase.HANDLING
-            and session.pipelined_bytes > self.limits.max_pipelined_bytes))
+            and session.pipelined_bytes > self.limits.max_pipelined_bytes)
+        if pause is not self.read_paused:
+            self.reading(pause)
 
     def eof_received(self) -> bool | None:
         # A client that half-closes mid-response is treated as gone (as uvicorn does):
@@ -156,7 +163,7 @@ class HTTPConnection(Output):
 
     def handle(self, raw: http.Request) -> None:
         """Dispatch one complete request."""
-        self._set_timer(None)
+        self._deadline = 0.0  # no read deadline while handling (_set_timer(None))
         self._method = raw.method
         self._path = raw.path
         self._received = time.monotonic()
@@ -168,23 +175,25 @@ class HTTPConnection(Output):
     def _dispatch(self, raw: http.Request) -> None:
         router = self.ctx.router
         access = router.access
-        preflight = access.preflight(raw)
-        if preflight is not None:
-            self._extra = preflight
-            self.respond(Response(b"", 204))
-            return
-        self._extra = access.cors_headers(raw)
+        if raw.method == "OPTIONS":  # (only an OPTIONS can be a preflight)
+            preflight = access.preflight(raw)
+            if preflight is not None:
+                self._extra = preflight
+                self.respond(Response(b"", 204))
+                return
+        self._extra = access.cors_headers(raw) if access.cors_origins else []
         chaos = self.ctx.chaos
         if chaos is not None:  # chaos mode: faults for this request, if it names any
             chaos(self, raw)
-        if b"websocket" in raw.header_tokens(b"upgrade"):
+        if raw.header(b"upgrade") is not None and b"websocket" in raw.header_tokens(
+                b"upgrade"):
             route, params = router.resolve_upgrade(raw.path)
-            if not route.public:
+            if not route.public and access.api_keys:
                 access.authorize(raw)
             self._upgrade(raw, route, params)
             return
         route, params = router.resolve(raw.method, raw.path)
-        if not route.public:
+        if not route.public and access.api_keys:
             access.authorize(raw)
         if route.json:
             require_json(raw)
@@ -309,7 +318,7 @@ class HTTPConnection(Output):
             return
         head_only = self._method == "HEAD"
         raw_policy = request.header_bytes(b"x-disconnect-policy")
-        policy = disconnect_policy(raw_policy.decode("latin-1") if raw_policy else None)
+        policy = disconnect_policy(raw_policy.decode("latin-1")) if raw_policy else None
         # Without ids nobody can resume it: not in the store, its log not retained.
         stream = ctx.new_stream(items, sse_end=sse_end, resumable=ids and not head_only,
                                 transport=None if head_only else "sse", policy=policy)
@@ -333,14 +342,14 @@ class HTTPConnection(Output):
             metrics.child("streamcore_resume_replayed_events_total", "sse").inc(replayed)
 
     def stream_head(self, entry: Entry, ids: bool = True) -> tuple[bytes, bool]:
-        headers = [*SSE_HEADERS, (b"x-stream-id", entry.id.encode()),
-                   (b"x-stream-epoch", entry.epoch.encode()), *self._extra]
-        if not ids:  # a stream nobody can resume has no id to give
-            del headers[len(SSE_HEADERS):len(SSE_HEADERS) + 2]
+        # (A stream nobody can resume has no id to give.)
+        headers = [(b"x-stream-id", entry.id.encode()),
+                   (b"x-stream-epoch", entry.epoch.encode()), *self._extra] if ids else [
+                       *self._extra]
         if self.close_after_response:
             headers.append((b"connection", b"close"))
         self.ctx.responses(200).inc()
-        return self.session.stream_head(headers, method=self._method)
+        return self.session.stream_head(headers, method=self._method, fixed=_SSE_FIELDS)
 
     def _responded(self, status: int, nbytes: int) -> None:
         """A complete response (a stream's line is its stream's, at its end): counted, and
@@ -437,33 +446,35 @@ class HTTPConnection(Output):
         self._set_timer(http.read_timeout(self.session.phase, self.limits))
 
     def _set_timer(self, timeout: float | None) -> None:
-        """A new read deadline ``timeout`` seconds from now (None: none).  The timer is
-        left alone unless it would fire too late; one that fires early re-arms itself."""
+        """A new read deadline ``timeout`` seconds from now (None: none).  Its slot is
+        left alone unless it would come too late; one that comes early re-arms itself.
+        (On the wheel a deadline is met up to one slot late, never early: a tenth of a
+        second against head, body and keep-alive deadlines of seconds.)"""
         if timeout is None:
             self._deadline = 0.0
             return
-        loop = self.loop
-        deadline = self._deadline = loop.time() + timeout
-        timer = self._timer
-        if timer is not None:
-            if timer.when() <= deadline:
+        deadline = self._deadline = self.loop.time() + timeout
+        slot = self._slot
+        if slot >= 0:
+            if slot < deadline / RESOLUTION_S + 1:  # (slot <= the deadline's own slot)
                 return
-            timer.cancel()
-        self._timer = loop.call_at(deadline, self._read_timed_out)
+            self.ctx.wheel.remove(self, slot)
+        self._slot = self.ctx.wheel.add(self, deadline)
 
     def _stop_timer(self) -> None:
         self._deadline = 0.0
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._slot >= 0:
+            self.ctx.wheel.remove(self, self._slot)
+            self._slot = -1
 
-    def _read_timed_out(self) -> None:
-        self._timer = None
+    def due(self) -> None:
+        """The wheel's call (:mod:`.wheel`): the read deadline's slot has come."""
+        self._slot = -1
         deadline = self._deadline
         if not deadline:  # the deadline went away (a request came): nothing to time
             return
-        if deadline > self.loop.time():  # it moved later since the timer was set
-            self._timer = self.loop.call_at(deadline, self._read_timed_out)
+        if deadline > self.loop.time():  # it moved later since the slot was taken
+            self._slot = self.ctx.wheel.add(self, deadline)
             return
         self._deadline = 0.0
         phase = self.session.phase

@@ -45,8 +45,10 @@ class Context:
     metrics: Metrics = field(default_factory=Metrics)
     #: Room for streams running detached (Limits.disconnect_policy "detach").
     detached: DetachBudget | None = None
-    #: The WebSockets' keepalive deadlines (streamcore.aio.wheel), made by the first one.
-    wheel: Wheel | None = None
+    #: The connections' read deadlines (HTTP keep-alive, head, body) and the WebSockets'
+    #: ping checks (streamcore.aio.wheel): a loop timer each was ~650 bytes and a
+    #: ``call_at`` and a ``cancel`` per connection.
+    wheel: Wheel = field(init=False)
     #: The SSE ``retry:`` an EventSource is told (WHATWG HTML 9.2.6): a fifth of the
     #: linger window (at most 1 s, at least 100 ms), so that it is back in time; 0 (none
     #: sent: the browser's own 3-5 s) when nothing lingers by default.  Made once.
@@ -58,6 +60,7 @@ class Context:
 
     def __post_init__(self) -> None:
         limits = self.limits
+        self.wheel = Wheel(self.loop)
         if self.detached is None:
             self.detached = DetachBudget(limits.resume_budget_bytes // max(
                 1, limits.stream_log_bytes + limits.stream_snapshot_bytes))
@@ -129,13 +132,11 @@ class StreamCounters:
         #: By outcome, made on first use.
         self.finished: dict[str, Child] = {}
 
-    def ended(self, outcome: str) -> None:
-        self.active.inc(-1)
-        child = self.finished.get(outcome)
-        if child is None:
-            child = self.finished[outcome] = self.metrics.child(
-                "streamcore_streams_finished_total", self.model, self.transport, outcome)
-        child.inc()
+    def finish(self, outcome: str) -> Child:
+        """The series of streams ended with ``outcome``, made on first use."""
+        child = self.finished[outcome] = self.metrics.child(
+            "streamcore_streams_finished_total", self.model, self.transport, outcome)
+        return child
 
 
 class StreamMeter:
@@ -147,14 +148,21 @@ class StreamMeter:
 
     def __init__(self, ctx: Context, stream: Stream, resumable: bool, transport: str) -> None:
         self.ctx = ctx
-        self.source: object = stream.source
-        self.model = model = model_of(stream.source)
+        self.source = source = stream.source
+        # The model the source serves: a label of bounded cardinality (a model the catalog
+        # knows), or "" for an embedder's stream.
+        model = getattr(source, "chat_model", "")
+        if not isinstance(model, str):
+            model = ""
+        self.model = model
         self.transport = transport
         self.resumable = resumable
         self.received = time.monotonic()
         stream.entry.meta = (model, transport, time.time())
         self.ttft_s: float | None = None
-        counters = self.counters = ctx.stream_counters(model, transport)
+        counters = ctx._streams.get((model, transport)) or ctx.stream_counters(model,
+                                                                                transport)
+        self.counters = counters
         counters.started.inc()
         counters.active.inc()
 
@@ -186,7 +194,9 @@ class StreamMeter:
             outcome = getattr(reader, "why", "client_gone")
             metrics.child("streamcore_cancel_propagation_seconds").observe(
                 time.monotonic() - left_at)
-        self.counters.ended(outcome)
+        counters = self.counters
+        counters.active.inc(-1)
+        (counters.finished.get(outcome) or counters.finish(outcome)).inc()
         report_of = getattr(self.source, "report", None)
         report: dict[str, Any] = report_of() if callable(report_of) else {}
         attempts = report.get("attempts")
@@ -276,9 +286,3 @@ def _error_code(envelope: bytes, known: frozenset[str] | None = UPSTREAM_CODES) 
         return code if isinstance(code, str) else "error"
     return code if code in known else "upstream_error"
 
-
-def model_of(source: object) -> str:
-    """The model a stream's source serves (a label of bounded cardinality: a model the
-    catalog knows), or "" for an embedder's stream."""
-    model = getattr(source, "chat_model", "")
-    return model if isinstance(model, str) else ""

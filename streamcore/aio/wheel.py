@@ -2,9 +2,10 @@
 
 A ``call_later`` per idle WebSocket (its ping check) cost ~650 bytes on uvloop (a
 ``TimerHandle``, a libuv timer, the callback's arguments): more than the rest of the
-socket's own state.  Here an object waits in a slot's dict instead (tens of bytes), and
-each slot of :data:`RESOLUTION_S` that holds any has one timer.  A deadline is met late by
-up to one slot, never early.
+socket's own state; per HTTP connection (its read deadline: keep-alive, head, body) it was
+also a ``call_at`` and a ``cancel`` per connection (issue 14).  Here an object waits in
+a slot's dict instead (tens of bytes), and each slot of :data:`RESOLUTION_S` that holds
+any has one timer.  A deadline is met late by up to one slot, never early.
 """
 
 from __future__ import annotations

@@ -70,18 +70,16 @@ _HEAD = re.compile(rb"(" + _TCHAR + rb"++) ([\x21-\x7e]++) HTTP/(1\.[01])\r\n((?
 #: sub-delimiter, but in a field value it makes a list: "Host: a, b" is refused, as nginx
 #: does.
 HOST = re.compile(rb"(\[[0-9A-Za-z:.\-]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(:[0-9]*)?\Z")
-#: Fields whose request h11 treats specially (chunked bodies, 100 Continue, a protocol
-#: switch): such a request is h11's.
-_DECLINED = frozenset((b"transfer-encoding", b"expect", b"upgrade"))
 #: Fields that must not repeat on the fast path (h11 and http.py judge repeats).
 _SINGLE = (b"host", b"content-length", b"connection")
 #: h11 refuses a Content-Length of more digits (CONTENT_LENGTH_MAX_DIGITS).
 _LENGTH_DIGITS = 20
 
 #: What :func:`parse_head` found: method, target, version, ``(name, value)`` fields
-#: (names lowercased), the body's length, whether the client asked to close (RFC 9112
-#: section 9.6) and the offset just past the head.
-Head = tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], int, bool, int]
+#: (names lowercased), the first value of each name, the body's length, whether the
+#: client asked to close (RFC 9112 section 9.6) and the offset just past the head.
+Head = tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], dict[bytes, bytes], int, bool,
+             int]
 
 
 def parse_head(buf: bytes | bytearray, limits: Limits) -> Head | None:
@@ -94,15 +92,15 @@ def parse_head(buf: bytes | bytearray, limits: Limits) -> Head | None:
     match = _HEAD.fullmatch(buf, 0, end)
     if match is None:
         return None
-    method, target, version = match.group(1, 2, 3)
-    # The request line's LF must fall within max_request_line_bytes (else 414, http.py's).
-    if match.end(3) + 1 > limits.max_request_line_bytes or method == b"CONNECT":
+    method, target, version, block = match.groups()
+    # The request line's LF must fall within max_request_line_bytes (else 414, http.py's):
+    # the head is the request line, its CRLF, the field lines (block), the last CRLF.
+    if end - len(block) - 3 > limits.max_request_line_bytes or method == b"CONNECT":
         return None
-    start, stop = match.span(4)
     headers = []
-    if stop > start:
+    if block:
         # _HEAD matched every line: a token (no colon in it), a colon, a value with OWS.
-        lines = bytes(buf[start:stop - 2]).split(b"\r\n")
+        lines = block[:-2].split(b"\r\n")
         if len(lines) > limits.max_header_count:
             return None
         for line in lines:
@@ -113,7 +111,10 @@ def parse_head(buf: bytes | bytearray, limits: Limits) -> Head | None:
         names = [name for name, _ in headers]
         if any(names.count(name) > 1 for name in _SINGLE):
             return None
-    if not fields.keys().isdisjoint(_DECLINED):
+        fields = dict(reversed(headers))  # the first value of each, as h11's users see
+    # Fields whose request h11 treats specially (chunked bodies, 100 Continue, a protocol
+    # switch): such a request is h11's.
+    if b"transfer-encoding" in fields or b"expect" in fields or b"upgrade" in fields:
         return None
     host = fields.get(b"host")
     if host is None:
@@ -139,7 +140,7 @@ def parse_head(buf: bytes | bytearray, limits: Limits) -> Head | None:
                 close = True
             elif token and token != b"keep-alive":  # "upgrade" and the like: h11's
                 return None
-    return method, target, version, headers, length, close, end
+    return method, target, version, headers, fields, length, close, end
 
 
 _NAMES = re.compile(_TCHAR + rb"++(?:\x00" + _TCHAR + rb"++)*+")

@@ -26,7 +26,7 @@ its user:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import h11
 
@@ -88,13 +88,17 @@ class Request:
     headers: Sequence[tuple[bytes, bytes]]
     body: bytes = b""
     http_version: bytes = b"1.1"
+    #: The first value of each field, by name: made once (by the fast path as it
+    #: parses, else at the first :meth:`header`), so a lookup is a dict's.
+    fields: dict[bytes, bytes] | None = field(default=None, repr=False)
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lowercase), or None."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        fields = self.fields
+        if fields is None:
+            # reversed: the first of repeated names is the one a dict keeps.
+            fields = self.fields = dict(reversed(self.headers))
+        return fields.get(name)
 
     def header_tokens(self, name: bytes) -> list[bytes]:
         """The comma-separated tokens of every ``name`` header, lowercased."""
@@ -172,10 +176,10 @@ class HTTPSession:
     nothing held.  ``fast=False`` (for the differential tests) puts every cycle on h11.
     """
 
-    __slots__ = ("_body", "_body_left", "_body_size", "_buffered", "_chunks", "_client_close",
+    __slots__ = ("_body", "_body_left", "_body_size", "_chunks", "_client_close",
                  "_conn", "_cycle_fed", "_eof", "_fast", "_head_bytes", "_http11", "_keep",
                  "_raw", "_remaining", "_request", "_verb", "backlog", "head_only", "limits",
-                 "outbox", "phase")
+                 "outbox", "phase", "pipelined_bytes")
 
     def __init__(self, limits: Limits, *, fast: bool = True) -> None:
         self.limits = limits
@@ -209,17 +213,15 @@ class HTTPSession:
         self._verb = b"GET"
         #: The last call stopped after EVENTS_PER_CALL events: call parse_more.
         self.backlog = False
-        self._buffered = 0  # bytes held past the request while HANDLING (pipelined)
+        #: Bytes held past the request while HANDLING (pipelined): the I/O layer stops
+        #: reading above max_pipelined_bytes.
+        self.pipelined_bytes = 0
         #: Bytes to send that the session produced on its own (100 Continue).
         self.outbox: list[bytes] = []
         #: The response being made answers a HEAD request (RFC 9110 section 9.3.2).
         self.head_only = False
 
     # -- receiving -------------------------------------------------------------------
-
-    @property
-    def pipelined_bytes(self) -> int:
-        return self._buffered
 
     def receive(self, data: bytes) -> Request | None:
         """Feed bytes (``b""`` for end of input); returns a complete request, if one is.
@@ -233,7 +235,7 @@ class HTTPSession:
             return None
         conn = self._conn
         if phase is Phase.HANDLING:
-            self._buffered += len(data)
+            self.pipelined_bytes += len(data)
             if conn is not None:
                 conn.receive_data(data)
             elif data:
@@ -271,10 +273,12 @@ class HTTPSession:
             data = bytes(buf)
             self._raw.clear()
             return self._decline(data)
-        method, target, version, headers, length, close, end = head
-        if self.phase is Phase.IDLE:
-            self._to("data")
-        self._to("head")
+        method, target, version, headers, fields, length, close, end = head
+        # IDLE -> HEAD -> BODY (a pipelined request's cycle is in HEAD already).
+        phase = self.phase
+        if phase is Phase.IDLE:
+            phase = HTTP_STATES.next(phase, "data")
+        self.phase = phase = HTTP_STATES.next(phase, "head")
         self._http11 = version == b"1.1"
         self._client_close = close
         # h11's rule: HTTP/1.0 closes (no keep-alive), and so does "Connection: close".
@@ -282,7 +286,7 @@ class HTTPSession:
         self._verb = method
         path, _, query = target.partition(b"?")
         request = Request(method.decode("ascii"), target, path.decode("latin-1"),
-                          query.decode("latin-1"), headers, b"", version)
+                          query.decode("latin-1"), headers, b"", version, fields)
         available = len(buf) - end
         if available < length:  # the rest of the body is to come: the BODY phase
             self._request = request
@@ -299,8 +303,8 @@ class HTTPSession:
             del self._raw[:end]  # from the front: CPython moves its start, no copy
         elif end < len(buf):
             self._raw += memoryview(buf)[end:]
-        self._to("body")
-        self._buffered = len(self._raw)
+        self.phase = HTTP_STATES.next(phase, "body")
+        self.pipelined_bytes = len(self._raw)
         return request
 
     def _decline(self, data: bytes) -> Request | None:
@@ -333,7 +337,7 @@ class HTTPSession:
         request.body = bytes(self._body)
         self._body = bytearray()
         self._to("body")
-        self._buffered = len(self._raw)
+        self.pipelined_bytes = len(self._raw)
         return request
 
     def _cut_body(self) -> ProtocolError:
@@ -396,7 +400,7 @@ class HTTPSession:
                     request.body = bytes(self._body)
                     self._body = bytearray()
                     self._to("body")
-                    self._buffered = _unparsed(conn)
+                    self.pipelined_bytes = _unparsed(conn)
                     return request
                 else:  # h11.ConnectionClosed, the only other event of a client: EOF
                     self._to("close")  # between requests
@@ -485,8 +489,9 @@ class HTTPSession:
 
     def close(self) -> None:
         """Closed in order (idle timeout, drain)."""
-        if not self.phase.terminal:
-            self._to("close")
+        phase = self.phase
+        if not phase.terminal:
+            self.phase = HTTP_STATES.next(phase, "close")
 
     # -- responding ------------------------------------------------------------------
 
@@ -509,30 +514,29 @@ class HTTPSession:
         out = conn.send(h11.Response(status_code=status, headers=all_headers, reason=reason))
         return out or b""
 
-    def stream_head(self, headers: list[tuple[bytes, bytes]], *,
-                    method: str = "GET") -> tuple[bytes, bool]:
+    def stream_head(self, headers: list[tuple[bytes, bytes]], *, method: str = "GET",
+                    fixed: bytes = b"") -> tuple[bytes, bool]:
         """A streamed 200's head, made here, and whether its body is chunked: the rest of
         the response is the caller's to frame (:class:`~streamcore.proto.sse.SSEFramer`),
         so h11 (if it had this request) is let go until the next request.  Framing as RFC
         9112 section 6.3 has it: chunked for an HTTP/1.1 client, close-delimited for
-        HTTP/1.0 (which cannot read chunks); a HEAD response has no body at all."""
+        HTTP/1.0 (which cannot read chunks); a HEAD response has no body at all.
+        ``fixed``: the first fields, already written by :func:`field_lines` (the fields
+        every stream of a server carries, made once, not per stream)."""
         self.head_only = method == "HEAD"
         http11 = self._http11
         we_close = (b"connection", b"close") in headers
-        self._keep = http11 and not self._client_close and not we_close
-        lines = [b"HTTP/1.1 200 OK", b"date: " + http_date()]
-        lines += [name + b": " + value for name, value in headers]
-        if http11:
-            lines.append(b"transfer-encoding: chunked")
-        if not self._keep and not we_close:
-            lines.append(b"connection: close")
-        lines.append(CRLF)
+        keep = self._keep = http11 and not self._client_close and not we_close
+        head = b"".join([b"HTTP/1.1 200 OK\r\ndate: ", http_date(), CRLF, fixed,
+                         *[name + b": " + value + CRLF for name, value in headers],
+                         b"transfer-encoding: chunked\r\n" if http11 else b"",
+                         b"" if keep or we_close else b"connection: close\r\n", CRLF])
         conn = self._conn
         if conn is not None:
             data, self._eof = conn.trailing_data
             self._raw += data
             self._conn = None
-        return CRLF.join(lines), http11 and not self.head_only
+        return head, http11 and not self.head_only
 
     def response_body(self, body: bytes) -> bytes:
         """A whole (Content-Length) body: once per response, not per token."""
@@ -589,10 +593,11 @@ class HTTPSession:
         return True, self._advance()
 
     def _new_cycle(self) -> None:
-        self._head_bytes = bytearray()
-        self._cycle_fed = 0
-        self._buffered = 0
-        self._to("done")
+        if self._cycle_fed:  # (h11's cycle kept the raw head)
+            self._head_bytes = bytearray()
+            self._cycle_fed = 0
+        self.pipelined_bytes = 0
+        self.phase = HTTP_STATES.next(self.phase, "done")
 
     def take_upgrade_tail(self) -> bytes:
         """Bytes received after an upgrade request's head (the peer's first frames)."""
@@ -622,6 +627,12 @@ class HTTPSession:
     def _informational(self, status: int) -> bytes:
         assert self._conn is not None
         return self._conn.send(h11.InformationalResponse(status_code=status, headers=[])) or b""
+
+
+def field_lines(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """Fields as :meth:`HTTPSession.stream_head` writes them, each line with its CRLF:
+    its ``fixed`` argument."""
+    return b"".join([name + b": " + value + CRLF for name, value in headers])
 
 
 def chunk_head(size: int) -> bytes:

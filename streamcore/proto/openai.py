@@ -71,17 +71,22 @@ def _int_param(body: dict[str, Any], name: str, low: int, high: int | None) -> i
     value = body.get(name)
     if value is None:
         return None
-    bound = f">= {low}" if high is None else f"between {low} and {high}"
-    if isinstance(value, float) and value.is_integer() and abs(value) >= _INT64:
-        raise _bad(f"'{name}' must be an integer {bound}, got an integer out of range "
-                   f"({value:.3g})", name, "invalid_value")
-    # bool is an int subclass in Python; JSON true is not an integer.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _bad(f"'{name}' must be an integer, got {_json_type(value)}", name,
-                   "invalid_type")
+    if type(value) is not int:  # (the common case skips these two checks)
+        if isinstance(value, float) and value.is_integer() and abs(value) >= _INT64:
+            raise _bad(f"'{name}' must be an integer {_bound(low, high)}, got an integer "
+                       f"out of range ({value:.3g})", name, "invalid_value")
+        # bool is an int subclass in Python; JSON true is not an integer.
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _bad(f"'{name}' must be an integer, got {_json_type(value)}", name,
+                       "invalid_type")
     if value < low or (high is not None and value > high):
-        raise _bad(f"'{name}' must be {bound}, got {value}", name, "invalid_value")
+        raise _bad(f"'{name}' must be {_bound(low, high)}, got {value}", name,
+                   "invalid_value")
     return value
+
+
+def _bound(low: int, high: int | None) -> str:
+    return f">= {low}" if high is None else f"between {low} and {high}"
 
 
 def _json_type(value: Any) -> str:
@@ -175,24 +180,24 @@ def parse_chat_object(data: Any, *, stream_implied: bool = False) -> ChatRequest
         raise _bad("'stream' must be a boolean", "stream", "invalid_type")
     if stream_implied:
         stream = True
-    # The optional fields: a lookup each when absent (most requests send few of them),
-    # the checks only for those sent.
-    get = data.get
-    if get("n") is not None and _int_param(data, "n", 1, 128) != 1:
+    # The optional fields: a membership test each when absent (most requests send few of
+    # them; sent as null is absent too), the checks only for those sent.
+    if "n" in data and data["n"] is not None and _int_param(data, "n", 1, 128) != 1:
         raise _bad("only n=1 is supported", "n", "unsupported_value")
     max_tokens_param = "max_completion_tokens"
     max_tokens = (_int_param(data, max_tokens_param, 1, None)
-                  if get(max_tokens_param) is not None else None)
+                  if max_tokens_param in data else None)
     if max_tokens is None:
         max_tokens_param = "max_tokens"
-        max_tokens = _int_param(data, max_tokens_param, 1, None)
-    stop = _stop_param(data) if get("stop") is not None else ()
-    if get("temperature") is not None:
+        max_tokens = (_int_param(data, max_tokens_param, 1, None)
+                      if max_tokens_param in data else None)
+    stop = _stop_param(data) if "stop" in data and data["stop"] is not None else ()
+    if "temperature" in data and data["temperature"] is not None:
         _number_param(data, "temperature", 0.0, 2.0)
-    if get("top_p") is not None:
+    if "top_p" in data and data["top_p"] is not None:
         _number_param(data, "top_p", 0.0, 1.0)
     include_usage = False
-    options = get("stream_options")
+    options = data.get("stream_options") if "stream_options" in data else None
     if options is not None:
         if not stream:
             raise _bad("'stream_options' is only allowed when 'stream' is true",
