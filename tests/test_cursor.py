@@ -4,6 +4,7 @@ bounded parser (a client controls the string, as ``Last-Event-ID``)."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamcore.errors import RequestError
+from streamcore.proto import cursor
 from streamcore.proto.cursor import (
     MAX_EPOCH_LENGTH,
     MAX_SEQ_DIGITS,
@@ -191,3 +193,25 @@ def test_new_id_and_epoch_from_one_read() -> None:
     made = [new_id_and_epoch() for _ in range(50)]
     assert all(valid_stream_id(i) and valid_epoch(e) for i, e in made)
     assert len({i for i, _ in made}) == 50 and len({e for _, e in made}) > 40
+
+
+def test_ids_come_from_a_pool_of_random_bytes_each_used_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One ``os.urandom`` read per IDS_PER_READ streams; every id and epoch is those
+    bytes in order, none used twice; a forked child reads its own."""
+    reads: list[bytes] = []
+    real = os.urandom
+
+    def urandom(n: int) -> bytes:
+        reads.append(real(n))
+        return reads[-1]
+
+    monkeypatch.setattr(cursor.os, "urandom", urandom)
+    cursor._forget_pool()
+    made = [new_id_and_epoch() for _ in range(cursor.IDS_PER_READ + 1)]
+    assert [len(r) for r in reads] == [11 * cursor.IDS_PER_READ] * 2
+    assert "".join(i + e for i, e in made) == (reads[0] + reads[1][:11]).hex()
+    child = os.fork()
+    if child == 0:  # the child: a new read, not its parent's pool
+        os._exit(0 if new_id_and_epoch() and len(reads) == 3 else 1)
+    assert os.waitpid(child, 0)[1] == 0 and len(reads) == 2

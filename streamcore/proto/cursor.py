@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from typing import NamedTuple
 from urllib.parse import parse_qsl
 
@@ -77,11 +78,38 @@ def new_epoch() -> str:
     return os.urandom(3).hex()
 
 
+#: Streams whose ids and epochs one read of the system's random source makes.
+IDS_PER_READ = 64
+_ID_BYTES = 11  # 8 for the id, 3 for the epoch
+_pool = b""  # random bytes read and not used yet
+_lock = threading.Lock()
+_taken = 0
+
+
 def new_id_and_epoch() -> tuple[str, str]:
-    """:func:`new_stream_id` and :func:`new_epoch` from one read of the system's random
-    source (a system call each otherwise, per new stream)."""
-    random = os.urandom(11).hex()
-    return random[:16], random[16:]
+    """:func:`new_stream_id` and :func:`new_epoch`: 11 bytes of ``os.urandom`` (as
+    unguessable as both), read for :data:`IDS_PER_READ` streams at a time (a
+    ``getrandom`` call per new stream otherwise).  Each byte is used once; a forked
+    child starts with a pool of its own (``os.register_at_fork``)."""
+    global _pool, _taken
+    with _lock:  # loops in several threads: no two streams get the same bytes
+        taken = _taken
+        if taken >= len(_pool):
+            _pool = os.urandom(_ID_BYTES * IDS_PER_READ)
+            taken = 0
+        _taken = taken + _ID_BYTES
+        random = _pool[taken:taken + _ID_BYTES]
+    random_hex = random.hex()
+    return random_hex[:16], random_hex[16:]
+
+
+def _forget_pool() -> None:
+    global _lock, _pool, _taken
+    _pool, _taken = b"", 0
+    _lock = threading.Lock()  # a lock held in the parent at the fork stays held
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def valid_stream_id(stream_id: str) -> bool:
