@@ -129,7 +129,8 @@ def event_id(stream_id: str, seq: int, epoch: str | None = None) -> str:
 def id_prefix(stream_id: str, epoch: str | None = None) -> bytes:
     """What every event id of a stream starts with, encoded once per reader; the framer
     appends the sequence number (see :mod:`streamcore.proto.sse`)."""
-    return event_id(stream_id, 0, epoch)[:-1].encode("ascii")
+    # event_id's format without its number (tests/test_cursor.py holds the two together)
+    return (f"{stream_id}-" if epoch is None else f"{stream_id}-{epoch}-").encode("ascii")
 
 
 def parse_cursor(value: str) -> Position | None:
