@@ -395,7 +395,8 @@ class Client(asyncio.Protocol):
 
     def __init__(self, stats: Stats, proto: str, port: int, tokens: int, *,
                  repeat_until: float = 0.0, rate: float = 0.0, loop: Any = None,
-                 t0_connect: bool = False, repeat: int = 0, strict_end: bool = False) -> None:
+                 t0_connect: bool = False, repeat: int = 0, strict_end: bool = False,
+                 skip_first: bool = False) -> None:
         self.stats = stats
         self.ws = proto == "ws"
         self.port = port
@@ -424,6 +425,10 @@ class Client(asyncio.Protocol):
         self.t_conn = 0.0
         #: Paced: run this many streams back to back on the connection (keep-alive).
         self.repeat = repeat
+        #: Paced: no latency samples from the connection's first stream (the ramp's, while
+        #: fewer streams than in steady state are in flight); they are still validated.
+        self.skip_first = skip_first
+        self.sampled = True
         #: SSE: check that each stream's last event is ``data: [DONE]`` and that it comes
         #: once (the tail of the body is kept; a failed stream must not end with it).
         self.strict_end = strict_end and not self.ws
@@ -473,6 +478,7 @@ class Client(asyncio.Protocol):
         self.chunk_last = False
         self.size_line = b""
         self.active = True
+        self.sampled = not (self.skip_first and self.requests == 1)
         self.t0 = self.t_conn if self.t0_connect and self.requests == 1 else monotonic()
         if self.ws:
             transport.write(ws_request(f"r{self.requests}", self.tokens))
@@ -503,7 +509,8 @@ class Client(asyncio.Protocol):
             return
         if not self.first:
             self.first = True
-            self.stats.ttfb.append(now - self.t0)
+            if self.sampled:
+                self.stats.ttfb.append(now - self.t0)
         if self.in_head:
             self.head += data
             end = self.head.find(b"\r\n\r\n")
@@ -531,10 +538,11 @@ class Client(asyncio.Protocol):
         if n:
             got = self.got
             if got == 0:
-                self.stats.ttft.append(now - self.t0)
+                if self.sampled:
+                    self.stats.ttft.append(now - self.t0)
                 self.stats.first_token_streams += 1
                 self.t_first = now
-            if self.interval:
+            if self.interval and self.sampled:
                 # Against the ideal schedule from the request (t0), and from the stream's
                 # own first token (jitter: what the server's pacing and batching add).
                 lateness = self.stats.lateness
@@ -716,7 +724,8 @@ async def run_paced(args: argparse.Namespace) -> dict[str, Any]:
                     lambda: Client(stats, args.proto, args.port, args.tokens,
                                    rate=args.rate, loop=loop,
                                    t0_connect=args.t0 == "connect", repeat=args.repeat,
-                                   strict_end=args.strict_end), "127.0.0.1", args.port)
+                                   strict_end=args.strict_end,
+                                   skip_first=args.skip_first), "127.0.0.1", args.port)
                 await client.connected
                 clients.append(client)
                 client.start()
@@ -849,6 +858,11 @@ def main() -> None:
                              "for WebSocket after the handshake) or when TCP connected")
     parser.add_argument("--repeat", type=int, default=0,
                         help="paced: streams run back to back on each connection (keep-alive)")
+    parser.add_argument("--skip-first", action="store_true",
+                        help="paced: no latency samples from each connection's first stream "
+                             "(opened during the ramp); with --repeat >= 2 and --ramp = one "
+                             "stream's duration, what is left is steady load with spread "
+                             "arrivals")
     parser.add_argument("--limit", type=float, default=0.0,
                         help="paced: seconds to wait for the streams to end (default: their "
                              "duration + ramp + 30 s); streams still open are cut")

@@ -121,6 +121,7 @@ def outcome(text: str) -> Chunk | str:
 def check_splice(data: bytes) -> None:
     reader = ChunkReader()
     reader.read(LAYOUT % '"first"')
+    reader.read(LAYOUT % '"second"')  # learned from the second content chunk
     text = data.decode("utf-8", "replace")
     for chunk in (LAYOUT % text, LAYOUT % json_string(text).decode(), text):
         literal = reader.literal(chunk.encode())

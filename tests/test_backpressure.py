@@ -405,6 +405,43 @@ def test_websocket_send_returns_when_the_connection_is_lost_while_waiting(
     run(loop_name, main)
 
 
+@loop_names
+def test_two_senders_waiting_on_one_paused_websocket_both_go_on_when_it_drains(
+        loop_name: str) -> None:
+    """Two tasks of one handler send while the output is full: both wait for the same
+    drain, and both go on (in order) once the transport takes bytes again."""
+
+    async def main() -> None:
+        progress: list[str] = []
+        app = streamcore.App(limits=LIMITS)
+
+        async def send_one(ws: streamcore.WebSocket, name: str) -> None:
+            await ws.send(name)
+            progress.append(f"sent {name}")
+
+        @app.websocket("/two")
+        async def two(ws: streamcore.WebSocket) -> None:
+            await asyncio.gather(send_one(ws, "a"), send_one(ws, "b"))
+            async for _ in ws:
+                pass
+
+        server = make_server(app)
+        _, transport = connect(server)
+        transport.feed(upgrade("/two"))
+        conn = transport.protocol
+        conn.pause_writing()
+        await spin(20)
+        assert progress == []  # both written, both waiting for the drain
+        assert ws_client_events(transport.data) == ["a", "b"]
+        conn.resume_writing()
+        await until(lambda: len(progress) == 2)
+        assert progress == ["sent a", "sent b"]
+        transport.feed(client_close())
+        await until(lambda: transport.lost)
+
+    run(loop_name, main)
+
+
 # -- (e) the write-stall deadline --------------------------------------------------------------
 
 

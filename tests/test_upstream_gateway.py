@@ -620,6 +620,29 @@ def test_an_upstreams_connection_close_is_honoured(
     assert len(up.conns) == 2 and [len(c.requests) for c in up.conns] == [1, 1]
 
 
+async def done_then_linger(ex: Exchange) -> None:
+    """A whole answer and [DONE], but the chunked body never ends (no last chunk)."""
+    await ex.head()
+    for c in chat_chunks(TOKENS):
+        await ex.event(c)
+    await ex.event(b"[DONE]")
+    await ex.stall()
+
+
+def test_an_exchange_that_never_ends_after_done_is_closed_after_the_idle_bound(
+        gateway: Callable[..., Served], upstream: Callable[..., ScriptedUpstream]) -> None:
+    """The client's stream is complete at [DONE]; the upstream's connection, whose
+    response never ended, is closed once upstream_idle_timeout_s passed, never reused."""
+    up = upstream(done_then_linger)
+    gw = gateway(up.spec())
+    t0 = time.monotonic()
+    assert check_complete(sse(gw.url, body())) == "".join(TOKENS)
+    closed = wait_for(lambda: up.conns[0].peer_closed_at, timeout=5.0)
+    assert closed - t0 >= 0.4, "closed before upstream_idle_timeout_s (0.5 s)"
+    assert check_complete(sse(gw.url, body())) == "".join(TOKENS)
+    assert len(up.conns) == 2 and [len(c.requests) for c in up.conns] == [1, 1]
+
+
 # ============================================================ 4. failures: honest endings
 
 
@@ -731,6 +754,14 @@ FAILURES = {
         message="no token"),
     "stall_mid_stream": Failure(
         tokens_then(stall), "upstream_timeout", message="sent nothing for"),
+    # The total bound holds whatever the phase (one timer serves every deadline).
+    "stall_before_head_past_the_total_while_held": Failure(
+        stall, "upstream_timeout", 504, 0, {"upstream_total_timeout_s": 0.2},
+        message=r"longer than upstream_total_timeout_s \(0.2 s\)"),
+    "stall_mid_stream_past_the_total": Failure(
+        tokens_then(stall), "upstream_timeout",
+        limits={"upstream_total_timeout_s": 0.6, "upstream_idle_timeout_s": 5.0},
+        message=r"longer than upstream_total_timeout_s \(0.6 s\)"),
     "die_mid_event": Failure(tokens_then(die_mid_event), "upstream_error",
                              message="closed|malformed"),
     "reset_mid_event": Failure(tokens_then(reset_mid_event), "upstream_error"),

@@ -506,6 +506,8 @@ def test_chunk_reader_learns_a_layout_and_splices(layout: str) -> None:
     first = LAYOUTS[layout].format('"Hello"')
     assert reader.literal(first.encode()) is None  # nothing learned yet
     assert reader.read(first) == Chunk(content="Hello")
+    assert reader.literal(first.encode()) is None  # not from the first content chunk
+    assert reader.read(first) == Chunk(content="Hello")
     for text in (" world", "a\"b\\c\n\t", "h\u00e9 \U0001f600", "{}", '"'):
         literal = json_string(text)
         assert reader.literal(LAYOUTS[layout].format(literal.decode()).encode()) == literal
@@ -525,19 +527,21 @@ def test_chunk_reader_learns_only_a_proven_place() -> None:
     written_otherwise = '{"choices":[{"delta":{"content":"\\u00e9"}}]}'
     for text in (model_after, spanning, written_otherwise):
         reader = ChunkReader()
-        assert reader.read(text).content in ("m", ",", "\u00e9")
+        for _ in range(2):  # learned from the second
+            assert reader.read(text).content in ("m", ",", "\u00e9")
         assert reader.literal(text.encode()) is None
     # a content string written twice in one delta: the last is the content (JSON parsers
     # keep the last of a duplicate key), and the last is where the probes read back
     duplicate = '{"choices":[{"delta":{"content":"a","content":%s}}]}'
     reader = ChunkReader()
+    assert reader.read(duplicate % '"a"') == Chunk(content="a")
     assert reader.read(duplicate % '"b"') == Chunk(content="b")
     assert reader.literal((duplicate % '"c"').encode()) == b'"c"'
 
 
 def test_chunk_reader_stops_trying_to_learn() -> None:
     reader = ChunkReader()
-    for _ in range(LEARN_TRIES):
+    for _ in range(1 + LEARN_TRIES):  # the first content chunk is not learned from
         reader.read('{"choices":[{"delta":{"content":"\\u00e9"}}]}')
     text = LAYOUTS["vllm"].format('"a"')
     assert reader.read(text) == Chunk(content="a")
@@ -547,6 +551,8 @@ def test_chunk_reader_stops_trying_to_learn() -> None:
     for other in (chunk({"role": "assistant", "content": ""}), chunk({}, "stop"),
                   chunk({"tool_calls": []}), chunk({"content": "a"}, usage={"x": 1})):
         reader.read(other)
+    reader.read(text)
+    assert reader.literal(text.encode()) is None
     reader.read(text)
     assert reader.literal(text.encode()) == b'"a"'
 
@@ -620,7 +626,8 @@ def test_chunk_reader_feed_is_decoder_and_read_chunk(layout: str, items: list[An
     """Differential: the gateway's reading of an upstream body (runs spliced, the rest
     parsed) gives, event by event, what the SSE decoder and read_chunk give, however the
     body is cut and whatever its line ends."""
-    first = "data: " + LAYOUTS[layout].format('"first"') + "\n\n"
+    first = "".join("data: " + LAYOUTS[layout].format(f'"{w}"') + "\n\n"
+                    for w in ("first", "second"))  # the layout is learned from the second
     text = first + "".join(f"{lead}data: {edit(LAYOUTS[layout].format(literal))}\n\n"
                            for literal, edit, lead in items) + "data: [DONE]\n\n"
     body = text.replace("\n", eol).encode("utf-8", "surrogatepass")
@@ -645,6 +652,8 @@ def test_chunk_reader_feed_splices_runs_once_learned() -> None:
     items = reader.feed(event.format('"a"').encode())
     assert items == [LAYOUTS["vllm"].format('"a"').encode()]  # not learned yet: raw
     assert reader.read(LAYOUTS["vllm"].format('"a"')) == Chunk(content="a")
+    assert reader.feed(event.format('"b"').encode()) == [LAYOUTS["vllm"].format('"b"').encode()]
+    assert reader.read(LAYOUTS["vllm"].format('"b"')) == Chunk(content="b")
     body = (event.format('"b"') + event.format('"\u00e9"') + event.format('"c"')).encode()
     assert reader.feed(body) == [[b'"b"', '"\u00e9"'.encode(), b'"c"']]
     # a literal that is not UTF-8 is not taken by the splice

@@ -128,7 +128,9 @@ class WebSocketConnection(Output):
         self.inbox: deque[str | bytes] | None = None
         self.inbox_bytes = 0
         self._inbox_waiter: asyncio.Future[None] | None = None
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        #: Handlers waiting for the output to drain; None when none does (an empty list
+        #: is 56 bytes of every idle socket).
+        self._drain_waiters: list[asyncio.Future[None]] | None = None
         self._last_rx = self.loop.time()
         self._pinged_at: float | None = None
         #: The ping check's deadline, and its slot in the server's wheel (None: not in it).
@@ -144,7 +146,8 @@ class WebSocketConnection(Output):
         #: written together by the Flusher once it is done (:meth:`flush`): one write per
         #: connection and iteration, not one ``write(2)`` per message.  (Kept here, not in
         #: an object of its own that would point back: no cycle, see test_no_cycles.py.)
-        self._batch: list[bytes] = []
+        #: None between batches (an idle socket keeps no empty list).
+        self._batch: list[bytes] | None = None
         self._batch_size = 0
         self.scheduled = False
 
@@ -290,10 +293,7 @@ class WebSocketConnection(Output):
             self._write_stalled_readers()
         self._stop_streams()
         self._wake_inbox()
-        for fut in self._drain_waiters:
-            if not fut.done():
-                fut.set_result(None)
-        self._drain_waiters.clear()
+        self._wake_drain_waiters()
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self.admission.release(self)
@@ -308,8 +308,11 @@ class WebSocketConnection(Output):
         self._sync_reading()
         for reader in list(self.readers.values()):
             reader.flush()
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for fut in waiters:
+        self._wake_drain_waiters()
+
+    def _wake_drain_waiters(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, None
+        for fut in waiters or ():
             if not fut.done():
                 fut.set_result(None)
 
@@ -337,7 +340,11 @@ class WebSocketConnection(Output):
         session = self.session
         frame = (session.text_message(data) if utf8 else  # type: ignore[arg-type]
                  session.message(data))
-        self._batch.append(frame)
+        batch = self._batch
+        if batch is None:
+            self._batch = [frame]
+        else:
+            batch.append(frame)
         self._batch_size += len(frame)
         if self._batch_size >= FLUSH_BYTES:  # at once: the transport's backpressure (which
             self.flush()                     # ws.send waits on) must see them
@@ -355,7 +362,7 @@ class WebSocketConnection(Output):
         self.scheduled = False  # (still queued if flushed early: that run finds it empty)
         bufs = self._batch
         if bufs:
-            self._batch = []
+            self._batch = None
             size, self._batch_size = self._batch_size, 0
             super().sendv(bufs, size)
 
@@ -373,6 +380,8 @@ class WebSocketConnection(Output):
         """Return once the transport takes bytes again (at once if it does)."""
         if self.write_paused and self.transport is not None:
             fut = self.loop.create_future()
+            if self._drain_waiters is None:
+                self._drain_waiters = []
             self._drain_waiters.append(fut)
             await fut
 

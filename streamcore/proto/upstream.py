@@ -405,8 +405,10 @@ class ChunkReader:
 
     An upstream's content-only chunks differ only in their content string: the same id,
     model, created and layout around it (vLLM, SGLang, llama.cpp, Ollama, streamcore).
-    The first one is parsed whole (:func:`read_chunk`) and the text around its content
-    string learned; a later chunk that is that text around a plain JSON string literal
+    The first two are parsed whole (:func:`read_chunk`) and the text around the second's
+    content string learned (not the first's: learning costs two more whole parses, the
+    probes below, and the first token waits for them; a one-token answer never uses what
+    was learned); a later chunk that is that text around a plain JSON string literal
     (:data:`LITERAL`, valid UTF-8) is the same chunk with that content, so the literal is
     taken as it is (:meth:`feed`, :meth:`literal`), without parsing the chunk and encoding
     the string again.
@@ -420,7 +422,7 @@ class ChunkReader:
     reason, usage, an error, another layout) is parsed whole.
     """
 
-    __slots__ = ("_bulk", "_prefix", "_suffix", "_tries", "decoder")
+    __slots__ = ("_bulk", "_prefix", "_seen", "_suffix", "_tries", "decoder")
 
     def __init__(self, decoder: Decoder | None = None) -> None:
         #: The body's SSE decoder.
@@ -428,6 +430,7 @@ class ChunkReader:
         self._prefix: bytes | None = None
         self._suffix = b""
         self._tries = LEARN_TRIES
+        self._seen = False  # a content-only chunk came (the next one is learned from)
         self._bulk = 0  # reads this long or longer hold three events or more, at best
 
     def feed(self, data: bytes) -> Sequence[Item]:
@@ -466,8 +469,11 @@ class ChunkReader:
         if (self._prefix is None and self._tries and chunk.content is not None
                 and chunk.other is None and chunk.finish_reason is None
                 and chunk.usage is None):
-            self._tries -= 1
-            self._learn(text, chunk.content)
+            if self._seen:
+                self._tries -= 1
+                self._learn(text, chunk.content)
+            else:
+                self._seen = True
         return chunk
 
     def _learn(self, text: str, content: str) -> None:

@@ -229,12 +229,18 @@ def upstream_body(chat: ChatRequest, model: str, *, stream: bool) -> bytes:
     return orjson.dumps(body)
 
 
+#: The exchange's phases (``UpstreamChat._phase``): whose deadline the phase's is.
+_HEAD, _FIRST, _IDLE, _CLOSE = 1, 2, 3, 4
+_NEVER = float("inf")
+
+
 class UpstreamChat:
     """A streamed chat completion from the first upstream of ``routes`` that answers."""
 
-    __slots__ = ("_attempt", "_bodies", "_chunks", "_done", "_error_body", "_finish",
-                 "_first", "_head", "_hold", "_last_rx", "_retried", "_sse_left", "_timer",
-                 "_total", "_usage", "_waiting", "chat_model", "conn", "count", "fixed",
+    __slots__ = ("_attempt", "_bodies", "_chunks", "_done", "_due", "_error_body", "_finish",
+                 "_first", "_head", "_hold_at", "_last_rx", "_phase", "_phase_at", "_retried",
+                 "_sse_left", "_timer", "_total_at", "_usage", "_waiting", "chat_model", "conn",
+                 "count", "fixed",
                  "include_usage", "limits", "loop", "routes", "started", "status", "stream",
                  "task", "template")
 
@@ -265,9 +271,16 @@ class UpstreamChat:
         self._attempt = -1
         #: The event stream's reader, once a 200 event stream's head came.
         self._chunks: ChunkReader | None = None
+        # The exchange's deadlines (loop times, 0: none): the head hold, the total, and the
+        # phase's (``_phase``: head, first token, between tokens, the exchange's end).  One
+        # loop timer serves them all (``_timer``, armed for ``_due``): a timer handle made
+        # and cancelled per limit was five or six per request.
         self._timer: asyncio.TimerHandle | None = None
-        self._total: asyncio.TimerHandle | None = None
-        self._hold: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        self._hold_at = 0.0
+        self._total_at = 0.0
+        self._phase = 0
+        self._phase_at = 0.0
         self._last_rx = 0.0
         self._head: Head | None = None
         self._retried = False  # a reused connection that failed before its head: once
@@ -293,12 +306,11 @@ class UpstreamChat:
         loop = self.loop = asyncio.get_running_loop()
         self.started = loop.time()
         limits = self.limits
+        self._total_at = self.started + limits.upstream_total_timeout_s
         if limits.upstream_head_hold_s > 0:
             stream.entry.hold = True
-            self._hold = loop.call_later(limits.upstream_head_hold_s, self._commit)
-        total = limits.upstream_total_timeout_s
-        self._total = loop.call_later(total, self._timed_out, "the upstream's answer took "
-                                      f"longer than upstream_total_timeout_s ({total} s)")
+            self._hold_at = self.started + limits.upstream_head_hold_s
+        self._schedule(self._next_due())
         self._next_attempt([])
 
     def resume_push(self) -> None:
@@ -371,8 +383,7 @@ class UpstreamChat:
         self.status = 0
         conn.send(conn.session.request("POST", route.upstream.path(self._path()),
                                        route.upstream.headers(), self._bodies[attempt]))
-        self._arm(limits.upstream_head_timeout_s, "the upstream sent no response head "
-                  f"within upstream_head_timeout_s ({limits.upstream_head_timeout_s} s)")
+        self._arm(_HEAD, limits.upstream_head_timeout_s)
 
     def _path(self) -> str:
         """The endpoint asked, under each upstream's API base."""
@@ -388,7 +399,7 @@ class UpstreamChat:
 
     def _commit(self) -> None:
         """The head hold is over: the 200 goes out, comments keep the stream alive."""
-        self._hold = None
+        self._hold_at = 0.0
         stream = self.stream
         if stream is not None and stream.entry.hold:
             stream.entry.hold = False
@@ -432,9 +443,7 @@ class UpstreamChat:
             limits = self.limits
             self._chunks = ChunkReader(Decoder(max_line_bytes=limits.upstream_max_event_bytes,
                                                max_event_bytes=limits.upstream_max_event_bytes))
-            self._arm(limits.upstream_first_token_timeout_s, "the upstream sent no token "
-                      f"within upstream_first_token_timeout_s "
-                      f"({limits.upstream_first_token_timeout_s} s)")
+            self._arm(_FIRST, limits.upstream_first_token_timeout_s)
         else:
             self._error_body = bytearray()
             self._head = head
@@ -624,6 +633,7 @@ class UpstreamChat:
     def upstream_failed(self, exc: UpstreamError) -> None:
         conn, self.conn = self.conn, None
         if self._done:
+            self._cancel_phase_timer()  # the exchange's end: nothing left to wait for
             return
         stream = self.stream
         if stream is None or stream.log.next_seq > 1 or self._chunks is not None:
@@ -661,7 +671,12 @@ class UpstreamChat:
 
     def _ended(self, stream: Stream) -> None:
         """The answer is whole: the stream ends; the exchange's own end is still due."""
-        self._cancel_timers()
+        # Every deadline is over (the timer itself is kept if the exchange's end is due:
+        # re-armed lazily, not made again).
+        self._hold_at = self._total_at = 0.0
+        self._phase = 0
+        if self.conn is None or self.loop is None:
+            self._cancel_timers()
         # The done message for any WebSocket reader, made of plain values: the entry
         # outlives this source and must not hold it (no reference cycle through it).
         finish, usage = self._finish or "stop", self._usage_object()
@@ -669,8 +684,7 @@ class UpstreamChat:
         stream.end()
         self._log("completed")
         if self.conn is not None and self.loop is not None:
-            self._timer = self.loop.call_later(self.limits.upstream_idle_timeout_s,
-                                               self._close, True)
+            self._arm(_CLOSE, self.limits.upstream_idle_timeout_s)
 
     def _fail(self, exc: StreamError) -> None:
         """The upstream failed after the stream started: the usage so far (if asked),
@@ -685,7 +699,6 @@ class UpstreamChat:
         self._log(f"failed: {exc.message}")
 
     def _timed_out(self, why: str) -> None:
-        self._timer = None
         stream = self.stream
         if stream is not None and stream.log.next_seq == 1 and stream.entry.hold:
             self._close(True)
@@ -707,43 +720,101 @@ class UpstreamChat:
 
     # -- time ----------------------------------------------------------------------------
 
-    def _arm(self, delay: float, why: str) -> None:
+    def _schedule(self, when: float) -> None:
+        """A deadline at ``when``: the one timer is armed for the earliest.  Armed for an
+        earlier one already, it stays: when it fires, :meth:`_on_deadline` looks which
+        deadline passed and re-arms for the next (a deadline moved later costs nothing)."""
+        timer = self._timer
+        if timer is not None:
+            if self._due <= when:
+                return
+            timer.cancel()
         assert self.loop is not None
-        self._cancel_phase_timer()
-        self._timer = self.loop.call_later(delay, self._timed_out, why)
+        self._due = when
+        self._timer = self.loop.call_at(when, self._on_deadline)
 
-    def _arm_idle(self) -> None:
-        """Between tokens: one timer, re-armed only when it fires (not per token)."""
-        assert self.loop is not None
-        self._cancel_phase_timer()
-        self._timer = self.loop.call_at(self._last_rx + self.limits.upstream_idle_timeout_s,
-                                        self._idle_check)
-
-    def _idle_check(self) -> None:
+    def _on_deadline(self) -> None:
+        """The timer fired: every deadline that passed, earliest first (as separate timers
+        would fire), then the timer re-armed for the next one, if any."""
         assert self.loop is not None
         self._timer = None
+        # The deadline it was armed for is due, as a timer of its own would have been:
+        # the loop fires timers on a millisecond clock, up to half of one early.
+        now = max(self.loop.time(), self._due)
+        while True:
+            when = self._next_due()
+            if when > now:
+                break
+            if when == self._hold_at:
+                self._commit()
+            elif when == self._total_at:
+                self._total_at = 0.0
+                total = self.limits.upstream_total_timeout_s
+                self._timed_out("the upstream's answer took longer than "
+                                f"upstream_total_timeout_s ({total} s)")
+            else:
+                self._phase_passed(now)
+        if when != _NEVER:
+            self._schedule(when)
+
+    def _next_due(self) -> float:
+        """The earliest deadline set (ties: the hold, the total, the phase's)."""
+        return min(self._hold_at or _NEVER, self._total_at or _NEVER,
+                   self._phase_at if self._phase else _NEVER)
+
+    def _phase_passed(self, now: float) -> None:
+        phase, self._phase = self._phase, 0
+        limits = self.limits
+        if phase == _IDLE:
+            self._idle_check(now)
+        elif phase == _CLOSE:
+            self._close(True)
+        elif phase == _HEAD:
+            self._timed_out("the upstream sent no response head within "
+                            f"upstream_head_timeout_s ({limits.upstream_head_timeout_s} s)")
+        else:
+            self._timed_out("the upstream sent no token within upstream_first_token_timeout_s"
+                            f" ({limits.upstream_first_token_timeout_s} s)")
+
+    def _arm(self, phase: int, delay: float) -> None:
+        """The phase's deadline, ``delay`` s from now (it replaces the last phase's)."""
+        assert self.loop is not None
+        self._phase = phase
+        self._phase_at = self.loop.time() + delay
+        self._schedule(self._phase_at)
+
+    def _arm_idle(self) -> None:
+        """Between tokens: a deadline from the last read, checked only when it passes (the
+        reads move ``_last_rx``, never the timer: nothing per token)."""
+        self._phase = _IDLE
+        self._phase_at = self._last_rx + self.limits.upstream_idle_timeout_s
+        self._schedule(self._phase_at)
+
+    def _idle_check(self, now: float) -> None:
         if self._done or self.conn is None:
             return
         if self.conn.read_paused:  # we stopped reading (a slow client), not the upstream
-            self._last_rx = self.loop.time()
+            self._last_rx = now
         idle = self.limits.upstream_idle_timeout_s
-        if self.loop.time() - self._last_rx >= idle:
+        if now - self._last_rx >= idle:
             self._timed_out(f"the upstream sent nothing for upstream_idle_timeout_s ({idle} s)")
         else:
-            self._timer = self.loop.call_at(self._last_rx + idle, self._idle_check)
+            self._phase = _IDLE
+            self._phase_at = self._last_rx + idle
 
     def _cancel_phase_timer(self) -> None:
+        """The phase's deadline is over; the timer goes when no deadline is left (its
+        handle would hold this source, its stream and its log until it fired)."""
+        self._phase = 0
+        if not (self._hold_at or self._total_at):
+            self._cancel_timers()
+
+    def _cancel_timers(self) -> None:
+        self._hold_at = self._total_at = 0.0
+        self._phase = 0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-    def _cancel_timers(self) -> None:
-        self._cancel_phase_timer()
-        for name in ("_total", "_hold"):
-            timer = getattr(self, name)
-            if timer is not None:
-                timer.cancel()
-                setattr(self, name, None)
 
     def _log(self, outcome: str) -> None:
         if not log.isEnabledFor(logging.INFO):  # its arguments cost more than the check
