@@ -8,10 +8,11 @@ body), ``GET /v1/ws`` (the same streams over WebSocket, several per socket), ``G
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,8 +88,8 @@ class ChatStream:
 
     def start_push(self, stream: Stream) -> None:
         self.stream = stream
-        if self.snapshot_bytes:
-            stream.entry.keep_text(ChatText(self.snapshot_bytes))
+        if self.snapshot_bytes:  # made when the log first drops a frame (if ever)
+            stream.entry.keep_text(make=text_keeper(self.snapshot_bytes))
         role = self.template.role()
         stream.push((role,), len(role))
         # An unpaced run takes its first burst now (a short answer is pushed whole before
@@ -119,10 +120,9 @@ class ChatStream:
         if self.chat.include_usage:
             chunk = template.usage(prompt, count)
             stream.push((chunk,), len(chunk))
-        # The done message for a WebSocket reader resuming it, of plain values: the entry
-        # outlives this source and must not hold it (no cycle: tests/test_no_cycles.py).
-        stream.entry.ws_end = lambda key: wsapi.done_message(key, finish,
-                                                             usage_object(prompt, count))
+        # The done message for a WebSocket reader, of plain values: the entry outlives
+        # this source and must not hold it (no cycle: tests/test_no_cycles.py).
+        stream.entry.ws_end = DoneMessage(finish, prompt, count)
         stream.end()
 
     def resume_push(self) -> None:
@@ -141,6 +141,34 @@ class ChatStream:
         prompt = self.generation.prompt_tokens
         return {"usage": {"prompt_tokens": prompt, "completion_tokens": count,
                           "total_tokens": prompt + count, "source": "counted"}}
+
+
+class DoneMessage:
+    """A finished chat stream's last WebSocket message, given a request's key
+    (:attr:`Entry.ws_end`): one object kept with the ended entry (a closure was five:
+    function, cells, tuple), made into bytes only for a WebSocket reader."""
+
+    __slots__ = ("count", "finish", "prompt")
+
+    def __init__(self, finish: str, prompt: int, count: int) -> None:
+        self.finish = finish
+        self.prompt = prompt
+        self.count = count
+
+    def __call__(self, key: bytes) -> bytes:
+        return wsapi.done_message(key, self.finish, usage_object(self.prompt, self.count))
+
+
+_KEEPERS: dict[int, Callable[[], ChatText]] = {}
+
+
+def text_keeper(max_bytes: int) -> Callable[[], ChatText]:
+    """What makes a chat stream's :class:`ChatText` of ``max_bytes`` when its log needs
+    one: one per size, shared by every stream (nothing made per stream until then)."""
+    keeper = _KEEPERS.get(max_bytes)
+    if keeper is None:
+        keeper = _KEEPERS[max_bytes] = functools.partial(ChatText, max_bytes)
+    return keeper
 
 
 #: The ``synthetic-utf8`` model's letters: 2-, 3- and 4-byte UTF-8 characters in every

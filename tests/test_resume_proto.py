@@ -14,6 +14,7 @@ from streamcore.proto.cursor import disconnect_policy
 from streamcore.proto.openai import ChatText, ChunkTemplate
 from streamcore.proto.pipe import FOLD_BATCH, Frame, TokenLog
 from streamcore.proto.sse import Decoder, SSEFramer
+from streamcore.store.base import Entry
 
 
 def test_parse_resume_and_request_policy() -> None:
@@ -119,6 +120,42 @@ def test_the_log_folds_what_it_drops_in_batches_and_keeps_the_rest() -> None:
         plain.append(frame, 9)
     plain.close()
     assert plain.first_seq == 297 and plain.through(300) == frames[296:]
+
+
+def test_a_folder_made_on_first_need_is_made_once_and_only_then() -> None:
+    """``make_folder``: a log that never drops a frame never makes its folder (an ended
+    short stream keeps fewer objects); the first drop makes it, and it then folds all
+    the log drops, as a folder given at the start would."""
+    made: list[Folded] = []
+
+    def make() -> Folded:
+        made.append(Folded())
+        return made[-1]
+
+    short = TokenLog(1000)
+    short.make_folder = make
+    for i in range(3):
+        short.append((b"%09d" % i,), 9)
+    short.close()
+    assert not made and short.folder is None and short.through(3) == [
+        (b"%09d" % i,) for i in range(3)]
+    log = TokenLog(40)
+    log.make_folder = make
+    frames = [(b"%09d" % i,) for i in range(1, 201)]
+    for frame in frames:
+        log.append(frame, 9)
+    assert len(made) == 1 and log.folder is made[0] and log.make_folder is None
+    log.close()
+    assert made[0].snapshot(log.through(200)) == b"".join(f[0] for f in frames)
+    # Entry: the snapshot of a stream whose log dropped nothing makes its folder then.
+    entry = Entry("s", 1000)
+    entry.keep_text(make=make)
+    entry.log.append((b"abc",), 3)
+    assert len(made) == 1 and entry.kept_bytes == entry.log.held_bytes == 3
+    assert entry.snapshot() == (1, b"abc") and len(made) == 2
+    given = Entry("t", 1000)
+    given.keep_text(made[0])
+    assert given.log.folder is made[0] and given.log.make_folder is None
 
 
 def chunks(template: ChunkTemplate, tokens: list[str]) -> list[Frame]:

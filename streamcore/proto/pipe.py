@@ -23,6 +23,7 @@ backlog of ``n`` frames is their payload plus ``n`` times the overhead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from ..errors import FellBehind
@@ -70,6 +71,7 @@ class TokenLog:
         "closed",
         "folder",
         "frame_overhead",
+        "make_folder",
         "max_bytes",
         "next_seq",
     )
@@ -91,10 +93,15 @@ class TokenLog:
         self.next_seq = first_seq
         self.closed = False
         #: Given the frames the ring drops, :data:`FOLD_BATCH` at a time (a snapshot needs
-        #: them).  None: they are let go.
+        #: them).  None: they are let go (or it is made when first needed, below).
         self.folder: Folder | None = None
-        #: Frames dropped and not folded yet (fewer than FOLD_BATCH), oldest first.
-        self._dropped: list[Frame] = []
+        #: Makes :attr:`folder` when one is first needed (the ring drops a frame, or a
+        #: snapshot is asked for): most streams are short and never need one, and an
+        #: ended stream's entry is kept for resume with fewer objects.
+        self.make_folder: Callable[[], Folder] | None = None
+        #: Frames dropped and not folded yet (fewer than FOLD_BATCH), oldest first; None
+        #: until the first (a list less per log that never drops one).
+        self._dropped: list[Frame] | None = None
 
     @property
     def first_seq(self) -> int:
@@ -125,22 +132,33 @@ class TokenLog:
         head = self._head
         last = len(frames) - 1
         overhead = self.frame_overhead
-        folder = self.folder
+        dropped = self._dropped
+        if dropped is None and self.folded() is not None:
+            dropped = self._dropped = []
         while self._held_bytes > self.max_bytes and head < last:
             self._held_bytes -= sum(map(len, frames[head])) + overhead
-            if folder is not None:
-                self._dropped.append(frames[head])
+            if dropped is not None:
+                dropped.append(frames[head])
             frames[head] = ()  # freed now, not at the next compaction (memory is the bound)
             head += 1
         self._first_seq += head - self._head
-        if folder is not None and len(self._dropped) >= FOLD_BATCH:
-            folder.fold(self._dropped)  # one call for many frames, never one per token
+        if dropped is not None and len(dropped) >= FOLD_BATCH:
+            assert self.folder is not None  # _dropped is made with it
+            self.folder.fold(dropped)  # one call for many frames, never one per token
             self._dropped = []
         # Compact once the dead prefix is half the list: amortised O(1) per frame.
         if head > len(frames) // 2:
             del frames[:head]
             head = 0
         self._head = head
+
+    def folded(self) -> Folder | None:
+        """:attr:`folder`, made now if it is made on first need (:attr:`make_folder`)."""
+        folder = self.folder
+        if folder is None and self.make_folder is not None:
+            folder = self.folder = self.make_folder()
+            self.make_folder = None
+        return folder
 
     @property
     def newest(self) -> Frame:
@@ -157,14 +175,15 @@ class TokenLog:
         """Every frame not folded yet (dropped or held), up to ``seq`` included: with
         what the folder kept, the whole stream through ``seq``."""
         head = self._head
-        return self._dropped + self._frames[head : head + seq - self._first_seq + 1]
+        held = self._frames[head : head + seq - self._first_seq + 1]
+        return self._dropped + held if self._dropped else held
 
     def close(self) -> None:
         self.closed = True
         if self._dropped:  # a retained log keeps nothing unfolded beside its frames
             assert self.folder is not None
             self.folder.fold(self._dropped)
-            self._dropped = []
+        self._dropped = None
         if self._head:  # a retained log keeps no dead slots
             del self._frames[:self._head]
             self._head = 0

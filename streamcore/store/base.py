@@ -60,8 +60,8 @@ class Entry:
     A store that keeps a stream's history whole (the memory store) never changes it.
     """
 
-    __slots__ = ("epoch", "error", "hold", "id", "log", "meta", "multiline", "owner",
-                 "readers", "refused", "sse_end", "sse_lines", "ws_end")
+    __slots__ = ("epoch", "error", "expires", "hold", "id", "log", "meta", "multiline",
+                 "owner", "readers", "refused", "sse_end", "sse_lines", "ws_end")
 
     def __init__(self, stream_id: str, log_bytes: int, sse_end: bytes | None = None,
                  epoch: str | None = None, frame_overhead: int = 0) -> None:
@@ -101,6 +101,8 @@ class Entry:
         #: What the stream inspector shows of it: ``(model, transport, created)`` (wall
         #: clock seconds), set by the server that started it.
         self.meta: tuple[str, str, float] | None = None
+        #: Until when a store that keeps ended entries keeps this one (its clock's time).
+        self.expires = 0.0
 
     def attach(self, reader: Reader, *, origin: bool = False) -> None:
         self.readers.append(reader)
@@ -117,9 +119,14 @@ class Entry:
         """The cursor (SSE event id) of event ``seq`` of this history."""
         return event_id(self.id, seq, self.epoch)
 
-    def keep_text(self, folder: Folder) -> None:
-        """Keep what a snapshot needs of the frames that leave the log (``folder``)."""
-        self.log.folder = folder
+    def keep_text(self, folder: Folder | None = None, *,
+                  make: Callable[[], Folder] | None = None) -> None:
+        """Keep what a snapshot needs of the frames that leave the log: ``folder``, or
+        one that ``make`` makes when first needed (most streams never need one)."""
+        if folder is not None:
+            self.log.folder = folder
+        else:
+            self.log.make_folder = make
 
     @property
     def kept_bytes(self) -> int:
@@ -131,7 +138,7 @@ class Entry:
         """``(seq, payload)``: the stream so far, through event ``seq`` (its last, or the
         one before the error event that ended it: a reader gets that in the tail); None
         if no folder keeps the text, or it gave up."""
-        folder = self.log.folder
+        folder = self.log.folded()
         if folder is None:
             return None
         last = self.log.next_seq - 1 - (self.error is not None)

@@ -21,7 +21,8 @@ class MemoryStore:
         self.retention_s = retention_s
         self.budget_bytes = budget_bytes
         self._live: dict[str, Entry] = {}
-        self._retained: OrderedDict[str, tuple[Entry, float]] = OrderedDict()
+        #: Ended entries, oldest first (each until its ``expires``).
+        self._retained: OrderedDict[str, Entry] = OrderedDict()
         self._retained_bytes = 0
 
     @property
@@ -35,7 +36,8 @@ class MemoryStore:
         self._live.pop(entry.id, None)
         now = self._clock()
         if self.retention_s > 0 and self.budget_bytes > 0:
-            self._retained[entry.id] = (entry, now + self.retention_s)
+            entry.expires = now + self.retention_s
+            self._retained[entry.id] = entry
             self._retained_bytes += entry.kept_bytes
         self._evict(now)
 
@@ -43,8 +45,7 @@ class MemoryStore:
         entry = self._live.get(stream_id)
         if entry is None:
             self._evict()
-            kept = self._retained.get(stream_id)
-            entry = kept[0] if kept is not None else None
+            entry = self._retained.get(stream_id)
         return entry
 
     def live(self) -> list[Entry]:
@@ -53,7 +54,7 @@ class MemoryStore:
     def entries(self) -> list[Entry]:
         """Live entries, then the ended ones still kept (the stream inspector's list)."""
         self._evict()
-        return [*self._live.values(), *(kept[0] for kept in self._retained.values())]
+        return [*self._live.values(), *self._retained.values()]
 
     def forget(self, stream_id: str) -> None:
         """Let a stream go now, live or kept (a shared store's copy that is no longer
@@ -61,7 +62,7 @@ class MemoryStore:
         self._live.pop(stream_id, None)
         kept = self._retained.pop(stream_id, None)
         if kept is not None:
-            self._retained_bytes -= kept[0].kept_bytes
+            self._retained_bytes -= kept.kept_bytes
 
     async def fetch(self, stream_id: str, next_seq: int = 1) -> Entry | None:
         """As :meth:`find`: one process's memory has nothing more to ask."""
@@ -78,8 +79,8 @@ class MemoryStore:
             now = self._clock()
         retained = self._retained
         while retained:
-            entry, expiry = next(iter(retained.values()))
-            if expiry > now and self._retained_bytes <= self.budget_bytes:
+            entry = next(iter(retained.values()))
+            if entry.expires > now and self._retained_bytes <= self.budget_bytes:
                 break
             retained.popitem(last=False)
             self._retained_bytes -= entry.kept_bytes
