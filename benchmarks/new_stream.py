@@ -7,16 +7,21 @@ A real :class:`~streamcore.aio.connection.HTTPConnection` is driven on a real uv
 loop through a minimal transport that keeps nothing; the app is the daemon's
 (``gateway.build_app``: the synthetic model, unpaced) or a user's ``@app.stream``
 generator (``--user``).  Prints user CPU per stream (``time.process_time``), median of
-``--runs`` runs; ``--profile`` prints a cProfile of one run instead.
+``--runs`` runs; ``--profile`` prints a cProfile of one run instead; ``--calls`` the
+function calls per stream that cProfile counts (Python functions and the builtins called
+from Python; the warm-up not counted), which do not depend on the machine's load, by
+module.
 
-    python benchmarks/new_stream.py [-n 20000] [--runs 3] [--user] [--profile]
+    python benchmarks/new_stream.py [-n 20000] [--runs 3] [--user] [--profile | --calls]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import cProfile
+import os
 import pstats
 import statistics
 import time
@@ -99,15 +104,35 @@ def user_app() -> streamcore.App:
     return app
 
 
-async def one_run(app: streamcore.App, request: bytes, n: int) -> float:
+async def one_run(app: streamcore.App, request: bytes, n: int,
+                  profiler: cProfile.Profile | None = None) -> float:
     server = streamcore.Server(app, app.limits)
     loop = asyncio.get_running_loop()
     for _ in range(200):  # warm up
         await one_stream(server, loop, request)
+    if profiler is not None:
+        profiler.enable()
     start = time.process_time()
     for _ in range(n):
         await one_stream(server, loop, request)
-    return (time.process_time() - start) / n
+    spent = (time.process_time() - start) / n
+    if profiler is not None:
+        profiler.disable()
+    return spent
+
+
+def print_calls(profiler: cProfile.Profile, n: int) -> None:
+    """Calls per stream, in all and by the file of the function called (builtins apart)."""
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    by_file: collections.Counter[str] = collections.Counter()
+    for (path, _, _), (_, calls, _, _, _) in stats.items():
+        parts = path.split(os.sep)
+        where = ("/".join(parts[parts.index("streamcore"):]) if "streamcore" in parts
+                 else "(builtins)" if path == "~" else os.path.basename(path))
+        by_file[where] += calls
+    print(f"function calls per stream: {sum(by_file.values()) / n:.1f}")
+    for where, calls in by_file.most_common():
+        print(f"  {calls / n:6.1f}  {where}")
 
 
 async def one_stream(server: streamcore.Server, loop: asyncio.AbstractEventLoop,
@@ -128,6 +153,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--user", action="store_true", help="a user's @app.stream handler")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--calls", action="store_true", help="function calls per stream")
     parser.add_argument("--sort", default="tottime", help="cProfile order (--profile)")
     args = parser.parse_args()
     if args.user:
@@ -136,6 +162,12 @@ def main() -> None:
         app = build_app([SyntheticModel(tokens_per_s=0)])
         request = chat_request()
     what = "user handler" if args.user else "daemon (synthetic)"
+    if args.calls:
+        profiler = cProfile.Profile(time.process_time)
+        uvloop.run(one_run(app, request, args.n, profiler))
+        print(f"{what}:", end=" ")
+        print_calls(profiler, args.n)
+        return
     if args.profile:
         profiler = cProfile.Profile(time.process_time)
         profiler.enable()

@@ -579,3 +579,16 @@ def test_stream_head_with_fixed_fields_is_the_same_bytes(request_bytes: bytes,
     assert (head, chunked) == (whole_head, whole_chunked)
     assert whole.next_cycle()[0] == split.next_cycle()[0] == (
         request_bytes == GET and not close)
+
+
+def test_chunk_count_and_declared_size_are_refused_as_they_come() -> None:
+    """Two refusals of a chunked body (h11's cycles) checked deterministically here, not
+    only when the stateful test happens to draw them: more than max_body_chunks chunks
+    (400 too_many_chunks), and a chunk declared larger than 63 bits (400 bad_chunk, before
+    any of its data)."""
+    head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    limits = Limits(max_body_chunks=3, max_body_bytes=100)
+    exc, _ = feed_expecting_error([head, b"1\r\nq\r\n" * 4 + b"0\r\n\r\n"], limits)
+    assert (exc.status, exc.code) == (400, "too_many_chunks"), exc
+    exc, _ = feed_expecting_error([head, b"1" + b"0" * 17 + b"\r\n"])
+    assert (exc.status, exc.code) == (400, "bad_chunk"), exc

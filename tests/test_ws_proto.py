@@ -224,6 +224,27 @@ def test_fragmented_message_over_max_message_is_1009() -> None:
     assert outbox_frames(session)[-1][2][:2] == b"\x03\xf1"  # 1009 on the wire
 
 
+@pytest.mark.parametrize("cut_each_frame", [False, True])
+def test_message_of_too_many_fragments_is_1009(cut_each_frame: bool) -> None:
+    """Each frame costs a parse however small: a message of more than max_fragments frames
+    is refused with 1009 (under the byte limit), whether its frames come in one read or
+    one read each (the frame-limit hook is made with each wsproto parser: its count must
+    hold for the whole message, however the reads fall)."""
+    session = ws.WSSession(ws.accept(upgrade_request(upgrade_headers())),
+                           max_frame=MAX_FRAME, max_message=MAX_MESSAGE, max_fragments=8)
+    frames = [frame(TEXT, b"a", fin=False), *(frame(CONT, b"a", fin=False) for _ in range(8)),
+              frame(CONT, b"a")]
+    events: list[ws.Received | ws.Closed] = []
+    for chunk in (frames if cut_each_frame else [b"".join(frames)]):
+        events += session.receive(chunk)
+    assert closed_code(events) == 1009
+    assert not any(isinstance(e, ws.Received) for e in events)
+    at_limit = ws.WSSession(ws.accept(upgrade_request(upgrade_headers())),
+                            max_frame=MAX_FRAME, max_message=MAX_MESSAGE, max_fragments=8)
+    ok = [frames[0], *frames[1:7], frame(CONT, b"a")]  # 8 frames: at the limit
+    assert at_limit.receive(b"".join(ok)) == [ws.Received("a" * 8)]
+
+
 def frames_fed_one_by_one(frames: list[bytes], **kw: Any) -> list[ws.Received | ws.Closed]:
     """Cut at frame boundaries only (byte-by-byte cuts are covered, and fail for another
     reason, in test_mask_split_across_reads_is_counted_once)."""

@@ -11,8 +11,11 @@ any has one timer.  A deadline is met late by up to one slot, never early.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from typing import Protocol
+
+log = logging.getLogger("streamcore")
 
 #: Width of a slot (seconds): how late a deadline may fire.  Keepalive deadlines are
 #: seconds to tens of seconds (ws_ping_interval_s); a tenth of a second is nothing to them
@@ -52,4 +55,7 @@ class Wheel:
 
     def _fire(self, slot: int) -> None:
         for item in self.slots.pop(slot, {}):
-            item.due()
+            try:
+                item.due()
+            except Exception:  # a bug of its owner's: the slot's other deadlines still come
+                log.exception("a deadline's call failed: %r", item)
