@@ -1012,6 +1012,18 @@ def test_kept_request_headers_are_packed_and_read_the_same() -> None:
     assert kept.path == request.path and kept.method == request.method
     # A NUL (refused by RFC 9110 section 5.5, but not ours to assume): kept as it is.
     odd = upgrade_request(upgrade_headers(extra=[(b"x-odd", b"a\0b")]))
-    assert ws.keep_request(odd) is odd
+    assert ws.keep_request(odd).headers is odd.headers
+    assert ws.keep_request(odd).header(b"x-odd") == b"a\0b"
+
+
+def test_kept_request_does_not_keep_the_lookup_dict() -> None:
+    """The handshake looked fields up by name (a dict of every name and value): the socket
+    keeps the packed headers only, and a later lookup makes the dict again."""
+    for extra in ([(b"x-user", b"ann")], [(b"x-user", b"ann"), (b"x-odd", b"a\0b")]):
+        request = upgrade_request(upgrade_headers(extra=extra))
+        assert request.header(b"x-user") == b"ann" and request.fields is not None
+        kept = ws.keep_request(request)
+        assert kept.fields is None
+        assert kept.header(b"x-user") == b"ann"
     empty = ws.keep_request(upgrade_request([])).headers
     assert list(empty) == [] and len(empty) == 0
