@@ -13,7 +13,7 @@ from ..errors import FellBehind, RequestError
 from ..proto.pipe import Cursor
 from ..proto.sse import SSEFramer, end_events
 from ..store.base import Entry
-from .stream import BaseReader, Flusher, Observer
+from .stream import BaseReader, Flusher
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -53,16 +53,7 @@ class SSEReader(BaseReader):
     def __init__(self, conn: Responder, flusher: Flusher, heartbeat: Heartbeat, entry: Entry,
                  start_seq: int | None = None, ids: bool = True, *, retry_ms: int = 0,
                  snapshot: bytes | None = None) -> None:
-        # BaseReader.__init__, inlined: a call less per new stream.
-        self.flusher = flusher
-        self.entry = entry
-        self.scheduled = False
-        self.done = False
-        self.woken_at = 0.0
-        self.ttft: Observer | None = None
-        self.ttft_from = 0.0
-        self.ttft_seq = 1
-        self.why = "client_gone"
+        BaseReader.__init__(self, flusher, entry)  # (not super(): a lookup less per stream)
         #: Events carry ids (a resumable stream); False: none (EventStream(ids=False)).
         self.ids = ids
         self.conn = conn
