@@ -48,9 +48,8 @@ class Admission:
         server's cap, or over max_connections_per_ip for its peer address."""
         if self.draining or len(self.connections) >= self.limits.max_connections:
             return self._refused("draining" if self.draining else "max_connections")
-        # The peer's address ((host, port) or IPv6's 4-tuple); a Unix socket has none.
-        peer = conn.peer
-        if isinstance(peer, tuple) and peer and isinstance(ip := peer[0], str):
+        ip = _ip(conn.peer)
+        if ip is not None:
             count = self.per_ip.get(ip, 0)
             cap = self.limits.max_connections_per_ip
             if cap and count >= cap:
@@ -90,8 +89,8 @@ class Admission:
             return
         self.connections.discard(conn)
         self._open.inc(-1)
-        peer = conn.peer  # (as in admit)
-        if isinstance(peer, tuple) and peer and isinstance(ip := peer[0], str):
+        ip = _ip(conn.peer)
+        if ip is not None:
             count = self.per_ip.get(ip, 0) - 1
             if count > 0:
                 self.per_ip[ip] = count
@@ -122,3 +121,9 @@ class Admission:
             return False
         return True
 
+
+def _ip(peer: Any) -> str | None:
+    """The address of a peer (``(host, port)`` or IPv6's 4-tuple); None for a Unix socket."""
+    if isinstance(peer, tuple) and peer and isinstance(peer[0], str):
+        return peer[0]
+    return None

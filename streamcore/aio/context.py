@@ -132,11 +132,13 @@ class StreamCounters:
         #: By outcome, made on first use.
         self.finished: dict[str, Child] = {}
 
-    def finish(self, outcome: str) -> Child:
-        """The series of streams ended with ``outcome``, made on first use."""
-        child = self.finished[outcome] = self.metrics.child(
-            "streamcore_streams_finished_total", self.model, self.transport, outcome)
-        return child
+    def ended(self, outcome: str) -> None:
+        self.active.inc(-1)
+        child = self.finished.get(outcome)
+        if child is None:
+            child = self.finished[outcome] = self.metrics.child(
+                "streamcore_streams_finished_total", self.model, self.transport, outcome)
+        child.inc()
 
 
 class StreamMeter:
@@ -160,9 +162,7 @@ class StreamMeter:
         self.received = time.monotonic()
         stream.entry.meta = (model, transport, time.time())
         self.ttft_s: float | None = None
-        counters = ctx._streams.get((model, transport)) or ctx.stream_counters(model,
-                                                                                transport)
-        self.counters = counters
+        counters = self.counters = ctx.stream_counters(model, transport)
         counters.started.inc()
         counters.active.inc()
 
@@ -194,9 +194,7 @@ class StreamMeter:
             outcome = getattr(reader, "why", "client_gone")
             metrics.child("streamcore_cancel_propagation_seconds").observe(
                 time.monotonic() - left_at)
-        counters = self.counters
-        counters.active.inc(-1)
-        (counters.finished.get(outcome) or counters.finish(outcome)).inc()
+        self.counters.ended(outcome)
         report_of = getattr(self.source, "report", None)
         report: dict[str, Any] = report_of() if callable(report_of) else {}
         attempts = report.get("attempts")

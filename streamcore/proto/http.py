@@ -528,7 +528,7 @@ class HTTPSession:
         we_close = (b"connection", b"close") in headers
         keep = self._keep = http11 and not self._client_close and not we_close
         head = b"".join([b"HTTP/1.1 200 OK\r\ndate: ", http_date(), CRLF, fixed,
-                         *[name + b": " + value + CRLF for name, value in headers],
+                         field_lines(headers),
                          b"transfer-encoding: chunked\r\n" if http11 else b"",
                          b"" if keep or we_close else b"connection: close\r\n", CRLF])
         conn = self._conn
