@@ -261,6 +261,10 @@ class UpstreamChat:
     #: The role chunk is the first frame: the first token is the second (metrics' TTFT).
     first_token_seq = 2
 
+    #: Its report's ``attempts`` are counted in the metrics (``StreamMeter``): asked
+    #: for even when the access log is off.
+    counts_attempts = True
+
     def report(self) -> dict[str, Any]:
         """For the stream's log line and the metrics: the upstream, the requests made to
         it (fallbacks and a stale keep-alive retried included), the usage and its source."""
