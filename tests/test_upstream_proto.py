@@ -5,6 +5,7 @@ malformed responses, connection reuse; the upstream URL; the reading of a chunk.
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import orjson
@@ -28,6 +29,7 @@ from streamcore.proto.upstream import (
     UpstreamSession,
     parse_target,
     read_chunk,
+    request_head,
 )
 
 TARGET = parse_target("http://127.0.0.1:8001/v1")
@@ -84,6 +86,18 @@ def test_request_bytes() -> None:
                    b"authorization: Bearer k\r\n"
                    b"\r\n"
                    b'{"model":"m"}')
+
+
+def test_request_with_a_head_made_once_is_the_same_request() -> None:
+    headers = [(b"content-type", b"application/json"), (b"authorization", b"Bearer k")]
+    head = request_head(TARGET, "POST", "/v1/chat/completions", headers)
+    for body in (b"", b'{"model":"m"}', b"x" * 1000):
+        s = UpstreamSession(TARGET)
+        assert s.request_with("POST", head, body) == UpstreamSession(TARGET).request(
+            "POST", "/v1/chat/completions", headers, body)
+        assert feed(s, [b"HTTP/1.1 204 No Content\r\n\r\n"]) == [Head(204, []), End()]
+    with pytest.raises(ValueError, match="must not hold"):
+        request_head(TARGET, "POST", "/v1/x", [(b"x-a", b"1\r\nx-b: 2")])
 
 
 def test_request_without_body_and_default_ports() -> None:
@@ -157,6 +171,84 @@ def test_reusable_and_next_cycle() -> None:
     assert feed(s, [b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}"]) == [
         Head(404, [(b"content-length", b"2")]), Body(b"{}"), End()]
     assert s.reusable
+
+
+#: The head's parse before session 8, one line at a time: the reference the one-match parse
+#: (``_HEAD_BLOCK`` and ``_FIELD_LINES``) is held to.
+_REF_STATUS = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?")
+_REF_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*"
+                        rb"((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*")
+
+
+def reference_head(block: bytes) -> tuple[Any, ...]:
+    lines = block.split(b"\r\n")
+    status_line = _REF_STATUS.fullmatch(lines[0])
+    if status_line is None:
+        return ("error", f"a bad status line {lines[0][:40]!r}")
+    headers = []
+    for line in lines[1:]:
+        field = _REF_FIELD.fullmatch(line)
+        if field is None:
+            return ("error", f"a bad field line {line[:40]!r}")
+        headers.append((field[1].lower(), field[2]))
+    status = int(status_line[2])
+    close = status_line[1] == b"0" or any(
+        token.strip().lower() == b"close"
+        for k, v in headers if k == b"connection" for token in v.split(b","))
+    te = [v for k, v in headers if k == b"transfer-encoding"]
+    lengths = [v for k, v in headers if k == b"content-length"]
+    if status in (204, 304):
+        pass
+    elif te:
+        if lengths:
+            return ("error", "both Transfer-Encoding and Content-Length")
+        if b",".join(te).strip().lower() != b"chunked":
+            return ("error", f"an unsupported Transfer-Encoding {te!r}")
+    elif lengths:
+        if len(lengths) > 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
+            return ("error", f"a bad Content-Length {lengths!r}")
+    else:
+        close = True
+    return (status, headers, close)
+
+
+def parsed_head(block: bytes) -> tuple[Any, ...]:
+    s = session()
+    try:
+        events = s.receive(block + b"\r\n\r\n")
+    except UpstreamError as exc:
+        return ("error", exc.message.removeprefix("the upstream sent a malformed response: "))
+    assert events and isinstance(events[0], Head)
+    return (events[0].status, list(events[0].headers), s._close)
+
+
+_HEAD_PIECES = st.sampled_from([
+    b"HTTP/1.1 200 OK", b"HTTP/1.0 204", b"HTTP/1.1 404 Not \x80Found\t", b"HTTP/1.1 2x0 ",
+    b"HTTP/2 200", b"HTTP/1.1 200  OK ", b"\r\n", b"\r", b"\n", b"\r\nx-a:", b"\r\nX-B: v",
+    b"\r\nconnection: Keep-Alive, CLOSE", b"\r\nConnection:close", b"\r\ncontent-length: 0",
+    b"\r\ncontent-type: text/event-stream", b":", b" ", b"\t", b"a", b"Z", b"1", b"\x00",
+    b"\x01", b"\x7f", b"\x80", b"\xff", b"(", b"!", b"~", b"v w", b"  x  ", b"\t\tx\t"])
+
+
+@given(st.lists(_HEAD_PIECES, max_size=16))
+def test_head_parse_is_the_line_by_line_parse(pieces: list[bytes]) -> None:
+    block = b"HTTP/1.1 200 OK" + b"".join(pieces) if pieces[:1] == [b"\r\n"] else b"".join(
+        pieces)
+    if (block + b"\r\n\r\n").find(b"\r\n\r\n") != len(block):
+        return  # not one head: a blank line ends it earlier
+    expected = reference_head(block)
+    if expected[0] != "error" and 100 <= expected[0] < 200:
+        return  # 1xx: skipped, no head event
+    assert parsed_head(block) == expected
+
+
+def test_head_parse_examples() -> None:
+    for block in (b"HTTP/1.1 200 OK\r\nx-a: \t v  w \t\r\ny:\r\nz: \t \r\ncontent-length: 0",
+                  b"HTTP/1.1 200 OK\r\nx-a : 1", b"HTTP/1.1 200 OK\r\nx-a: 1\x01",
+                  b"HTTP/1.1 200 OK\r\n: 1", b"HTTP/1.1 200\r\nx-a: 1\r\nno colon"):
+        assert parsed_head(block) == reference_head(block), block
+    assert parsed_head(b"HTTP/1.1 200 OK\r\nX-A: \t v  w \t\r\ny:\r\ncontent-length: 0") == (
+        200, [(b"x-a", b"v  w"), (b"y", b""), (b"content-length", b"0")], False)
 
 
 def test_connection_close_header_is_not_reusable() -> None:
