@@ -332,8 +332,11 @@ class HTTPConnection(Output):
                                          ids=ids)
         ctx.time_first_token(reader, stream, self._received)
         reader.start(origin=True)
-        stream.start()
-        reader.wake()  # after the source's first step: see SSEReader.framer
+        reader.defer()
+        try:
+            stream.start()
+        finally:  # after the source's first step: see SSEReader.framer
+            reader.first_flush(stream.state.terminal)
 
     def _resumed(self, outcome: str, replayed: int = 0) -> None:
         metrics = self.ctx.metrics

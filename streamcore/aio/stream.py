@@ -176,6 +176,25 @@ class BaseReader:
                 flusher.scheduled = True
                 flusher.loop.call_soon(flusher.run)
 
+    def defer(self) -> None:
+        """Take no wake-up until :meth:`first_flush`: the origin reader while its
+        stream's source takes its first step in the request's call (its pushes then queue
+        nothing in the Flusher)."""
+        self.scheduled = True
+
+    def first_flush(self, finished: bool) -> None:
+        """After :meth:`defer`: a stream that ``finished`` within its first step (a
+        short answer, whole in the log) is written now, as a complete response is, not at
+        the end of the loop iteration (a ``call_soon``, a handle and the Flusher's turn
+        less per such stream); else the reader is woken as its pushes would have."""
+        if self.scheduled and not self.woken_at:  # nothing flushed or woke it since
+            self.scheduled = False
+            if finished:
+                self.woken_at = time.monotonic()  # (the write latency, measured as ever)
+                self.flush()
+                return
+        self.wake()
+
     def flush(self) -> None:
         self.scheduled = False
         conn = self.conn
