@@ -726,15 +726,109 @@ def test_chunk_reader_feed_is_decoder_and_read_chunk(layout: str, items: list[An
     expected: list[Chunk | str] = []
     for event in Decoder().feed(body):
         expected.append("done" if event.data == "[DONE]" else outcome(event.data))
+    last_id = Decoder()
+    last_id.feed(body)
     points = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=6)))
+    events = [e + b"\n\n" for e in body.split(b"\n\n")]
+    events[-1] = events[-1][:-2]
     for pieces in ([body], [body[a:b] for a, b in zip([0, *points], [*points, len(body)],
                                                       strict=True)],
-                   [body[i:i + 1] for i in range(len(body))]):
-        reader = ChunkReader()
-        got: list[Chunk | str] = []
-        for piece in pieces:
-            got += read_items(reader, reader.feed(piece))
+                   [body[i:i + 1] for i in range(len(body))], events):
+        for one in (False, True):
+            reader = ChunkReader()
+            got: list[Chunk | str] = []
+            for piece in pieces:
+                got += read_piece(reader, piece) if one else read_items(reader,
+                                                                       reader.feed(piece))
+            assert got == expected
+            assert reader.decoder.last_event_id == last_id.last_event_id
+
+
+def read_piece(reader: ChunkReader, piece: bytes) -> list[Chunk | str]:
+    """A read as the gateway takes it once its first token went: one event of the learned
+    layout at once (ChunkReader.one), else fed."""
+    literal = reader.one(piece)
+    if literal is None:
+        return read_items(reader, reader.feed(piece))
+    content = orjson.loads(literal)
+    assert literal == json_string(content)
+    return [Chunk(content=content)]
+
+
+def test_chunk_reader_one_event() -> None:
+    reader = ChunkReader()
+    event = "id: 7\ndata: " + LAYOUTS["vllm"] + "\n\n"
+    assert reader.one(event.format('"a"').encode()) is None  # nothing learned yet
+    for word in ("a", "b"):
+        reader.read(LAYOUTS["vllm"].format(f'"{word}"'))
+    reader.feed(b"data: x\n\n")  # past the start of the stream
+    assert reader.one(event.format('"\u00e9"').encode()) == '"\u00e9"'.encode()
+    assert reader.decoder.last_event_id == "7"
+    assert reader.one(event.format('"c"').replace("id: 7\n", "").encode()) == b'"c"'
+    assert reader.decoder.last_event_id == "7"
+    for bad in (event.format('"\\u0041"'),  # not json_string's literal
+                event.format('"a"') + "data: x\n\n",  # two events
+                event.format('"a"').replace("id: 7", "id: 7\r"),
+                event.format('"a"').replace("id: 7", "id: \0"),
+                event.format('"a"').replace("id: 7", "event: x"),
+                event.format('"a"')[:-1], ": c\n" + event.format('"a"')):
+        assert reader.one(bad.encode()) is None, bad
+    assert reader.one(event.format('"\udcff"').encode("utf-8", "surrogateescape")) is None
+    # the decoder mid-event or with a long line: declined
+    small = ChunkReader(Decoder(max_line_bytes=100, max_event_bytes=50))
+    for word in ("a", "b"):
+        small.read(LAYOUTS["vllm"].format(f'"{word}"'))
+    small.feed(b"data: x\n\n")
+    assert small.one(event.format('"a"').encode()) is None  # the data line is over 100
+    short = event.format('"a"').replace(LAYOUTS["vllm"].format('"a"'), "{}")
+    assert small.one(short.encode()) is None
+    assert small.feed(b"data: x\n") == []
+    small2 = ChunkReader(Decoder(max_line_bytes=1000, max_event_bytes=100))
+    for word in ("a", "b"):
+        small2.read(LAYOUTS["vllm"].format(f'"{word}"'))
+    small2.feed(b"data: x\n\n")
+    assert small2.one(event.format('"a"').encode()) is None  # the event is over 100
+    small2.decoder.max_event_bytes = 1000
+    assert small2.one(("id: " + "1" * 1001 + event[5:]).format('"a"').encode()) is None
+    assert small2.one(event.format('"a"').encode()) == b'"a"'
+    # a layout across two data lines is learned, but never one event's line
+    split = LAYOUTS["vllm"].replace('"choices"', '\n"choices"')
+    lines = ChunkReader()
+    for word in ("a", "b", "c"):
+        lines.read(split.format(f'"{word}"'))
+    assert lines.literal(split.format('"d"').encode()) == b'"d"'
+    lines.feed(b"data: x\n\n")
+    assert lines.one(("data: " + split.format('"d"') + "\n\n").encode()) is None
+
+
+@given(st.lists(st.tuples(st.binary(min_size=0, max_size=40),
+                          st.sampled_from([b"", b"", b";ext=1", b" ; x", b"0"])), max_size=8),
+       st.sampled_from([b"", b"x", b"\r\n"]))
+def test_receive_chunk_is_receive(chunks: list[tuple[bytes, bytes]], junk: bytes) -> None:
+    """Differential: a read taken whole as one chunk (receive_chunk) is what receive gives
+    for it, and leaves the session as receive does; anything else is declined."""
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    reads = [head] + [b"%x%s\r\n%s\r\n" % (len(d), ext, d) + junk for d, ext in chunks]
+    reads.append(b"0\r\n\r\n")
+    plain, fast = session(), session()
+    for data in reads:
+        try:
+            expected: list[Any] = plain.receive(data)
+        except UpstreamError as exc:
+            expected = ["error", exc.message]
+        body = fast.receive_chunk(data)
+        if body is not None:
+            got: list[Any] = [Body(body)]
+        else:
+            try:
+                got = fast.receive(data)
+            except UpstreamError as exc:
+                got = ["error", exc.message]
         assert got == expected
+        assert (fast._state, fast._buf, fast.reusable) == (
+            plain._state, plain._buf, plain.reusable)
+        if expected[:1] == ["error"]:
+            break
 
 
 def test_chunk_reader_feed_splices_runs_once_learned() -> None:

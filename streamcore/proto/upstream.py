@@ -115,6 +115,8 @@ Event = Head | Body | End
 #: A chunk-size line (RFC 9112 section 7.1): hex digits (at most 16: a size that fits in
 #: 64 bits), optional extensions, which are ignored (7.1.1).
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[^\r\n]*)?")
+#: A chunk size alone (no extensions), for :meth:`UpstreamSession.receive_chunk`.
+_CHUNK_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 #: The longest chunk-size line accepted (its extensions included), bytes.
 MAX_CHUNK_LINE = 1024
 #: A status line (RFC 9112 section 4); the reason phrase is ignored.
@@ -192,6 +194,22 @@ class UpstreamSession:
         self._method = method
         self._state = _HEAD
         return b"".join((head[0], b"%d" % len(body), head[1], body))
+
+    def receive_chunk(self, data: bytes) -> bytes | None:
+        """The data of one whole chunk when ``data`` is exactly that (a size line, the
+        data, its CRLF) and the session is between chunks: what :meth:`receive` would give
+        as one :class:`Body`, in the state it would leave (between chunks), without the
+        event list and the loop.  None: nothing is taken, :meth:`receive` it.  A paced
+        upstream's every read is one chunk holding one token's event."""
+        if self._state != _CHUNK_LINE or self._buf:
+            return None
+        nl = data.find(b"\r\n", 0, 18)  # at most 16 hex digits (no extensions here)
+        if nl <= 0 or _CHUNK_HEX.fullmatch(data, 0, nl) is None:
+            return None
+        end = len(data) - 2
+        if end - nl - 2 != int(data[:nl], 16) or not data.endswith(b"\r\n") or end <= nl + 2:
+            return None
+        return data[nl + 2:end]
 
     def receive(self, data: bytes) -> list[Event]:
         """Feed bytes (``b""``: the upstream closed); the events they complete."""
@@ -456,7 +474,7 @@ class ChunkReader:
     reason, usage, an error, another layout) is parsed whole.
     """
 
-    __slots__ = ("_bulk", "_prefix", "_seen", "_suffix", "_tries", "decoder")
+    __slots__ = ("_bulk", "_head", "_prefix", "_seen", "_suffix", "_tail", "_tries", "decoder")
 
     def __init__(self, decoder: Decoder | None = None) -> None:
         #: The body's SSE decoder.
@@ -466,6 +484,10 @@ class ChunkReader:
         self._tries = LEARN_TRIES
         self._seen = False  # a content-only chunk came (the next one is learned from)
         self._bulk = 0  # reads this long or longer hold three events or more, at best
+        # The learned layout as a whole event's data line around the literal (:meth:`one`);
+        # None: the layout holds a line break or NUL (then never one event so).
+        self._head: bytes | None = None
+        self._tail = b""
 
     def feed(self, data: bytes) -> Sequence[Item]:
         """The events of body bytes: each run of content-only chunks of the learned layout
@@ -478,6 +500,29 @@ class ChunkReader:
             # which costs less than setting up the bulk check of feed_around.
             return self.decoder.feed_raw(data)
         return self.decoder.feed_around(data, prefix, self._suffix, LITERAL)
+
+    def one(self, data: bytes) -> bytes | None:
+        """When body bytes are exactly one event, a content-only chunk of the learned
+        layout: its content's JSON string (exactly ``json_string(content)``), the event
+        taken (its id the decoder's last event ID).  None: nothing is taken, :meth:`feed`
+        it.  The same as :meth:`feed` then :meth:`literal` (a paced model's every token:
+        one read, one event)."""
+        head = self._head
+        if head is None:
+            return None
+        found = self.decoder.one_event(data, head, self._tail)
+        if found is None:
+            return None
+        literal = found[1]
+        if _PLAIN_LITERAL.fullmatch(literal) is None:
+            return None
+        if not literal.isascii():
+            try:
+                literal.decode()
+            except UnicodeDecodeError:
+                return None
+        self.decoder.took(found[0])
+        return literal
 
     def literal(self, data: bytes) -> bytes | None:
         """The content of a chunk (an event's data) of the learned layout, as its JSON
@@ -525,3 +570,5 @@ class ChunkReader:
                 return
         self._prefix, self._suffix = prefix.encode(), suffix.encode()
         self._bulk = 3 * (len(self._prefix) + len(self._suffix))
+        if not any(c in prefix + suffix for c in "\r\n\0"):
+            self._head, self._tail = b"data: " + self._prefix, self._suffix + b"\n\n"

@@ -434,6 +434,25 @@ class UpstreamChat:
             return
         self._handle(events, stream)
 
+    def upstream_body(self, data: bytes) -> None:
+        """One whole chunk of the body (``upstream_events([Body(data)])``, cheaper)."""
+        stream = self.stream
+        assert stream is not None and self.loop is not None
+        if self._waiting is not None:
+            self._waiting.append(Body(data))
+        elif self._chunks is not None:
+            if not self._on_sse(data, stream):
+                self._waiting = []
+        elif self._error_body is not None:
+            self._error_bytes(data)
+
+    def _error_bytes(self, data: bytes) -> None:
+        """A refusal's body, kept up to ``upstream_max_event_bytes``."""
+        assert self._error_body is not None
+        self._error_body += data
+        if len(self._error_body) > self.limits.upstream_max_event_bytes:
+            self._error_body = self._error_body[:self.limits.upstream_max_event_bytes]
+
     def _handle(self, events: Sequence[Event], stream: Stream) -> None:
         for i, event in enumerate(events):
             if isinstance(event, Body):
@@ -443,9 +462,7 @@ class UpstreamChat:
                         self._waiting = list(events[i + 1:])
                         return
                 elif self._error_body is not None:
-                    self._error_body += event.data
-                    if len(self._error_body) > self.limits.upstream_max_event_bytes:
-                        self._error_body = self._error_body[:self.limits.upstream_max_event_bytes]
+                    self._error_bytes(event.data)
             elif isinstance(event, Head):
                 self._on_head(event)
             elif isinstance(event, End):
@@ -468,10 +485,24 @@ class UpstreamChat:
 
     def _on_sse(self, data: bytes, stream: Stream) -> bool:
         """Decode and push; False: the stream asked to wait (reading is paused)."""
-        assert self._chunks is not None and self.loop is not None
+        chunks = self._chunks
+        assert chunks is not None and self.loop is not None
         self._last_rx = self.loop.time()
+        if self._first and not self._done:
+            # The bytes are one content-only chunk of the layout learned (a paced model's
+            # every token): pushed as _push_events would, without its machinery.
+            literal = chunks.one(data)
+            if literal is not None:
+                self.count += 1
+                template = self.template
+                if not stream.push((template.prefix, literal, template.suffix),
+                                   self.fixed + len(literal)) and self.conn is not None:
+                    self.conn.pause_reading()
+                    self._sse_left = []
+                    return False
+                return True
         try:
-            items = self._chunks.feed(data)
+            items = chunks.feed(data)
         except SSEDecodeError as exc:
             self._fail(UpstreamFailed(f"the upstream sent a malformed event stream: {exc}"))
             return True
@@ -1009,6 +1040,9 @@ class _Collect:
                         "(upstream_max_event_bytes)"))
             elif not self.future.done():
                 self.future.set_result(None)
+
+    def upstream_body(self, data: bytes) -> None:
+        self.upstream_events([Body(data)])
 
     def upstream_failed(self, exc: UpstreamError) -> None:
         if not self.future.done():
