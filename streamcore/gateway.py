@@ -94,7 +94,18 @@ class ChatStream:
         stream.push((role,), len(role))
         # An unpaced run takes its first burst now (a short answer is pushed whole before
         # the readers' first flush: head, role, tokens, finish and end in one write).
-        self.run = run = self.generation.run(self, eager=True)
+        generation = self.generation
+        if generation.whole_now:  # the whole answer, now, without a Run
+            emitted = generation.emit_tokens(self.emit)
+            if emitted < generation.count:  # told to wait: a Run goes on from there
+                self.count = emitted
+                if not stream.finished:  # (not if the wait was the stream's end)
+                    self.run = generation.run(self, eager=True, paused_at=emitted)
+                return
+            self.count = emitted
+            self.done()
+            return
+        self.run = run = generation.run(self, eager=True)
         run.begin()
 
     def emit(self, text: str) -> bool:
@@ -106,11 +117,12 @@ class ChatStream:
 
     def done(self) -> None:
         stream = self.stream
-        assert stream is not None and self.run is not None
-        self.count = self.run.i
-        # The run holds our bound emit: dropping it now leaves no cycle for the collector
-        # (tune_gc makes full collections rare; tests/test_no_cycles.py).
-        self.run = None
+        assert stream is not None
+        if self.run is not None:  # (an answer emitted whole_now has none: count is set)
+            self.count = self.run.i
+            # The run holds our bound emit: dropping it now leaves no cycle for the
+            # collector (tune_gc makes full collections rare; tests/test_no_cycles.py).
+            self.run = None
         template = self.template
         generation = self.generation
         finish = generation.finish_reason

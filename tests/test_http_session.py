@@ -592,3 +592,14 @@ def test_chunk_count_and_declared_size_are_refused_as_they_come() -> None:
     assert (exc.status, exc.code) == (400, "too_many_chunks"), exc
     exc, _ = feed_expecting_error([head, b"1" + b"0" * 17 + b"\r\n"])
     assert (exc.status, exc.code) == (400, "bad_chunk"), exc
+
+
+def test_lookup_is_the_first_value_of_each_name_made_once() -> None:
+    """``Request.lookup`` (the server's several lookups in one call) agrees with
+    ``header``: made from the headers when the fast path did not make it (h11's)."""
+    request = Request("GET", b"/", "/", "", [(b"a", b"1"), (b"b", b"2"), (b"a", b"3")])
+    assert request.fields is None
+    fields = request.lookup()
+    assert fields == {b"a": b"1", b"b": b"2"}
+    assert request.lookup() is fields and request.fields is fields
+    assert [request.header(n) for n in (b"a", b"b", b"c")] == [b"1", b"2", None]

@@ -211,3 +211,23 @@ def test_forget_lets_a_live_or_kept_entry_go_now() -> None:
     store.forget("never")
     assert store.find("live") is None and store.find("kept") is None
     assert store.retained_bytes == 0 and store.live() == []
+
+
+def test_a_streams_end_evicts_what_expired_before_it_and_nothing_else() -> None:
+    """``ended`` looks at the oldest kept entry only once it may have expired (or the
+    budget is passed): what it evicts is what a look every time would evict."""
+    clock = Clock()
+    store = MemoryStore(clock, retention_s=10, budget_bytes=1000)
+    entries = [entry_of(f"e{i}", 10) for i in range(4)]
+    store.ended(entries[0])          # t=0, expires at 10
+    clock.now += 4
+    store.ended(entries[1])          # t=4, expires at 14
+    assert store.retained_bytes == entries[0].kept_bytes + entries[1].kept_bytes
+    store.forget("e0")               # the oldest taken away: nothing later is missed
+    clock.now += 7                   # t=11
+    store.ended(entries[2])          # t=11: e1 (14) stays
+    assert store.retained_bytes == entries[1].kept_bytes + entries[2].kept_bytes
+    clock.now += 3                   # t=14: e1 expires now
+    store.ended(entries[3])
+    assert store.retained_bytes == entries[2].kept_bytes + entries[3].kept_bytes
+    assert [e.id for e in store.entries()] == ["e2", "e3"]

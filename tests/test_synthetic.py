@@ -164,3 +164,33 @@ def test_an_answer_of_no_tokens_is_done_without_a_token(delay: float) -> None:
         return target
 
     assert run_in("uvloop", main).texts == []
+
+
+def test_an_answer_emitted_whole_now_is_the_runs_and_goes_on_from_a_pause() -> None:
+    """``Generation.emit_tokens`` (the gateway's short unpaced answer, without a Run) emits
+    what a Run emits; told to wait, a Run made ``paused_at`` goes on from there."""
+    model = SyntheticModel()
+    request = chat(max_tokens=20)
+    assert model.start(request).whole_now
+    assert not SyntheticModel(tokens_per_s=50.0).start(request).whole_now
+    assert not model.start(chat(max_tokens=257)).whole_now  # over BURST_TOKENS
+
+    async def main() -> tuple[list[str], list[str], int]:
+        loop = asyncio.get_running_loop()
+        reference = Recorder(loop)
+        Run(model.start(request), reference, eager=True).begin()
+        assert await reference.finished == 20
+        whole = Recorder(loop)
+        assert model.start(request).emit_tokens(whole.emit) == 20
+        paused = Recorder(loop, pause_at=7)
+        generation = model.start(request)
+        emitted = generation.emit_tokens(paused.emit)
+        run = generation.run(paused, eager=True, paused_at=emitted)
+        run.resume()
+        assert await asyncio.wait_for(paused.finished, 5) == 20
+        assert whole.texts == reference.texts
+        return reference.texts, paused.texts, emitted
+
+    reference, resumed, emitted = run_in("uvloop", main)
+    assert emitted == 7
+    assert resumed == reference

@@ -666,6 +666,18 @@ def answer(status: int, error: dict[str, Any] | None, headers: tuple[tuple[str, 
     return script
 
 
+async def chunked_refusal(ex: Exchange) -> None:
+    """A refusal whose body is chunked, each chunk its own read (the gateway takes a read
+    of one whole chunk without the general parse)."""
+    await ex.head(503, content_type="application/json")
+    await asyncio.sleep(0.05)
+    await ex.body(b'{"error": {"message": "too busy, ')
+    await asyncio.sleep(0.05)
+    await ex.body(b'try later", "type": "server_error", "code": null}}')
+    await asyncio.sleep(0.05)
+    await ex.end()
+
+
 async def stall(ex: Exchange) -> None:
     await ex.stall()
 
@@ -794,6 +806,8 @@ FAILURES = {
                    retry_after="7"),
     "500": Failure(answer(500, {"message": "oops", "type": "server_error", "code": None}),
                    "upstream_500", 502, 0, message="oops", kept=True),
+    "503_chunked": Failure(chunked_refusal, "upstream_503", 502, 0,
+                           message="too busy, try later", kept=True),
     "503_not_json": Failure(answer(503, None, (("retry-after", "3"),)), "upstream_503", 502,
                             0, message="503", kept=True, retry_after="3"),
 }

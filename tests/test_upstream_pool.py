@@ -14,7 +14,7 @@ from loops import run_in
 
 from streamcore.aio.upstream import Unavailable, UpstreamConnection, UpstreamPool
 from streamcore.limits import Limits
-from streamcore.proto.upstream import End, Event, UpstreamError, parse_target
+from streamcore.proto.upstream import Body, End, Event, UpstreamError, parse_target
 
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
@@ -52,6 +52,9 @@ class Collect:
 
     def upstream_events(self, events: list[Event]) -> None:
         self.events += events
+
+    def upstream_body(self, data: bytes) -> None:
+        self.events.append(Body(data))
 
     def upstream_failed(self, exc: UpstreamError) -> None:
         self.failed = exc

@@ -5,6 +5,7 @@ malformed responses, connection reuse; the upstream URL; the reading of a chunk.
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import orjson
@@ -28,6 +29,7 @@ from streamcore.proto.upstream import (
     UpstreamSession,
     parse_target,
     read_chunk,
+    request_head,
 )
 
 TARGET = parse_target("http://127.0.0.1:8001/v1")
@@ -84,6 +86,18 @@ def test_request_bytes() -> None:
                    b"authorization: Bearer k\r\n"
                    b"\r\n"
                    b'{"model":"m"}')
+
+
+def test_request_with_a_head_made_once_is_the_same_request() -> None:
+    headers = [(b"content-type", b"application/json"), (b"authorization", b"Bearer k")]
+    head = request_head(TARGET, "POST", "/v1/chat/completions", headers)
+    for body in (b"", b'{"model":"m"}', b"x" * 1000):
+        s = UpstreamSession(TARGET)
+        assert s.request_with("POST", head, body) == UpstreamSession(TARGET).request(
+            "POST", "/v1/chat/completions", headers, body)
+        assert feed(s, [b"HTTP/1.1 204 No Content\r\n\r\n"]) == [Head(204, []), End()]
+    with pytest.raises(ValueError, match="must not hold"):
+        request_head(TARGET, "POST", "/v1/x", [(b"x-a", b"1\r\nx-b: 2")])
 
 
 def test_request_without_body_and_default_ports() -> None:
@@ -157,6 +171,84 @@ def test_reusable_and_next_cycle() -> None:
     assert feed(s, [b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}"]) == [
         Head(404, [(b"content-length", b"2")]), Body(b"{}"), End()]
     assert s.reusable
+
+
+#: The head's parse before session 8, one line at a time: the reference the one-match parse
+#: (``_HEAD_BLOCK`` and ``_FIELD_LINES``) is held to.
+_REF_STATUS = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?")
+_REF_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*"
+                        rb"((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*")
+
+
+def reference_head(block: bytes) -> tuple[Any, ...]:
+    lines = block.split(b"\r\n")
+    status_line = _REF_STATUS.fullmatch(lines[0])
+    if status_line is None:
+        return ("error", f"a bad status line {lines[0][:40]!r}")
+    headers = []
+    for line in lines[1:]:
+        field = _REF_FIELD.fullmatch(line)
+        if field is None:
+            return ("error", f"a bad field line {line[:40]!r}")
+        headers.append((field[1].lower(), field[2]))
+    status = int(status_line[2])
+    close = status_line[1] == b"0" or any(
+        token.strip().lower() == b"close"
+        for k, v in headers if k == b"connection" for token in v.split(b","))
+    te = [v for k, v in headers if k == b"transfer-encoding"]
+    lengths = [v for k, v in headers if k == b"content-length"]
+    if status in (204, 304):
+        pass
+    elif te:
+        if lengths:
+            return ("error", "both Transfer-Encoding and Content-Length")
+        if b",".join(te).strip().lower() != b"chunked":
+            return ("error", f"an unsupported Transfer-Encoding {te!r}")
+    elif lengths:
+        if len(lengths) > 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
+            return ("error", f"a bad Content-Length {lengths!r}")
+    else:
+        close = True
+    return (status, headers, close)
+
+
+def parsed_head(block: bytes) -> tuple[Any, ...]:
+    s = session()
+    try:
+        events = s.receive(block + b"\r\n\r\n")
+    except UpstreamError as exc:
+        return ("error", exc.message.removeprefix("the upstream sent a malformed response: "))
+    assert events and isinstance(events[0], Head)
+    return (events[0].status, list(events[0].headers), s._close)
+
+
+_HEAD_PIECES = st.sampled_from([
+    b"HTTP/1.1 200 OK", b"HTTP/1.0 204", b"HTTP/1.1 404 Not \x80Found\t", b"HTTP/1.1 2x0 ",
+    b"HTTP/2 200", b"HTTP/1.1 200  OK ", b"\r\n", b"\r", b"\n", b"\r\nx-a:", b"\r\nX-B: v",
+    b"\r\nconnection: Keep-Alive, CLOSE", b"\r\nConnection:close", b"\r\ncontent-length: 0",
+    b"\r\ncontent-type: text/event-stream", b":", b" ", b"\t", b"a", b"Z", b"1", b"\x00",
+    b"\x01", b"\x7f", b"\x80", b"\xff", b"(", b"!", b"~", b"v w", b"  x  ", b"\t\tx\t"])
+
+
+@given(st.lists(_HEAD_PIECES, max_size=16))
+def test_head_parse_is_the_line_by_line_parse(pieces: list[bytes]) -> None:
+    block = b"HTTP/1.1 200 OK" + b"".join(pieces) if pieces[:1] == [b"\r\n"] else b"".join(
+        pieces)
+    if (block + b"\r\n\r\n").find(b"\r\n\r\n") != len(block):
+        return  # not one head: a blank line ends it earlier
+    expected = reference_head(block)
+    if expected[0] != "error" and 100 <= expected[0] < 200:
+        return  # 1xx: skipped, no head event
+    assert parsed_head(block) == expected
+
+
+def test_head_parse_examples() -> None:
+    for block in (b"HTTP/1.1 200 OK\r\nx-a: \t v  w \t\r\ny:\r\nz: \t \r\ncontent-length: 0",
+                  b"HTTP/1.1 200 OK\r\nx-a : 1", b"HTTP/1.1 200 OK\r\nx-a: 1\x01",
+                  b"HTTP/1.1 200 OK\r\n: 1", b"HTTP/1.1 200\r\nx-a: 1\r\nno colon"):
+        assert parsed_head(block) == reference_head(block), block
+    assert parsed_head(b"HTTP/1.1 200 OK\r\nX-A: \t v  w \t\r\ny:\r\ncontent-length: 0") == (
+        200, [(b"x-a", b"v  w"), (b"y", b""), (b"content-length", b"0")], False)
 
 
 def test_connection_close_header_is_not_reusable() -> None:
@@ -634,15 +726,109 @@ def test_chunk_reader_feed_is_decoder_and_read_chunk(layout: str, items: list[An
     expected: list[Chunk | str] = []
     for event in Decoder().feed(body):
         expected.append("done" if event.data == "[DONE]" else outcome(event.data))
+    last_id = Decoder()
+    last_id.feed(body)
     points = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=6)))
+    events = [e + b"\n\n" for e in body.split(b"\n\n")]
+    events[-1] = events[-1][:-2]
     for pieces in ([body], [body[a:b] for a, b in zip([0, *points], [*points, len(body)],
                                                       strict=True)],
-                   [body[i:i + 1] for i in range(len(body))]):
-        reader = ChunkReader()
-        got: list[Chunk | str] = []
-        for piece in pieces:
-            got += read_items(reader, reader.feed(piece))
+                   [body[i:i + 1] for i in range(len(body))], events):
+        for one in (False, True):
+            reader = ChunkReader()
+            got: list[Chunk | str] = []
+            for piece in pieces:
+                got += read_piece(reader, piece) if one else read_items(reader,
+                                                                       reader.feed(piece))
+            assert got == expected
+            assert reader.decoder.last_event_id == last_id.last_event_id
+
+
+def read_piece(reader: ChunkReader, piece: bytes) -> list[Chunk | str]:
+    """A read as the gateway takes it once its first token went: one event of the learned
+    layout at once (ChunkReader.one), else fed."""
+    literal = reader.one(piece)
+    if literal is None:
+        return read_items(reader, reader.feed(piece))
+    content = orjson.loads(literal)
+    assert literal == json_string(content)
+    return [Chunk(content=content)]
+
+
+def test_chunk_reader_one_event() -> None:
+    reader = ChunkReader()
+    event = "id: 7\ndata: " + LAYOUTS["vllm"] + "\n\n"
+    assert reader.one(event.format('"a"').encode()) is None  # nothing learned yet
+    for word in ("a", "b"):
+        reader.read(LAYOUTS["vllm"].format(f'"{word}"'))
+    reader.feed(b"data: x\n\n")  # past the start of the stream
+    assert reader.one(event.format('"\u00e9"').encode()) == '"\u00e9"'.encode()
+    assert reader.decoder.last_event_id == "7"
+    assert reader.one(event.format('"c"').replace("id: 7\n", "").encode()) == b'"c"'
+    assert reader.decoder.last_event_id == "7"
+    for bad in (event.format('"\\u0041"'),  # not json_string's literal
+                event.format('"a"') + "data: x\n\n",  # two events
+                event.format('"a"').replace("id: 7", "id: 7\r"),
+                event.format('"a"').replace("id: 7", "id: \0"),
+                event.format('"a"').replace("id: 7", "event: x"),
+                event.format('"a"')[:-1], ": c\n" + event.format('"a"')):
+        assert reader.one(bad.encode()) is None, bad
+    assert reader.one(event.format('"\udcff"').encode("utf-8", "surrogateescape")) is None
+    # the decoder mid-event or with a long line: declined
+    small = ChunkReader(Decoder(max_line_bytes=100, max_event_bytes=50))
+    for word in ("a", "b"):
+        small.read(LAYOUTS["vllm"].format(f'"{word}"'))
+    small.feed(b"data: x\n\n")
+    assert small.one(event.format('"a"').encode()) is None  # the data line is over 100
+    short = event.format('"a"').replace(LAYOUTS["vllm"].format('"a"'), "{}")
+    assert small.one(short.encode()) is None
+    assert small.feed(b"data: x\n") == []
+    small2 = ChunkReader(Decoder(max_line_bytes=1000, max_event_bytes=100))
+    for word in ("a", "b"):
+        small2.read(LAYOUTS["vllm"].format(f'"{word}"'))
+    small2.feed(b"data: x\n\n")
+    assert small2.one(event.format('"a"').encode()) is None  # the event is over 100
+    small2.decoder.max_event_bytes = 1000
+    assert small2.one(("id: " + "1" * 1001 + event[5:]).format('"a"').encode()) is None
+    assert small2.one(event.format('"a"').encode()) == b'"a"'
+    # a layout across two data lines is learned, but never one event's line
+    split = LAYOUTS["vllm"].replace('"choices"', '\n"choices"')
+    lines = ChunkReader()
+    for word in ("a", "b", "c"):
+        lines.read(split.format(f'"{word}"'))
+    assert lines.literal(split.format('"d"').encode()) == b'"d"'
+    lines.feed(b"data: x\n\n")
+    assert lines.one(("data: " + split.format('"d"') + "\n\n").encode()) is None
+
+
+@given(st.lists(st.tuples(st.binary(min_size=0, max_size=40),
+                          st.sampled_from([b"", b"", b";ext=1", b" ; x", b"0"])), max_size=8),
+       st.sampled_from([b"", b"x", b"\r\n"]))
+def test_receive_chunk_is_receive(chunks: list[tuple[bytes, bytes]], junk: bytes) -> None:
+    """Differential: a read taken whole as one chunk (receive_chunk) is what receive gives
+    for it, and leaves the session as receive does; anything else is declined."""
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    reads = [head] + [b"%x%s\r\n%s\r\n" % (len(d), ext, d) + junk for d, ext in chunks]
+    reads.append(b"0\r\n\r\n")
+    plain, fast = session(), session()
+    for data in reads:
+        try:
+            expected: list[Any] = plain.receive(data)
+        except UpstreamError as exc:
+            expected = ["error", exc.message]
+        body = fast.receive_chunk(data)
+        if body is not None:
+            got: list[Any] = [Body(body)]
+        else:
+            try:
+                got = fast.receive(data)
+            except UpstreamError as exc:
+                got = ["error", exc.message]
         assert got == expected
+        assert (fast._state, fast._buf, fast.reusable) == (
+            plain._state, plain._buf, plain.reusable)
+        if expected[:1] == ["error"]:
+            break
 
 
 def test_chunk_reader_feed_splices_runs_once_learned() -> None:

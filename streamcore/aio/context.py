@@ -133,12 +133,15 @@ class StreamCounters:
         self.finished: dict[str, Child] = {}
 
     def ended(self, outcome: str) -> None:
-        self.active.inc(-1)
+        # Child.inc inlined here and at the start (four calls per stream): a series is
+        # a slot of its view.
+        active = self.active
+        active.view[active.slot] -= 1
         child = self.finished.get(outcome)
         if child is None:
             child = self.finished[outcome] = self.metrics.child(
                 "streamcore_streams_finished_total", self.model, self.transport, outcome)
-        child.inc()
+        child.view[child.slot] += 1
 
 
 class StreamMeter:
@@ -163,8 +166,9 @@ class StreamMeter:
         stream.entry.meta = (model, transport, time.time())
         self.ttft_s: float | None = None
         counters = self.counters = ctx.stream_counters(model, transport)
-        counters.started.inc()
-        counters.active.inc()
+        started, active = counters.started, counters.active
+        started.view[started.slot] += 1
+        active.view[active.slot] += 1
 
     def observe(self, value: float) -> None:
         """The origin reader wrote the first token ``value`` seconds after the request."""
@@ -195,12 +199,19 @@ class StreamMeter:
             metrics.child("streamcore_cancel_propagation_seconds").observe(
                 time.monotonic() - left_at)
         self.counters.ended(outcome)
-        report_of = getattr(self.source, "report", None)
-        report: dict[str, Any] = report_of() if callable(report_of) else {}
+        logged = access.isEnabledFor(logging.INFO)
+        source = self.source
+        report: dict[str, Any] = {}
+        # The source's report is made for the log line, and for an upstream's metrics
+        # (its attempts): a synthetic stream with the access log off makes none.
+        if logged or getattr(source, "counts_attempts", False):
+            report_of = getattr(source, "report", None)
+            if callable(report_of):
+                report = report_of()
         attempts = report.get("attempts")
         if isinstance(attempts, int) and attempts > 0:
             self._upstream_ended(stream, attempts)
-        if access.isEnabledFor(logging.INFO):
+        if logged:
             fields = self._fields(stream, outcome, report)
             if self.ttft_s is None and stream.readers:
                 # The readers write the last frames at the end of this loop iteration:

@@ -73,6 +73,11 @@ class Request:
         """:meth:`header` of a lowercase name, as it came (the server's own lookups)."""
         return self._raw.header(name)
 
+    def fields(self) -> dict[bytes, bytes]:
+        """The first value of each field by lowercase name, as it came: the server's
+        own lookups, several for one call."""
+        return self._raw.lookup()
+
     def json(self) -> Any:
         """The body as JSON; invalid JSON is the client's fault (400), not a 500."""
         if self._json is _UNSET:

@@ -99,7 +99,7 @@ class Flusher:
     ``call_soon`` per iteration for all streams, not one per token.  Readers queue
     themselves (:meth:`BaseReader.wake`)."""
 
-    __slots__ = ("loop", "meters", "metrics", "pending", "running", "scheduled", "tally")
+    __slots__ = ("loop", "meters", "metrics", "pending", "scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, metrics: Metrics | None = None) -> None:
         self.loop = loop
@@ -111,46 +111,26 @@ class Flusher:
                            metrics.child("streamcore_stream_bytes_written_total", t),
                            metrics.child("streamcore_token_write_latency_seconds", t))
                        for t in ("sse", "websocket")}
-        #: Per transport: events and bytes written during this :meth:`run`, counted into
-        #: the metrics once at its end (a paced stream flushes once per token: two counter
-        #: calls per token were a tenth of its flush).
-        self.tally = {t: [0, 0] for t in self.meters}
-        self.running = False
 
     def flushed(self, reader: BaseReader, events: int, nbytes: int) -> None:
         """Count one flush that wrote ``events`` (never per token: once per flush)."""
-        tally = self.tally[reader.transport]
-        tally[0] += events
-        tally[1] += nbytes
+        written, sent, latency = self.meters[reader.transport]
+        written.view[written.slot] += events  # Child.inc, inlined (once per flush)
+        sent.view[sent.slot] += nbytes
         now = time.monotonic()
         if reader.woken_at:
-            self.meters[reader.transport][2].observe(now - reader.woken_at)
+            latency.observe(now - reader.woken_at)
             reader.woken_at = 0.0
         ttft = reader.ttft
         if ttft is not None and reader.cursor.next_seq > reader.ttft_seq:
             reader.ttft = None
             ttft.observe(now - reader.ttft_from)
-        if not self.running:  # a flush outside a run (backpressure, a resume): now
-            self._count()
-
-    def _count(self) -> None:
-        for transport, tally in self.tally.items():
-            if tally[0]:
-                written, sent, _ = self.meters[transport]
-                written.inc(tally[0])
-                sent.inc(tally[1])
-                tally[0] = tally[1] = 0
 
     def run(self) -> None:
         self.scheduled = False
         pending, self.pending = self.pending, []
-        self.running = True
-        try:
-            for reader in pending:
-                reader.flush()
-        finally:
-            self.running = False
-            self._count()
+        for reader in pending:
+            reader.flush()
 
 
 class BaseReader:
@@ -195,6 +175,25 @@ class BaseReader:
             if not flusher.scheduled:
                 flusher.scheduled = True
                 flusher.loop.call_soon(flusher.run)
+
+    def defer(self) -> None:
+        """Take no wake-up until :meth:`first_flush`: the origin reader while its
+        stream's source takes its first step in the request's call (its pushes then queue
+        nothing in the Flusher)."""
+        self.scheduled = True
+
+    def first_flush(self, finished: bool) -> None:
+        """After :meth:`defer`: a stream that ``finished`` within its first step (a
+        short answer, whole in the log) is written now, as a complete response is, not at
+        the end of the loop iteration (a ``call_soon``, a handle and the Flusher's turn
+        less per such stream); else the reader is woken as its pushes would have."""
+        if self.scheduled and not self.woken_at:  # nothing flushed or woke it since
+            self.scheduled = False
+            if finished:
+                self.woken_at = time.monotonic()  # (the write latency, measured as ever)
+                self.flush()
+                return
+        self.wake()
 
     def flush(self) -> None:
         self.scheduled = False

@@ -29,6 +29,10 @@ class Consumer(Protocol):
 
     def upstream_events(self, events: list[Event]) -> None: ...
 
+    def upstream_body(self, data: bytes) -> None:
+        """Body bytes alone (one whole chunk): what ``upstream_events([Body(data)])``
+        would mean, without the event and its list (a paced upstream's every read)."""
+
     def upstream_failed(self, exc: UpstreamError) -> None:
         """The connection broke mid-exchange (closed, reset, malformed)."""
 
@@ -68,6 +72,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         consumer = self.consumer
+        if consumer is not None:
+            body = self.session.receive_chunk(data)
+            if body is not None:
+                consumer.upstream_body(body)
+                return
         try:
             events = self.session.receive(data)
         except UpstreamError as exc:

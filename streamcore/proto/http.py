@@ -100,6 +100,13 @@ class Request:
             fields = self.fields = dict(reversed(self.headers))
         return fields.get(name)
 
+    def lookup(self) -> dict[bytes, bytes]:
+        """:attr:`fields`, made if need be: for several lookups in one call."""
+        fields = self.fields
+        if fields is None:
+            fields = self.fields = dict(reversed(self.headers))
+        return fields
+
     def header_tokens(self, name: bytes) -> list[bytes]:
         """The comma-separated tokens of every ``name`` header, lowercased."""
         return [

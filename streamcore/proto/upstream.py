@@ -115,6 +115,8 @@ Event = Head | Body | End
 #: A chunk-size line (RFC 9112 section 7.1): hex digits (at most 16: a size that fits in
 #: 64 bits), optional extensions, which are ignored (7.1.1).
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[^\r\n]*)?")
+#: A chunk size alone (no extensions), for :meth:`UpstreamSession.receive_chunk`.
+_CHUNK_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 #: The longest chunk-size line accepted (its extensions included), bytes.
 MAX_CHUNK_LINE = 1024
 #: A status line (RFC 9112 section 4); the reason phrase is ignored.
@@ -123,6 +125,34 @@ _STATUS = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xf
 #: without its leading and trailing whitespace; no obs-fold (5.2), no control characters.
 _FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*"
                     rb"((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*")
+#: A whole response head (its blank line excluded) checked in one match: the status line,
+#: then each field line after a CRLF.  The same lines as :data:`_STATUS` and :data:`_FIELD`
+#: one line at a time (neither matches CR or LF, so the CRLFs cut the same lines): a field
+#: value there is optional whitespace, then visible characters and whitespace, then
+#: optional whitespace, which is any run of them.  Group 3: where the field lines start.
+#: One match and one ``findall`` cost ~4 us less per response than a match, a
+#: ``lower()`` and two group lookups per line (benchmarks/RESULTS.md, "Session 8").
+_HEAD_BLOCK = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?"
+                         rb"((?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*)*)")
+#: The field lines of a head :data:`_HEAD_BLOCK` passed, as ``(name, value)`` pairs: the
+#: value without its leading and trailing whitespace, as :data:`_FIELD` takes it.
+_FIELD_LINES = re.compile(rb"\r\n([^:]*):[ \t]*((?:[^\r]*[^\r \t])?)")
+
+def request_head(target: Target, method: str, path: str,
+                 headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+    """A request's head, cut where its Content-Length value goes: made once and kept by
+    an upstream for its chat requests (:meth:`UpstreamSession.request_with`).  ``ValueError``
+    for a header that would break the head."""
+    lines = [b"\r\n"]
+    for name, value in headers:
+        # A CR or LF would end the field and inject others (RFC 9110 section 5.5).
+        if b"\r" in value or b"\n" in value or b"\0" in value or b":" in name:
+            raise ValueError(f"header {name!r}: a value must not hold CR, LF or NUL")
+        lines.append(b"%s: %s\r\n" % (name, value))
+    lines.append(b"\r\n")
+    return (b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-length: "
+            % (method.encode(), path.encode(), target.authority), b"".join(lines))
+
 
 # Where a response is.
 _IDLE, _HEAD, _LENGTH, _CHUNK_LINE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _CLOSE, _DONE = range(9)
@@ -155,18 +185,31 @@ class UpstreamSession:
                 body: bytes = b"") -> bytes:
         """A whole request with a Content-Length body (upstream servers need not read
         chunked request bodies)."""
-        lines = [b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n"
-                 % (method.encode(), path.encode(), self.target.authority, len(body))]
-        for name, value in headers:
-            # A CR or LF would end the field and inject others (RFC 9110 section 5.5).
-            if b"\r" in value or b"\n" in value or b"\0" in value or b":" in name:
-                raise ValueError(f"header {name!r}: a value must not hold CR, LF or NUL")
-            lines.append(b"%s: %s\r\n" % (name, value))
-        lines.append(b"\r\n")
-        lines.append(body)
+        return self.request_with(method, request_head(self.target, method, path, headers),
+                                 body)
+
+    def request_with(self, method: str, head: tuple[bytes, bytes], body: bytes) -> bytes:
+        """:meth:`request` with its head made already (:func:`request_head`, once per
+        upstream and endpoint, not per request)."""
         self._method = method
         self._state = _HEAD
-        return b"".join(lines)
+        return b"".join((head[0], b"%d" % len(body), head[1], body))
+
+    def receive_chunk(self, data: bytes) -> bytes | None:
+        """The data of one whole chunk when ``data`` is exactly that (a size line, the
+        data, its CRLF) and the session is between chunks: what :meth:`receive` would give
+        as one :class:`Body`, in the state it would leave (between chunks), without the
+        event list and the loop.  None: nothing is taken, :meth:`receive` it.  A paced
+        upstream's every read is one chunk holding one token's event."""
+        if self._state != _CHUNK_LINE or self._buf:
+            return None
+        nl = data.find(b"\r\n", 0, 18)  # at most 16 hex digits (no extensions here)
+        if nl <= 0 or _CHUNK_HEX.fullmatch(data, 0, nl) is None:
+            return None
+        end = len(data) - 2
+        if end - nl - 2 != int(data[:nl], 16) or not data.endswith(b"\r\n") or end <= nl + 2:
+            return None
+        return data[nl + 2:end]
 
     def receive(self, data: bytes) -> list[Event]:
         """Feed bytes (``b""``: the upstream closed); the events they complete."""
@@ -247,17 +290,12 @@ class UpstreamSession:
         return events
 
     def _on_head(self, block: bytes, events: list[Event]) -> None:
-        lines = block.split(b"\r\n")
-        status_line = _STATUS.fullmatch(lines[0])
-        if status_line is None:
-            raise self._malformed(f"a bad status line {lines[0][:40]!r}")
-        headers: list[tuple[bytes, bytes]] = []
-        for line in lines[1:]:
-            field = _FIELD.fullmatch(line)
-            if field is None:
-                raise self._malformed(f"a bad field line {line[:40]!r}")
-            headers.append((field[1].lower(), field[2]))
-        status = int(status_line[2])
+        match = _HEAD_BLOCK.fullmatch(block)
+        if match is None:
+            raise self._bad_head(block)
+        headers = [(name.lower(), value)
+                   for name, value in _FIELD_LINES.findall(block, match.start(3))]
+        status = int(match[2])
         if status < 200:  # 1xx: informational, the response follows (RFC 9110 15.2)
             if status == 101:
                 raise self._malformed("101 Switching Protocols, never asked")
@@ -266,11 +304,17 @@ class UpstreamSession:
         events.append(head)
         # HTTP/1.0 or "Connection: close": the connection ends with this response
         # (RFC 9112 section 9.3; 1.0 keep-alive is not worth its ambiguity here).
-        self._close = status_line[1] == b"0" or any(
-            token.strip().lower() == b"close"
-            for k, v in headers if k == b"connection" for token in v.split(b","))
-        te = [v for k, v in headers if k == b"transfer-encoding"]
-        lengths = [v for k, v in headers if k == b"content-length"]
+        close = match[1] == b"0"
+        te: list[bytes] = []
+        lengths: list[bytes] = []
+        for name, value in headers:  # one pass for the three fields that frame the body
+            if name == b"content-length":
+                lengths.append(value)
+            elif name == b"transfer-encoding":
+                te.append(value)
+            elif name == b"connection" and not close:
+                close = any(token.strip().lower() == b"close" for token in value.split(b","))
+        self._close = close
         if self._method == "HEAD" or status in (204, 304):  # no body (RFC 9112 6.3)
             self._end(events)
         elif te:
@@ -290,6 +334,14 @@ class UpstreamSession:
         else:  # the body ends with the connection (RFC 9112 section 6.3, rule 8)
             self._close = True
             self._state = _CLOSE
+
+    def _bad_head(self, block: bytes) -> UpstreamError:
+        """What is wrong with a head :data:`_HEAD_BLOCK` refused: its first bad line."""
+        lines = block.split(b"\r\n")
+        if _STATUS.fullmatch(lines[0]) is None:
+            return self._malformed(f"a bad status line {lines[0][:40]!r}")
+        line = next(line for line in lines[1:] if _FIELD.fullmatch(line) is None)
+        return self._malformed(f"a bad field line {line[:40]!r}")
 
     def _end(self, events: list[Event]) -> None:
         self._state = _DONE
@@ -422,7 +474,7 @@ class ChunkReader:
     reason, usage, an error, another layout) is parsed whole.
     """
 
-    __slots__ = ("_bulk", "_prefix", "_seen", "_suffix", "_tries", "decoder")
+    __slots__ = ("_bulk", "_head", "_prefix", "_seen", "_suffix", "_tail", "_tries", "decoder")
 
     def __init__(self, decoder: Decoder | None = None) -> None:
         #: The body's SSE decoder.
@@ -432,6 +484,10 @@ class ChunkReader:
         self._tries = LEARN_TRIES
         self._seen = False  # a content-only chunk came (the next one is learned from)
         self._bulk = 0  # reads this long or longer hold three events or more, at best
+        # The learned layout as a whole event's data line around the literal (:meth:`one`);
+        # None: the layout holds a line break or NUL (then never one event so).
+        self._head: bytes | None = None
+        self._tail = b""
 
     def feed(self, data: bytes) -> Sequence[Item]:
         """The events of body bytes: each run of content-only chunks of the learned layout
@@ -444,6 +500,29 @@ class ChunkReader:
             # which costs less than setting up the bulk check of feed_around.
             return self.decoder.feed_raw(data)
         return self.decoder.feed_around(data, prefix, self._suffix, LITERAL)
+
+    def one(self, data: bytes) -> bytes | None:
+        """When body bytes are exactly one event, a content-only chunk of the learned
+        layout: its content's JSON string (exactly ``json_string(content)``), the event
+        taken (its id the decoder's last event ID).  None: nothing is taken, :meth:`feed`
+        it.  The same as :meth:`feed` then :meth:`literal` (a paced model's every token:
+        one read, one event)."""
+        head = self._head
+        if head is None:
+            return None
+        found = self.decoder.one_event(data, head, self._tail)
+        if found is None:
+            return None
+        literal = found[1]
+        if _PLAIN_LITERAL.fullmatch(literal) is None:
+            return None
+        if not literal.isascii():
+            try:
+                literal.decode()
+            except UnicodeDecodeError:
+                return None
+        self.decoder.took(found[0])
+        return literal
 
     def literal(self, data: bytes) -> bytes | None:
         """The content of a chunk (an event's data) of the learned layout, as its JSON
@@ -491,3 +570,5 @@ class ChunkReader:
                 return
         self._prefix, self._suffix = prefix.encode(), suffix.encode()
         self._bulk = 3 * (len(self._prefix) + len(self._suffix))
+        if not any(c in prefix + suffix for c in "\r\n\0"):
+            self._head, self._tail = b"data: " + self._prefix, self._suffix + b"\n\n"

@@ -17,7 +17,7 @@ import hashlib
 import heapq
 import math
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -90,7 +90,8 @@ class SyntheticModel:
 class Generation:
     """One answer: iterate it for tokens; then read ``finish_reason``."""
 
-    __slots__ = ("_words", "count", "finish_reason", "model", "prompt_tokens", "tail")
+    __slots__ = ("_words", "count", "finish_reason", "model", "prompt_tokens", "tail",
+                 "whole_now")
 
     def __init__(self, model: SyntheticModel, request: ChatRequest) -> None:
         prompt = request.prompt_text()
@@ -109,6 +110,11 @@ class Generation:
         self.tail: str | None = None
         if request.stop:
             self._cut(request.stop)
+        #: A Run's first step would emit the whole answer at once (unpaced, undelayed, not
+        #: cut by a stop sequence, at most BURST_TOKENS): :meth:`emit_tokens` does it
+        #: without the Run.
+        self.whole_now = (self.count <= BURST_TOKENS and self.tail is None
+                          and model.tokens_per_s <= 0 and model.first_token_delay_s <= 0)
 
     def _cut(self, stops: tuple[str, ...]) -> None:
         """End the answer before the first occurrence of any stop sequence."""
@@ -136,12 +142,24 @@ class Generation:
         """How many tokens this answer has."""
         return self.count
 
-    def run(self, target: Target, eager: bool = False) -> Run:
+    def run(self, target: Target, eager: bool = False, paused_at: int = 0) -> Run:
         """Push the tokens instead of being iterated: see :class:`Run` (``eager``: the
-        caller takes the first step, :meth:`Run.begin`)."""
+        caller takes the first step, :meth:`Run.begin`; ``paused_at``: the caller
+        emitted that many tokens (:meth:`emit_tokens`) and was told to wait)."""
         if self.tail is not None:  # a stop sequence cut the last token: it says so itself
             target = _Tail(target, self.count, self.tail)
-        return Run(self, target, eager)
+        return Run(self, target, eager, paused_at)
+
+    def emit_tokens(self, emit: Callable[[str], bool]) -> int:
+        """An answer that is :attr:`whole_now`: every token to ``emit`` now, as a Run's
+        first step would (a short answer's Run object and three calls less per stream),
+        up to the first that says wait (False).  How many were emitted."""
+        words = self._words
+        count = self.count
+        for i in range(count):
+            if not emit(_SPACED[words[i & 31]] if i else _FIRST[words[0]]):
+                return i + 1
+        return count
 
     async def _tokens(self) -> AsyncIterator[str]:
         model = self.model
@@ -315,9 +333,12 @@ class Run:
     __slots__ = ("count", "emit", "generation", "i", "interval", "loop", "pacer", "start",
                  "state", "target", "words")
 
-    def __init__(self, generation: Generation, target: Target, eager: bool = False) -> None:
+    def __init__(self, generation: Generation, target: Target, eager: bool = False,
+                 paused_at: int = 0) -> None:
         """``eager``: the caller takes the first step (:meth:`begin`); else it comes in
-        the next loop iteration (``call_soon``)."""
+        the next loop iteration (``call_soon``).  ``paused_at`` (> 0): the caller emitted
+        that many tokens of an unpaced answer and was told to wait: the run goes on at
+        :meth:`resume`."""
         self.generation = generation
         self.target = target
         self.emit = target.emit
@@ -335,6 +356,9 @@ class Run:
         self.state = _WAITING
         if delay > 0 and self.count > 0:
             self.pacer.at(self.loop.time() + delay, self)  # type: ignore[union-attr]
+        elif paused_at:
+            self.i = paused_at
+            self.state = _PAUSED
         else:
             self.state = _RUNNING
             if not eager:

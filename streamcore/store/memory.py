@@ -12,8 +12,8 @@ class MemoryStore:
     """Live entries by id; ended ones for ``retention_s`` seconds, within ``budget_bytes``
     of logs over all of them (the oldest go first)."""
 
-    __slots__ = ("_clock", "_live", "_retained", "_retained_bytes", "budget_bytes",
-                 "retention_s")
+    __slots__ = ("_clock", "_first_expires", "_live", "_retained", "_retained_bytes",
+                 "budget_bytes", "retention_s")
 
     def __init__(self, clock: Callable[[], float], retention_s: float,
                  budget_bytes: int) -> None:
@@ -24,6 +24,9 @@ class MemoryStore:
         #: Ended entries, oldest first (each until its ``expires``).
         self._retained: OrderedDict[str, Entry] = OrderedDict()
         self._retained_bytes = 0
+        #: When the oldest kept entry expires, or earlier (0.0: not known): a stream's
+        #: end does not look at the oldest entry before then, unless over the budget.
+        self._first_expires = 0.0
 
     @property
     def retained_bytes(self) -> int:
@@ -39,7 +42,8 @@ class MemoryStore:
             entry.expires = now + self.retention_s
             self._retained[entry.id] = entry
             self._retained_bytes += entry.kept_bytes
-        self._evict(now)
+        if now >= self._first_expires or self._retained_bytes > self.budget_bytes:
+            self._evict(now)
 
     def find(self, stream_id: str) -> Entry | None:
         entry = self._live.get(stream_id)
@@ -81,6 +85,10 @@ class MemoryStore:
         while retained:
             entry = next(iter(retained.values()))
             if entry.expires > now and self._retained_bytes <= self.budget_bytes:
-                break
+                # Entries are kept oldest first, each for retention_s: none expires
+                # before this one (forget only takes some away).
+                self._first_expires = entry.expires
+                return
             retained.popitem(last=False)
             self._retained_bytes -= entry.kept_bytes
+        self._first_expires = 0.0
