@@ -19,7 +19,7 @@ RATE=20; [ "$MODE" = churn ] && RATE=0
 if [ "$S" = streamcore ]; then
   taskset -c 0 python -m streamcore serve --host 127.0.0.1 --port $PORT --token-rate $RATE \
     --first-token-delay 0 --default-tokens 1000000 --max-answer-tokens 1000000 \
-    --max-connections 200000 \
+    --max-connections 200000 --max-connections-per-ip 0 \
     --log-level warning &
 else
   taskset -c 0 python benchmarks/peers/raw_asyncio.py --host 127.0.0.1 --port $PORT \

@@ -8,6 +8,9 @@ Prints each tree's median Python CPU per new stream and its per-round ratio to t
 
     git archive <commit> streamcore | tar -x -C DIR      # a tree to compare
     python benchmarks/new_stream_ab.py DIR_BEFORE DIR_AFTER [--user] [--rounds 12] [-n 2000]
+
+``--tokens N``: the daemon's answers N tokens long (default 1): with 1001, the per-token
+hot path dominates (the check that a new stream's cut did not slow it down).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def load(name: str, root: str) -> ModuleType:
     return module
 
 
-def setup(pkg: ModuleType, user: bool) -> tuple[Any, Any, bytes]:
+def setup(pkg: ModuleType, user: bool, tokens: int = 1) -> tuple[Any, Any, bytes]:
     """(server, HTTPConnection class, request) of one tree, as new_stream.py makes them."""
     name = pkg.__name__
     conn_class = importlib.import_module(name + ".aio.connection").HTTPConnection
@@ -55,7 +58,7 @@ def setup(pkg: ModuleType, user: bool) -> tuple[Any, Any, bytes]:
         gateway = importlib.import_module(name + ".gateway")
         synthetic = importlib.import_module(name + ".sources.synthetic")
         app = gateway.build_app([synthetic.SyntheticModel(tokens_per_s=0)])
-        request = ns.chat_request()
+        request = ns.chat_request(tokens)
     return pkg.Server(app, app.limits), conn_class, request
 
 
@@ -71,9 +74,11 @@ async def one_stream(server: Any, conn_class: Any, loop: asyncio.AbstractEventLo
     conn.connection_lost(None)
 
 
-async def compare(roots: list[str], user: bool, rounds: int, n: int) -> list[list[float]]:
+async def compare(roots: list[str], user: bool, rounds: int, n: int,
+                  tokens: int = 1) -> list[list[float]]:
     loop = asyncio.get_running_loop()
-    trees = [setup(load(f"streamcore_tree{i}", root), user) for i, root in enumerate(roots)]
+    trees = [setup(load(f"streamcore_tree{i}", root), user, tokens)
+             for i, root in enumerate(roots)]
     for server, conn_class, request in trees:  # warm up
         for _ in range(300):
             await one_stream(server, conn_class, loop, request)
@@ -96,10 +101,12 @@ def main() -> None:
     parser.add_argument("--user", action="store_true", help="a user's @app.stream handler")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("-n", type=int, default=2000, help="streams per tree per round")
+    parser.add_argument("--tokens", type=int, default=1, help="tokens per daemon answer")
     args = parser.parse_args()
-    figures = uvloop.run(compare(args.trees, args.user, args.rounds, args.n))
+    figures = uvloop.run(compare(args.trees, args.user, args.rounds, args.n, args.tokens))
     first = figures[0]
-    print(f"{'user handler' if args.user else 'daemon (synthetic)'}: Python CPU per new "
+    what = "user handler" if args.user else f"daemon (synthetic, {args.tokens} tokens)"
+    print(f"{what}: Python CPU per new "
           f"stream, {args.rounds} rounds x {args.n} streams, interleaved in one process")
     for root, runs in zip(args.trees, figures, strict=True):
         ratios = [a / b for a, b in zip(runs, first, strict=True)]

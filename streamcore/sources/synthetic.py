@@ -411,7 +411,15 @@ class Run:
             self.target.done()
         elif self.state is _RUNNING:
             self.state = _WAITING
-            self.pacer.at(self.start + self.i * self.interval, self)  # type: ignore[union-attr]
+            pacer = self.pacer
+            due = self.start + self.i * self.interval
+            # Pacer.at's common case inlined (its millisecond has a bucket already: 2000
+            # streams at 20 tokens/s put 40 tokens in each): a call less per token.
+            bucket = pacer.buckets.get(round(due * 1000.0))  # type: ignore[union-attr]
+            if bucket is not None:
+                bucket.append(self)
+            else:
+                pacer.at(due, self)  # type: ignore[union-attr]
 
     def resume(self) -> None:
         if self.state is not _PAUSED:
