@@ -4,6 +4,10 @@
 #   bash benchmarks/cost.sh steady SERVER [N=3000] [W=8]
 #       CPU per paced token in steady state: N streams at 20 tokens/s (loadgen.py paced),
 #       the server's utime/stime sampled over W seconds after the ramp (setup excluded).
+#   bash benchmarks/cost.sh run SERVER [N=2000] [T=40]
+#       CPU per delivered token over a whole B run: N streams of T tokens at 20 tokens/s
+#       opened over 1 s, from the first request to the last byte (opening, pacing and
+#       closing streams; run with two T to tell the cost per stream from the cost per token).
 #   bash benchmarks/cost.sh churn SERVER [C=16] [D=10]
 #       CPU per new stream: C clients each opening a connection per 1-token stream
 #       (benchmarks/churn.py), D seconds.
@@ -43,6 +47,14 @@ if [ "$MODE" = steady ]; then
   read -r u0 s0 < <(ticks); sleep "$W"; read -r u1 s1 < <(ticks)
   wait $LG
   UNITS=$(( N * RATE * W )); WHAT="paced token (N=$N, ${PROTO:-sse})"
+elif [ "$MODE" = run ]; then
+  N=${3:-2000}; T=${4:-40}; OUT=$(mktemp)
+  read -r u0 s0 < <(ticks)
+  taskset -c 1 python benchmarks/loadgen.py paced --port $PORT --proto "${PROTO:-sse}" \
+    -c "$N" -t "$T" --rate $RATE --ramp 1 --out "$OUT" >/dev/null 2>&1
+  read -r u1 s1 < <(ticks)
+  UNITS=$(python3 -c "import json; print(json.load(open('$OUT'))['tokens'])"); rm -f "$OUT"
+  WHAT="delivered token (whole run, N=$N, T=$T, ${PROTO:-sse})"
 else
   C=${3:-16}; D=${4:-10}
   read -r u0 s0 < <(ticks)

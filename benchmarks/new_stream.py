@@ -121,8 +121,9 @@ async def one_run(app: streamcore.App, request: bytes, n: int,
     return spent
 
 
-def print_calls(profiler: cProfile.Profile, n: int) -> None:
-    """Calls per stream, in all and by the file of the function called (builtins apart)."""
+def print_calls(profiler: cProfile.Profile, n: int, unit: str = "stream") -> None:
+    """Calls per ``unit`` (a stream), in all and by the file of the function called
+    (builtins apart)."""
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     by_file: collections.Counter[str] = collections.Counter()
     for (path, _, _), (_, calls, _, _, _) in stats.items():
@@ -130,7 +131,7 @@ def print_calls(profiler: cProfile.Profile, n: int) -> None:
         where = ("/".join(parts[parts.index("streamcore"):]) if "streamcore" in parts
                  else "(builtins)" if path == "~" else os.path.basename(path))
         by_file[where] += calls
-    print(f"function calls per stream: {sum(by_file.values()) / n:.1f}")
+    print(f"function calls per {unit}: {sum(by_file.values()) / n:.1f}")
     for where, calls in by_file.most_common():
         print(f"  {calls / n:6.1f}  {where}")
 

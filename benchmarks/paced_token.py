@@ -93,7 +93,7 @@ def main() -> None:
         profiler = cProfile.Profile(time.process_time)
         _, writes = uvloop.run(one_run(args.c, args.t, args.rate, profiler))
         print("daemon (synthetic, paced):", end=" ")
-        print_calls(profiler, int(writes))
+        print_calls(profiler, int(writes), "token")
         return
     figures = [uvloop.run(one_run(args.c, args.t, args.rate))[0] * 1e6
                for _ in range(args.runs)]

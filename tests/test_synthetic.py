@@ -93,6 +93,33 @@ def test_many_runs_share_one_wheel_and_a_cancelled_run_is_skipped(loop_name: str
 
 
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_runs_due_in_one_millisecond_share_its_bucket(loop_name: str) -> None:
+    """A Run's next token joins its millisecond's bucket when one is open (Run.tick's own
+    append, the common case at scale) and opens it through Pacer.at otherwise: one bucket
+    per millisecond, each with its key on the heap once, the runs in the order they
+    ticked; then every token comes."""
+    rate = 50.0
+
+    async def main() -> list[Recorder]:
+        loop = asyncio.get_running_loop()
+        model = SyntheticModel(tokens_per_s=rate)
+        targets = [Recorder(loop) for _ in range(5)]
+        runs = [model.start(chat(max_tokens=3, prompt=f"prompt {i}")).run(target)
+                for i, target in enumerate(targets)]
+        await asyncio.sleep(0)  # their first steps (call_soon): a token each, now
+        assert [len(t.texts) for t in targets] == [1] * 5
+        pacer = Pacer.of(loop)
+        due = {round((run.start + 1 / rate) * 1000.0) for run in runs}
+        assert sorted(pacer.keys) == sorted(due) == sorted(pacer.buckets)
+        assert [run for key in sorted(due) for run in pacer.buckets[key]] == runs
+        await asyncio.wait_for(asyncio.gather(*(t.finished for t in targets)), 5)
+        return targets
+
+    targets = run_in(loop_name, main)
+    assert [len(t.texts) for t in targets] == [3] * 5
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
 def test_one_firing_emits_at_most_max_steps_then_io_gets_a_turn(loop_name: str) -> None:
     """A loop behind schedule: everything overdue is not emitted in one callback; a
     callback queued during the first firing runs before the rest is emitted."""

@@ -141,7 +141,9 @@ class SSEFramer:
         (measured in benchmarks/RESULTS.md, session 3)."""
         head = self.head % seq if self.head is not None else self.field
         if self.chunked:
-            return b"".join((b"%x\r\n" % (len(head) + size + 2), head, *frame, b"\n\n\r\n"))
+            # One format of the frame's join: the tuple a star-unpack builds (through a
+            # list) for a join of every piece cost more (~10 % of this call).
+            return b"%x\r\n%b%b\n\n\r\n" % (len(head) + size + 2, head, b"".join(frame))
         return b"".join((head, *frame, b"\n\n"))
 
     def events(self, seq: int, frames: list[Frame], size: int,
