@@ -13,7 +13,9 @@ same outcome.
 
 And the splice of ``ChunkReader`` (the gateway's hot path): the input as text in the place
 of the content string of a learned chunk layout, escaped or not, and as a whole chunk --
-whatever the reader takes by its splice is exactly what ``read_chunk`` makes of the chunk.
+whatever the reader takes by its splice is exactly what ``read_chunk`` makes of the chunk,
+and a read that is that chunk as one whole event (``ChunkReader.one``, a paced token's
+path) is taken exactly when the splice takes it.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ def check_splice(data: bytes) -> None:
     reader = ChunkReader()
     reader.read(LAYOUT % '"first"')
     reader.read(LAYOUT % '"second"')  # learned from the second content chunk
+    reader.feed(b"data: x\n\n")  # past the stream's start: a read may be taken whole
     text = data.decode("utf-8", "replace")
     for chunk in (LAYOUT % text, LAYOUT % json_string(text).decode(), text):
         literal = reader.literal(chunk.encode())
@@ -129,6 +132,14 @@ def check_splice(data: bytes) -> None:
             content = orjson.loads(literal)
             assert literal == json_string(content)
             assert outcome(chunk) == Chunk(content=content), chunk
+        # The same chunk as one whole event of a read (the paced path, ChunkReader.one):
+        # taken exactly when the splice takes it, if it can be one data line.
+        event = b"id: 7\ndata: " + chunk.encode() + b"\n\n"
+        taken = reader.one(event)
+        if not any(c in chunk for c in "\r\n\0"):
+            assert taken == literal, chunk
+        else:
+            assert taken is None, chunk
 
 
 def target(data: bytes) -> None:
