@@ -96,14 +96,11 @@ class ChatStream:
         # the readers' first flush: head, role, tokens, finish and end in one write).
         generation = self.generation
         if generation.whole_now:  # the whole answer, now, without a Run
-            emitted = generation.emit_tokens(self.emit)
-            if emitted < generation.count:  # told to wait: a Run goes on from there
-                self.count = emitted
-                if not stream.finished:  # (not if the wait was the stream's end)
-                    self.run = generation.run(self, eager=True, paused_at=emitted)
-                return
-            self.count = emitted
-            self.done()
+            self.count = emitted = generation.emit_tokens(self.emit)
+            if emitted == generation.count:
+                self.done()
+            elif not stream.finished:  # told to wait (not by its end): a Run goes on
+                self.run = generation.run(self, eager=True, paused_at=emitted)
             return
         self.run = run = generation.run(self, eager=True)
         run.begin()

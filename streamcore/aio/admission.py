@@ -56,10 +56,8 @@ class Admission:
                 return self._refused("max_connections_per_ip")
             self.per_ip[ip] = count + 1
         self.connections.add(conn)
-        # Child.inc inlined (two calls per connection): a series is a slot of its view.
-        accepted, open_ = self._accepted, self._open
-        accepted.view[accepted.slot] += 1
-        open_.view[open_.slot] += 1
+        self._accepted.inc()
+        self._open.inc()
         return True
 
     def _refused(self, reason: str) -> bool:
@@ -90,8 +88,7 @@ class Admission:
         if conn not in self.connections:  # refused, or already released
             return
         self.connections.discard(conn)
-        open_ = self._open
-        open_.view[open_.slot] -= 1  # Child.inc(-1), inlined
+        self._open.inc(-1)
         ip = _ip(conn.peer)
         if ip is not None:
             count = self.per_ip.get(ip, 0) - 1

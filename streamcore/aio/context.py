@@ -133,15 +133,12 @@ class StreamCounters:
         self.finished: dict[str, Child] = {}
 
     def ended(self, outcome: str) -> None:
-        # Child.inc inlined here and at the start (four calls per stream): a series is
-        # a slot of its view.
-        active = self.active
-        active.view[active.slot] -= 1
+        self.active.inc(-1)
         child = self.finished.get(outcome)
         if child is None:
             child = self.finished[outcome] = self.metrics.child(
                 "streamcore_streams_finished_total", self.model, self.transport, outcome)
-        child.view[child.slot] += 1
+        child.inc()
 
 
 class StreamMeter:
@@ -166,9 +163,8 @@ class StreamMeter:
         stream.entry.meta = (model, transport, time.time())
         self.ttft_s: float | None = None
         counters = self.counters = ctx.stream_counters(model, transport)
-        started, active = counters.started, counters.active
-        started.view[started.slot] += 1
-        active.view[active.slot] += 1
+        counters.started.inc()
+        counters.active.inc()
 
     def observe(self, value: float) -> None:
         """The origin reader wrote the first token ``value`` seconds after the request."""

@@ -115,7 +115,8 @@ class Flusher:
     def flushed(self, reader: BaseReader, events: int, nbytes: int) -> None:
         """Count one flush that wrote ``events`` (never per token: once per flush)."""
         written, sent, latency = self.meters[reader.transport]
-        written.view[written.slot] += events  # Child.inc, inlined (once per flush)
+        # Child.inc inlined: a paced token is a flush of its own (two calls per token).
+        written.view[written.slot] += events
         sent.view[sent.slot] += nbytes
         now = time.monotonic()
         if reader.woken_at:

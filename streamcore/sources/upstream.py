@@ -440,29 +440,27 @@ class UpstreamChat:
         assert stream is not None and self.loop is not None
         if self._waiting is not None:
             self._waiting.append(Body(data))
-        elif self._chunks is not None:
-            if not self._on_sse(data, stream):
-                self._waiting = []
-        elif self._error_body is not None:
-            self._error_bytes(data)
+        elif not self._body(data, stream):
+            self._waiting = []
 
-    def _error_bytes(self, data: bytes) -> None:
-        """A refusal's body, kept up to ``upstream_max_event_bytes``."""
-        assert self._error_body is not None
-        self._error_body += data
-        if len(self._error_body) > self.limits.upstream_max_event_bytes:
-            self._error_body = self._error_body[:self.limits.upstream_max_event_bytes]
+    def _body(self, data: bytes, stream: Stream) -> bool:
+        """Body bytes: the event stream's pushed, or a refusal's body kept (up to
+        ``upstream_max_event_bytes``).  False: the stream asked to wait."""
+        if self._chunks is not None:
+            return self._on_sse(data, stream)
+        if self._error_body is not None:
+            self._error_body += data
+            if len(self._error_body) > self.limits.upstream_max_event_bytes:
+                self._error_body = self._error_body[:self.limits.upstream_max_event_bytes]
+        return True
 
     def _handle(self, events: Sequence[Event], stream: Stream) -> None:
         for i, event in enumerate(events):
             if isinstance(event, Body):
-                if self._chunks is not None:
-                    if not self._on_sse(event.data, stream):
-                        # The stream asked to wait: what came with these bytes waits too.
-                        self._waiting = list(events[i + 1:])
-                        return
-                elif self._error_body is not None:
-                    self._error_bytes(event.data)
+                if not self._body(event.data, stream):
+                    # The stream asked to wait: what came with these bytes waits too.
+                    self._waiting = list(events[i + 1:])
+                    return
             elif isinstance(event, Head):
                 self._on_head(event)
             elif isinstance(event, End):
@@ -493,20 +491,27 @@ class UpstreamChat:
             # every token): pushed as _push_events would, without its machinery.
             literal = chunks.one(data)
             if literal is not None:
-                self.count += 1
-                template = self.template
-                if not stream.push((template.prefix, literal, template.suffix),
-                                   self.fixed + len(literal)) and self.conn is not None:
-                    self.conn.pause_reading()
-                    self._sse_left = []
-                    return False
-                return True
+                if self._push_literal(literal, stream):
+                    return True
+                self._sse_left = []
+                return False
         try:
             items = chunks.feed(data)
         except SSEDecodeError as exc:
             self._fail(UpstreamFailed(f"the upstream sent a malformed event stream: {exc}"))
             return True
         return self._push_events(items, stream)
+
+    def _push_literal(self, literal: bytes, stream: Stream) -> bool:
+        """Push one content chunk (its content's JSON string in the template); False:
+        the stream asked to wait, and reading is paused."""
+        self.count += 1
+        template = self.template
+        if stream.push((template.prefix, literal, template.suffix),
+                       self.fixed + len(literal)) or self.conn is None:
+            return True
+        self.conn.pause_reading()
+        return False
 
     def _push_events(self, items: Sequence[Item], stream: Stream) -> bool:
         """Push the events' chunks, in order, until the stream asks to wait: then reading
@@ -545,10 +550,7 @@ class UpstreamChat:
                 raw = item.data.encode()
             spliced = chunks.literal(raw) if self._first else None
             if spliced is not None:
-                self.count += 1
-                if not push((prefix, spliced, suffix), fixed + len(spliced)) and (
-                        self.conn is not None):
-                    self.conn.pause_reading()
+                if not self._push_literal(spliced, stream):
                     self._sse_left = list(items[i + 1:])
                     return False
                 continue
