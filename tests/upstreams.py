@@ -231,8 +231,14 @@ class Exchange:
         watcher, self.watcher = self.watcher, None
         if watcher is not None:
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await watcher
+            except asyncio.CancelledError:
+                # The watcher's own cancellation is expected; ours (the server closing)
+                # must go on, or the connection's task would outlive the close.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
 
 
 def chunk(model: str, delta: dict[str, Any] | None = None, finish: str | None = None,
@@ -413,18 +419,35 @@ class ScriptedUpstream:
             time.sleep(0.005)
 
     def close(self) -> None:
+        """Stop: every task of the server's loop cancelled *and awaited* on that loop, the
+        sockets closed, then the loop stopped and closed.  A task only cancelled (its
+        ``finally`` never run) outlived the loop: the garbage collector finalized its
+        coroutine later, in another test, and its ``finally`` (``stop_watching``) called
+        ``call_soon`` on a closed loop (PytestUnraisableExceptionWarning)."""
+
         async def stop() -> None:
-            for task in list(self._tasks):
+            self.listener.close()
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
                 task.cancel()
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=5)
+                if pending:
+                    self.errors.append(RuntimeError(f"tasks ignored their cancel: {pending}"))
             for sock in list(self._socks):
                 with contextlib.suppress(OSError):
                     sock.close()
-            self.listener.close()
 
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
+        if self.loop.is_closed():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+            if not self._thread.is_alive():
+                self.loop.close()
 
     def __enter__(self) -> ScriptedUpstream:
         return self
