@@ -397,12 +397,14 @@ class ScriptedUpstream:
         except Exception as exc:  # reported to the test
             self.errors.append(exc)
         finally:
-            if ex is not None:
-                await ex.stop_watching()
             record.we_closed = True
             self._socks.discard(sock)
-            with contextlib.suppress(OSError):
-                sock.close()
+            try:
+                if ex is not None:  # re-raises the server's close (a cancel): still closed
+                    await ex.stop_watching()
+            finally:
+                with contextlib.suppress(OSError):
+                    sock.close()
 
     # -- the test's side ------------------------------------------------------------------
 
