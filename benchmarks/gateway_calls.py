@@ -9,7 +9,15 @@ switched on (SIGUSR1) for one load run of ``--duration`` s (``loadgen.py through
 profile).  Printed: calls per request in all, the event loop's timer calls (``call_later``,
 ``call_at``, ``TimerHandle.cancel``) per request, and the functions called most per request.
 
+``--paced``: the same per relayed *paced token* of the steady state instead.  The upstream
+paces (``--rate`` tokens/s); ``-c`` streams of ``--tokens`` tokens start within 0.5 s, and the
+profiler is on from 1.5 s to 1 s before the streams' end, a window in which every stream
+relays ``rate`` tokens a second (the count divides by that; the requests' own set-up and end
+fall outside it).  Keep ``-c`` low enough that the profiled gateway is not saturated (its
+tokens would then fall behind the window): 200 is.
+
     python benchmarks/gateway_calls.py [--baseline-ref REF] [-c 16] [--duration 4]
+    python benchmarks/gateway_calls.py --paced [-c 200] [--tokens 200] [--rate 20]
 """
 
 from __future__ import annotations
@@ -85,6 +93,26 @@ def load(port: int, conc: int, duration: float) -> dict[str, Any]:
     return json.loads(out)  # type: ignore[no-any-return]
 
 
+def paced(port: int, args: argparse.Namespace, proc: subprocess.Popen[bytes]) -> int:
+    """The paced load, the profiler on for the steady window; the tokens in that window."""
+    import json
+
+    load = subprocess.Popen(
+        ["taskset", "-c", "0", PY, os.path.join(HERE, "loadgen.py"), "paced", "--port",
+         str(port), "-c", str(args.c), "-t", str(args.tokens), "--rate", str(args.rate),
+         "--ramp", "0.5", "--strict-end"], stdout=subprocess.PIPE)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGUSR1)
+    window = args.tokens / args.rate - 1.0 - 1.5
+    time.sleep(window)
+    proc.send_signal(signal.SIGUSR2)
+    out, _ = load.communicate()
+    got = json.loads(out)
+    if got["streams_valid"] != args.c:
+        raise RuntimeError(f"only {got['streams_valid']} of {args.c} streams were valid")
+    return round(args.c * args.rate * window)
+
+
 def measure(name: str, tree: str, upstream: int, port: int, args: argparse.Namespace) -> None:
     prof = tempfile.mktemp(suffix=".prof")
     env = dict(os.environ, PYTHONPATH=tree)
@@ -92,14 +120,19 @@ def measure(name: str, tree: str, upstream: int, port: int, args: argparse.Names
     proc = subprocess.Popen(
         ["taskset", "-c", "1", PY, os.path.abspath(__file__), "--child", prof, "--", "serve",
          "--port", str(port), "--upstream", spec, "--upstream-pool-size", "1024",
+         "--max-connections-per-ip", "0",
          "--log-level", "warning"], cwd=tree, env=env, stdout=subprocess.DEVNULL)
     try:
         ready(port)
         load(port, args.c, 1.0)  # warm-up: pools, allocators
-        proc.send_signal(signal.SIGUSR1)
-        time.sleep(0.2)
-        got = load(port, args.c, args.duration)
-        proc.send_signal(signal.SIGUSR2)
+        if args.paced:
+            n = paced(port, args, proc)
+        else:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.2)
+            got = load(port, args.c, args.duration)
+            proc.send_signal(signal.SIGUSR2)
+            n = got["streams_done"]
         for _ in range(100):
             if os.path.exists(prof) and os.path.getsize(prof):
                 break
@@ -108,7 +141,6 @@ def measure(name: str, tree: str, upstream: int, port: int, args: argparse.Names
     finally:
         proc.terminate()
         proc.wait(10)
-    n = got["streams_done"]
     stats = pstats.Stats(prof)
     if args.keep:  # for pstats: python -c "import pstats; pstats.Stats(F).sort_stats(...)..."
         kept = os.path.join(HERE, "out", f"gateway-calls-{name.split()[-1]}.prof")
@@ -128,8 +160,8 @@ def measure(name: str, tree: str, upstream: int, port: int, args: argparse.Names
         where = func if file == "~" else f"{short}:{line}({func})"
         rows.append((ncalls / max(1, n), where))
     rows.sort(reverse=True)
-    print(f"{name}: {n} requests ({got['streams_valid']} valid), {total / max(1, n):.1f} "
-          f"calls per request; timers per request: "
+    unit = "paced token" if args.paced else "request"
+    print(f"{name}: {n} {unit}s, {total / max(1, n):.2f} calls per {unit}; timers per {unit}: "
           + ", ".join(f"{k} {v / max(1, n):.2f}" for k, v in timers.items()), flush=True)
     for per, where in rows[:args.top]:
         print(f"    {per:7.2f}  {where}")
@@ -145,6 +177,10 @@ def main() -> None:
     parser.add_argument("-c", type=int, default=16, help="connections")
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--paced", action="store_true",
+                        help="calls per relayed paced token (steady state), not per request")
+    parser.add_argument("--tokens", type=int, default=200, help="--paced: tokens per stream")
+    parser.add_argument("--rate", type=float, default=20.0, help="--paced: tokens/s")
     parser.add_argument("--port", type=int, default=18731)
     parser.add_argument("--keep", action="store_true",
                         help="keep the profiles (benchmarks/out/gateway-calls-*.prof)")
@@ -154,7 +190,8 @@ def main() -> None:
 
     upstream = subprocess.Popen(
         ["taskset", "-c", "0", PY, "-m", "streamcore", "serve", "--port", str(args.port),
-         "--token-rate", "0", "--log-level", "warning"], cwd=ROOT,
+         "--token-rate", str(args.rate if args.paced else 0), "--max-answer-tokens",
+         "1000000", "--log-level", "warning", "--max-connections-per-ip", "0"], cwd=ROOT,
         env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL)
     base = ""
     try:

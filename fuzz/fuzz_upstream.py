@@ -132,10 +132,11 @@ def check_splice(data: bytes) -> None:
             content = orjson.loads(literal)
             assert literal == json_string(content)
             assert outcome(chunk) == Chunk(content=content), chunk
-        # The same chunk as one whole event of a read (the paced path, ChunkReader.one):
-        # taken exactly when the splice takes it, if it can be one data line.
+        # The same chunk as one whole event of a read, one chunk of the body (the paced
+        # path, ChunkReader.one_chunk): taken exactly when the splice takes it, if it can
+        # be one data line.
         event = b"id: 7\ndata: " + chunk.encode() + b"\n\n"
-        taken = reader.one(event)
+        taken = reader.one_chunk(b"%x\r\n%b\r\n" % (len(event), event))
         if not any(c in chunk for c in "\r\n\0"):
             assert taken == literal, chunk
         else:

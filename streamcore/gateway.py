@@ -112,6 +112,14 @@ class ChatStream:
         return self.stream.push(  # type: ignore[union-attr]
             (template.prefix, data, template.suffix), self.fixed + len(data))
 
+    def emit_one(self, text: str) -> bool:
+        """A paced token (one a loop iteration): written at once when the reader is
+        caught up (:meth:`~streamcore.aio.stream.Stream.push_one`)."""
+        template = self.template
+        data = json_string(text)
+        return self.stream.push_one(  # type: ignore[union-attr]
+            (template.prefix, data, template.suffix), self.fixed + len(data))
+
     def done(self) -> None:
         stream = self.stream
         assert stream is not None
@@ -197,6 +205,9 @@ class UTF8ChatStream(ChatStream):
 
     def emit(self, text: str) -> bool:
         return super().emit(text.translate(UTF8_LETTERS))
+
+    def emit_one(self, text: str) -> bool:
+        return super().emit_one(text.translate(UTF8_LETTERS))
 
 
 class Catalog:

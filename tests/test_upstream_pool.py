@@ -53,6 +53,9 @@ class Collect:
     def upstream_events(self, events: list[Event]) -> None:
         self.events += events
 
+    def upstream_read(self, data: bytes) -> bool:
+        return False  # every read goes to the session
+
     def upstream_body(self, data: bytes) -> None:
         self.events.append(Body(data))
 

@@ -744,10 +744,15 @@ def test_chunk_reader_feed_is_decoder_and_read_chunk(layout: str, items: list[An
             assert reader.decoder.last_event_id == last_id.last_event_id
 
 
+def one(reader: ChunkReader, event: bytes) -> bytes | None:
+    """ChunkReader.one_chunk of ``event`` as one whole chunk of the body (a paced read)."""
+    return reader.one_chunk(b"%x\r\n%b\r\n" % (len(event), event))
+
+
 def read_piece(reader: ChunkReader, piece: bytes) -> list[Chunk | str]:
     """A read as the gateway takes it once its first token went: one event of the learned
-    layout at once (ChunkReader.one), else fed."""
-    literal = reader.one(piece)
+    layout at once (ChunkReader.one_chunk), else fed."""
+    literal = one(reader, piece)
     if literal is None:
         return read_items(reader, reader.feed(piece))
     content = orjson.loads(literal)
@@ -758,13 +763,13 @@ def read_piece(reader: ChunkReader, piece: bytes) -> list[Chunk | str]:
 def test_chunk_reader_one_event() -> None:
     reader = ChunkReader()
     event = "id: 7\ndata: " + LAYOUTS["vllm"] + "\n\n"
-    assert reader.one(event.format('"a"').encode()) is None  # nothing learned yet
+    assert one(reader, event.format('"a"').encode()) is None  # nothing learned yet
     for word in ("a", "b"):
         reader.read(LAYOUTS["vllm"].format(f'"{word}"'))
     reader.feed(b"data: x\n\n")  # past the start of the stream
-    assert reader.one(event.format('"\u00e9"').encode()) == '"\u00e9"'.encode()
+    assert one(reader, event.format('"\u00e9"').encode()) == '"\u00e9"'.encode()
     assert reader.decoder.last_event_id == "7"
-    assert reader.one(event.format('"c"').replace("id: 7\n", "").encode()) == b'"c"'
+    assert one(reader, event.format('"c"').replace("id: 7\n", "").encode()) == b'"c"'
     assert reader.decoder.last_event_id == "7"
     for bad in (event.format('"\\u0041"'),  # not json_string's literal
                 event.format('"a"') + "data: x\n\n",  # two events
@@ -772,25 +777,25 @@ def test_chunk_reader_one_event() -> None:
                 event.format('"a"').replace("id: 7", "id: \0"),
                 event.format('"a"').replace("id: 7", "event: x"),
                 event.format('"a"')[:-1], ": c\n" + event.format('"a"')):
-        assert reader.one(bad.encode()) is None, bad
-    assert reader.one(event.format('"\udcff"').encode("utf-8", "surrogateescape")) is None
+        assert one(reader, bad.encode()) is None, bad
+    assert one(reader, event.format('"\udcff"').encode("utf-8", "surrogateescape")) is None
     # the decoder mid-event or with a long line: declined
     small = ChunkReader(Decoder(max_line_bytes=100, max_event_bytes=50))
     for word in ("a", "b"):
         small.read(LAYOUTS["vllm"].format(f'"{word}"'))
     small.feed(b"data: x\n\n")
-    assert small.one(event.format('"a"').encode()) is None  # the data line is over 100
+    assert one(small, event.format('"a"').encode()) is None  # the data line is over 100
     short = event.format('"a"').replace(LAYOUTS["vllm"].format('"a"'), "{}")
-    assert small.one(short.encode()) is None
+    assert one(small, short.encode()) is None
     assert small.feed(b"data: x\n") == []
     small2 = ChunkReader(Decoder(max_line_bytes=1000, max_event_bytes=100))
     for word in ("a", "b"):
         small2.read(LAYOUTS["vllm"].format(f'"{word}"'))
     small2.feed(b"data: x\n\n")
-    assert small2.one(event.format('"a"').encode()) is None  # the event is over 100
+    assert one(small2, event.format('"a"').encode()) is None  # the event is over 100
     small2.decoder.max_event_bytes = 1000
-    assert small2.one(("id: " + "1" * 1001 + event[5:]).format('"a"').encode()) is None
-    assert small2.one(event.format('"a"').encode()) == b'"a"'
+    assert one(small2, ("id: " + "1" * 1001 + event[5:]).format('"a"').encode()) is None
+    assert one(small2, event.format('"a"').encode()) == b'"a"'
     # a layout across two data lines is learned, but never one event's line
     split = LAYOUTS["vllm"].replace('"choices"', '\n"choices"')
     lines = ChunkReader()
@@ -798,7 +803,37 @@ def test_chunk_reader_one_event() -> None:
         lines.read(split.format(f'"{word}"'))
     assert lines.literal(split.format('"d"').encode()) == b'"d"'
     lines.feed(b"data: x\n\n")
-    assert lines.one(("data: " + split.format('"d"') + "\n\n").encode()) is None
+    assert one(lines, ("data: " + split.format('"d"') + "\n\n").encode()) is None
+
+
+def test_chunk_reader_one_chunk_is_one_whole_chunk() -> None:
+    """The read is taken only when it is exactly one chunk: its size that of its data, no
+    extension, its CRLF; and only when the session is between chunks (receive_one)."""
+    reader = ChunkReader()
+    for word in ("a", "b"):
+        reader.read(LAYOUTS["vllm"].format(f'"{word}"'))
+    reader.feed(b"data: x\n\n")
+    event = ("id: 9\ndata: " + LAYOUTS["vllm"].format('"e"') + "\n\n").encode()
+    size = b"%x" % len(event)
+    for bad in (b"%x\r\n" % (len(event) + 1) + event + b"\r\n",  # another size
+                b"%x\r\n" % (len(event) - 1) + event + b"\r\n",
+                size + b";x=1\r\n" + event + b"\r\n",  # an extension: the general way
+                size + b"\r\n" + event,  # the chunk's CRLF not here yet
+                size + b"\r\n" + event + b"\r\n0\r\n\r\n",  # and the last chunk
+                b"0" * 17 + b"\r\n" + event + b"\r\n"):  # a size over 16 digits
+        assert reader.one_chunk(bad) is None, bad
+    assert reader.decoder.last_event_id == ""
+    assert reader.one_chunk(size.upper() + b"\r\n" + event + b"\r\n") == b'"e"'
+    assert reader.decoder.last_event_id == "9"
+    # the session: taken between chunks only
+    fresh = session()
+    assert fresh.receive_one(size + b"\r\n" + event + b"\r\n", reader) is None  # no head
+    fresh.receive(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + size[:1])
+    assert fresh.receive_one(size + b"\r\n" + event + b"\r\n", reader) is None  # buffered
+    fresh = session()
+    fresh.receive(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    assert fresh.receive_one(size + b"\r\n" + event + b"\r\n", reader) == b'"e"'
+    assert fresh.receive(b"0\r\n\r\n") == [End()]  # and it is still between chunks
 
 
 @given(st.lists(st.tuples(st.binary(min_size=0, max_size=40),

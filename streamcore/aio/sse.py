@@ -77,6 +77,23 @@ class SSEReader(BaseReader):
         self.entry.attach(self, origin=origin)
         self.heartbeat.readers.add(self)
 
+    def takes_now(self) -> bool:
+        conn = self.conn
+        return not (self.scheduled or self.done or self.framer is None or conn.write_paused
+                    or conn.transport is None or self.entry.multiline is not None
+                    or self.cursor.next_seq != self.cursor.log.next_seq)
+
+    def write_newest(self) -> None:
+        """The one event pending, written now: as :meth:`_flush` writes a sparse stream's
+        token, without the Flusher's turn."""
+        cursor = self.cursor
+        seq = cursor.next_seq
+        frame, size = cursor.take_newest()
+        assert self.framer is not None  # (takes_now)
+        data = self.framer.event(seq, frame, size)
+        self.conn.send(data)
+        self.flusher.wrote_now(self, len(data))
+
     def _flush(self, conn: Responder) -> None:
         cursor = self.cursor
         log_ = cursor.log

@@ -127,6 +127,21 @@ class Flusher:
             reader.ttft = None
             ttft.observe(now - reader.ttft_from)
 
+    def wrote_now(self, reader: BaseReader, nbytes: int) -> None:
+        """Count one event of ``nbytes`` written as it was pushed
+        (:meth:`BaseReader.write_newest`): :meth:`flushed` with a write latency of zero,
+        which no clock need measure."""
+        written, sent, latency = self.meters[reader.transport]
+        written.view[written.slot] += 1
+        sent.view[sent.slot] += nbytes
+        view = latency.view
+        view[latency.slot] += 1  # the first bucket (le 100 µs): written in its own call
+        view[latency.sum_slot + 1] += 1  # the count (the sum grows by 0)
+        ttft = reader.ttft
+        if ttft is not None and reader.cursor.next_seq > reader.ttft_seq:
+            reader.ttft = None
+            ttft.observe(time.monotonic() - reader.ttft_from)
+
     def run(self) -> None:
         self.scheduled = False
         pending, self.pending = self.pending, []
@@ -213,6 +228,16 @@ class BaseReader:
             return
         if cursor.next_seq != seq:
             self.flusher.flushed(self, cursor.next_seq - seq, conn.bytes_out - sent)
+
+    def takes_now(self) -> bool:
+        """Whether a frame pushed now would be the only one pending and could be written
+        at once (:meth:`write_newest`): never, unless a subclass says how."""
+        return False
+
+    def write_newest(self) -> None:
+        """Write the log's newest frame now, the only one pending (:meth:`takes_now`
+        said so before it was pushed)."""
+        raise NotImplementedError
 
     def progressed(self) -> None:
         """This reader took frames: a paused stream it drives may go on."""
@@ -409,6 +434,20 @@ class Stream:
         if state is RUNNING:
             self._to("pause")
         return False
+
+    def push_one(self, frame: Frame, size: int) -> bool:
+        """:meth:`push`, for a source that pushes at most one frame per loop iteration
+        (a paced upstream's read): when the origin reader is the only one and has written
+        everything, the frame is written at once instead of at the end of the iteration
+        (no Flusher turn, no wake-up: the write is the same one write the Flusher would
+        make).  Anything else goes the way of :meth:`push`."""
+        origin = self.origin
+        if (not isinstance(origin, BaseReader) or self.state is not RUNNING
+                or len(self.readers) != 1 or not origin.takes_now()):
+            return self.push(frame, size)
+        self.log.append(frame, size)
+        origin.write_newest()
+        return True
 
     def end(self) -> None:
         """The source is done."""

@@ -29,6 +29,11 @@ class Consumer(Protocol):
 
     def upstream_events(self, events: list[Event]) -> None: ...
 
+    def upstream_read(self, data: bytes) -> bool:
+        """A whole read, taken at once if it is what the consumer can take so (a paced
+        upstream's token, :meth:`~streamcore.proto.upstream.UpstreamSession.receive_one`);
+        False: nothing taken, the session receives it."""
+
     def upstream_body(self, data: bytes) -> None:
         """Body bytes alone (one whole chunk): what ``upstream_events([Body(data)])``
         would mean, without the event and its list (a paced upstream's every read)."""
@@ -73,6 +78,8 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         consumer = self.consumer
         if consumer is not None:
+            if consumer.upstream_read(data):
+                return
             body = self.session.receive_chunk(data)
             if body is not None:
                 consumer.upstream_body(body)

@@ -475,44 +475,26 @@ class Decoder:
             events += self._general(data[pos:], False)
         return events
 
-    def one_event(self, data: bytes, head: bytes,
-                  tail: bytes) -> tuple[bytes | None, bytes] | None:
-        """Whether ``data`` is exactly one whole event ``[id: I LF]<head>X<tail>`` that
-        :meth:`feed_raw` would give as one undecoded value (``head`` starts ``data: ``,
-        ``tail`` ends with the blank line ``LF LF``; neither holds CR, LF or NUL
-        otherwise): then ``(I or None, X)``, and nothing is consumed -- the caller checks
-        that X holds no CR, LF or NUL, then calls :meth:`took`.  None: :meth:`feed_raw`
-        it.  The one event of a paced upstream's read, without the general machinery
-        (the events of one read, their list, the checks of :meth:`_settle`)."""
+    def take_one(self, ident: bytes | None, line_bytes: int) -> bool:
+        """Take one whole event that the caller found alone in a read: an optional ``id:
+        I`` line (``ident``: I, which holds no CR, LF or NUL) and one ``data:`` line of
+        ``line_bytes`` bytes (no CR, LF or NUL), then the blank line -- what
+        :meth:`feed_raw` would give as one undecoded value (the caller has its data).
+        True: taken, its id (if any) is the last event ID, as dispatch sets it (9.2.6).
+        False: nothing is taken (the decoder is within an event or at the stream's start,
+        or a line is over the limits), :meth:`feed_raw` it.  A paced upstream's every
+        event, without the general machinery (the events of a read, their list, the checks
+        of :meth:`_settle`)."""
         if (self._at_start or self._skip_lf or self._pending or self._data
                 or self._event_type or self._event_retry is not None
-                or not data.endswith(tail)):
-            return None
-        if data.startswith(head):
-            start = 0
-            ident = None
-        elif data.startswith(b"id: "):
-            start = data.find(b"\n") + 1
-            ident = data[4:start - 1]
-            if (start - 1 > self.max_line_bytes or not data.startswith(head, start)
-                    or b"\r" in ident or b"\0" in ident):
-                return None
-        else:
-            return None
-        end = len(data) - 2  # the data line's end
-        stop = len(data) - len(tail)
-        if (stop < start + len(head) or end - start > self.max_line_bytes
-                or end - start - 5 > self.max_event_bytes):
-            return None
-        return ident, data[start + len(head):stop]
-
-    def took(self, ident: bytes | None) -> None:
-        """The event :meth:`one_event` found is taken: its id (if any) is the last event
-        ID, as :meth:`feed_raw` would have set it (9.2.6: dispatch sets it from the id
-        buffer)."""
+                or line_bytes > self.max_line_bytes or line_bytes - 5 > self.max_event_bytes):
+            return False
         if ident is not None:
+            if len(ident) + 4 > self.max_line_bytes:
+                return False
             self._id_buffer = ident
         self._last_id = self._id_buffer
+        return True
 
     def feed_around(self, data: bytes, prefix: bytes, suffix: bytes,
                     middle: bytes) -> list[Item]:

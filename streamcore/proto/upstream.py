@@ -117,6 +117,10 @@ Event = Head | Body | End
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[^\r\n]*)?")
 #: A chunk size alone (no extensions), for :meth:`UpstreamSession.receive_chunk`.
 _CHUNK_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+#: What starts a read that is one chunk of one event (:meth:`ChunkReader.one_chunk`): its
+#: size alone, and the event's ``id:`` line if it has one (a value without CR, LF or NUL:
+#: WHATWG HTML 9.2.6 ignores an id holding NUL, and then this does not match it).
+_ONE_START = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n(?:id: ([^\r\n\x00]*)\n)?")
 #: The longest chunk-size line accepted (its extensions included), bytes.
 MAX_CHUNK_LINE = 1024
 #: A status line (RFC 9112 section 4); the reason phrase is ignored.
@@ -210,6 +214,17 @@ class UpstreamSession:
         if end - nl - 2 != int(data[:nl], 16) or not data.endswith(b"\r\n") or end <= nl + 2:
             return None
         return data[nl + 2:end]
+
+    def receive_one(self, data: bytes, chunks: ChunkReader) -> bytes | None:
+        """When ``data`` is exactly one whole chunk (the session between chunks) holding
+        exactly one content-only event of the layout ``chunks`` learned: its content's
+        JSON string, taken as :meth:`receive`, :meth:`ChunkReader.feed` and
+        :meth:`ChunkReader.literal` would take it (the session stays between chunks; the
+        event's id is the decoder's last event ID).  None: nothing is taken.  A paced
+        upstream's every token after its first, in one call of each layer."""
+        if self._state != _CHUNK_LINE or self._buf:
+            return None
+        return chunks.one_chunk(data)
 
     def receive(self, data: bytes) -> list[Event]:
         """Feed bytes (``b""``: the upstream closed); the events they complete."""
@@ -484,8 +499,9 @@ class ChunkReader:
         self._tries = LEARN_TRIES
         self._seen = False  # a content-only chunk came (the next one is learned from)
         self._bulk = 0  # reads this long or longer hold three events or more, at best
-        # The learned layout as a whole event's data line around the literal (:meth:`one`);
-        # None: the layout holds a line break or NUL (then never one event so).
+        # The learned layout as a whole event's data line around the literal, and what
+        # follows it to the end of its chunk (:meth:`one_chunk`); None: the layout holds a
+        # line break or NUL (then never one event so).
         self._head: bytes | None = None
         self._tail = b""
 
@@ -501,27 +517,39 @@ class ChunkReader:
             return self.decoder.feed_raw(data)
         return self.decoder.feed_around(data, prefix, self._suffix, LITERAL)
 
-    def one(self, data: bytes) -> bytes | None:
-        """When body bytes are exactly one event, a content-only chunk of the learned
-        layout: its content's JSON string (exactly ``json_string(content)``), the event
-        taken (its id the decoder's last event ID).  None: nothing is taken, :meth:`feed`
-        it.  The same as :meth:`feed` then :meth:`literal` (a paced model's every token:
-        one read, one event)."""
+    def one_chunk(self, data: bytes) -> bytes | None:
+        """When a read is exactly one whole chunk of the body (``SIZE CRLF``, the data,
+        ``CRLF``; no extensions) whose data is exactly one event ``[id: I LF]data: <the
+        learned layout around X> LF LF``, X a plain JSON string literal (:data:`LITERAL`,
+        valid UTF-8) and the decoder between events: X (exactly ``json_string(content)``),
+        the event taken (its id the decoder's last event ID).  None: nothing is taken.
+        The caller checked that the body's chunked coding is between chunks
+        (:meth:`UpstreamSession.receive_one`).  The same as the session's
+        :meth:`~UpstreamSession.receive`, :meth:`feed` and :meth:`literal`, checked by a
+        handful of C calls: a paced model's every token is such a read."""
         head = self._head
         if head is None:
             return None
-        found = self.decoder.one_event(data, head, self._tail)
-        if found is None:
+        match = _ONE_START.match(data)
+        if match is None:
             return None
-        literal = found[1]
-        if _PLAIN_LITERAL.fullmatch(literal) is None:
+        line_at = match.end()  # the data line's start
+        start = line_at + len(head)
+        stop = len(data) - len(self._tail)
+        if (stop < start or not data.startswith(head, line_at) or not data.endswith(self._tail)
+                # the chunk's size is its data: what follows its size line, but the CRLF
+                or int(match[1], 16) != len(data) - match.end(1) - 4
+                or _PLAIN_LITERAL.fullmatch(data, start, stop) is None):
             return None
+        literal = data[start:stop]
         if not literal.isascii():
             try:
                 literal.decode()
             except UnicodeDecodeError:
                 return None
-        self.decoder.took(found[0])
+        # The data line's length: to the event's blank line (LF LF), the chunk's CRLF.
+        if not self.decoder.take_one(match[2], len(data) - 4 - line_at):
+            return None
         return literal
 
     def literal(self, data: bytes) -> bytes | None:
@@ -571,4 +599,4 @@ class ChunkReader:
         self._prefix, self._suffix = prefix.encode(), suffix.encode()
         self._bulk = 3 * (len(self._prefix) + len(self._suffix))
         if not any(c in prefix + suffix for c in "\r\n\0"):
-            self._head, self._tail = b"data: " + self._prefix, self._suffix + b"\n\n"
+            self._head, self._tail = b"data: " + self._prefix, self._suffix + b"\n\n\r\n"

@@ -82,7 +82,7 @@ class Paced:
         if not single:
             stream.entry.mark_multiline()
         self.i += 1
-        if stream.push(frame, size):
+        if stream.push_one(frame, size):  # (one item of this stream a tick)
             self._wait()
         elif self.state is _RUNNING:  # (push may have cancelled us: then we stay stopped)
             self.state = _PAUSED

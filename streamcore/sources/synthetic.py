@@ -206,6 +206,10 @@ class _Tail:
         self.emitted += 1
         return self.target.emit(self.tail if self.emitted == self.count else text)
 
+    def emit_one(self, text: str) -> bool:
+        self.emitted += 1
+        return self.target.emit_one(self.tail if self.emitted == self.count else text)
+
     def done(self) -> None:
         self.target.done()
 
@@ -322,6 +326,10 @@ class Target(Protocol):
     def emit(self, text: str) -> bool:
         """One token; ``False``: pause until :meth:`Run.resume`."""
 
+    def emit_one(self, text: str) -> bool:
+        """:meth:`emit`, for a paced token: the only one of its stream in this loop
+        iteration (it may be written at once: :meth:`~streamcore.aio.stream.Stream.push_one`)."""
+
     def done(self) -> None:
         """The last token was emitted."""
 
@@ -402,7 +410,7 @@ class Run:
             self.start = self.loop.time()
         self.i = i + 1
         self.state = _RUNNING
-        if not self.emit(_SPACED[self.words[i & 31]] if i else _FIRST[self.words[0]]):
+        if not self.target.emit_one(_SPACED[self.words[i & 31]] if i else _FIRST[self.words[0]]):
             if self.state is _RUNNING:
                 self.state = _PAUSED
             return

@@ -434,6 +434,31 @@ class UpstreamChat:
             return
         self._handle(events, stream)
 
+    def upstream_read(self, data: bytes) -> bool:
+        """A read that is one whole chunk holding one content-only chunk of the layout
+        learned (a paced model's every token after its first), pushed as
+        :meth:`_push_events` would, in one call of each layer; False: nothing is taken,
+        the read goes the general way."""
+        chunks = self._chunks
+        conn = self.conn
+        stream = self.stream
+        if (chunks is None or conn is None or stream is None or not self._first or self._done
+                or self._waiting is not None):
+            return False
+        literal = conn.session.receive_one(data, chunks)
+        if literal is None:
+            return False
+        assert self.loop is not None
+        self._last_rx = self.loop.time()
+        self.count += 1
+        template = self.template
+        if not stream.push_one((template.prefix, literal, template.suffix),
+                               self.fixed + len(literal)) and self.conn is not None:
+            self.conn.pause_reading()  # what waits: nothing (the token is in the log)
+            self._sse_left = []
+            self._waiting = []
+        return True
+
     def upstream_body(self, data: bytes) -> None:
         """One whole chunk of the body (``upstream_events([Body(data)])``, cheaper)."""
         stream = self.stream
@@ -486,15 +511,6 @@ class UpstreamChat:
         chunks = self._chunks
         assert chunks is not None and self.loop is not None
         self._last_rx = self.loop.time()
-        if self._first and not self._done:
-            # The bytes are one content-only chunk of the layout learned (a paced model's
-            # every token): pushed as _push_events would, without its machinery.
-            literal = chunks.one(data)
-            if literal is not None:
-                if self._push_literal(literal, stream):
-                    return True
-                self._sse_left = []
-                return False
         try:
             items = chunks.feed(data)
         except SSEDecodeError as exc:
@@ -1042,6 +1058,9 @@ class _Collect:
                         "(upstream_max_event_bytes)"))
             elif not self.future.done():
                 self.future.set_result(None)
+
+    def upstream_read(self, data: bytes) -> bool:
+        return False
 
     def upstream_body(self, data: bytes) -> None:
         self.upstream_events([Body(data)])
