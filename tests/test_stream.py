@@ -117,6 +117,68 @@ async def spin(n: int = 5) -> None:
         await asyncio.sleep(0)
 
 
+class NowReader(Reader):
+    """A reader that writes a frame at once when it has written everything
+    (what :class:`~streamcore.aio.sse.SSEReader` does for ``push_one``)."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, flusher: Flusher, entry: Entry) -> None:
+        super().__init__(flusher, entry)
+        self.now: list[Frame] = []
+
+    def takes_now(self) -> bool:
+        return (not self.scheduled and not self.conn.write_paused
+                and self.cursor.next_seq == self.cursor.log.next_seq)
+
+    def write_newest(self) -> None:
+        frame, _ = self.cursor.take_newest()
+        self.now.append(frame)
+
+
+def test_push_one_writes_at_once_only_for_a_caught_up_lone_origin() -> None:
+    """push_one: the frame is written in the call (no wake-up, no Flusher turn) when the
+    origin reader is the only one and has written everything; else it is push."""
+    async def main() -> None:
+        stream = new_stream(Source())
+        reader = NowReader(Flusher(asyncio.get_running_loop()), stream.entry)
+        stream.entry.attach(reader, origin=True)
+        stream.start()
+        assert stream.push_one((b"a",), 1)
+        assert reader.now == [(b"a",)] and not reader.scheduled
+        assert not reader.flusher.pending and not reader.flusher.scheduled
+        reader.conn.write_paused = True  # the transport takes nothing: push's way
+        assert stream.push_one((b"b",), 1)
+        assert reader.scheduled and reader.now == [(b"a",)]
+        assert stream.push_one((b"c",), 1)  # queued already: behind, push's way too
+        reader.conn.write_paused = False
+        await spin()
+        assert reader.frames == [(b"b",), (b"c",)] and not reader.scheduled
+        other = attach(stream, origin=False)  # two readers: push's way, both woken
+        assert stream.push_one((b"d",), 1)
+        assert reader.scheduled and other.scheduled and reader.now == [(b"a",)]
+        await spin()
+        assert reader.frames[-1] == (b"d",) and other.frames[-1] == (b"d",)
+        stream.end()
+        assert not stream.push_one((b"e",), 1)  # ended: ignored, as push
+        assert stream.log.next_seq == 5
+    run(main)
+
+
+def test_push_one_on_a_reader_that_cannot_is_push() -> None:
+    """A reader that does not write at once (a WebSocket's, the base class's)."""
+    async def main() -> None:
+        stream = new_stream(Source())
+        reader = attach(stream)
+        stream.start()
+        assert stream.push_one((b"a",), 1) and reader.scheduled
+        with pytest.raises(NotImplementedError):
+            reader.write_newest()
+        await spin()
+        assert reader.frames == [(b"a",)]
+    run(main)
+
+
 # -- the contract ----------------------------------------------------------------------
 
 
