@@ -227,13 +227,20 @@ class Catalog:
         #: Log each streamed request's messages (--log-prompts).
         self.log_prompts = False
 
-    async def models_of(self, upstream: Upstream) -> tuple[str, ...]:
+    def _known(self, upstream: Upstream, now: float) -> tuple[str, ...] | None:
+        """The models of ``upstream`` known without asking it: listed, or discovered
+        within the TTL; None: :meth:`models_of` must ask."""
         if upstream.models is not None:
             return upstream.models
-        now = time.monotonic()
         found = self._found.get(id(upstream))
-        if found is not None and found[0] > now:
-            return found[1]
+        return found[1] if found is not None and found[0] > now else None
+
+    async def models_of(self, upstream: Upstream) -> tuple[str, ...]:
+        now = time.monotonic()
+        known = self._known(upstream, now)
+        if known is not None:
+            return known
+        found = self._found.get(id(upstream))
         try:
             models = await list_models(upstream, self.limits)
         except RequestError as exc:
@@ -243,6 +250,23 @@ class Catalog:
             return models
         self._found[id(upstream)] = (now + self.DISCOVERY_TTL_S, models)
         return models
+
+    def routes_now(self, model: str) -> list[Route] | None:
+        """The upstreams that serve ``model`` (as :meth:`resolve`), when every upstream's
+        models are known without an await; None: :meth:`resolve` them (a discovery is due,
+        or no upstream serves the model, which resolve says)."""
+        now = time.monotonic()
+        routes = []
+        for upstream in self.upstreams:
+            if model in upstream.aliases:
+                routes.append(Route(upstream, upstream.aliases[model]))
+                continue
+            known = self._known(upstream, now)
+            if known is None:
+                return None
+            if model in known:
+                routes.append(Route(upstream, model))
+        return routes or None
 
     async def resolve(self, model: str) -> SyntheticModel | list[Route]:
         synthetic = self.synthetic.get(model)
@@ -285,15 +309,27 @@ class Catalog:
             self._log_prompt(source.template.completion_id, chat, messages)
         return source
 
+    def source_now(self, chat: ChatRequest) -> ChatStream | UpstreamChat | None:
+        """The push source of a streamed answer when it can be made without an await (a
+        synthetic model, or upstreams whose models are known: :meth:`routes_now`)."""
+        source = self.synthetic_source(chat)
+        if source is not None:
+            return source
+        routes = self.routes_now(chat.model)
+        return self._upstream_source(chat, routes) if routes is not None else None
+
     async def source(self, chat: ChatRequest) -> ChatStream | UpstreamChat:
         """The push source of a streamed answer."""
-        synthetic = self.synthetic_source(chat)
-        if synthetic is not None:
-            return synthetic
+        source = self.source_now(chat)
+        if source is not None:
+            return source
         found = await self.resolve(chat.model)
         assert not isinstance(found, SyntheticModel)  # synthetic_source's
+        return self._upstream_source(chat, found)
+
+    def _upstream_source(self, chat: ChatRequest, routes: list[Route]) -> UpstreamChat:
         messages = chat.messages
-        source = UpstreamChat(chat, found, self.limits)
+        source = UpstreamChat(chat, routes, self.limits)
         if self.log_prompts:
             self._log_prompt(source.template.completion_id, chat, messages)
         return source
@@ -362,12 +398,14 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
             return Response(data, status, content_type=content_type)
 
     def chat_now(request: Request) -> EventStream | None:
-        """A streamed answer of a synthetic model, started without a task or coroutine
-        (most of what a new stream cost besides its bytes); anything else goes to the
-        handler, with its request parsed once (``request.state``)."""
+        """A streamed answer of a synthetic model, or of upstreams whose models are known,
+        started without a task or coroutine (most of what a new stream cost besides its
+        bytes; and the upstream request goes out in this call, not a loop iteration
+        later); anything else goes to the handler, with its request parsed once
+        (``request.state``)."""
         chat = parse_chat_request(request.body)
         if chat.stream:
-            source = catalog.synthetic_source(chat)
+            source = catalog.source_now(chat)
             if source is not None:
                 return EventStream(source, sse_end=SSE_DONE)
         request.state["chat"] = chat
@@ -377,7 +415,7 @@ def build_app(models: list[SyntheticModel] | None = None, limits: Limits | None 
     async def chat_completions(request: Request) -> Response | EventStream:
         chat = request.state.pop("chat", None) or parse_chat_request(request.body)
         if chat.stream:
-            source = catalog.synthetic_source(chat) or await catalog.source(chat)
+            source = await catalog.source(chat)
             return EventStream(source, sse_end=SSE_DONE)
         found = await catalog.resolve(chat.model)
         if not isinstance(found, SyntheticModel):

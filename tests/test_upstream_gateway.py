@@ -41,10 +41,11 @@ from upstreams import Exchange, ScriptedUpstream, chat_chunks, chunk
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from streamcore.gateway import build_app
+from streamcore.gateway import Catalog, build_app
 from streamcore.limits import Limits
+from streamcore.proto.openai import parse_chat_request
 from streamcore.sources.synthetic import SyntheticModel
-from streamcore.sources.upstream import Upstream
+from streamcore.sources.upstream import Route, Upstream, UpstreamChat
 from streamcore.tls import server_context
 
 #: Small bounds: every timeout here fires within a second.
@@ -387,6 +388,31 @@ def test_models_discovered_from_the_upstream(gateway: Callable[..., Served],
     assert check_complete(sse(gw.url, body("paced", max_tokens=8)), "paced") == direct
     with pytest.raises(openai.NotFoundError):
         sdk(gw.url).chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
+
+
+def test_a_stream_to_upstreams_whose_models_are_known_starts_without_an_await() -> None:
+    """Catalog.source_now: the routes of a model when every upstream's models are known
+    (listed, or discovered within the TTL), so that chat_now starts the stream in the
+    request's call; None while a discovery is due or no upstream serves the model (the
+    handler then resolves it, and answers 404)."""
+    listed = Upstream.parse("http://127.0.0.1:9/v1 models=a,b alias=fast:a")
+    found = Upstream.parse("http://127.0.0.1:10/v1")
+    catalog = Catalog({"local": SyntheticModel(name="local")}, [listed, found], Limits())
+    assert catalog.routes_now("a") is None  # `found`'s models are not known yet
+    catalog._found[id(found)] = (time.monotonic() + 60, ("a", "c"))
+    assert catalog.routes_now("a") == [Route(listed, "a"), Route(found, "a")]
+    assert catalog.routes_now("fast") == [Route(listed, "a")]
+    assert catalog.routes_now("c") == [Route(found, "c")]
+    assert catalog.routes_now("nope") is None
+    chat = parse_chat_request(orjson.dumps({"model": "c", "stream": True,
+                                            "messages": MESSAGES}))
+    source = catalog.source_now(chat)
+    assert isinstance(source, UpstreamChat) and source.routes == [Route(found, "c")]
+    chat = parse_chat_request(orjson.dumps({"model": "local", "stream": True,
+                                            "messages": MESSAGES}))
+    assert not isinstance(catalog.source_now(chat), UpstreamChat)  # the synthetic model's
+    catalog._found[id(found)] = (time.monotonic() - 1, ("a", "c"))  # the TTL is over
+    assert catalog.routes_now("c") is None
 
 
 # ============================================================ 2. backpressure
