@@ -535,10 +535,11 @@ class ChunkReader:
             return None
         line_at = match.end()  # the data line's start
         start = line_at + len(head)
-        stop = len(data) - len(self._tail)
+        size = len(data)
+        stop = size - len(self._tail)
         if (stop < start or not data.startswith(head, line_at) or not data.endswith(self._tail)
                 # the chunk's size is its data: what follows its size line, but the CRLF
-                or int(match[1], 16) != len(data) - match.end(1) - 4
+                or int(match[1], 16) != size - match.end(1) - 4
                 or _PLAIN_LITERAL.fullmatch(data, start, stop) is None):
             return None
         literal = data[start:stop]
@@ -548,7 +549,7 @@ class ChunkReader:
             except UnicodeDecodeError:
                 return None
         # The data line's length: to the event's blank line (LF LF), the chunk's CRLF.
-        if not self.decoder.take_one(match[2], len(data) - 4 - line_at):
+        if not self.decoder.take_one(match[2], size - 4 - line_at):
             return None
         return literal
 
