@@ -7,6 +7,9 @@ on CPU 1 and all running side by side (measured one at a time, in alternating or
 ``streamcore``  ``python -m streamcore serve --upstream 'http://127.0.0.1:P/v1 models=synthetic'``
 ``nginx``       ``proxy_pass`` with ``proxy_buffering off``, HTTP/1.1 keep-alive to the
                 upstream (``peers/nginx_proxy.py``)
+``relay``       a byte-level TCP relay on uvloop, one upstream connection per client
+                connection, no HTTP parsed (``peers/byte_relay.py``): what one read and
+                one write cost in Python before any gateway's own work (the floor for one)
 ``litellm``     the LiteLLM proxy, one worker, from its own venv (``--litellm-venv``);
                 skipped (and said so) when it is not installed
 ``baseline``    with ``--baseline-ref REF``: the streamcore gateway of commit REF (a before
@@ -90,7 +93,7 @@ LOAD_CPU = 0
 FRONT_CPU = 1
 LOADED_SHARE = 0.05
 CLIENT_BOUND = 0.90
-FRONTS = ("direct", "streamcore", "nginx", "litellm")
+FRONTS = ("direct", "streamcore", "nginx", "relay", "litellm")
 LITELLM_CONFIG = """\
 model_list:
   - model_name: synthetic
@@ -139,6 +142,11 @@ def front_servers(upstream_port: int, args: argparse.Namespace) -> dict[str, Ser
                                   "--upstream", f"127.0.0.1:{upstream_port}",
                                   "--dir", "{dir}"],
                         ("sse",), "nginx proxy_pass, buffering off"),
+        # The floor for a gateway in Python: uvloop copying bytes, no HTTP parsed.
+        "relay": Server("relay", [PY, os.path.join(HERE, "peers", "byte_relay.py"),
+                                  "--host", "127.0.0.1", "--port", "{port}",
+                                  "--upstream", f"127.0.0.1:{upstream_port}"],
+                        ("sse",), "a byte-level TCP relay on uvloop (no HTTP)"),
     }
     litellm = os.path.join(args.litellm_venv, "bin", "litellm")
     if os.path.exists(litellm):
@@ -673,10 +681,9 @@ def tables(doc: dict[str, Any]) -> str:
     out: list[str] = []
     results = doc["results"]
     lat = [r for r in results if r.get("part") == "latency"]
-    order = [f for f in ("direct", "streamcore", "baseline", "nginx", "litellm")
-             if any(r["front"] == f for r in results)] + sorted(
-        {r["front"] for r in results} - {"direct", "streamcore", "baseline", "nginx", "litellm",
-                                         "synthetic"})
+    named = ("direct", "streamcore", "baseline", "nginx", "relay", "litellm")
+    order = [f for f in named if any(r["front"] == f for r in results)] + sorted(
+        {r["front"] for r in results} - {*named, "synthetic"})
     if lat:
         rate, tokens = doc["settings"]["rate"], doc["settings"]["tokens"]
         out.append(f"### Latency: paced upstream, {rate:g} tokens/s, {tokens} tokens per "
