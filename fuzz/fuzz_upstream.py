@@ -44,7 +44,7 @@ from streamcore.proto.upstream import (
     parse_target,
     read_chunk,
 )
-from streamcore.sources.upstream import refusal
+from streamcore.sources.upstream_server import refusal
 
 TARGET = parse_target("http://127.0.0.1:8001/v1")
 MAX_HEAD = 512

@@ -304,7 +304,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace,
     if tls is not None:
         logging.getLogger("streamcore").info(
             "TLS on (TLS 1.2+, ALPN http/1.1): this server speaks https:// and wss:// only")
-    from .sources.upstream import Upstream
+    from .sources.upstream_server import Upstream
     try:
         upstreams = [Upstream.parse(spec) for spec in args.upstream]
     except (ValueError, OSError) as exc:

@@ -40,15 +40,11 @@ from .proto.openai import (
     usage_object,
 )
 from .sources.synthetic import Generation, Run, SyntheticModel
-from .sources.upstream import Route as Route
-from .sources.upstream import (
-    Upstream,
-    UpstreamChat,
-    UpstreamRelay,
-    complete,
-    list_models,
-    relay,
-)
+from .sources.upstream import UpstreamChat
+from .sources.upstream_relay import UpstreamRelay
+from .sources.upstream_server import Route as Route
+from .sources.upstream_server import Upstream
+from .sources.upstream_whole import complete, list_models, relay
 from .store.base import Entry
 
 log = logging.getLogger("streamcore")

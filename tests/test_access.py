@@ -23,7 +23,7 @@ from streamcore.gateway import build_app
 from streamcore.proto.access import Access, Unauthorized, UnsupportedMediaType, require_json
 from streamcore.proto.http import Request
 from streamcore.sources.synthetic import SyntheticModel
-from streamcore.sources.upstream import Upstream
+from streamcore.sources.upstream_server import Upstream
 
 KEY = "sk-test-0123456789abcdef"
 ORIGIN = "https://app.example"

@@ -34,7 +34,7 @@ from streamcore.aio.admission import Admission
 from streamcore.gateway import build_app
 from streamcore.metrics import FAMILIES, Metrics, Slots, read_file
 from streamcore.sources.synthetic import SyntheticModel
-from streamcore.sources.upstream import Upstream
+from streamcore.sources.upstream_server import Upstream
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -28,7 +28,7 @@ import streamcore
 from streamcore.gateway import build_app
 from streamcore.limits import Limits
 from streamcore.sources.synthetic import SyntheticModel
-from streamcore.sources.upstream import Upstream
+from streamcore.sources.upstream_server import Upstream
 
 #: No retention: an ended stream's entry leaves the store at once, so that nothing but a
 #: cycle can keep it.

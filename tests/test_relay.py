@@ -20,7 +20,7 @@ from upstreams import Exchange, ScriptedUpstream
 from streamcore.gateway import build_app
 from streamcore.limits import Limits
 from streamcore.sources.synthetic import SyntheticModel
-from streamcore.sources.upstream import Upstream
+from streamcore.sources.upstream_server import Upstream
 
 LIMITS = Limits(upstream_head_hold_s=0.3, upstream_idle_timeout_s=2.0,
                 heartbeat_interval_s=60.0)

@@ -45,7 +45,8 @@ from streamcore.gateway import Catalog, build_app
 from streamcore.limits import Limits
 from streamcore.proto.openai import parse_chat_request
 from streamcore.sources.synthetic import SyntheticModel
-from streamcore.sources.upstream import Route, Upstream, UpstreamChat
+from streamcore.sources.upstream import UpstreamChat
+from streamcore.sources.upstream_server import Route, Upstream
 from streamcore.tls import server_context
 
 #: Small bounds: every timeout here fires within a second.
