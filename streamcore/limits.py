@@ -65,6 +65,11 @@ class Limits:
     #: SSE comment heartbeat while a stream is silent (waiting for its first token, or a
     #: slow model): proxies commonly cut idle responses after 30-60 s.
     heartbeat_interval_s: float = 15.0
+    #: How often the event loop's lag is sampled (streamcore_event_loop_lag_seconds): a
+    #: timer that observes how late it ran.  Four a second cost nothing measurable and see
+    #: any stall of a quarter second or more; a saturated loop is late on every one.  0:
+    #: not sampled.
+    loop_lag_probe_s: float = 0.25
     #: A stream handler that yields no item for this long ends with an error event (the
     #: heartbeat would keep it open forever): five minutes is longer than any model's
     #: time to first token, and still frees a hung handler.

@@ -125,7 +125,12 @@ FAMILIES = (
            ("model", "transport"), TTFT_BUCKETS),
     Family("streamcore_token_write_latency_seconds", "histogram",
            "from a token produced to its bytes handed to the kernel (the oldest token "
-           "of each flush)", ("transport",), LATENCY_BUCKETS),
+           "of each flush; 0 for a token written in the call that produced it)",
+           ("transport",), LATENCY_BUCKETS),
+    Family("streamcore_event_loop_lag_seconds", "histogram",
+           "how late the event loop ran a timer due every loop_lag_probe_s (up to a "
+           "millisecond on an idle loop: libuv's clock); more: callbacks wait, the loop "
+           "is saturated", (), LATENCY_BUCKETS),
     Family("streamcore_cancel_propagation_seconds", "histogram",
            "from the last client gone (or a cancel asked) to the generation stopped "
            "(an upstream connection closed)", (), LATENCY_BUCKETS),

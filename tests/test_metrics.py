@@ -419,3 +419,39 @@ def test_every_family_renders_and_parses_when_empty() -> None:
     assert len(names) == len(FAMILIES)
     om = Metrics().render(openmetrics=True).decode()
     assert len(list(openmetrics_families(om))) == len(FAMILIES)
+
+
+def test_the_event_loop_lag_shows_a_blocked_loop(serve: Any) -> None:
+    """streamcore_event_loop_lag_seconds: a timer due every loop_lag_probe_s observes how
+    late it ran; a handler that blocks the loop for half a second makes it that late."""
+    limits = streamcore.Limits(loop_lag_probe_s=0.05)
+    app = build_app(None, limits)
+
+    @app.route("GET", "/block")
+    async def block(request: streamcore.Request) -> dict[str, Any]:
+        time.sleep(0.5)  # a CPU-bound handler: every other callback waits
+        return {"blocked_s": 0.5}
+
+    served = serve(app, limits)
+    time.sleep(0.2)
+
+    def late(samples: Samples) -> tuple[float, float]:
+        count = value(samples, "streamcore_event_loop_lag_seconds_count")
+        within = value(samples, "streamcore_event_loop_lag_seconds_bucket", le="0.25")
+        return count, count - within  # probes in all, probes over 250 ms late
+
+    count, over = late(scrape(served.url))
+    assert count >= 2  # sampled while idle
+    with httpx.Client(timeout=10) as client:
+        assert client.get(f"{served.url}/block").json() == {"blocked_s": 0.5}
+    time.sleep(0.1)
+    count_after, over_after = late(scrape(served.url))
+    assert count_after > count and over_after >= over + 1
+    assert value(scrape(served.url), "streamcore_event_loop_lag_seconds_sum") >= 0.4
+
+
+def test_the_event_loop_lag_probe_can_be_off(serve: Any) -> None:
+    limits = streamcore.Limits(loop_lag_probe_s=0)
+    served = serve(build_app(None, limits), limits)
+    time.sleep(0.1)
+    assert value(scrape(served.url), "streamcore_event_loop_lag_seconds_count") == 0

@@ -9,6 +9,7 @@ import logging
 import signal
 import socket
 import ssl as ssl_
+import time
 from typing import Any
 
 from ..errors import ServerShutdown
@@ -53,6 +54,7 @@ class Server:
         self.ctx = Context(loop, limits, app, self.admission, Flusher(loop, metrics),
                            self.store, self.heartbeat,
                            ChaosHook(chaos) if chaos is not None else None, metrics)
+        self.lag = LagProbe(loop, limits.loop_lag_probe_s, metrics)
         self._server: asyncio.Server | None = None
 
     @property
@@ -67,6 +69,7 @@ class Server:
         ctx = self.ctx
         await self.store.open()  # a shared store connects before the first stream
         self.heartbeat.start()
+        self.lag.start()
         if sock is not None:
             self._server = await self.loop.create_server(
                 lambda: HTTPConnection(ctx), sock=sock, backlog=backlog, ssl=ssl)
@@ -114,7 +117,43 @@ class Server:
         admission.connections.clear()
         if self._server is not None:
             await self._server.wait_closed()
+        self.lag.stop()
         await self.store.close()  # after the streams' ends: a shared store writes them
+
+
+class LagProbe:
+    """The event loop's lag: a timer every ``interval_s`` observes how late it ran
+    (``streamcore_event_loop_lag_seconds``).  A saturated loop runs every callback late,
+    timers included; a token written in the call that read or produced it shows no write
+    latency (:meth:`~streamcore.aio.stream.Stream.push_one`), so this is the signal that
+    the loop has more work than time."""
+
+    __slots__ = ("_due", "_timer", "histogram", "interval_s", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval_s: float,
+                 metrics: Metrics) -> None:
+        self.loop = loop
+        self.interval_s = interval_s
+        self.histogram = metrics.child("streamcore_event_loop_lag_seconds")
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def start(self) -> None:
+        if self.interval_s > 0 and self._timer is None:
+            self._arm()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self) -> None:
+        self._due = time.monotonic() + self.interval_s
+        self._timer = self.loop.call_later(self.interval_s, self._fired)
+
+    def _fired(self) -> None:
+        self.histogram.observe(max(0.0, time.monotonic() - self._due))
+        self._arm()
 
 
 async def start(app: Router, host: str = "127.0.0.1", port: int = 8000, *,
