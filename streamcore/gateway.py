@@ -247,33 +247,36 @@ class Catalog:
         self._found[id(upstream)] = (now + self.DISCOVERY_TTL_S, models)
         return models
 
-    def routes_now(self, model: str) -> list[Route] | None:
-        """The upstreams that serve ``model`` (as :meth:`resolve`), when every upstream's
-        models are known without an await; None: :meth:`resolve` them (a discovery is due,
-        or no upstream serves the model, which resolve says)."""
-        now = time.monotonic()
+    def _routes(self, model: str,
+                models: Callable[[Upstream], tuple[str, ...] | None]) -> list[Route] | None:
+        """The upstreams that serve ``model``, in order: by an alias, or by ``models`` of
+        the upstream (None: not known, and then no routes either)."""
         routes = []
         for upstream in self.upstreams:
             if model in upstream.aliases:
                 routes.append(Route(upstream, upstream.aliases[model]))
                 continue
-            known = self._known(upstream, now)
+            known = models(upstream)
             if known is None:
                 return None
             if model in known:
                 routes.append(Route(upstream, model))
-        return routes or None
+        return routes
+
+    def routes_now(self, model: str) -> list[Route] | None:
+        """The upstreams that serve ``model`` (as :meth:`resolve`), when every upstream's
+        models are known without an await; None: :meth:`resolve` them (a discovery is due,
+        or no upstream serves the model, which resolve says)."""
+        now = time.monotonic()
+        return self._routes(model, lambda upstream: self._known(upstream, now)) or None
 
     async def resolve(self, model: str) -> SyntheticModel | list[Route]:
         synthetic = self.synthetic.get(model)
         if synthetic is not None:
             return synthetic
-        routes = []
-        for upstream in self.upstreams:
-            if model in upstream.aliases:
-                routes.append(Route(upstream, upstream.aliases[model]))
-            elif model in await self.models_of(upstream):
-                routes.append(Route(upstream, model))
+        found = {id(upstream): await self.models_of(upstream) for upstream in self.upstreams
+                 if model not in upstream.aliases}
+        routes = self._routes(model, lambda upstream: found[id(upstream)])
         if not routes:
             raise RequestError(f"The model `{model}` does not exist", status=404,
                                param="model", code="model_not_found")

@@ -36,7 +36,7 @@ class Consumer(Protocol):
 
     def upstream_body(self, data: bytes) -> None:
         """Body bytes alone (one whole chunk): what ``upstream_events([Body(data)])``
-        would mean, without the event and its list (a paced upstream's every read)."""
+        would mean, without the event and its list."""
 
     def upstream_failed(self, exc: UpstreamError) -> None:
         """The connection broke mid-exchange (closed, reset, malformed)."""

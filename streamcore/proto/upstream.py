@@ -203,8 +203,8 @@ class UpstreamSession:
         """The data of one whole chunk when ``data`` is exactly that (a size line, the
         data, its CRLF) and the session is between chunks: what :meth:`receive` would give
         as one :class:`Body`, in the state it would leave (between chunks), without the
-        event list and the loop.  None: nothing is taken, :meth:`receive` it.  A paced
-        upstream's every read is one chunk holding one token's event."""
+        event list and the loop.  None: nothing is taken, :meth:`receive` it.  (A read of
+        one content-only token goes by :meth:`receive_one` before this.)"""
         if self._state != _CHUNK_LINE or self._buf:
             return None
         nl = data.find(b"\r\n", 0, 18)  # at most 16 hex digits (no extensions here)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..aio.stream import Stream
@@ -30,6 +30,7 @@ from ..limits import Limits
 from ..proto import wsapi
 from ..proto.jsonbytes import dumps, json_string
 from ..proto.openai import ChatRequest, ChatText, ChunkTemplate, new_completion_id
+from ..proto.pipe import Frame
 from ..proto.sse import Decoder, Item, SSEDecodeError
 from ..proto.sse import Event as SSEEvent
 from ..proto.upstream import (
@@ -260,12 +261,8 @@ class UpstreamChat:
             return False
         assert self.loop is not None
         self._last_rx = self.loop.time()
-        self.count += 1
-        template = self.template
-        if not stream.push_one((template.prefix, literal, template.suffix),
-                               self.fixed + len(literal)) and self.conn is not None:
-            self.conn.pause_reading()  # what waits: nothing (the token is in the log)
-            self._sse_left = []
+        if not self._push_literal(literal, stream.push_one):
+            self._sse_left = []  # what waits: nothing (the token is in the log)
             self._waiting = []
         return True
 
@@ -328,13 +325,14 @@ class UpstreamChat:
             return True
         return self._push_events(items, stream)
 
-    def _push_literal(self, literal: bytes, stream: Stream) -> bool:
-        """Push one content chunk (its content's JSON string in the template); False:
+    def _push_literal(self, literal: bytes, push: Callable[[Frame, int], bool]) -> bool:
+        """Push one content chunk (its content's JSON string in the template) by
+        ``push`` (the stream's ``push``, or ``push_one`` for a read of one token); False:
         the stream asked to wait, and reading is paused."""
         self.count += 1
         template = self.template
-        if stream.push((template.prefix, literal, template.suffix),
-                       self.fixed + len(literal)) or self.conn is None:
+        if push((template.prefix, literal, template.suffix),
+                self.fixed + len(literal)) or self.conn is None:
             return True
         self.conn.pause_reading()
         return False
@@ -376,7 +374,7 @@ class UpstreamChat:
                 raw = item.data.encode()
             spliced = chunks.literal(raw) if self._first else None
             if spliced is not None:
-                if not self._push_literal(spliced, stream):
+                if not self._push_literal(spliced, stream.push):
                     self._sse_left = list(items[i + 1:])
                     return False
                 continue
